@@ -1,0 +1,300 @@
+"""fix() and check(): trace -> capture check -> passes -> verify -> fixed module + Report."""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx, nn
+
+from fxgrad.context import Context, Measure, clone_inputs, default_measure
+from fxgrad.errors import FxgradError
+from fxgrad.pipeline import Reference, check_capture, run_forward_backward, run_passes
+from fxgrad.registry import select_passes
+from fxgrad.report import Report
+from fxgrad.trace import Captured, CallSpec, call_spec, capture, twin
+
+_AUTOGRAD_FORWARD_ERRORS = ("in-place operation", "inplace operation", "a view of a leaf")
+
+
+class FixedModule(nn.Module):
+    """The drop-in replacement `fix()` returns.
+
+    It owns the same parameters and buffers as the original (shared tensors, the same
+    `state_dict()` keys) and runs the rewritten graph for the current `training` mode.
+    `.report` says what was changed and why; `.graph_module` is the rewritten GraphModule.
+    """
+
+    def __init__(
+        self,
+        root: nn.Module,
+        graphs: dict[bool, Captured],
+        report: Report,
+        call: CallSpec,
+    ) -> None:
+        super().__init__()
+        self.__dict__["_modules"] = root._modules
+        self.__dict__["_parameters"] = root._parameters
+        self.__dict__["_buffers"] = root._buffers
+        self.__dict__["_non_persistent_buffers_set"] = root._non_persistent_buffers_set
+        self.training = root.training
+        self.__dict__["_fxgrad_graphs"] = graphs
+        self.__dict__["_fxgrad_call"] = call
+        self.__dict__["report"] = report
+        self.__dict__["original_class"] = type(root)
+
+    def _captured(self) -> Captured:
+        graphs = self._fxgrad_graphs
+        return graphs.get(self.training) or next(iter(graphs.values()))
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        """The rewritten GraphModule for the current mode."""
+        return self._captured().gm
+
+    @property
+    def code(self) -> str:
+        """The generated Python code of the rewritten forward for the current mode."""
+        return self._captured().gm.code
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        cap = self._captured()
+        leaves = cap.call.flatten(args, kwargs)
+        prev = torch.is_grad_enabled()
+        try:
+            out = cap.gm(*leaves)
+        except BaseException:
+            torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
+            raise
+        return pytree.tree_unflatten(list(out), cap.out_spec)
+
+    def extra_repr(self) -> str:
+        return f"fixed {self.original_class.__name__}: {self.report.summary()}"
+
+
+def _unwrap(model: Any) -> nn.Module:
+    """Return the module to capture, seeing through DDP, DataParallel and torch.compile."""
+    if not isinstance(model, nn.Module):
+        raise FxgradError(
+            f"fxgrad.fix() needs an nn.Module, got {type(model).__name__}.",
+            hint="Pass the model instance, e.g. fxgrad.fix(MyModel(), (x,)).",
+        )
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+    if isinstance(inner, nn.Module):
+        return _unwrap(inner)
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return _unwrap(model.module)
+    if isinstance(model, FixedModule):
+        raise FxgradError(
+            "This model was already fixed by fxgrad.",
+            hint="Call fxgrad.fix() on the original model instead.",
+        )
+    return model
+
+
+def _normalize_inputs(example_inputs: Any) -> tuple | None:
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    raise FxgradError(
+        f"example_inputs must be a tuple of positional arguments, got "
+        f"{type(example_inputs).__name__}.",
+        hint="Wrap them in a tuple: fxgrad.fix(model, (x,)) or (x, mask); a single list "
+        "argument is passed as (my_list,).",
+    )
+
+
+def _check_leaves(leaves: list[Any]) -> None:
+    if not any(isinstance(x, torch.Tensor) for x in leaves):
+        kinds = ", ".join(sorted({type(x).__name__ for x in leaves})) or "nothing"
+        raise FxgradError(
+            f"The example inputs hold no tensor (found {kinds}).",
+            hint="Pass the tensors the model's forward takes, e.g. (torch.randn(8, 3, 32, 32),).",
+        )
+
+
+def _state_tensors(module: nn.Module) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Iterator[None]:
+    """Restore every parameter, buffer, `.grad` and the RNG after probing runs.
+
+    Probing runs the model forward and backward; the user's module must come out
+    bit-identical, with no gradient left behind.
+    """
+    tensors = _state_tensors(module) + [t for t in extra if isinstance(t, torch.Tensor)]
+    with torch.no_grad():
+        saved = [(t, t.detach().clone()) for t in tensors]
+    grads = [(t, t.grad) for t in tensors if t.is_leaf]
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, s in saved:
+                    if t.shape != s.shape or not torch.equal(t, s):
+                        t.copy_(s)
+            for t, g in grads:
+                t.grad = g
+
+
+@contextlib.contextmanager
+def _mode(module: nn.Module, training: bool) -> Iterator[None]:
+    flags = [(m, m.training) for m in module.modules()]
+    module.train(training)
+    try:
+        yield
+    finally:
+        for m, f in flags:
+            m.training = f
+
+
+def _reads_training(module: nn.Module) -> bool:
+    """True when some traced (non-torch.nn) code reads `.training`, so modes differ."""
+    for m in module.modules():
+        cls = type(m)
+        if cls.__module__.startswith("torch.nn") or cls.__module__.startswith("torch.fx"):
+            continue
+        for klass in cls.__mro__:
+            if klass is nn.Module or klass.__module__.startswith("torch.nn"):
+                break
+            for value in vars(klass).values():
+                fn = getattr(value, "__func__", value)
+                code = getattr(fn, "__code__", None)
+                if code is not None and _code_mentions(code, "training"):
+                    return True
+    return False
+
+
+def _code_mentions(code: types.CodeType, name: str) -> bool:
+    if name in code.co_names:
+        return True
+    return any(isinstance(c, types.CodeType) and _code_mentions(c, name) for c in code.co_consts)
+
+
+def _eager_reference(
+    model: nn.Module, inputs: tuple, params: list[torch.Tensor], ctx: Context
+) -> Reference:
+    ref = Reference()
+    cloned = clone_inputs(list(inputs))
+    try:
+        flat, grads, berr = run_forward_backward(model, cloned, params, ctx.seed)
+    except Exception as e:
+        ref.forward_error = e
+        if not any(s in str(e) for s in _AUTOGRAD_FORWARD_ERRORS):
+            raise FxgradError(
+                f"The model raises {type(e).__name__} in forward on the example inputs: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                hint="Check that the example inputs have the shapes, dtypes and devices the "
+                "model expects; fxgrad needs a forward that runs in eager PyTorch.",
+            ) from e
+        return ref
+    ref.outputs = flat
+    ref.grads = grads
+    ref.backward_error = berr
+    wrt = [p for p in params if p.requires_grad]
+    names = {id(p): n for n, p in model.named_parameters()}
+    ref.grad_names = [names.get(id(p), "a parameter") for p in wrt] + [
+        f"input {i}" for i, t in enumerate(cloned) if isinstance(t, torch.Tensor) and t.requires_grad
+    ]
+    return ref
+
+
+def _fix(
+    model: nn.Module,
+    example_inputs: Any,
+    select: Any,
+    ignore: Any,
+    verify: bool,
+    measure: Measure | None,
+) -> FixedModule:
+    from fxgrad.passes import ALL
+
+    model = _unwrap(model)
+    passes = select_passes(ALL, select, ignore)
+    inputs = _normalize_inputs(example_inputs)
+    call, leaves = call_spec(model, inputs)
+    if inputs is not None:
+        _check_leaves(leaves)
+    root = twin(model)
+    modes = [root.training]
+    if _reads_training(root):
+        modes.append(not root.training)
+    report = Report(mode="exact" if inputs is not None else "static", model=type(model).__name__)
+    graphs: dict[bool, Captured] = {}
+    with preserved_state(model, leaves):
+        for training in modes:
+            with _mode(root, training):
+                captured = capture(root, call, clone_inputs(leaves) if inputs else None)
+                ctx = Context(
+                    example_inputs=[leaves[i] for i in captured.leaf_index] if inputs else None,
+                    measure=measure or default_measure,
+                )
+                params = list(root.parameters())
+                ref = None
+                if inputs is not None:
+                    ref = _eager_reference(root, inputs, params, ctx)
+                    check_capture(captured.gm, ctx, ref)
+                    if ref.backward_error is not None and training == modes[0]:
+                        report.notes.append(
+                            "eager backward fails on the example inputs: "
+                            + str(ref.backward_error).strip().splitlines()[0]
+                        )
+                before = captured.gm.code
+                changes, notes = run_passes(captured.gm, passes, ctx, ref, params, verify)
+                if training == modes[0]:
+                    report.code_before, report.code_after = before, captured.gm.code
+                    report.changes.extend(changes)
+                else:
+                    report.extend(changes)
+                report.notes.extend(n for n in notes if n not in report.notes)
+                graphs[training] = captured
+    if len(graphs) == 2 and graphs[True].gm.code == graphs[False].gm.code:
+        graphs = {modes[0]: graphs[modes[0]]}
+    return FixedModule(root, graphs, report, call)
+
+
+def fix(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    select: str | Iterable[str] | None = None,
+    ignore: str | Iterable[str] | None = None,
+    verify: bool = True,
+    measure: Measure | None = None,
+) -> FixedModule:
+    """Capture `model` and return a drop-in module with autograd hazards rewritten.
+
+    With `example_inputs` (a tuple of positional arguments; a lone tensor is accepted)
+    every decision is made on a real run and every rewrite is verified against eager;
+    without them decisions are static and conservative. The original model is never
+    changed; the result shares its parameters and buffers. See `.report` on the result.
+    `select`/`ignore` take pass codes or prefixes ("FXG1"); `measure` replaces the timer
+    measured passes use (for deterministic tests).
+    """
+    return _fix(model, example_inputs, select, ignore, verify, measure)
+
+
+def check(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    select: str | Iterable[str] | None = None,
+    ignore: str | Iterable[str] | None = None,
+    measure: Measure | None = None,
+) -> Report:
+    """Return the Report of what `fix()` would change, without keeping the fixed module."""
+    return _fix(model, example_inputs, select, ignore, True, measure).report

@@ -1,0 +1,103 @@
+"""What a pass may know about the model beyond its graph: example inputs and measurement."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+Measure = Callable[[str, Callable[[], Any]], float]
+
+
+def clone_inputs(inputs: list[Any]) -> list[Any]:
+    """Fresh copies of example inputs: same values, dtype, strides, requires_grad; aliasing kept."""
+    memo: dict[int, Any] = {}
+    out = []
+    for x in inputs:
+        if not isinstance(x, torch.Tensor):
+            out.append(x)
+            continue
+        if id(x) not in memo:
+            with torch.no_grad():
+                c = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=x.device)
+                c.copy_(x)
+            memo[id(x)] = c.requires_grad_(x.requires_grad)
+        out.append(memo[id(x)])
+    return out
+
+
+def default_measure(key: str, fn: Callable[[], Any], *, min_run_time: float = 0.05) -> float:
+    """Median seconds per call of fn, from torch.utils.benchmark's blocked autorange."""
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def fake_measure(timings: dict[str, float]) -> Measure:
+    """A measure() that answers from a table, for deterministic tests of measured passes."""
+
+    def measure(key: str, fn: Callable[[], Any]) -> float:
+        if key not in timings:
+            raise KeyError(f"no pinned timing for {key!r}; pinned: {sorted(timings)}")
+        return timings[key]
+
+    return measure
+
+
+@dataclass
+class Context:
+    """Per-graph facts for passes: example inputs (flat, by placeholder) and a measure()."""
+
+    example_inputs: list[Any] | None = None
+    measure: Measure = default_measure
+    measure_budget_s: float = 20.0
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+    _measure_spent: float = 0.0
+
+    @property
+    def mode(self) -> str:
+        """"exact" when example inputs let passes observe a real run, else "static"."""
+        return "exact" if self.example_inputs is not None else "static"
+
+    def inputs(self) -> list[Any]:
+        """Fresh copies of the example inputs, safe for a graph to write into."""
+        if self.example_inputs is None:
+            raise ValueError("no example inputs")
+        return clone_inputs(self.example_inputs)
+
+    def timed(self, key: str, fn: Callable[[], Any]) -> float | None:
+        """Measure fn within the measuring budget; None once the budget is spent."""
+        if self._measure_spent >= self.measure_budget_s:
+            return None
+        start = time.perf_counter()
+        try:
+            return self.measure(key, fn)
+        finally:
+            self._measure_spent += time.perf_counter() - start
+
+    def run(self, gm: fx.GraphModule) -> Any:
+        """Run the graph on fresh example inputs with the context's RNG seed."""
+        with seeded(self.seed):
+            return gm(*self.inputs())
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run with a fixed RNG seed, restoring the caller's RNG state afterwards."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def median(xs: list[float]) -> float:
+    """Median of a non-empty list."""
+    return statistics.median(xs)

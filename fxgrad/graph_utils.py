@@ -1,0 +1,308 @@
+"""Graph helpers shared by the tracer, the pipeline and the passes.
+
+The central question here is "which nodes write to memory?": stock fx utilities such as
+`Graph.eliminate_dead_code()` do not know that `x.mul_(2)` or `relu(x, inplace=True)`
+with an unused result still changes what the model computes, so every helper that removes
+or reorders nodes asks `writes_to()` first.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import inspect
+import linecache
+import operator
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx
+
+# In-place operator module functions (`z += 1` is traced as operator.iadd).
+INPLACE_OPERATORS: dict[Callable, Callable] = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    operator.ifloordiv: operator.floordiv,
+    operator.imod: operator.mod,
+    operator.ipow: operator.pow,
+    operator.imatmul: operator.matmul,
+    operator.iand: operator.and_,
+    operator.ior: operator.or_,
+    operator.ixor: operator.xor,
+    operator.ilshift: operator.lshift,
+    operator.irshift: operator.rshift,
+}
+
+# Methods whose trailing underscore does not mean "writes the tensor's values".
+_NOT_VALUE_WRITES = {"requires_grad_", "retain_grad", "share_memory_", "record_stream"}
+
+
+def _fxgrad_side_effect(fn: Callable) -> Callable:
+    fn._fxgrad_side_effect = True  # type: ignore[attr-defined]
+    return fn
+
+
+SIDE_EFFECT_FUNCTIONS: set[Any] = {
+    torch._C._set_grad_enabled,
+    torch._assert,
+    operator.setitem,
+    builtins.setattr,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _inplace_param_index(fn: Callable) -> int | None:
+    """Position of an `inplace` parameter in fn's signature, if it has one."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+    return params.index("inplace") if "inplace" in params else None
+
+
+def _flag(node: fx.Node, name: str, index: int | None) -> bool:
+    if name in node.kwargs:
+        return bool(node.kwargs[name])
+    if index is not None and index < len(node.args):
+        value = node.args[index]
+        return bool(value) if not isinstance(value, fx.Node) else False
+    return False
+
+
+def inplace_module(gm: fx.GraphModule | None, node: fx.Node) -> torch.nn.Module | None:
+    """Return the module a call_module node runs when it writes its input in place."""
+    if node.op != "call_module" or gm is None:
+        return None
+    try:
+        mod = gm.get_submodule(node.target)
+    except AttributeError:
+        return None
+    return mod if getattr(mod, "inplace", False) is True else None
+
+
+def writes_to(node: fx.Node, gm: fx.GraphModule | None = None) -> fx.Node | None:
+    """Return the node whose memory `node` writes in place, or None if it writes nothing.
+
+    Covers in-place methods (`add_`), in-place torch functions (`torch.relu_`),
+    `inplace=True` functional calls and modules, `operator.setitem`, augmented assignment
+    (`operator.iadd`, ...) and `out=` arguments.
+    """
+    out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+    if isinstance(out, fx.Node):
+        return out
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if first is None:
+        return None
+    if node.op == "call_method":
+        name = str(node.target)
+        if name.endswith("_") and not name.startswith("_") and name not in _NOT_VALUE_WRITES:
+            return first
+        return None
+    if node.op == "call_function":
+        target = node.target
+        if target is operator.setitem or target in INPLACE_OPERATORS:
+            return first
+        name = getattr(target, "__name__", "")
+        module = getattr(target, "__module__", "") or ""
+        if name.endswith("_") and not name.startswith("_") and module.startswith("torch"):
+            return first
+        if callable(target) and module.startswith("torch"):
+            index = _inplace_param_index(target)
+            if index is not None and _flag(node, "inplace", index):
+                return first
+        return None
+    if node.op == "call_module" and inplace_module(gm, node) is not None:
+        return first
+    return None
+
+
+def has_side_effect(node: fx.Node, gm: fx.GraphModule | None = None) -> bool:
+    """True when removing `node` would change what the program does even if unused."""
+    if node.op in ("placeholder", "output"):
+        return True
+    if node.op == "call_module":
+        return True  # modules may update their own state (BatchNorm running stats)
+    if node.op == "call_function" and (
+        node.target in SIDE_EFFECT_FUNCTIONS or getattr(node.target, "_fxgrad_side_effect", False)
+    ):
+        return True
+    if node.op == "call_function" and getattr(node.target, "_fxgrad_function", None) is not None:
+        return True  # custom autograd.Function: opaque, may have side effects
+    return writes_to(node, gm) is not None
+
+
+def eliminate_dead_code(gm: fx.GraphModule) -> int:
+    """Remove unused nodes that write nothing; returns how many were removed.
+
+    Unlike `Graph.eliminate_dead_code()`, a write whose result is unused is kept: dropping
+    `h.mul_(2)` would change every later reader of `h`.
+    """
+    removed = 0
+    for node in reversed(list(gm.graph.nodes)):
+        if node.users or has_side_effect(node, gm):
+            continue
+        gm.graph.erase_node(node)
+        removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------
+# Where a node came from in the user's code
+
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+    for m in (torch,)
+    if getattr(m, "__file__", None)
+) + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+
+_internal_cache: dict[str, bool] = {}
+
+
+def _is_internal(filename: str) -> bool:
+    hit = _internal_cache.get(filename)
+    if hit is None:
+        hit = filename.startswith(_INTERNAL_DIRS) or filename.startswith("<")
+        _internal_cache[filename] = hit
+    return hit
+
+
+def user_frame_location(start_depth: int = 1) -> tuple[str, int] | None:
+    """Return (filename, lineno) of the innermost frame outside torch and fxgrad.
+
+    Walks frames only until the first user frame, which is far cheaper than recording the
+    whole stack as fx's `record_stack_traces=True` does.
+    """
+    import sys
+
+    frame = sys._getframe(start_depth)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _is_internal(filename):
+            return filename, frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def location(node: fx.Node) -> str:
+    """Return the user's `file.py:line` for a node, or "" if unknown."""
+    loc = node.meta.get("fxgrad_loc")
+    if not loc:
+        return ""
+    return f"{os.path.basename(loc[0])}:{loc[1]}"
+
+
+def source_line(node: fx.Node) -> str:
+    """Return the stripped line of user source that produced the node, or ""."""
+    loc = node.meta.get("fxgrad_loc")
+    if not loc:
+        return ""
+    return linecache.getline(loc[0], loc[1]).strip()
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering nodes as short Python
+
+_OPERATOR_SYMBOLS = {
+    operator.add: "+",
+    operator.sub: "-",
+    operator.mul: "*",
+    operator.truediv: "/",
+    operator.floordiv: "//",
+    operator.mod: "%",
+    operator.pow: "**",
+    operator.matmul: "@",
+    operator.and_: "&",
+    operator.or_: "|",
+    operator.xor: "^",
+    operator.lshift: "<<",
+    operator.rshift: ">>",
+    operator.eq: "==",
+    operator.ne: "!=",
+    operator.lt: "<",
+    operator.le: "<=",
+    operator.gt: ">",
+    operator.ge: ">=",
+}
+
+
+def _arg(a: Any) -> str:
+    if isinstance(a, fx.Node):
+        return a.name
+    if isinstance(a, tuple):
+        inner = ", ".join(_arg(x) for x in a)
+        return f"({inner},)" if len(a) == 1 else f"({inner})"
+    if isinstance(a, list):
+        return "[" + ", ".join(_arg(x) for x in a) + "]"
+    if isinstance(a, slice):
+        parts = [
+            "" if a.start is None else _arg(a.start),
+            "" if a.stop is None else _arg(a.stop),
+        ]
+        if a.step is not None:
+            parts.append(_arg(a.step))
+        return ":".join(parts)
+    if isinstance(a, dict):
+        return "{" + ", ".join(f"{k!r}: {_arg(v)}" for k, v in a.items()) + "}"
+    return repr(a)
+
+
+def _index(a: Any) -> str:
+    if isinstance(a, tuple):
+        return ", ".join(_arg(x) for x in a)
+    return _arg(a)
+
+
+def _call_args(args: tuple, kwargs: dict) -> str:
+    parts = [_arg(a) for a in args] + [f"{k}={_arg(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def target_name(target: Any) -> str:
+    """Return a readable name for a call_function target (`torch.relu`, `np.sin`)."""
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", None) or repr(target)
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if module.startswith("torch"):
+        return f"torch.{name}"
+    if module.startswith("numpy") or type(target).__name__ == "ufunc":
+        return f"np.{name}"
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    return name
+
+
+def render_node(node: fx.Node) -> str:
+    """Render a node as one short line of Python, the way the generated code reads."""
+    args, kwargs = node.args, node.kwargs
+    if node.op == "call_method":
+        return f"{_arg(args[0])}.{node.target}({_call_args(args[1:], kwargs)})"
+    if node.op == "call_module":
+        return f"self.{node.target}({_call_args(args, kwargs)})"
+    if node.op == "get_attr":
+        return f"self.{node.target}"
+    if node.op == "placeholder":
+        return str(node.target)
+    if node.op == "output":
+        return f"return {_arg(args[0])}"
+    target = node.target
+    if target is operator.setitem:
+        return f"{_arg(args[0])}[{_index(args[1])}] = {_arg(args[2])}"
+    if target is operator.getitem:
+        return f"{_arg(args[0])}[{_index(args[1])}]"
+    if target in INPLACE_OPERATORS:
+        return f"{_arg(args[0])} {_OPERATOR_SYMBOLS[INPLACE_OPERATORS[target]]}= {_arg(args[1])}"
+    if target in _OPERATOR_SYMBOLS and len(args) == 2 and not kwargs:
+        return f"{_arg(args[0])} {_OPERATOR_SYMBOLS[target]} {_arg(args[1])}"
+    if target is builtins.getattr:
+        return f"{_arg(args[0])}.{args[1]}"
+    return f"{target_name(target)}({_call_args(args, kwargs)})"
+
+
+def render_assignment(node: fx.Node) -> str:
+    """Render `name = <expr>` for a node that produces a value."""
+    return f"{node.name} = {render_node(node)}"

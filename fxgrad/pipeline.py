@@ -1,0 +1,221 @@
+"""Run passes in order; after each one lint, recompile and verify, rolling back on failure."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx
+
+from fxgrad.changes import Change
+from fxgrad.context import Context, seeded
+from fxgrad.errors import EquivalenceError, FxgradError, PassError
+from fxgrad.graph_utils import location
+from fxgrad.registry import Pass
+
+
+@dataclass
+class Reference:
+    """What eager PyTorch computed on the example inputs: outputs, gradients, or errors."""
+
+    outputs: list[Any] | None = None
+    forward_error: BaseException | None = None
+    grads: list[torch.Tensor | None] | None = None
+    backward_error: BaseException | None = None
+    grad_names: list[str] = field(default_factory=list)
+
+
+def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
+    """Floating-point tensor outputs that carry a gradient."""
+    return [
+        o
+        for o in outputs
+        if isinstance(o, torch.Tensor)
+        and (o.is_floating_point() or o.is_complex())
+        and o.requires_grad
+    ]
+
+
+def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Deterministic random output gradients, so reductions cannot hide a wrong gradient."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [
+        torch.randn(o.shape, generator=gen, dtype=o.dtype if o.is_complex() else torch.float64)
+        .to(dtype=o.dtype, device=o.device)
+        for o in outputs
+    ]
+
+
+def run_forward_backward(
+    fn: Any, inputs: list[Any], params: list[torch.Tensor], seed: int
+) -> tuple[list[Any], list[torch.Tensor | None] | None, BaseException | None]:
+    """Run fn(*inputs) with a fixed seed; return flat outputs, gradients and backward error.
+
+    Gradients come from `torch.autograd.grad`, so no `.grad` is ever left on a parameter.
+    """
+    with seeded(seed):
+        out = fn(*inputs)
+    flat = pytree.tree_leaves(out)
+    wrt = [t for t in params if t.requires_grad] + [
+        t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
+    ]
+    diff = differentiable_outputs(flat)
+    if not diff or not wrt:
+        return flat, [], None
+    try:
+        grads = torch.autograd.grad(diff, wrt, cotangents(diff, seed), allow_unused=True)
+    except RuntimeError as e:
+        return flat, None, e
+    return flat, list(grads), None
+
+
+def compare_outputs(actual: list[Any], expected: list[Any]) -> tuple[int, str] | None:
+    """Return (index, message) of the first output that differs, or None if all match."""
+    if len(actual) != len(expected):
+        return -1, f"{len(actual)} outputs instead of {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if isinstance(e, torch.Tensor) or isinstance(a, torch.Tensor):
+            if not (isinstance(a, torch.Tensor) and isinstance(e, torch.Tensor)):
+                return i, f"output {i} is {type(a).__name__} instead of {type(e).__name__}"
+            try:
+                torch.testing.assert_close(a.detach(), e.detach(), equal_nan=True)
+            except AssertionError:
+                diff = _max_abs_diff(a, e)
+                return i, f"output {i} differs (max abs difference {diff:.3g})"
+        elif not _equal_values(a, e):
+            return i, f"output {i} is {a!r} instead of {e!r}"
+    return None
+
+
+def _equal_values(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _max_abs_diff(a: torch.Tensor, e: torch.Tensor) -> float:
+    try:
+        return (a.detach().double() - e.detach().double()).abs().max().item()
+    except Exception:
+        return float("nan")
+
+
+def verify(gm: fx.GraphModule, ctx: Context, ref: Reference, params: list[torch.Tensor]) -> str | None:
+    """Check a rewritten graph on the example inputs; return what is wrong, or None.
+
+    Forward values must equal eager's where eager runs; backward must run; gradients must
+    be finite wherever eager's were.
+    """
+    try:
+        flat, grads, berr = run_forward_backward(gm, ctx.inputs(), params, ctx.seed)
+    except Exception as e:
+        return f"the rewritten forward raises {type(e).__name__}: {_first_line(e)}"
+    if ref.outputs is not None:
+        bad = compare_outputs(list(flat), ref.outputs)
+        if bad is not None:
+            return bad[1]
+    if berr is not None:
+        return f"backward fails: {_first_line(berr)}"
+    if grads and ref.grads:
+        for g, r, name in zip(grads, ref.grads, ref.grad_names):
+            if g is None or r is None:
+                continue
+            if bool(torch.isfinite(r).all()) and not bool(torch.isfinite(g).all()):
+                return f"the gradient of {name} is no longer finite"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> None:
+    """Fail loudly when the captured graph computes something other than eager PyTorch."""
+    try:
+        with seeded(ctx.seed):
+            flat = list(captured_gm(*ctx.inputs()))
+    except Exception as e:
+        if ref.forward_error is not None and type(e) is type(ref.forward_error):
+            return
+        raise EquivalenceError(
+            f"The captured graph raises {type(e).__name__} where eager PyTorch "
+            f"{'raises ' + type(ref.forward_error).__name__ if ref.forward_error else 'runs'}: "
+            f"{_first_line(e)}",
+            hint="This is a capture bug in fxgrad; please report it with the model. "
+            "Meanwhile make the offending module a leaf module.",
+        ) from e
+    if ref.outputs is None:
+        return
+    bad = compare_outputs(flat, ref.outputs)
+    if bad is None:
+        return
+    index, message = bad
+    out_node = next(n for n in captured_gm.graph.nodes if n.op == "output")
+    producers = pytree.tree_leaves(out_node.args[0])
+    node = producers[index] if 0 <= index < len(producers) else None
+    where = ""
+    if isinstance(node, fx.Node):
+        where = f" (node {node.name} at {location(node) or 'an unknown line'})"
+    raise EquivalenceError(
+        f"The captured graph differs from eager PyTorch: {message}{where}.",
+        hint="fxgrad changed nothing; please report this model. Making the module that "
+        "computes this output a leaf module usually avoids it.",
+    )
+
+
+def run_passes(
+    gm: fx.GraphModule,
+    passes: list[Pass],
+    ctx: Context,
+    ref: Reference | None,
+    params: list[torch.Tensor],
+    verify_results: bool = True,
+) -> tuple[list[Change], list[str]]:
+    """Run each pass on gm in order; roll back any whose result fails verification."""
+    changes: list[Change] = []
+    notes: list[str] = []
+    for p in passes:
+        saved = copy.deepcopy(gm.graph)
+        try:
+            found = p.run(gm, ctx)
+            gm.graph.lint()
+            gm.recompile()
+        except FxgradError:
+            raise
+        except Exception as e:
+            node = getattr(e, "fxgrad_node", "")
+            raise PassError(
+                f"Pass {p.code} ({p.name}) crashed: {type(e).__name__}: {_first_line(e)}\n"
+                + "".join(traceback.format_exception(e)[-3:]),
+                hint=f"Skip it with ignore=['{p.code}'] (CLI: --ignore {p.code}) and please "
+                "report this model; this is a bug in fxgrad.",
+                code=p.code,
+                node=str(node),
+            ) from e
+        if not any(c.applied for c in found):
+            gm.graph = saved  # a pass that only reports must not leave edits behind
+            changes.extend(found)
+            continue
+        problem = None
+        if verify_results and ref is not None and ctx.example_inputs is not None:
+            problem = verify(gm, ctx, ref, params)
+        if problem is not None:
+            gm.graph = saved
+            notes.append(f"{p.code} ({p.name}) was rolled back: {problem}.")
+            found = [
+                dataclasses.replace(
+                    c, applied=False, note=f"{c.note}; rolled back: {problem}".lstrip("; ")
+                )
+                if c.applied
+                else c
+                for c in found
+            ]
+        changes.extend(found)
+    return changes, notes

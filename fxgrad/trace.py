@@ -1,0 +1,757 @@
+"""Faithful capture of an nn.Module's forward as a torch.fx graph.
+
+Plain `torch.fx.symbolic_trace` loses or refuses what matters for autograd: item
+assignment, augmented assignment (`z += 1` is recorded as `z + 1`), NumPy detours, custom
+`autograd.Function`s (inlined, dropping their backward), grad-mode blocks, structured
+inputs and outputs, and the shape idioms of real model code. `FxgradTracer` records all of
+them, and with example inputs it also runs every recorded op on real values as it goes, so
+Python-level questions (`len(x)`, `for t in x.chunk(3)`, `if x.dim() == 4`) get the answer
+eager PyTorch would give, and a guard node in the graph says so loudly if a later call
+would answer differently.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import dataclasses
+import functools
+import inspect
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx
+
+from fxgrad.errors import FxgradError, TraceError
+from fxgrad.graph_utils import (
+    INPLACE_OPERATORS,
+    SIDE_EFFECT_FUNCTIONS,
+    _is_internal,
+    user_frame_location,
+)
+
+# ---------------------------------------------------------------------------------------
+# Guards: Python-level answers baked into the graph, checked on every call
+
+
+class GuardError(FxgradError, RuntimeError):
+    """A fixed module was called with inputs its captured graph was not specialised for."""
+
+
+def fxgrad_guard(value: Any, expected: Any, kind: str, where: str) -> None:
+    """Check that a Python-level answer baked in at capture time still holds."""
+    actual = {"bool": bool, "len": len, "index": operator.index}[kind](value)
+    if actual != expected:
+        raise GuardError(
+            f"The captured graph assumed {kind}(...) == {expected!r} at {where}, "
+            f"but this call gives {actual!r}.",
+            hint="Call fxgrad.fix() again with example inputs of the shapes you now use; "
+            "the forward branches or loops on a size, so one graph cannot serve both.",
+        )
+
+
+fxgrad_guard._fxgrad_side_effect = True  # type: ignore[attr-defined]
+SIDE_EFFECT_FUNCTIONS.add(fxgrad_guard)
+
+
+# ---------------------------------------------------------------------------------------
+# Custom autograd.Function calls become one opaque node
+
+_apply_wrappers: dict[type, Callable] = {}
+
+
+def function_apply(cls: type) -> Callable:
+    """Return a stable, importable-by-reference callable that runs `cls.apply`."""
+    wrapper = _apply_wrappers.get(cls)
+    if wrapper is None:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return cls.apply(*args, **kwargs)
+
+        wrapper.__name__ = f"{cls.__name__}_apply"
+        wrapper.__qualname__ = wrapper.__name__
+        wrapper.__module__ = __name__
+        wrapper._fxgrad_function = cls  # type: ignore[attr-defined]
+        _apply_wrappers[cls] = wrapper
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------
+# The proxy
+
+_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse"}
+_META_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "get_device"}
+_META_FUNCTIONS = {
+    builtins.len,
+    builtins.min,
+    builtins.max,
+    builtins.abs,
+    builtins.int,
+    operator.getitem,
+    operator.index,
+    operator.truth,
+    operator.not_,
+    *(getattr(operator, n) for n in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg")),
+    *(getattr(operator, n) for n in ("eq", "ne", "lt", "le", "gt", "ge", "pow", "and_", "or_")),
+}
+
+
+def _is_meta_expr(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """True when the node's value depends only on shapes, dtypes and devices, not data."""
+    hit = memo.get(node)
+    if hit is not None:
+        return hit
+    ok = False
+    if node.op == "call_method" and node.target in _META_METHODS:
+        ok = True
+    elif node.op == "call_function" and node.target is builtins.getattr:
+        ok = node.args[1] in _META_ATTRS
+    elif node.op == "call_function" and node.target in _META_FUNCTIONS:
+        ok = all(
+            _is_meta_expr(a, memo)
+            for a in pytree.tree_leaves((node.args, node.kwargs))
+            if isinstance(a, fx.Node)
+        )
+    memo[node] = ok
+    return ok
+
+
+class FxgradProxy(fx.Proxy):
+    """An fx Proxy that records item assignment, augmented assignment and NumPy calls."""
+
+    __array_priority__ = 1000  # NumPy: defer binary operators to us
+
+    def __getattr__(self, k: str) -> FxgradAttribute:
+        if k.startswith("__array") or k in ("__len__", "__iter__"):
+            raise AttributeError(k)  # NumPy's protocol probes must not become graph nodes
+        return FxgradAttribute(self, k)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("node", "tracer", "root", "attr") or name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:  # `x.data = y`, `x.requires_grad = True`: writes the graph must keep
+            self.tracer.create_proxy("call_function", builtins.setattr, (self, name, value), {})
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __len__(self) -> int:
+        return self.tracer.proxy_len(self)
+
+    def __index__(self) -> int:
+        return self.tracer.concretize(self, "index")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a traced value cannot become a NumPy array here")
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        target = ufunc if method == "__call__" else getattr(ufunc, method)
+        return self.tracer.create_proxy("call_function", target, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return self.tracer.create_proxy("call_function", func, tuple(args), dict(kwargs))
+
+
+def _inplace_operator(op: Callable) -> Callable:
+    def method(self: FxgradProxy, other: Any) -> FxgradProxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    method.__name__ = f"__{op.__name__}__"
+    return method
+
+
+for _op in INPLACE_OPERATORS:
+    setattr(FxgradProxy, f"__{_op.__name__}__", _inplace_operator(_op))
+
+
+class FxgradAttribute(FxgradProxy, fx.proxy.Attribute):
+    """`x.T`, `x.shape`, `x.data`: an attribute access that becomes a node only when used."""
+
+
+# ---------------------------------------------------------------------------------------
+# Functions patched while tracing
+
+
+def _has_proxy(tree: Any) -> bool:
+    return any(isinstance(a, fx.Proxy) for a in pytree.tree_leaves(tree))
+
+
+_ACTIVE: list[FxgradTracer] = []
+
+_HOST_FUNCTIONS = ("from_numpy", "tensor", "as_tensor", "asarray")
+
+
+def _record_if_traced(orig: Callable) -> Callable:
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _ACTIVE and _has_proxy((args, kwargs)):
+            return _ACTIVE[-1].create_proxy("call_function", orig, args, kwargs)
+        return orig(*args, **kwargs)
+
+    return wrapper
+
+
+def _traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+    if _ACTIVE and _has_proxy((args, kwargs)):
+        return _ACTIVE[-1].create_proxy("call_function", function_apply(cls), args, kwargs)
+    return _ORIG_APPLY.__get__(None, cls)(*args, **kwargs)
+
+
+_ORIG_APPLY = torch.autograd.function.Function.__dict__["apply"]
+
+
+def _called_from_user_code() -> bool:
+    """True when the grad-mode switch comes from model code, not from torch itself."""
+    import sys
+
+    frame = sys._getframe(3)
+    while frame is not None and frame.f_code.co_filename.endswith(
+        ("_contextlib.py", "grad_mode.py", "contextlib.py")
+    ):
+        frame = frame.f_back
+    return frame is not None and not _is_internal(frame.f_code.co_filename)
+
+
+def _record_grad_mode(mode: Any) -> bool:
+    if _ACTIVE and not _ACTIVE[-1].in_propagation and _called_from_user_code():
+        _ACTIVE[-1].enter_grad_mode(mode)
+        return True
+    return False
+
+
+def _record_grad_restore(recorded: bool) -> None:
+    if recorded and _ACTIVE:
+        _ACTIVE[-1].exit_grad_mode()
+
+
+_NoGrad, _EnableGrad, _SetGradEnabled = torch.no_grad, torch.enable_grad, torch.set_grad_enabled
+
+
+class _no_grad(_NoGrad):
+    def __enter__(self) -> None:
+        self._recorded = _record_grad_mode(False)
+        super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        _record_grad_restore(getattr(self, "_recorded", False))
+        super().__exit__(*exc)
+
+
+class _enable_grad(_EnableGrad):
+    def __enter__(self) -> None:
+        self._recorded = _record_grad_mode(True)
+        super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        _record_grad_restore(getattr(self, "_recorded", False))
+        super().__exit__(*exc)
+
+
+class _set_grad_enabled(_SetGradEnabled):
+    def __init__(self, mode: bool) -> None:
+        self._recorded = _record_grad_mode(mode)
+        super().__init__(bool(mode) if not isinstance(mode, fx.Proxy) else True)
+
+    def __exit__(self, *exc: Any) -> None:
+        _record_grad_restore(self._recorded)
+        super().__exit__(*exc)
+
+    def clone(self) -> _set_grad_enabled:
+        return self.__class__(self.mode)
+
+
+_GRAD_MODE_REPLACEMENTS = {
+    _NoGrad: _no_grad,
+    _EnableGrad: _enable_grad,
+    _SetGradEnabled: _set_grad_enabled,
+}
+
+
+@contextlib.contextmanager
+def _patched(root: torch.nn.Module) -> Iterator[None]:
+    """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
+    replacements: dict[Any, Any] = {
+        getattr(torch, n): _record_if_traced(getattr(torch, n))
+        for n in _HOST_FUNCTIONS
+        if hasattr(torch, n)
+    }
+    replacements.update(_GRAD_MODE_REPLACEMENTS)
+    namespaces = [torch, torch.autograd, torch.autograd.grad_mode]
+    seen: set[int] = set()
+    for mod in root.modules():
+        fn = getattr(type(mod), "forward", None)
+        g = getattr(fn, "__globals__", None)
+        if g is not None and id(g) not in seen:
+            seen.add(id(g))
+            namespaces.append(g)
+    undo: list[tuple[Any, str, Any]] = []
+    try:
+        for ns in namespaces:
+            d = ns if isinstance(ns, dict) else ns.__dict__
+            for name, value in list(d.items()):
+                try:
+                    new = replacements.get(value)
+                except TypeError:  # unhashable global
+                    continue
+                if new is not None:
+                    undo.append((ns, name, value))
+                    if isinstance(ns, dict):
+                        ns[name] = new
+                    else:
+                        setattr(ns, name, new)
+        torch.autograd.function.Function.apply = classmethod(_traced_apply)
+        yield
+    finally:
+        torch.autograd.function.Function.apply = _ORIG_APPLY
+        for ns, name, value in reversed(undo):
+            if isinstance(ns, dict):
+                ns[name] = value
+            else:
+                setattr(ns, name, value)
+
+
+# ---------------------------------------------------------------------------------------
+# The tracer
+
+
+class FxgradTracer(fx.Tracer):
+    """A Tracer that records mutations, NumPy calls and grad modes, and propagates values.
+
+    With `values` (example leaves by placeholder), every recorded op is also run on real
+    values under `no_grad`, which answers `len()`, iteration and shape branches exactly.
+    """
+
+    def __init__(self, leaves: list[Any] | None, in_spec: pytree.TreeSpec, sig_kinds: Any):
+        super().__init__(autowrap_modules=(), autowrap_functions=())
+        self._leaves = leaves
+        self._in_spec = in_spec
+        self._call = sig_kinds
+        self._values: dict[fx.Node, Any] = {}
+        self._propagate = leaves is not None
+        self.in_propagation = False
+        self.propagation_error: BaseException | None = None
+        self._grad_stack: list[fx.Proxy] = []
+        self._meta_memo: dict[fx.Node, bool] = {}
+        self.out_spec: pytree.TreeSpec | None = None
+        self.placeholder_leaf_index: list[int] = []
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return FxgradProxy(node, self)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind not in ("placeholder", "output"):
+            loc = user_frame_location(2)
+            if loc is not None:
+                node.meta["fxgrad_loc"] = loc
+        if self._propagate and kind not in ("placeholder", "output"):
+            self._run_node(node)
+        return node
+
+    def _run_node(self, node: fx.Node) -> None:
+        def value_of(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a not in self._values:
+                    raise KeyError(a)
+                return self._values[a]
+            return a
+
+        try:
+            args = fx.node.map_aggregate(node.args, value_of)
+            kwargs = fx.node.map_aggregate(node.kwargs, value_of)
+        except KeyError:
+            return
+        self.in_propagation = True
+        try:
+            with _NoGrad():
+                if node.op == "get_attr":
+                    obj: Any = self.root
+                    for atom in str(node.target).split("."):
+                        obj = getattr(obj, atom)
+                    value = obj
+                elif node.op == "call_module":
+                    value = self.root.get_submodule(node.target)(*args, **kwargs)
+                elif node.op == "call_method":
+                    value = getattr(args[0], node.target)(*args[1:], **kwargs)
+                elif node.target is torch._C._set_grad_enabled:
+                    value = None  # keep propagation itself under no_grad
+                else:
+                    value = node.target(*args, **kwargs)
+        except Exception as e:  # the capture check reproduces this against eager
+            self._propagate = False
+            self.propagation_error = e
+            return
+        finally:
+            self.in_propagation = False
+        self._values[node] = value
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self.in_propagation:
+            return attr_val  # running real values: modules see their real parameters
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
+        if self.in_propagation:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):  # noqa: ANN001
+        in_spec, call = self._in_spec, self._call
+        n_leaves = in_spec.num_leaves
+        consts = call.constants
+        placeholders: list[Any] = []
+        for i in range(n_leaves):
+            if i in consts:
+                placeholders.append(consts[i])
+                continue
+            name = call.leaf_names[i]
+            proxy = self.create_proxy("placeholder", name, (), {})
+            self.placeholder_leaf_index.append(i)
+            if self._leaves is not None:
+                self._values[proxy.node] = self._leaves[i]
+            placeholders.append(proxy)
+
+        def flat_forward(root: torch.nn.Module, *_: Any) -> tuple[Any, ...]:
+            args, kwargs = pytree.tree_unflatten(placeholders, in_spec)
+            out = root_fn(root, *args, **kwargs)
+            _register_dataclasses(out)
+            leaves, self.out_spec = pytree.tree_flatten(out)
+            return tuple(leaves)
+
+        return flat_forward, [self.root]
+
+    # -- Python-level questions ------------------------------------------------------------
+
+    def _where(self) -> str:
+        loc = user_frame_location(3)
+        if loc is None:
+            return "an unknown line"
+        import os
+
+        return f"{os.path.basename(loc[0])}:{loc[1]}"
+
+    def concretize(self, proxy: fx.Proxy, kind: str) -> Any:
+        """Answer bool()/index() of a size-like proxy from the example values, guarded."""
+        node = proxy.node
+        if not _is_meta_expr(node, self._meta_memo):
+            raise _control_flow_error(self._where(), kind)
+        if node not in self._values:
+            raise TraceError(
+                f"The forward needs a concrete {kind} of a size at {self._where()}, "
+                "and without example inputs fxgrad cannot know it.",
+                hint="Pass example inputs: fxgrad.fix(model, (x,)). The graph then "
+                "checks on every call that the answer still holds.",
+            )
+        value = self._values[node]
+        answer = {"bool": bool, "index": operator.index}[kind](value)
+        self.create_proxy("call_function", fxgrad_guard, (proxy, answer, kind, self._where()), {})
+        return answer
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return self.concretize(obj, "bool")
+
+    def _length(self, proxy: fx.Proxy) -> int:
+        node = proxy.node
+        if node in self._values:
+            try:
+                n = len(self._values[node])
+            except TypeError:
+                n = None
+            if n is not None:
+                self.create_proxy("call_function", fxgrad_guard, (proxy, n, "len", self._where()), {})
+                return n
+        static = _static_length(node)
+        if static is not None:
+            return static
+        raise TraceError(
+            f"The forward takes len() of, or iterates over, a traced value at {self._where()} "
+            "and fxgrad cannot tell its length without example inputs.",
+            hint="Pass example inputs: fxgrad.fix(model, (x,)); or unpack a fixed number "
+            "of items (`a, b = x.chunk(2)`).",
+        )
+
+    def proxy_len(self, proxy: fx.Proxy) -> int:
+        return self._length(proxy)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        n = self._length(obj)
+        return iter([obj[i] for i in range(n)])
+
+    # -- grad-mode regions ------------------------------------------------------------------
+
+    def enter_grad_mode(self, mode: Any) -> None:
+        prev = self.create_proxy("call_function", torch.is_grad_enabled, (), {})
+        self._grad_stack.append(prev)
+        self.create_proxy("call_function", torch._C._set_grad_enabled, (mode,), {})
+
+    def exit_grad_mode(self) -> None:
+        if self._grad_stack:
+            prev = self._grad_stack.pop()
+            self.create_proxy("call_function", torch._C._set_grad_enabled, (prev,), {})
+
+
+def _static_length(node: fx.Node) -> int | None:
+    """Length of a call result that its arguments alone determine (`x.split([2, 3])`)."""
+    target = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function"):
+        return None
+    if target in ("split", "split_with_sizes"):
+        sizes = node.kwargs.get("split_size_or_sections", node.kwargs.get("split_sizes"))
+        if sizes is None and len(node.args) > 1:
+            sizes = node.args[1]
+        if isinstance(sizes, (list, tuple)):
+            return len(sizes)
+    return None
+
+
+def _control_flow_error(where: str, kind: str) -> TraceError:
+    return TraceError(
+        f"The forward uses the value of a tensor in Python control flow at {where} "
+        f"({kind}() of data computed by the model), which a graph cannot capture.",
+        hint="Move the data-dependent part into a function marked with torch.fx.wrap, "
+        "make its module a leaf module, fix the branch with concrete_args, or use "
+        "torch.where / masking so both branches are computed.",
+    )
+
+
+def _register_dataclasses(tree: Any) -> None:
+    """Make dataclass outputs and inputs pytree nodes so they are rebuilt exactly."""
+    stack = [tree]
+    while stack:
+        obj = stack.pop()
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            cls = type(obj)
+            if cls not in pytree.SUPPORTED_NODES:
+                with contextlib.suppress(ValueError, TypeError):
+                    pytree.register_dataclass(cls)
+            stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+
+
+# ---------------------------------------------------------------------------------------
+# Capture entry point
+
+
+@dataclass
+class CallSpec:
+    """How a call's arguments map to graph placeholders and baked constants."""
+
+    signature: inspect.Signature
+    in_spec: pytree.TreeSpec
+    leaf_names: list[str]
+    constants: dict[int, Any] = field(default_factory=dict)
+
+    def flatten(self, args: tuple, kwargs: dict) -> list[Any]:
+        """Bind a call like the original forward and return the tensor leaves in order."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise FxgradError(
+                f"The call does not match the model's forward signature: {e}.",
+                hint=f"forward takes {self.signature}.",
+            ) from None
+        bound.apply_defaults()
+        leaves, spec = pytree.tree_flatten((bound.args, bound.kwargs))
+        if spec != self.in_spec:
+            raise FxgradError(
+                "The inputs are structured differently from the example inputs the model "
+                "was captured with.",
+                hint="Call fxgrad.fix() again with example inputs of this structure.",
+            )
+        out = []
+        for i, leaf in enumerate(leaves):
+            if i in self.constants:
+                c = self.constants[i]
+                if not _same_constant(leaf, c):
+                    raise FxgradError(
+                        f"Argument {self.leaf_names[i]} was {c!r} at capture time and is "
+                        f"{leaf!r} now; the graph was specialised on it.",
+                        hint="Call fxgrad.fix() again with example inputs that use this value.",
+                    )
+            else:
+                out.append(leaf)
+        return out
+
+
+def _same_constant(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature, n: int) -> list[str]:
+    """Name each input leaf after its forward parameter: `x`, `batch_image`, `state_0`."""
+    paths, _ = pytree.tree_flatten_with_path(pytree.tree_unflatten([0] * n, spec))
+    params = list(signature.parameters)
+    names = []
+    for path, _leaf in paths:
+        parts: list[str] = []
+        for i, entry in enumerate(path[1:]):
+            key = getattr(entry, "idx", getattr(entry, "key", getattr(entry, "name", None)))
+            if i == 0 and path[0].idx == 0 and isinstance(key, int) and key < len(params):
+                parts.append(params[key])
+            else:
+                parts.append(str(key))
+        name = "_".join(parts) or "input"
+        names.append("".join(c if c.isalnum() or c == "_" else "_" for c in name))
+    return names
+
+
+def call_spec(model: torch.nn.Module, example_inputs: tuple | None) -> tuple[CallSpec, list]:
+    """Describe the forward's call: pytree structure, placeholder names, baked constants."""
+    signature = inspect.signature(model.forward)
+    if example_inputs is None:
+        args = []
+        for p in signature.parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.default is p.empty:
+                args.append(_StaticLeaf(p.name))
+        bound = signature.bind_partial(*args)
+    else:
+        _register_dataclasses(example_inputs)
+        try:
+            bound = signature.bind(*example_inputs)
+        except TypeError as e:
+            raise FxgradError(
+                f"The example inputs do not match the model's forward signature: {e}.",
+                hint=f"Pass a tuple with one entry per positional argument of forward{signature}.",
+            ) from None
+    bound.apply_defaults()
+    leaves, spec = pytree.tree_flatten((bound.args, bound.kwargs))
+    constants = {
+        i: leaf
+        for i, leaf in enumerate(leaves)
+        if not isinstance(leaf, (torch.Tensor, _StaticLeaf))
+        and not (example_inputs is not None and _is_array(leaf))
+    }
+    names = _dedupe(_leaf_names(spec, signature, len(leaves)))
+    return CallSpec(signature, spec, names, constants), leaves
+
+
+def _is_array(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
+
+
+class _StaticLeaf:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            out.append(f"{n}_{seen[n]}")
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
+
+
+def twin(module: torch.nn.Module, memo: dict[int, torch.nn.Module] | None = None) -> torch.nn.Module:
+    """Shallow-copy a module tree: new module objects, the same parameter and buffer tensors.
+
+    The copy's `train()`/`eval()` and attribute changes never reach the user's module, while
+    parameters and buffers stay shared, so an optimizer over either updates both.
+    """
+    memo = {} if memo is None else memo
+    if id(module) in memo:
+        return memo[id(module)]
+    new = copy.copy(module)
+    memo[id(module)] = new
+    new.__dict__["_parameters"] = dict(module._parameters)
+    new.__dict__["_buffers"] = dict(module._buffers)
+    new.__dict__["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
+    new.__dict__["_modules"] = {
+        k: (twin(v, memo) if v is not None else None) for k, v in module._modules.items()
+    }
+    return new
+
+
+@dataclass
+class Captured:
+    """A captured graph with what is needed to call it like the original forward."""
+
+    gm: fx.GraphModule
+    call: CallSpec
+    out_spec: pytree.TreeSpec
+    leaf_index: list[int]
+    propagation_error: BaseException | None = None
+
+
+def capture(
+    root: torch.nn.Module,
+    call: CallSpec,
+    leaves: list | None,
+) -> Captured:
+    """Trace `root` (a twin of the user's module) into a GraphModule.
+
+    Raises TraceError naming the user's line when the forward cannot be captured.
+    """
+    tracer = FxgradTracer(leaves, call.in_spec, call)
+    _ACTIVE.append(tracer)
+    try:
+        with _patched(root):
+            graph = tracer.trace(root)
+    except FxgradError:
+        raise
+    except Exception as e:
+        raise _trace_error(e) from e
+    finally:
+        _ACTIVE.pop()
+        tracer._values.clear()
+    gm = fx.GraphModule(root, graph, class_name=type(root).__name__)
+    # Resolve targets through the shared module tree, so .to()/.cuda() on the fixed
+    # module (which replaces buffer objects) is seen by the graph.
+    gm.__dict__["_modules"] = root._modules
+    gm.__dict__["_parameters"] = root._parameters
+    gm.__dict__["_buffers"] = root._buffers
+    return Captured(
+        gm, call, tracer.out_spec, tracer.placeholder_leaf_index, tracer.propagation_error
+    )
+
+
+def _trace_error(e: Exception) -> TraceError:
+    where = _innermost_user_line(e)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "symbolically traced variables cannot be used as inputs to control flow" in str(e):
+        return _control_flow_error(where, "bool")
+    if "Proxy" in msg and ("iter" in msg or "len" in msg):
+        hint = (
+            "Pass example inputs so fxgrad can tell lengths, or unpack a fixed number "
+            "of items (`a, b = x.chunk(2)`)."
+        )
+    else:
+        hint = (
+            "Make the module that does this a leaf module, wrap the function with "
+            "torch.fx.wrap, or fix the value with concrete_args; see `fxgrad explain` "
+            "for what capture supports."
+        )
+    return TraceError(
+        f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint
+    )
+
+
+def _innermost_user_line(e: BaseException) -> str:
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    for fr in reversed(frames):
+        if not _is_internal(fr.filename):
+            return f"{os.path.basename(fr.filename)}:{fr.lineno}"
+    return "an unknown line"
