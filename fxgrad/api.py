@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from fxgrad.errors import FxgradError
 from fxgrad.pipeline import Reference, check_capture, run_forward_backward, run_passes
 from fxgrad.registry import select_passes
 from fxgrad.report import Report
-from fxgrad.trace import Captured, CallSpec, call_spec, capture, twin
+from fxgrad.trace import CallSpec, Captured, call_spec, capture, twin
 
 _AUTOGRAD_FORWARD_ERRORS = ("in-place operation", "inplace operation", "a view of a leaf")
 
@@ -75,6 +76,21 @@ class FixedModule(nn.Module):
     def extra_repr(self) -> str:
         return f"fixed {self.original_class.__name__}: {self.report.summary()}"
 
+    def __deepcopy__(self, memo: dict) -> FixedModule:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # fx pickles a GraphModule by re-tracing its generated code with a plain tracer,
+        # which would silently turn `z += 1` back into `z = z + 1`.
+        raise FxgradError(
+            "A fixed module cannot be pickled.",
+            hint="Save model.state_dict() and call fxgrad.fix() again after loading, or "
+            "write loadable code and weights with `fxgrad fix -o DIR`.",
+        )
+
 
 def _unwrap(model: Any) -> nn.Module:
     """Return the module to capture, seeing through DDP, DataParallel and torch.compile."""
@@ -120,35 +136,49 @@ def _check_leaves(leaves: list[Any]) -> None:
         )
 
 
-def _state_tensors(module: nn.Module) -> list[torch.Tensor]:
-    seen: dict[int, torch.Tensor] = {}
-    for t in list(module.parameters()) + list(module.buffers()):
-        seen.setdefault(id(t), t)
-    return list(seen.values())
-
-
 @contextlib.contextmanager
-def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Iterator[None]:
-    """Restore every parameter, buffer, `.grad` and the RNG after probing runs.
+def preserved_state(root: nn.Module) -> Iterator[Callable[[], None]]:
+    """Probe on private copies of the buffers; restore parameters, `.grad` and the RNG.
 
-    Probing runs the model forward and backward; the user's module must come out
-    bit-identical, with no gradient left behind.
+    Probing runs the model forward and backward (BatchNorm updates its running stats,
+    forwards bump counters). `root` is the twin of the user's module: its buffers are
+    swapped for clones while probing, so the user's buffers are never written, not even
+    their version counters. Parameters are shared; any probe write to them is undone and
+    no gradient is left behind.
     """
-    tensors = _state_tensors(module) + [t for t in extra if isinstance(t, torch.Tensor)]
+    swapped: list[tuple[dict, str, torch.Tensor]] = [
+        (m._buffers, name, b)
+        for m in root.modules()
+        for name, b in m._buffers.items()
+        if b is not None
+    ]
+
+    def reset() -> None:
+        """Give every buffer a fresh private copy of its original value."""
+        clones: dict[int, torch.Tensor] = {}
+        for buffers, name, b in swapped:
+            if id(b) not in clones:
+                clones[id(b)] = b.detach().clone()
+            buffers[name] = clones[id(b)]
+
+    reset()
+    params = list({id(p): p for p in root.parameters()}.values())
     with torch.no_grad():
-        saved = [(t, t.detach().clone()) for t in tensors]
-    grads = [(t, t.grad) for t in tensors if t.is_leaf]
-    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+        saved = [(p, p.detach().clone(), p._version) for p in params]
+    grads = [(p, p.grad) for p in params]
+    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
         try:
-            yield
+            yield reset
         finally:
+            for buffers, name, b in swapped:
+                buffers[name] = b
             with torch.no_grad():
-                for t, s in saved:
-                    if t.shape != s.shape or not torch.equal(t, s):
-                        t.copy_(s)
-            for t, g in grads:
-                t.grad = g
+                for p, s, version in saved:
+                    if p._version != version or not torch.equal(p, s):
+                        p.copy_(s)
+            for p, g in grads:
+                p.grad = g
 
 
 @contextlib.contextmanager
@@ -189,6 +219,7 @@ def _eager_reference(
     model: nn.Module, inputs: tuple, params: list[torch.Tensor], ctx: Context
 ) -> Reference:
     ref = Reference()
+    ctx.reset_state()
     cloned = clone_inputs(list(inputs))
     try:
         flat, grads, berr = run_forward_backward(model, cloned, params, ctx.seed)
@@ -208,7 +239,9 @@ def _eager_reference(
     wrt = [p for p in params if p.requires_grad]
     names = {id(p): n for n, p in model.named_parameters()}
     ref.grad_names = [names.get(id(p), "a parameter") for p in wrt] + [
-        f"input {i}" for i, t in enumerate(cloned) if isinstance(t, torch.Tensor) and t.requires_grad
+        f"input {i}"
+        for i, t in enumerate(cloned)
+        if isinstance(t, torch.Tensor) and t.requires_grad
     ]
     return ref
 
@@ -235,13 +268,15 @@ def _fix(
         modes.append(not root.training)
     report = Report(mode="exact" if inputs is not None else "static", model=type(model).__name__)
     graphs: dict[bool, Captured] = {}
-    with preserved_state(model, leaves):
+    with preserved_state(root) as reset_state:
         for training in modes:
             with _mode(root, training):
+                reset_state()
                 captured = capture(root, call, clone_inputs(leaves) if inputs else None)
                 ctx = Context(
                     example_inputs=[leaves[i] for i in captured.leaf_index] if inputs else None,
                     measure=measure or default_measure,
+                    reset_state=reset_state,
                 )
                 params = list(root.parameters())
                 ref = None
@@ -253,6 +288,7 @@ def _fix(
                             "eager backward fails on the example inputs: "
                             + str(ref.backward_error).strip().splitlines()[0]
                         )
+                report.notes.extend(n for n in captured.notes if n not in report.notes)
                 before = captured.gm.code
                 changes, notes = run_passes(captured.gm, passes, ctx, ref, params, verify)
                 if training == modes[0]:

@@ -59,18 +59,24 @@ class Context:
     measure: Measure = default_measure
     measure_budget_s: float = 20.0
     seed: int = 0
+    reset_state: Callable[[], None] = lambda: None
     notes: list[str] = field(default_factory=list)
     _measure_spent: float = 0.0
 
     @property
     def mode(self) -> str:
-        """"exact" when example inputs let passes observe a real run, else "static"."""
+        """ "exact" when example inputs let passes observe a real run, else "static"."""
         return "exact" if self.example_inputs is not None else "static"
 
     def inputs(self) -> list[Any]:
-        """Fresh copies of the example inputs, safe for a graph to write into."""
+        """Fresh copies of the example inputs, safe for a graph to write into.
+
+        Module buffers are reset to their original values too, so every probing run
+        starts from the state the model had when fix() was called.
+        """
         if self.example_inputs is None:
             raise ValueError("no example inputs")
+        self.reset_state()
         return clone_inputs(self.example_inputs)
 
     def timed(self, key: str, fn: Callable[[], Any]) -> float | None:

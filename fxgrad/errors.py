@@ -33,9 +33,7 @@ class PassError(FxgradError):
 class EquivalenceError(FxgradError):
     """The captured or rewritten graph computes something other than eager PyTorch."""
 
-    def __init__(
-        self, message: str, hint: str | None = None, *, max_abs_diff: float | None = None
-    ):
+    def __init__(self, message: str, hint: str | None = None, *, max_abs_diff: float | None = None):
         super().__init__(message, hint)
         self.max_abs_diff = max_abs_diff
 

@@ -54,7 +54,7 @@ SIDE_EFFECT_FUNCTIONS: set[Any] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _inplace_param_index(fn: Callable) -> int | None:
     """Position of an `inplace` parameter in fn's signature, if it has one."""
     try:
@@ -165,7 +165,7 @@ _internal_cache: dict[str, bool] = {}
 def _is_internal(filename: str) -> bool:
     hit = _internal_cache.get(filename)
     if hit is None:
-        hit = filename.startswith(_INTERNAL_DIRS) or filename.startswith("<")
+        hit = filename.startswith(_INTERNAL_DIRS) or filename.startswith("<frozen")
         _internal_cache[filename] = hit
     return hit
 

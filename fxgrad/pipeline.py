@@ -45,8 +45,9 @@ def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     """Deterministic random output gradients, so reductions cannot hide a wrong gradient."""
     gen = torch.Generator().manual_seed(seed + 1)
     return [
-        torch.randn(o.shape, generator=gen, dtype=o.dtype if o.is_complex() else torch.float64)
-        .to(dtype=o.dtype, device=o.device)
+        torch.randn(o.shape, generator=gen, dtype=o.dtype if o.is_complex() else torch.float64).to(
+            dtype=o.dtype, device=o.device
+        )
         for o in outputs
     ]
 
@@ -106,7 +107,9 @@ def _max_abs_diff(a: torch.Tensor, e: torch.Tensor) -> float:
         return float("nan")
 
 
-def verify(gm: fx.GraphModule, ctx: Context, ref: Reference, params: list[torch.Tensor]) -> str | None:
+def verify(
+    gm: fx.GraphModule, ctx: Context, ref: Reference, params: list[torch.Tensor]
+) -> str | None:
     """Check a rewritten graph on the example inputs; return what is wrong, or None.
 
     Forward values must equal eager's where eager runs; backward must run; gradients must

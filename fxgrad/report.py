@@ -64,7 +64,9 @@ class Report:
                 for c in self.changes
             ]
             lines.append(
-                tabulate(rows, headers=["where", "code", "before", "after", "why"], tablefmt="simple")
+                tabulate(
+                    rows, headers=["where", "code", "before", "after", "why"], tablefmt="simple"
+                )
             )
         lines.extend(f"note: {n}" for n in self.notes)
         lines.append(self.summary())

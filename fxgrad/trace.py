@@ -203,6 +203,15 @@ def _traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
 
 
 _ORIG_APPLY = torch.autograd.function.Function.__dict__["apply"]
+_ORIG_MODULE_SETATTR = torch.nn.Module.__setattr__
+
+
+def _traced_module_setattr(mod: torch.nn.Module, name: str, value: Any) -> None:
+    """`self.buf = f(self.buf)` in a forward: module state the caller observes."""
+    if isinstance(value, fx.Proxy) and _ACTIVE and not _ACTIVE[-1].in_propagation:
+        if _ACTIVE[-1].record_module_setattr(mod, name, value):
+            return
+    _ORIG_MODULE_SETATTR(mod, name, value)
 
 
 def _called_from_user_code() -> bool:
@@ -305,8 +314,10 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
                     else:
                         setattr(ns, name, new)
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
+        torch.nn.Module.__setattr__ = _traced_module_setattr
         yield
     finally:
+        torch.nn.Module.__setattr__ = _ORIG_MODULE_SETATTR
         torch.autograd.function.Function.apply = _ORIG_APPLY
         for ns, name, value in reversed(undo):
             if isinstance(ns, dict):
@@ -328,6 +339,7 @@ class FxgradTracer(fx.Tracer):
 
     def __init__(self, leaves: list[Any] | None, in_spec: pytree.TreeSpec, sig_kinds: Any):
         super().__init__(autowrap_modules=(), autowrap_functions=())
+        self.proxy_buffer_attributes = True  # buffer reads and writes become graph nodes
         self._leaves = leaves
         self._in_spec = in_spec
         self._call = sig_kinds
@@ -336,6 +348,7 @@ class FxgradTracer(fx.Tracer):
         self.in_propagation = False
         self.propagation_error: BaseException | None = None
         self._grad_stack: list[fx.Proxy] = []
+        self.notes: list[str] = []
         self._meta_memo: dict[fx.Node, bool] = {}
         self.out_spec: pytree.TreeSpec | None = None
         self.placeholder_leaf_index: list[int] = []
@@ -465,7 +478,9 @@ class FxgradTracer(fx.Tracer):
             except TypeError:
                 n = None
             if n is not None:
-                self.create_proxy("call_function", fxgrad_guard, (proxy, n, "len", self._where()), {})
+                self.create_proxy(
+                    "call_function", fxgrad_guard, (proxy, n, "len", self._where()), {}
+                )
                 return n
         static = _static_length(node)
         if static is not None:
@@ -483,6 +498,31 @@ class FxgradTracer(fx.Tracer):
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
         n = self._length(obj)
         return iter([obj[i] for i in range(n)])
+
+    # -- module state written in forward -------------------------------------------------
+
+    def record_module_setattr(self, mod: torch.nn.Module, name: str, value: fx.Proxy) -> bool:
+        """Record `mod.name = value` as a graph node so the fixed module keeps the write."""
+        try:
+            path = self.path_of_module(mod)
+        except NameError:
+            return False
+        if name in mod._buffers:
+            target = f"{path}._buffers" if path else "_buffers"
+            holder = self.create_proxy("get_attr", target, (), {})
+            self.create_proxy("call_function", operator.setitem, (holder, name, value), {})
+            mod._buffers[name] = value  # later reads in this forward see the new value
+            return True
+        if path:
+            owner = self.create_proxy("get_attr", path, (), {})
+            self.create_proxy("call_function", builtins.setattr, (owner, name, value), {})
+        else:
+            self.notes.append(
+                f"the forward stores a tensor in self.{name} at {self._where()}; the fixed "
+                "module does not keep that attribute (make it a buffer to keep it)"
+            )
+        mod.__dict__[name] = value
+        return True
 
     # -- grad-mode regions ------------------------------------------------------------------
 
@@ -662,7 +702,9 @@ def _dedupe(names: list[str]) -> list[str]:
     return out
 
 
-def twin(module: torch.nn.Module, memo: dict[int, torch.nn.Module] | None = None) -> torch.nn.Module:
+def twin(
+    module: torch.nn.Module, memo: dict[int, torch.nn.Module] | None = None
+) -> torch.nn.Module:
     """Shallow-copy a module tree: new module objects, the same parameter and buffer tensors.
 
     The copy's `train()`/`eval()` and attribute changes never reach the user's module, while
@@ -691,6 +733,7 @@ class Captured:
     out_spec: pytree.TreeSpec
     leaf_index: list[int]
     propagation_error: BaseException | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def capture(
@@ -703,6 +746,7 @@ def capture(
     Raises TraceError naming the user's line when the forward cannot be captured.
     """
     tracer = FxgradTracer(leaves, call.in_spec, call)
+    state = [(m, dict(m._buffers), dict(m.__dict__)) for m in root.modules()]
     _ACTIVE.append(tracer)
     try:
         with _patched(root):
@@ -714,6 +758,24 @@ def capture(
     finally:
         _ACTIVE.pop()
         tracer._values.clear()
+        for m, buffers, attrs in state:  # undo what tracing assigned to the twin
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            added = [
+                k for k in m.__dict__ if k not in attrs and not k.startswith("_tensor_constant")
+            ]
+            for k in added:
+                del m.__dict__[k]
+            for k, v in attrs.items():
+                if m.__dict__.get(k) is not v:
+                    m.__dict__[k] = v
+    # Constant tensors fx stowed on the root become non-persistent buffers: they follow
+    # .to()/.cuda() and stay out of state_dict(), whose keys must match the original's.
+    for node in graph.nodes:
+        name = str(node.target)
+        if node.op == "get_attr" and isinstance(root.__dict__.get(name), torch.Tensor):
+            root._buffers[name] = root.__dict__.pop(name)
+            root._non_persistent_buffers_set.add(name)
     gm = fx.GraphModule(root, graph, class_name=type(root).__name__)
     # Resolve targets through the shared module tree, so .to()/.cuda() on the fixed
     # module (which replaces buffer objects) is seen by the graph.
@@ -721,7 +783,12 @@ def capture(
     gm.__dict__["_parameters"] = root._parameters
     gm.__dict__["_buffers"] = root._buffers
     return Captured(
-        gm, call, tracer.out_spec, tracer.placeholder_leaf_index, tracer.propagation_error
+        gm,
+        call,
+        tracer.out_spec,
+        tracer.placeholder_leaf_index,
+        tracer.propagation_error,
+        tracer.notes,
     )
 
 

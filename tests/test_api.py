@@ -1,0 +1,238 @@
+"""fix() returns a drop-in module, never changes the user's model, and fails clearly."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+import fxgrad
+from fxgrad.errors import EquivalenceError, FxgradError, SelectionError, TraceError
+from fxgrad.graph_utils import eliminate_dead_code, writes_to
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+        self.unused = nn.Linear(7, 7)  # never called: still in state_dict
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x, scale: float = 1.0):
+        self.calls += 1  # module state the caller observes
+        h = F.relu(self.bn(self.conv(x)), inplace=True)
+        return self.head(h.mean((2, 3))) * scale
+
+
+def _x():
+    return torch.randn(2, 3, 8, 8)
+
+
+def test_state_dict_keys_and_shared_parameters():
+    model = Net()
+    fixed = fxgrad.fix(model, (_x(),))
+    assert list(fixed.state_dict()) == list(model.state_dict())
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), fixed.named_parameters()):
+        assert n1 == n2 and p1 is p2  # shared, not copied
+    fixed.load_state_dict(model.state_dict())
+
+
+def test_users_model_is_untouched_and_no_grad_left_behind():
+    model = Net().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    versions = {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
+    flags = [m.training for m in model.modules()]
+    fxgrad.fix(model, (_x(),))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running stats, counters: bit-identical
+    assert all(p.grad is None for p in model.parameters())
+    assert [m.training for m in model.modules()] == flags
+    assert versions == {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def test_existing_grads_are_kept():
+    model = Net()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    fxgrad.fix(model, (_x(),))
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+
+
+def test_fixed_module_trains_like_the_original():
+    torch.manual_seed(0)
+    model = Net()
+    twin = copy.deepcopy(model)
+    fixed = fxgrad.fix(model, (_x(),))
+    opt_a = torch.optim.SGD(fixed.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(twin.parameters(), lr=0.1)
+    for _ in range(3):
+        x = _x()
+        for m, opt in ((fixed, opt_a), (twin, opt_b)):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(fixed.state_dict().values(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # the fixed module shares storage with the user's model, so the user's model trained too
+    torch.testing.assert_close(model.conv.weight, twin.conv.weight)
+
+
+def test_train_eval_do_not_leak_into_the_users_model():
+    model = Net().train()
+    fixed = fxgrad.fix(model, (_x(),))
+    fixed.eval()
+    assert model.training and model.bn.training
+    assert not fixed.bn.training
+    x = _x()
+    model.eval()
+    torch.testing.assert_close(fixed(x), model(x))
+
+
+def test_keyword_arguments_and_defaults():
+    model = Net().eval()
+    fixed = fxgrad.fix(model, (_x(),))
+    x = _x()
+    torch.testing.assert_close(fixed(x=x), model(x))
+    with pytest.raises(FxgradError, match="scale was 1.0"):
+        fixed(x, scale=2.0)  # captured with the default: refuses rather than ignoring it
+
+
+def test_to_and_deepcopy_and_pickle():
+    model = Net().eval()
+    fixed = fxgrad.fix(model, (_x(),))
+    x = _x()
+    clone = copy.deepcopy(fixed)
+    torch.testing.assert_close(clone(x), model(x))
+    with pytest.raises(FxgradError, match="cannot be pickled"):
+        pickle.dumps(fixed)
+    double = copy.deepcopy(fixed).double()
+    torch.testing.assert_close(double(x.double()), model.double()(x.double()))
+
+
+def test_static_mode_without_example_inputs():
+    model = Net().eval()
+    fixed = fxgrad.fix(model)
+    assert fixed.report.mode == "static"
+    x = _x()
+    torch.testing.assert_close(fixed(x), model(x))
+
+
+def test_check_returns_the_report():
+    report = fxgrad.check(Net(), (_x(),))
+    assert isinstance(report, fxgrad.Report)
+    assert report.exit_code in (0, 1)
+
+
+# --- mutation-aware dead-code elimination ---------------------------------------------------
+
+
+def test_dead_code_elimination_keeps_writes():
+    class Writes(nn.Module):
+        def forward(self, x):
+            h = x * 2
+            h.mul_(3)
+            F.relu(h, inplace=True)
+            unused = x + 1  # noqa: F841
+            return h
+
+    fixed = fxgrad.fix(Writes(), (torch.randn(4),), select=[])
+    gm = fixed.graph_module
+    removed = eliminate_dead_code(gm)
+    gm.recompile()
+    assert removed == 1  # only `x + 1`
+    x = torch.randn(4)
+    torch.testing.assert_close(gm(x)[0], F.relu(x * 6))
+    writes = [n for n in gm.graph.nodes if writes_to(n, gm) is not None]
+    assert len(writes) == 2
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def test_untraceable_forward_names_the_line_and_what_to_try():
+    with pytest.raises(TraceError) as info:
+        fxgrad.fix(DataDependent(), (torch.randn(3),))
+    message = str(info.value)
+    assert "test_api.py:" in message
+    assert "control flow" in message
+    assert "torch.fx.wrap" in info.value.hint or "leaf module" in info.value.hint
+
+
+def test_untraceable_forward_without_inputs_is_a_trace_error_too():
+    with pytest.raises(TraceError, match="test_api.py"):
+        fxgrad.fix(DataDependent())
+
+
+def test_non_tensor_example_inputs():
+    with pytest.raises(FxgradError, match="hold no tensor"):
+        fxgrad.fix(Net(), ("not a tensor",))
+
+
+def test_example_inputs_must_be_a_tuple():
+    with pytest.raises(FxgradError, match="tuple of positional arguments"):
+        fxgrad.fix(Net(), [_x()])
+
+
+def test_wrong_number_of_example_inputs():
+    with pytest.raises(FxgradError, match="do not match the model's forward signature"):
+        fxgrad.fix(Net(), (_x(), 1.0, 2.0))
+
+
+def test_model_that_raises_in_forward():
+    with pytest.raises(FxgradError, match="raises RuntimeError in forward") as info:
+        fxgrad.fix(Net(), (torch.randn(2, 5, 8, 8),))  # wrong channel count
+    assert "shapes" in info.value.hint
+
+
+def test_not_a_module():
+    with pytest.raises(FxgradError, match="needs an nn.Module"):
+        fxgrad.fix(lambda x: x, (torch.randn(2),))
+
+
+def test_unknown_pass_code():
+    with pytest.raises(SelectionError, match="FXG101"):
+        fxgrad.fix(Net(), (_x(),), select=["FXG999"])
+
+
+def test_fixing_a_fixed_module_is_refused():
+    fixed = fxgrad.fix(Net(), (_x(),))
+    with pytest.raises(FxgradError, match="already fixed"):
+        fxgrad.fix(fixed, (_x(),))
+
+
+def test_wrapped_models_are_unwrapped():
+    model = Net().eval()
+    fixed = fxgrad.fix(nn.DataParallel(model), (_x(),))
+    x = _x()
+    torch.testing.assert_close(fixed(x), model(x))
+
+
+def test_capture_mismatch_is_an_error_not_a_different_model():
+    calls = []
+
+    class Impure(nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x * len(calls)  # a Python side effect a graph cannot replay
+
+    with pytest.raises(EquivalenceError, match="differs from eager"):
+        fxgrad.fix(Impure(), (torch.randn(3),))
+
+
+def test_graph_module_is_a_real_graph_module():
+    fixed = fxgrad.fix(Net().eval(), (_x(),))
+    assert isinstance(fixed.graph_module, fx.GraphModule)
+    assert "def forward" in fixed.code
