@@ -137,48 +137,42 @@ def _check_leaves(leaves: list[Any]) -> None:
 
 
 @contextlib.contextmanager
-def preserved_state(root: nn.Module) -> Iterator[Callable[[], None]]:
-    """Probe on private copies of the buffers; restore parameters, `.grad` and the RNG.
+def preserved_state(root: nn.Module, probing: bool = True) -> Iterator[Callable[[], None]]:
+    """Probe on private copies of parameters and buffers, and restore the RNG afterwards.
 
     Probing runs the model forward and backward (BatchNorm updates its running stats,
-    forwards bump counters). `root` is the twin of the user's module: its buffers are
-    swapped for clones while probing, so the user's buffers are never written, not even
-    their version counters. Parameters are shared; any probe write to them is undone and
-    no gradient is left behind.
+    forwards bump counters, a buggy forward may even write a parameter). `root` is the
+    twin of the user's module: while probing, its parameter and buffer slots hold fresh
+    copies, given anew by `reset()` before each run, so the user's tensors are never
+    written (not even their version counters) and no `.grad` is ever left on them.
+    Without probing (no example inputs) nothing runs and nothing is copied.
     """
-    swapped: list[tuple[dict, str, torch.Tensor]] = [
-        (m._buffers, name, b)
-        for m in root.modules()
-        for name, b in m._buffers.items()
-        if b is not None
-    ]
+    slots: list[tuple[dict, str, torch.Tensor]] = []
+    if probing:
+        for m in root.modules():
+            for table in (m._parameters, m._buffers):
+                slots.extend((table, name, t) for name, t in table.items() if t is not None)
 
     def reset() -> None:
-        """Give every buffer a fresh private copy of its original value."""
+        """Give every parameter and buffer slot a fresh private copy of its original."""
         clones: dict[int, torch.Tensor] = {}
-        for buffers, name, b in swapped:
-            if id(b) not in clones:
-                clones[id(b)] = b.detach().clone()
-            buffers[name] = clones[id(b)]
+        with torch.no_grad():
+            for table, name, t in slots:
+                if id(t) not in clones:
+                    c = t.detach().clone()
+                    if isinstance(t, nn.Parameter):
+                        c = nn.Parameter(c, requires_grad=t.requires_grad)
+                    clones[id(t)] = c
+                table[name] = clones[id(t)]
 
-    reset()
-    params = list({id(p): p for p in root.parameters()}.values())
-    with torch.no_grad():
-        saved = [(p, p.detach().clone(), p._version) for p in params]
-    grads = [(p, p.grad) for p in params]
-    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
+    devices = sorted({t.device.index or 0 for _, _, t in slots if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices, enabled=probing):
         try:
+            reset()
             yield reset
         finally:
-            for buffers, name, b in swapped:
-                buffers[name] = b
-            with torch.no_grad():
-                for p, s, version in saved:
-                    if p._version != version or not torch.equal(p, s):
-                        p.copy_(s)
-            for p, g in grads:
-                p.grad = g
+            for table, name, t in slots:
+                table[name] = t
 
 
 @contextlib.contextmanager
@@ -215,14 +209,17 @@ def _code_mentions(code: types.CodeType, name: str) -> bool:
     return any(isinstance(c, types.CodeType) and _code_mentions(c, name) for c in code.co_consts)
 
 
-def _eager_reference(
-    model: nn.Module, inputs: tuple, params: list[torch.Tensor], ctx: Context
-) -> Reference:
+def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Reference:
     ref = Reference()
-    ctx.reset_state()
-    cloned = clone_inputs(list(inputs))
+    cloned = ctx.inputs()
+    params = ctx.params()
+
+    def eager(*leaves: Any) -> Any:
+        args, kwargs = call.unflatten(list(leaves))
+        return model(*args, **kwargs)
+
     try:
-        flat, grads, berr = run_forward_backward(model, cloned, params, ctx.seed)
+        flat, grads, berr = run_forward_backward(eager, cloned, params, ctx.seed)
     except Exception as e:
         ref.forward_error = e
         if not any(s in str(e) for s in _AUTOGRAD_FORWARD_ERRORS):
@@ -268,20 +265,20 @@ def _fix(
         modes.append(not root.training)
     report = Report(mode="exact" if inputs is not None else "static", model=type(model).__name__)
     graphs: dict[bool, Captured] = {}
-    with preserved_state(root) as reset_state:
+    with preserved_state(root, probing=inputs is not None) as reset_state:
         for training in modes:
-            with _mode(root, training):
+            with _mode(root, training) if training != modes[0] else contextlib.nullcontext():
                 reset_state()
                 captured = capture(root, call, clone_inputs(leaves) if inputs else None)
                 ctx = Context(
                     example_inputs=[leaves[i] for i in captured.leaf_index] if inputs else None,
                     measure=measure or default_measure,
                     reset_state=reset_state,
+                    module=root,
                 )
-                params = list(root.parameters())
                 ref = None
                 if inputs is not None:
-                    ref = _eager_reference(root, inputs, params, ctx)
+                    ref = _eager_reference(root, call, ctx)
                     check_capture(captured.gm, ctx, ref)
                     if ref.backward_error is not None and training == modes[0]:
                         report.notes.append(
@@ -290,7 +287,7 @@ def _fix(
                         )
                 report.notes.extend(n for n in captured.notes if n not in report.notes)
                 before = captured.gm.code
-                changes, notes = run_passes(captured.gm, passes, ctx, ref, params, verify)
+                changes, notes = run_passes(captured.gm, passes, ctx, ref, verify)
                 if training == modes[0]:
                     report.code_before, report.code_after = before, captured.gm.code
                     report.changes.extend(changes)

@@ -36,7 +36,8 @@ def default_measure(key: str, fn: Callable[[], Any], *, min_run_time: float = 0.
     """Median seconds per call of fn, from torch.utils.benchmark's blocked autorange."""
     from torch.utils import benchmark
 
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    # Time with the threads the model will run with (Timer's default is one thread).
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
@@ -60,6 +61,7 @@ class Context:
     measure_budget_s: float = 20.0
     seed: int = 0
     reset_state: Callable[[], None] = lambda: None
+    module: torch.nn.Module | None = None
     notes: list[str] = field(default_factory=list)
     _measure_spent: float = 0.0
 
@@ -78,6 +80,10 @@ class Context:
             raise ValueError("no example inputs")
         self.reset_state()
         return clone_inputs(self.example_inputs)
+
+    def params(self) -> list[torch.Tensor]:
+        """The parameters the graph reads right now (private copies while probing)."""
+        return [] if self.module is None else list(self.module.parameters())
 
     def timed(self, key: str, fn: Callable[[], Any]) -> float | None:
         """Measure fn within the measuring budget; None once the budget is spent."""

@@ -116,7 +116,8 @@ def verify(
     be finite wherever eager's were.
     """
     try:
-        flat, grads, berr = run_forward_backward(gm, ctx.inputs(), params, ctx.seed)
+        inputs = ctx.inputs()
+        flat, grads, berr = run_forward_backward(gm, inputs, ctx.params(), ctx.seed)
     except Exception as e:
         return f"the rewritten forward raises {type(e).__name__}: {_first_line(e)}"
     if ref.outputs is not None:
@@ -178,18 +179,20 @@ def run_passes(
     passes: list[Pass],
     ctx: Context,
     ref: Reference | None,
-    params: list[torch.Tensor],
     verify_results: bool = True,
 ) -> tuple[list[Change], list[str]]:
     """Run each pass on gm in order; roll back any whose result fails verification."""
     changes: list[Change] = []
     notes: list[str] = []
+    can_verify = verify_results and ref is not None and ctx.example_inputs is not None
     for p in passes:
-        saved = copy.deepcopy(gm.graph)
+        # A snapshot to roll back to is needed only where a result can be verified.
+        saved = copy.deepcopy(gm.graph) if can_verify else None
         try:
             found = p.run(gm, ctx)
-            gm.graph.lint()
-            gm.recompile()
+            if any(c.applied for c in found):
+                gm.graph.lint()
+                gm.recompile()
         except FxgradError:
             raise
         except Exception as e:
@@ -203,13 +206,10 @@ def run_passes(
                 node=str(node),
             ) from e
         if not any(c.applied for c in found):
-            gm.graph = saved  # a pass that only reports must not leave edits behind
             changes.extend(found)
             continue
-        problem = None
-        if verify_results and ref is not None and ctx.example_inputs is not None:
-            problem = verify(gm, ctx, ref, params)
-        if problem is not None:
+        problem = verify(gm, ctx, ref) if can_verify else None
+        if problem is not None and saved is not None:
             gm.graph = saved
             notes.append(f"{p.code} ({p.name}) was rolled back: {problem}.")
             found = [

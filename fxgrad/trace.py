@@ -82,6 +82,65 @@ def function_apply(cls: type) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------
+# NumPy ufunc methods and dtype arguments, in a form generated code can hold
+
+_ufunc_method_wrappers: dict[tuple[Any, str], Callable] = {}
+
+
+def ufunc_method(ufunc: Any, method: str) -> Callable:
+    """Return a stable callable for `ufunc.method` (`np.add.reduce`); fx cannot name bound ones."""
+    key = (ufunc, method)
+    wrapper = _ufunc_method_wrappers.get(key)
+    if wrapper is None:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return getattr(ufunc, method)(*args, **kwargs)
+
+        wrapper.__name__ = f"{ufunc.__name__}_{method}"
+        wrapper.__qualname__ = wrapper.__name__
+        wrapper.__module__ = __name__
+        wrapper._fxgrad_ufunc = ufunc  # type: ignore[attr-defined]
+        wrapper._fxgrad_ufunc_method = method  # type: ignore[attr-defined]
+        _ufunc_method_wrappers[key] = wrapper
+    return wrapper
+
+
+def _numpy_dtype_names(tree: Any) -> Any:
+    """Replace dtype-like leaves (`np.float32`, `float`, `np.dtype("int8")`) by their names.
+
+    NumPy reads the name as the same dtype, and fx can put a string into generated code.
+    """
+
+    def name(a: Any) -> Any:
+        if not (isinstance(a, type) or type(a).__module__.startswith("numpy")):
+            return a
+        if isinstance(a, type) and not (
+            a in (bool, int, float, complex) or a.__module__.startswith("numpy")
+        ):
+            return a
+        import numpy as np
+
+        try:
+            dt = np.dtype(a)
+        except TypeError:
+            return a
+        return dt.name if np.dtype(dt.name) == dt else a
+
+    return pytree.tree_map(name, tree)
+
+
+def _takes_numpy_dtypes(kind: str, target: Any) -> bool:
+    if kind == "call_method":
+        return target == "astype"
+    module = getattr(target, "__module__", None) or ""
+    return kind == "call_function" and (
+        type(target).__name__ == "ufunc"
+        or module.startswith("numpy")
+        or hasattr(target, "_fxgrad_ufunc")
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # The proxy
 
 _META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse"}
@@ -150,7 +209,7 @@ class FxgradProxy(fx.Proxy):
         raise TypeError("a traced value cannot become a NumPy array here")
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        target = ufunc if method == "__call__" else getattr(ufunc, method)
+        target = ufunc if method == "__call__" else ufunc_method(ufunc, method)
         return self.tracer.create_proxy("call_function", target, inputs, kwargs)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
@@ -290,29 +349,34 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
         if hasattr(torch, n)
     }
     replacements.update(_GRAD_MODE_REPLACEMENTS)
-    namespaces = [torch, torch.autograd, torch.autograd.grad_mode]
+    names = (*_HOST_FUNCTIONS, "no_grad", "enable_grad", "set_grad_enabled")
+    undo: list[tuple[Any, str, Any]] = []
+    targets: list[tuple[Any, str, Any]] = []
+    for ns in (torch, torch.autograd, torch.autograd.grad_mode):
+        targets.extend((ns, n, getattr(ns, n)) for n in names if hasattr(ns, n))
+    # Model code may have imported them by name (`from torch import no_grad`).
     seen: set[int] = set()
     for mod in root.modules():
-        fn = getattr(type(mod), "forward", None)
-        g = getattr(fn, "__globals__", None)
+        if type(mod).__module__.startswith("torch."):
+            continue  # torch.nn modules are leaves: their code is not traced
+        g = getattr(getattr(type(mod), "forward", None), "__globals__", None)
         if g is not None and id(g) not in seen:
             seen.add(id(g))
-            namespaces.append(g)
-    undo: list[tuple[Any, str, Any]] = []
+            for name, value in g.items():
+                if callable(value) and not isinstance(value, type(torch)):
+                    with contextlib.suppress(TypeError):
+                        if value in replacements:
+                            targets.append((g, name, value))
     try:
-        for ns in namespaces:
-            d = ns if isinstance(ns, dict) else ns.__dict__
-            for name, value in list(d.items()):
-                try:
-                    new = replacements.get(value)
-                except TypeError:  # unhashable global
-                    continue
-                if new is not None:
-                    undo.append((ns, name, value))
-                    if isinstance(ns, dict):
-                        ns[name] = new
-                    else:
-                        setattr(ns, name, new)
+        for ns, name, value in targets:
+            new = replacements.get(value)
+            if new is None:
+                continue
+            undo.append((ns, name, value))
+            if isinstance(ns, dict):
+                ns[name] = new
+            else:
+                setattr(ns, name, new)
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
         torch.nn.Module.__setattr__ = _traced_module_setattr
         yield
@@ -357,6 +421,11 @@ class FxgradTracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return FxgradProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **kw):  # noqa: ANN001
+        if _takes_numpy_dtypes(kind, target):
+            args, kwargs = _numpy_dtype_names((args, kwargs))
+        return super().create_proxy(kind, target, args, kwargs, *rest, **kw)
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
@@ -621,6 +690,15 @@ class CallSpec:
             else:
                 out.append(leaf)
         return out
+
+    def unflatten(self, leaves: list[Any]) -> tuple[tuple, dict]:
+        """Rebuild (args, kwargs) of a call from its non-constant leaves, in order."""
+        it = iter(leaves)
+        full = [
+            self.constants[i] if i in self.constants else next(it)
+            for i in range(self.in_spec.num_leaves)
+        ]
+        return pytree.tree_unflatten(full, self.in_spec)
 
 
 def _same_constant(a: Any, b: Any) -> bool:
