@@ -143,7 +143,7 @@ def _takes_numpy_dtypes(kind: str, target: Any) -> bool:
 # ---------------------------------------------------------------------------------------
 # The proxy
 
-_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse"}
+_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse", "requires_grad"}
 _META_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "get_device"}
 _META_FUNCTIONS = {
     builtins.len,
