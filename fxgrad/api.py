@@ -153,17 +153,23 @@ def preserved_state(root: nn.Module, probing: bool = True) -> Iterator[Callable[
             for table in (m._parameters, m._buffers):
                 slots.extend((table, name, t) for name, t in table.items() if t is not None)
 
+    clones: dict[int, tuple[torch.Tensor, int]] = {}
+
     def reset() -> None:
-        """Give every parameter and buffer slot a fresh private copy of its original."""
-        clones: dict[int, torch.Tensor] = {}
+        """Give every parameter and buffer slot a private copy of its original value.
+
+        A copy is made anew only when a probe wrote to it (its version moved), so the
+        parameters of a large model are copied once, not once per probing run.
+        """
         with torch.no_grad():
             for table, name, t in slots:
-                if id(t) not in clones:
+                hit = clones.get(id(t))
+                if hit is None or hit[0]._version != hit[1]:
                     c = t.detach().clone()
                     if isinstance(t, nn.Parameter):
                         c = nn.Parameter(c, requires_grad=t.requires_grad)
-                    clones[id(t)] = c
-                table[name] = clones[id(t)]
+                    hit = clones[id(t)] = (c, c._version)
+                table[name] = hit[0]
 
     devices = sorted({t.device.index or 0 for _, _, t in slots if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices, enabled=probing):

@@ -143,7 +143,16 @@ def _takes_numpy_dtypes(kind: str, target: Any) -> bool:
 # ---------------------------------------------------------------------------------------
 # The proxy
 
-_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse", "requires_grad"}
+_META_ATTRS = {
+    "shape",
+    "ndim",
+    "dtype",
+    "device",
+    "is_cuda",
+    "layout",
+    "is_sparse",
+    "requires_grad",
+}
 _META_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "get_device"}
 _META_FUNCTIONS = {
     builtins.len,
@@ -402,7 +411,7 @@ class FxgradTracer(fx.Tracer):
     """
 
     def __init__(self, leaves: list[Any] | None, in_spec: pytree.TreeSpec, sig_kinds: Any):
-        super().__init__(autowrap_modules=(), autowrap_functions=())
+        super().__init__()  # autowraps `math` functions, as plain fx does
         self.proxy_buffer_attributes = True  # buffer reads and writes become graph nodes
         self._leaves = leaves
         self._in_spec = in_spec
