@@ -8,8 +8,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tabulate import tabulate
-
 from fxgrad.changes import Change
 
 _CLEANUP = re.compile(r";\s*\w+ = None\s*$")
@@ -57,6 +55,8 @@ class Report:
 
     def table(self) -> str:
         """Render the changes as a table, one row each, plus a count sentence."""
+        from tabulate import tabulate  # only reports that are printed need it
+
         lines = []
         if self.changes:
             rows = [
