@@ -19,7 +19,12 @@ from fxgrad.registry import select_passes
 from fxgrad.report import Report
 from fxgrad.trace import CallSpec, Captured, call_spec, capture, twin
 
-_AUTOGRAD_FORWARD_ERRORS = ("in-place operation", "inplace operation", "a view of a leaf")
+_AUTOGRAD_FORWARD_ERRORS = (
+    "in-place operation",
+    "inplace operation",
+    "a view of a leaf",
+    "arguments don't support automatic differentiation",  # out= on a tensor that requires grad
+)
 
 
 class FixedModule(nn.Module):
@@ -67,7 +72,7 @@ class FixedModule(nn.Module):
         leaves = cap.call.flatten(args, kwargs)
         prev = torch.is_grad_enabled()
         try:
-            out = cap.gm(*leaves)
+            out = cap.gm.forward(*leaves)  # not gm(): fx prints its own traceback
         except BaseException:
             torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
             raise

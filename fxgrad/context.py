@@ -98,7 +98,7 @@ class Context:
     def run(self, gm: fx.GraphModule) -> Any:
         """Run the graph on fresh example inputs with the context's RNG seed."""
         with seeded(self.seed):
-            return gm(*self.inputs())
+            return gm.forward(*self.inputs())
 
 
 @contextlib.contextmanager

@@ -59,6 +59,8 @@ def run_forward_backward(
 
     Gradients come from `torch.autograd.grad`, so no `.grad` is ever left on a parameter.
     """
+    if isinstance(fn, fx.GraphModule):
+        fn = fn.forward  # gm() would print fx's own traceback for errors we expect
     with seeded(seed):
         out = fn(*inputs)
     flat = pytree.tree_leaves(out)
@@ -108,7 +110,7 @@ def _max_abs_diff(a: torch.Tensor, e: torch.Tensor) -> float:
 
 
 def verify(
-    gm: fx.GraphModule, ctx: Context, ref: Reference, params: list[torch.Tensor]
+    gm: fx.GraphModule, ctx: Context, ref: Reference, params: list[torch.Tensor] | None = None
 ) -> str | None:
     """Check a rewritten graph on the example inputs; return what is wrong, or None.
 
@@ -144,7 +146,7 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
     """Fail loudly when the captured graph computes something other than eager PyTorch."""
     try:
         with seeded(ctx.seed):
-            flat = list(captured_gm(*ctx.inputs()))
+            flat = list(captured_gm.forward(*ctx.inputs()))
     except Exception as e:
         if ref.forward_error is not None and type(e) is type(ref.forward_error):
             return

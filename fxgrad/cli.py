@@ -1,0 +1,819 @@
+"""The `fxgrad` command line: check, diff, fix, explain, passes.
+
+A thin click layer over `fxgrad.check` and `fxgrad.fix`. It loads a TARGET
+(`path/to/model.py:NAME` or `package.module:NAME`), builds example inputs, and prints
+the Report's renderers. It catches `FxgradError` (and the loading errors it raises
+itself) only; anything else keeps its traceback, because it is a bug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import traceback
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import torch.utils._pytree as pytree
+from torch import fx, nn
+
+import fxgrad
+from fxgrad.errors import FxgradError, SelectionError
+from fxgrad.report import Report
+
+EXIT_CODES = """\b
+Exit codes:
+  0  nothing would change
+  1  rewrites proposed (check, diff) or made (fix)
+  2  usage error (bad option, --input syntax or pass code)
+  3  the model cannot be loaded, built or traced"""
+
+TARGET_HELP = """\b
+TARGET is path/to/model.py:NAME or package.module:NAME, where NAME is an
+nn.Module subclass (built with no arguments), a module instance, or a function
+returning a module or (module, example_inputs).
+Example inputs come from, in this order: --input, --inputs-from, the inputs
+NAME returned, or an inputs() function next to NAME. Without any, fxgrad
+decides statically."""
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+
+
+class UsageFailure(FxgradError):
+    """A mistake in how the command was called (exit code 2)."""
+
+
+class LoadFailure(FxgradError):
+    """The target could not be imported, found or built (exit code 3)."""
+
+
+def _exit_code(error: FxgradError) -> int:
+    return 2 if isinstance(error, (UsageFailure, SelectionError)) else 3
+
+
+def _fail(error: FxgradError) -> None:
+    click.echo(f"error: {error.message}", err=True)
+    if error.hint:
+        click.echo(f"hint: {error.hint}", err=True)
+    click.get_current_context().exit(_exit_code(error))
+
+
+class _Command(click.Command):
+    """A command that turns FxgradError into `error: ...` plus the hint and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FxgradError as e:
+            _fail(e)
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+# ---------------------------------------------------------------------------------------
+# Example inputs: --input 'float32[8,3,224,224]'
+
+_INPUT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)?\s*\[\s*([0-9,\s]*)\]\s*$")
+_INPUT_HINT = (
+    "Write a dtype and a shape in brackets, e.g. --input 'float32[8,3,224,224]' or "
+    "--input 'int64[4,16]'; the dtype may be left out (float32)."
+)
+
+
+def parse_input(spec: str) -> torch.Tensor:
+    """Build a random tensor from `dtype[d0,d1,...]`; integers are 0 or 1, bools random."""
+    m = _INPUT.match(spec)
+    if m is None:
+        raise UsageFailure(f"--input {spec!r} is not of the form dtype[shape].", hint=_INPUT_HINT)
+    name, dims = m.group(1) or "float32", m.group(2)
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UsageFailure(f"--input {spec!r}: {name!r} is not a torch dtype.", hint=_INPUT_HINT)
+    parts = [p.strip() for p in dims.split(",")] if dims.strip() else []
+    if any(not p for p in parts):
+        raise UsageFailure(f"--input {spec!r} has an empty dimension.", hint=_INPUT_HINT)
+    shape = [int(p) for p in parts]
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(shape, dtype=dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape).bool()
+    return torch.randint(0, 2, shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Targets
+
+# modules the CLI imported from a file path: name -> file (the written folder needs them)
+_FILE_MODULES: dict[str, Path] = {}
+
+
+@dataclass
+class Target:
+    """A loaded model and where its example inputs came from."""
+
+    model: nn.Module
+    inputs: tuple | None
+    module: types.ModuleType
+    spec: str
+
+
+def _user_line(e: BaseException) -> str:
+    frames = traceback.extract_tb(e.__traceback__)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for fr in reversed(frames):
+        if not os.path.abspath(fr.filename).startswith(here) and "importlib" not in fr.filename:
+            return f" at {os.path.basename(fr.filename)}:{fr.lineno}"
+    return ""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _import_file(path: Path, spec: str) -> types.ModuleType:
+    if not path.is_file():
+        raise LoadFailure(
+            f"No such file: {path}.",
+            hint=f"Check the path in {spec!r}; it is relative to the current directory.",
+        )
+    path = path.resolve()
+    stem = path.stem
+    name = stem if stem.isidentifier() else "fxgrad_target_" + re.sub(r"\W", "_", stem)
+    existing = sys.modules.get(name)
+    if existing is not None and getattr(existing, "__file__", None) != str(path):
+        name = "fxgrad_target_" + name
+    elif existing is None and importlib.util.find_spec(name) is not None:
+        name = "fxgrad_target_" + name  # never shadow an importable module
+    # like `python model.py`: the file's folder comes first, so sibling imports work
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise LoadFailure(
+            f"Importing {path.name} failed{_user_line(e)}: {_first_line(e)}",
+            hint="Run `python` on the file to see the full traceback.",
+        ) from e
+    _FILE_MODULES[name] = path
+    return module
+
+
+def _import_module(name: str, spec: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and name.startswith(e.name):
+            raise LoadFailure(
+                f"No module named {name!r}.",
+                hint=f"Check {spec!r}: a file needs its .py suffix (path/to/model.py:NAME), "
+                "a module must be importable from the current directory or environment.",
+            ) from e
+        raise LoadFailure(
+            f"Importing {name} failed{_user_line(e)}: {_first_line(e)}",
+            hint="Install what the model's module imports, or run `python -c 'import "
+            f"{name}'` to see the full traceback.",
+        ) from e
+    except Exception as e:
+        raise LoadFailure(
+            f"Importing {name} failed{_user_line(e)}: {_first_line(e)}",
+            hint=f"Run `python -c 'import {name}'` to see the full traceback.",
+        ) from e
+
+
+def _split_target(spec: str) -> tuple[str, str]:
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise UsageFailure(
+            f"TARGET {spec!r} names no model.",
+            hint="Write path/to/model.py:NAME or package.module:NAME, e.g. "
+            "examples/unsafe_inplace.py:Model.",
+        )
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise UsageFailure(
+            f"{name!r} in TARGET {spec!r} is not a Python name.",
+            hint="NAME is a class, instance or function defined in the file or module.",
+        )
+    return where, name
+
+
+def _lookup(module: types.ModuleType, name: str, what: str, spec: str) -> Any:
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            defined = sorted(
+                n
+                for n, v in vars(module).items()
+                if not n.startswith("_")
+                and (isinstance(v, nn.Module) or (isinstance(v, type) and issubclass(v, nn.Module)))
+                and getattr(v, "__module__", module.__name__) == module.__name__
+            )
+            listed = ", ".join(defined) if defined else "none"
+            raise LoadFailure(
+                f"{what} {name!r} is not defined in {spec.rpartition(':')[0]}.",
+                hint=f"Modules defined there: {listed}.",
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _call(fn: Callable[[], Any], label: str) -> Any:
+    try:
+        return fn()
+    except FxgradError:
+        raise
+    except Exception as e:
+        raise LoadFailure(
+            f"Building {label} failed{_user_line(e)}: {_first_line(e)}",
+            hint="TARGET must build with no arguments; point it at a function that builds "
+            "the model, e.g. model.py:make_model.",
+        ) from e
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def _as_inputs(value: Any, label: str) -> tuple:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    raise LoadFailure(
+        f"{label} gave {_a(type(value).__name__)}, not example inputs.",
+        hint="Return a tuple of the forward's positional arguments, e.g. (torch.randn(4, 8),).",
+    )
+
+
+def load_target(
+    spec: str,
+    input_specs: tuple[str, ...] = (),
+    inputs_from: str | None = None,
+    training: bool | None = None,
+) -> Target:
+    """Import TARGET, build the model and its example inputs, and set its mode."""
+    if input_specs and inputs_from:
+        raise UsageFailure(
+            "--input and --inputs-from both give example inputs.",
+            hint="Use one of them.",
+        )
+    torch.manual_seed(0)  # example inputs and initial weights are the same on every run
+    explicit = tuple(parse_input(s) for s in input_specs) or None
+    where, name = _split_target(spec)
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        module = _import_file(Path(where), spec)
+    else:
+        module = _import_module(where, spec)
+    obj = _lookup(module, name, "NAME", spec)
+    inputs = None
+    if isinstance(obj, nn.Module):
+        model = obj
+    elif isinstance(obj, type) and issubclass(obj, nn.Module):
+        model = _call(obj, f"{name}()")
+    elif callable(obj) and not isinstance(obj, type):
+        built = _call(obj, f"{name}()")
+        if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
+            model, inputs = built[0], _as_inputs(built[1], f"{name}()")
+        else:
+            model = built
+        if not isinstance(model, nn.Module):
+            raise LoadFailure(
+                f"{name}() returned {_a(type(model).__name__)}, not an nn.Module.",
+                hint="Return the model, or (model, example_inputs).",
+            )
+    else:
+        kind = "a class" if isinstance(obj, type) else _a(type(obj).__name__)
+        raise LoadFailure(
+            f"{name} is {kind}, not an nn.Module.",
+            hint="NAME must be an nn.Module subclass, an instance, or a function returning one.",
+        )
+    if explicit is not None:
+        inputs = explicit
+    elif inputs_from:
+        source = _lookup(module, inputs_from, "--inputs-from", spec)
+        value = _call(source, f"{inputs_from}()") if callable(source) else source
+        inputs = _as_inputs(value, f"--inputs-from {inputs_from}")
+    elif inputs is None and callable(getattr(module, "inputs", None)):
+        inputs = _as_inputs(_call(module.inputs, "inputs()"), "inputs()")
+    if training is not None:
+        model.train(training)
+    return Target(model, inputs, module, spec)
+
+
+def split_codes(value: str | None) -> list[str] | None:
+    """Turn 'FXG1, FXG201' into ['FXG1', 'FXG201']; None when nothing was given."""
+    if not value:
+        return None
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+# ---------------------------------------------------------------------------------------
+# Graphviz
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _names_in(code: str) -> set[str]:
+    names = set(re.findall(r"^\s*(\w+)\s*=", code, flags=re.M))
+    sig = re.search(r"def forward\(self,?([^)]*)\)", code)
+    if sig:
+        names.update(p.split(":")[0].split("=")[0].strip() for p in sig.group(1).split(","))
+    return names
+
+
+def graph_to_dot(gm: fx.GraphModule, report: Report) -> str:
+    """Graphviz DOT text of the graph; changed and new nodes are highlighted."""
+    changed: dict[str, list[str]] = {}
+    for c in report.applied:
+        assigned = re.match(r"\s*(\w+)\s*=", c.after)  # `mul = sigmoid.mul(2)` names the new node
+        for name in {c.node, assigned.group(1) if assigned else c.node}:
+            changed.setdefault(name, []).append(c.code)
+    before = _names_in(report.code_before)
+    lines = [
+        f"digraph {_dot_quote(report.model or 'model')} {{",
+        "  node [shape=box, fontname=monospace, fontsize=10];",
+    ]
+    for node in gm.graph.nodes:
+        target = (
+            node.target
+            if isinstance(node.target, str)
+            else fx.node._get_qualified_name(node.target)
+        )
+        label = node.name if node.op == "output" else f"{node.name}\n{node.op} {target}"
+        attrs = []
+        if node.name in changed:
+            label += "\n" + ", ".join(changed[node.name])
+            attrs.append('style=filled, fillcolor="#ffd27f"')
+        elif before and node.name not in before and node.op not in ("placeholder", "output"):
+            label += "\n(new)"
+            attrs.append('style=filled, fillcolor="#b6e3b6"')
+        extra = (", " + ", ".join(attrs)) if attrs else ""
+        lines.append(f"  {_dot_quote(node.name)} [label={_dot_quote(label)}{extra}];")
+    for node in gm.graph.nodes:
+        for arg in node.all_input_nodes:
+            lines.append(f"  {_dot_quote(arg.name)} -> {_dot_quote(node.name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_dot(path: str, gm: fx.GraphModule, report: Report) -> None:
+    """Write the DOT file, and an SVG beside it when Graphviz's `dot` is on the PATH."""
+    Path(path).write_text(graph_to_dot(gm, report))
+    dot = shutil.which("dot")
+    if dot is None:
+        click.echo(f"wrote {path} (install Graphviz for an SVG)", err=True)
+        return
+    svg = str(Path(path).with_suffix(".svg"))
+    done = subprocess.run([dot, "-Tsvg", path, "-o", svg], capture_output=True, text=True)
+    if done.returncode != 0:
+        click.echo(f"wrote {path}; dot failed: {done.stderr.strip()}", err=True)
+    else:
+        click.echo(f"wrote {path} and {svg}", err=True)
+
+
+# ---------------------------------------------------------------------------------------
+# fix -o DIR: the fixed graph as importable code and a state dict
+
+_HELPERS = '''
+def _install(root, target, value):
+    """Set root.<target> (a dotted path), creating plain modules on the way."""
+    *path, leaf = target.split(".")
+    for atom in path:
+        if not hasattr(root, atom):
+            root.add_module(atom, torch.nn.Module())
+        root = getattr(root, atom)
+    if isinstance(value, torch.nn.Parameter):
+        root.register_parameter(leaf, value)
+    elif isinstance(value, torch.Tensor):
+        root.register_buffer(leaf, value)
+    else:
+        root.add_module(leaf, value)
+
+
+def _source(name, relpath):
+    """Import the model file the graph refers to, found relative to this folder."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+'''
+
+
+def _resolve(module_name: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module_name)
+    for atom in qualname.split("."):
+        obj = getattr(obj, atom)
+    return obj
+
+
+class _Imports:
+    """Import lines for the objects generated code refers to."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lines: list[str] = []
+        self.sources: dict[str, str] = {}
+
+    def _ref(self, obj: Any) -> str:
+        """An expression evaluating to obj in the written module."""
+        module_name = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if not module_name or not qualname or "<" in qualname:
+            raise FxgradError(
+                f"The fixed graph calls {obj!r}, which cannot be written as an import.",
+                hint="Define it at the top level of a module (no lambdas or local functions).",
+            )
+        if module_name in _FILE_MODULES:
+            alias = self.sources.get(module_name)
+            if alias is None:
+                alias = f"_src_{len(self.sources)}"
+                rel = os.path.relpath(_FILE_MODULES[module_name], self.folder)
+                self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
+                self.sources[module_name] = alias
+            return f"{alias}.{qualname}"
+        for candidate in (module_name.lstrip("_"), module_name):
+            try:
+                if _resolve(candidate, qualname) is obj:
+                    self.lines.append(f"import {candidate}")
+                    return f"{candidate}.{qualname}"
+            except Exception:  # try the next spelling
+                continue
+        raise FxgradError(
+            f"The fixed graph calls {module_name}.{qualname}, which cannot be imported by "
+            "that name.",
+            hint="Define it at the top level of an importable module.",
+        )
+
+    def add(self, name: str, obj: Any) -> None:
+        from torch.fx.graph import _custom_builtins
+
+        if name in _custom_builtins:
+            self.lines.append(_custom_builtins[name].import_str)
+        elif isinstance(obj, types.ModuleType):
+            self.lines.append(f"import {obj.__name__} as {name}")
+        elif isinstance(obj, (str, int, float, bool)) or obj is None:
+            self.lines.append(f"{name} = {obj!r}")
+        elif getattr(obj, "_fxgrad_function", None) is not None:  # a custom autograd.Function
+            self.lines.append("from fxgrad.trace import function_apply")
+            self.lines.append(f"{name} = function_apply({self._ref(obj._fxgrad_function)})")
+        else:
+            self.lines.append(f"{name} = {self._ref(obj)}")
+
+
+def _module_expr(module: nn.Module) -> str | None:
+    """`torch.nn.Linear(in_features=8, ...)` when the repr rebuilds an equal module."""
+    cls = type(module)
+    if (
+        not cls.__module__.startswith("torch.nn")
+        or getattr(torch.nn, cls.__name__, None) is not cls
+    ):
+        return None
+    text = repr(module)
+    if "\n" in text:
+        return None
+    try:
+        rebuilt = eval(text, dict(vars(torch.nn)))  # noqa: S307 (torch.nn's own repr)
+    except Exception:
+        return None
+    if type(rebuilt) is not cls or rebuilt.extra_repr() != module.extra_repr():
+        return None
+    mine, theirs = module.state_dict(), rebuilt.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        return None
+    return f"torch.nn.{text}"
+
+
+def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
+    """Write the fixed graph as `module.py` + `state_dict.pt`; return the class name."""
+    gm = fixed.graph_module
+    captured = fixed._captured()  # the graph and output structure for the current mode
+    folder.mkdir(parents=True, exist_ok=True)
+    class_name = "Fixed" + re.sub(r"\W", "_", fixed.report.model or "Model")
+    imports = _Imports(folder)
+    code = gm.graph.python_code(root_module="self")
+    for name, obj in code.globals.items():
+        imports.add(name, obj)
+    src = code.src.replace("def forward(self", "def graph_forward(self", 1)
+
+    body: list[str] = []
+    state: dict[str, torch.Tensor] = {}
+    blobs: dict[str, nn.Module] = {}
+    modules: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target not in modules:
+            modules.append(node.target)
+    for target in modules:
+        sub = gm.get_submodule(target)
+        expr = _module_expr(sub)
+        if expr is None:  # not rebuildable from its repr: pickle it, as to_folder does
+            blobs[target] = sub
+            expr = f"torch.load(os.path.join(_HERE, {target + '.pt'!r}), weights_only=False)"
+        body.append(f"_install(self, {target!r}, {expr})")
+        state.update({f"{target}.{k}": v for k, v in sub.state_dict().items()})
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or node.target in state:
+            continue
+        if any(node.target.startswith(m + ".") for m in modules):
+            continue  # part of a module written above
+        value = fx.graph_module._get_attr(gm, node.target)
+        if isinstance(value, torch.Tensor):
+            if isinstance(value, nn.Parameter):
+                init = f"torch.nn.Parameter(torch.empty({list(value.shape)}, dtype={value.dtype}), requires_grad={value.requires_grad})"
+            else:
+                init = f"torch.empty({list(value.shape)}, dtype={value.dtype})"
+            body.append(f"_install(self, {node.target!r}, {init})")
+            state[node.target] = value
+        else:
+            blobs[node.target] = value
+            body.append(
+                f"setattr(self, {node.target!r}, torch.load(os.path.join(_HERE, "
+                f"{node.target + '.pt'!r}), weights_only=False))"
+            )
+
+    try:
+        out_spec = pytree.treespec_dumps(captured.out_spec)
+    except Exception:  # an output structure pytree cannot serialize: return the flat tuple
+        out_spec = None
+    params = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    signature = ", ".join(["self", *params])
+    if out_spec is not None:
+        forward = (
+            f"    def forward({signature}):\n"
+            f"        out = self.graph_forward({', '.join(params)})\n"
+            "        return _fxgrad_pytree.tree_unflatten(list(out), _OUT_SPEC)\n"
+        )
+    else:
+        forward = f"    def forward({signature}):\n        return self.graph_forward({', '.join(params)})\n"
+
+    header = f'''"""{class_name}: {fixed.report.model or "the model"} with fxgrad's rewrites applied.
+
+Written by `fxgrad fix`. forward takes the tensors the model was captured with, in
+this order: {", ".join(params) or "(none)"}. Weights are in state_dict.pt next to this file.
+"""
+'''
+    seen: set[str] = set()
+    import_lines = [ln for ln in imports.lines if not (ln in seen or seen.add(ln))]
+    out_line = (
+        f"_OUT_SPEC = _fxgrad_pytree.treespec_loads({out_spec!r})"
+        if out_spec
+        else "_OUT_SPEC = None"
+    )
+    init = "".join(f"        {ln}\n" for ln in body)
+    text = "\n".join(
+        [
+            header,
+            "import importlib.util\nimport os\nimport sys\n",
+            "import torch\nimport torch.utils._pytree as _fxgrad_pytree\n",
+            _HELPERS,
+            "_HERE = os.path.dirname(os.path.abspath(__file__))",
+            *import_lines,
+            out_line,
+            "",
+            f"class {class_name}(torch.nn.Module):",
+            "    def __init__(self, map_location=None):",
+            "        super().__init__()",
+            init + "        state = torch.load(os.path.join(_HERE, 'state_dict.pt'), "
+            "map_location=map_location)",
+            "        self.load_state_dict(state)",
+            f"        self.train({fixed.training})\n",
+            forward,
+            textwrap.indent(src.strip("\n"), "    ").rstrip() + "\n",
+        ]
+    )
+    (folder / "module.py").write_text(text)
+    (folder / "__init__.py").write_text(f"from .module import {class_name}\n")
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "state_dict.pt")
+    for target, obj in blobs.items():
+        torch.save(obj, folder / f"{target}.pt")
+    return class_name
+
+
+def _load_instructions(folder: Path, class_name: str) -> str:
+    parent = str(folder.parent) or "."
+    if folder.name.isidentifier():
+        return (
+            f"load it with:\n"
+            f"    import sys; sys.path.insert(0, {parent!r})\n"
+            f"    from {folder.name} import {class_name}\n"
+            f"    model = {class_name}()"
+        )
+    return (
+        f"load it with:\n"
+        f"    import runpy\n"
+        f"    model = runpy.run_path({str(folder / 'module.py')!r})[{class_name!r}]()"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def _target_options(fn: Callable) -> Callable:
+    decorators = [
+        click.argument("target"),
+        click.option(
+            "--input",
+            "input_specs",
+            multiple=True,
+            metavar="DTYPE[SHAPE]",
+            help="An example input, e.g. 'float32[8,3,224,224]' or 'int64[4,16]'; repeat "
+            "for each positional argument. The dtype defaults to float32; integer dtypes "
+            "get 0s and 1s.",
+        ),
+        click.option(
+            "--inputs-from",
+            metavar="NAME",
+            help="A function (or tuple) in TARGET's file or module giving the example inputs.",
+        ),
+        click.option(
+            "--train/--eval",
+            "training",
+            default=None,
+            help="Put the model in training or eval mode first (default: as built).",
+        ),
+        click.option(
+            "--select", metavar="CODES", help="Only these codes or prefixes, e.g. FXG1,FXG201."
+        ),
+        click.option("--ignore", metavar="CODES", help="Skip these codes or prefixes."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "json"]),
+            default="table",
+            show_default=True,
+            help="json prints the report as JSON on stdout.",
+        ),
+        click.option(
+            "--dot",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help="Write the fixed graph as Graphviz DOT, changed nodes highlighted "
+            "(and an SVG when `dot` is installed).",
+        ),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def _run(
+    target: str,
+    input_specs: tuple[str, ...],
+    inputs_from: str | None,
+    training: bool | None,
+    select: str | None,
+    ignore: str | None,
+) -> fxgrad.FixedModule:
+    loaded = load_target(target, input_specs, inputs_from, training)
+    return fxgrad.fix(
+        loaded.model, loaded.inputs, select=split_codes(select), ignore=split_codes(ignore)
+    )
+
+
+@click.group(
+    cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(fxgrad.__version__, prog_name="fxgrad")
+def main() -> None:
+    """Find and rewrite what breaks or slows autograd in a PyTorch model."""
+
+
+@main.command(epilog=TARGET_HELP + "\n\n" + EXIT_CODES)
+@_target_options
+def check(target, input_specs, inputs_from, training, select, ignore, fmt, dot):
+    """Show the hazards fxgrad finds in TARGET and what it would change."""
+    fixed = _run(target, input_specs, inputs_from, training, select, ignore)
+    report = fixed.report
+    click.echo(report.to_json() if fmt == "json" else report.table())
+    if dot:
+        write_dot(dot, fixed.graph_module, report)
+    click.get_current_context().exit(report.exit_code)
+
+
+@main.command(epilog=TARGET_HELP + "\n\n" + EXIT_CODES)
+@_target_options
+@click.option(
+    "--color/--no-color",
+    default=None,
+    help="Colour the diff (default: when stdout is a terminal).",
+)
+def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, color):
+    """Show a unified diff of TARGET's generated code before and after; writes nothing.
+
+    The diff goes to stdout, the table of changes to stderr.
+    """
+    fixed = _run(target, input_specs, inputs_from, training, select, ignore)
+    report = fixed.report
+    if fmt == "json":
+        click.echo(report.to_json())
+    else:
+        if color is None:
+            color = sys.stdout.isatty()
+        text = report.diff(color=color)
+        if text:
+            click.echo(text, nl=False, color=color)
+        click.echo(report.table(), err=True)
+    if dot:
+        write_dot(dot, fixed.graph_module, report)
+    click.get_current_context().exit(report.exit_code)
+
+
+@main.command(epilog=TARGET_HELP + "\n\n" + EXIT_CODES)
+@_target_options
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write module.py and state_dict.pt into.",
+)
+def fix(target, input_specs, inputs_from, training, select, ignore, fmt, dot, output):
+    """Write TARGET's fixed graph to a folder as importable code and weights.
+
+    The folder holds module.py (the code, its imports and a class that loads the
+    weights) and state_dict.pt. The report goes to stderr (stdout with --format json).
+    """
+    fixed = _run(target, input_specs, inputs_from, training, select, ignore)
+    report = fixed.report
+    folder = Path(output)
+    class_name = write_folder(fixed, folder)
+    if fmt == "json":
+        click.echo(report.to_json())
+    else:
+        click.echo(report.table(), err=True)
+    mode = "training" if fixed.training else "eval"
+    click.echo(
+        f"wrote {folder / 'module.py'} and {folder / 'state_dict.pt'} ({mode} mode)", err=True
+    )
+    click.echo(_load_instructions(folder, class_name), err=fmt == "json")
+    if dot:
+        write_dot(dot, fixed.graph_module, report)
+    click.get_current_context().exit(report.exit_code)
+
+
+def _find_pass(code: str) -> Any:
+    from fxgrad.passes import ALL
+
+    wanted = code.strip()
+    for p in ALL:
+        if p.code.upper() == wanted.upper() or p.name == wanted.lower():
+            return p
+    valid = ", ".join(f"{p.code} ({p.name})" for p in ALL)
+    raise UsageFailure(f"No pass has the code {code!r}.", hint=f"Valid codes are: {valid}.")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("code")
+def explain(code):
+    """Print the documentation of a pass; CODE is its code (FXG101) or name."""
+    p = _find_pass(code)
+    click.echo(textwrap.dedent(p.doc).strip())
+
+
+@main.command(epilog=EXIT_CODES)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def passes(fmt):
+    """List the passes in the order they run, with their codes."""
+    from tabulate import tabulate
+
+    from fxgrad.passes import ALL
+
+    rows = [
+        {"code": p.code, "name": p.name, "default": p.default, "summary": p.summary} for p in ALL
+    ]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [[r["code"], r["name"], "on" if r["default"] else "off", r["summary"]] for r in rows]
+    click.echo(tabulate(table, headers=["code", "name", "default", "what it does"]))
+    click.echo("\nRun `fxgrad explain CODE` for the full documentation of a pass.")
