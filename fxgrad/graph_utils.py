@@ -200,7 +200,23 @@ def source_line(node: fx.Node) -> str:
     loc = node.meta.get("fxgrad_loc")
     if not loc:
         return ""
-    return linecache.getline(loc[0], loc[1]).strip()
+    return _strip_comment(linecache.getline(loc[0], loc[1])).strip()
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a trailing `# comment` (a `#` inside a string literal stays)."""
+    if "#" not in line:
+        return line
+    import io
+    import tokenize
+
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(line).readline):
+            if tok.type == tokenize.COMMENT:
+                return line[: tok.start[1]]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return line
 
 
 # ---------------------------------------------------------------------------------------

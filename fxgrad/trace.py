@@ -45,6 +45,9 @@ class GuardError(FxgradError, RuntimeError):
 
 def fxgrad_guard(value: Any, expected: Any, kind: str, where: str) -> None:
     """Check that a Python-level answer baked in at capture time still holds."""
+    if isinstance(value, fx.Proxy):  # re-tracing a fixed graph: keep the guard
+        value.tracer.create_proxy("call_function", fxgrad_guard, (value, expected, kind, where), {})
+        return
     actual = {"bool": bool, "len": len, "index": operator.index}[kind](value)
     if actual != expected:
         raise GuardError(
@@ -307,6 +310,27 @@ def _record_grad_restore(recorded: bool) -> None:
 
 
 _NoGrad, _EnableGrad, _SetGradEnabled = torch.no_grad, torch.enable_grad, torch.set_grad_enabled
+_IS_GRAD_ENABLED, _SET_GRAD_ENABLED = torch.is_grad_enabled, torch._C._set_grad_enabled
+
+
+def _from_generated_code() -> bool:
+    import sys
+
+    return sys._getframe(2).f_code.co_filename.startswith("<eval_with_key")
+
+
+def _traced_is_grad_enabled() -> Any:
+    if _ACTIVE and not _ACTIVE[-1].in_propagation and _from_generated_code():
+        return _ACTIVE[-1].create_proxy("call_function", _IS_GRAD_ENABLED, (), {})
+    return _IS_GRAD_ENABLED()
+
+
+def _traced_set_grad_enabled(mode: Any) -> Any:
+    """Grad-mode switches in a fixed graph's own code, when that graph is traced again."""
+    if _ACTIVE and not _ACTIVE[-1].in_propagation:
+        if isinstance(mode, fx.Proxy) or _from_generated_code():
+            return _ACTIVE[-1].create_proxy("call_function", _SET_GRAD_ENABLED, (mode,), {})
+    return _SET_GRAD_ENABLED(mode)
 
 
 class _no_grad(_NoGrad):
@@ -388,8 +412,12 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
                 setattr(ns, name, new)
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
         torch.nn.Module.__setattr__ = _traced_module_setattr
+        torch.is_grad_enabled = _traced_is_grad_enabled
+        torch._C._set_grad_enabled = _traced_set_grad_enabled
         yield
     finally:
+        torch.is_grad_enabled = _IS_GRAD_ENABLED
+        torch._C._set_grad_enabled = _SET_GRAD_ENABLED
         torch.nn.Module.__setattr__ = _ORIG_MODULE_SETATTR
         torch.autograd.function.Function.apply = _ORIG_APPLY
         for ns, name, value in reversed(undo):
@@ -471,7 +499,7 @@ class FxgradTracer(fx.Tracer):
                     value = self.root.get_submodule(node.target)(*args, **kwargs)
                 elif node.op == "call_method":
                     value = getattr(args[0], node.target)(*args[1:], **kwargs)
-                elif node.target is torch._C._set_grad_enabled:
+                elif node.target is _SET_GRAD_ENABLED:
                     value = None  # keep propagation itself under no_grad
                 else:
                     value = node.target(*args, **kwargs)
@@ -605,14 +633,14 @@ class FxgradTracer(fx.Tracer):
     # -- grad-mode regions ------------------------------------------------------------------
 
     def enter_grad_mode(self, mode: Any) -> None:
-        prev = self.create_proxy("call_function", torch.is_grad_enabled, (), {})
+        prev = self.create_proxy("call_function", _IS_GRAD_ENABLED, (), {})
         self._grad_stack.append(prev)
-        self.create_proxy("call_function", torch._C._set_grad_enabled, (mode,), {})
+        self.create_proxy("call_function", _SET_GRAD_ENABLED, (mode,), {})
 
     def exit_grad_mode(self) -> None:
         if self._grad_stack:
             prev = self._grad_stack.pop()
-            self.create_proxy("call_function", torch._C._set_grad_enabled, (prev,), {})
+            self.create_proxy("call_function", _SET_GRAD_ENABLED, (prev,), {})
 
 
 def _static_length(node: fx.Node) -> int | None:

@@ -1,18 +1,1240 @@
 """FXG101 inplace-op
 
 ## What it does
-(being written)
+Rewrites the in-place writes that break autograd into functional code, and only those:
+`h.mul_(2)` becomes `h = h.mul(2)`, `relu(x, inplace=True)` becomes `relu(x)`, `z += 1`
+becomes `z = z + 1`, and a write into a view (`y[1:3].mul_(2)`, `y.t().add_(1)`,
+`a, b = x.unbind(); a.zero_()`) becomes the same write on a clone of its base. Every
+later reader of the written memory (the tensor, its base, every view of either) is
+repointed, and views read later are rebuilt on the new base, so each sees what eager
+PyTorch would show. All write forms are recognised: in-place methods and torch functions,
+`inplace=True` calls and modules (`nn.ReLU(inplace=True)` and its siblings), item and
+augmented assignment, `out=` arguments, and writes through `.data`.
+
+With example inputs the decision is exact: the graph is run once while watching what
+autograd saves for backward, which saved tensors backward unpacks, storages and version
+counters. Without them it is static and conservative, from a table of which ops save
+their inputs or outputs. Each report line says which way it was decided and names both
+lines: the op that saved the value and the write that destroys it.
+
+## Why is this bad?
+A write is unsafe when eager autograd fails or is silently wrong:
+1. it overwrites a tensor, or any alias of its storage, that an earlier op saved for
+   backward ("one of the variables needed for gradient computation has been modified by
+   an inplace operation"), and anomaly mode names only the op that saved it;
+2. it writes into a leaf that requires grad (a parameter, an input) while grad mode is on;
+3. it writes into a view autograd refuses (outputs of `unbind`/`split`/`chunk`, views
+   made under `no_grad`, expanded tensors whose elements overlap);
+4. it writes through `.data`, around the version counter: backward then uses the new
+   values where it needed the old ones, and no error tells you.
+
+## Example
+    h = torch.sigmoid(x)   # sigmoid saves its output for backward
+    h.mul_(2)              # overwrites it: backward fails
+    y = x * 2
+    a, b = y.unbind(0)
+    a.add_(1)              # unbind outputs cannot be written in place
+    return h, y
+
+## Use instead
+    h = torch.sigmoid(x)
+    h = h.mul(2)
+    y = x * 2
+    y = y.clone()
+    y.select(0, 0).add_(1)
+    return h, y
+
+## Left alone when
+- nothing backward still needs is overwritten and the target is no leaf that requires
+  grad: `ReLU(inplace=True)` after a conv, linear or batch norm, `x += b` on a fresh
+  tensor nobody saved, `y = x * 2; y[0] = 10` (autograd records it as `CopySlices`);
+  these writes save memory, so rewriting them would only cost
+- the write is module state a caller observes (a buffer such as BatchNorm's running
+  statistics, an input that does not require grad): it is kept, and when an op saved the
+  value before the write, that op is given a clone to save instead
+- the write goes through `.data` but nothing backward needs is overwritten: it is
+  reported, not rewritten, because gradients then ignore the write by design
+- a rewrite cannot be proven (an alias fxgrad cannot rebuild, a static decision about
+  `reshape` that may copy): the code is kept and the report says why
 """
 
-from torch import fx
+from __future__ import annotations
+
+import builtins
+import copy
+import operator
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch import fx, nn
 
 from fxgrad.changes import Change
-from fxgrad.context import Context
+from fxgrad.context import Context, seeded
+from fxgrad.graph_utils import (
+    INPLACE_OPERATORS,
+    has_side_effect,
+    location,
+    render_node,
+    source_line,
+    writes_to,
+)
 from fxgrad.registry import Pass
+
+CODE = "FXG101"
+MAX_ROUNDS = 200  # one rewrite per round; a bound against a rewrite that keeps firing
+
+# ---------------------------------------------------------------------------------------
+# Which ops make views of their first argument
+
+_VIEW_METHODS = {
+    "view", "view_as", "transpose", "t", "permute", "unsqueeze", "squeeze", "select",
+    "narrow", "diagonal", "expand", "expand_as", "unflatten", "movedim", "moveaxis",
+    "swapaxes", "swapdims", "unfold", "as_strided", "detach", "alias", "view_as_real",
+    "view_as_complex",
+}  # fmt: skip
+# Ops that return a view or the tensor itself on some inputs and a copy on others.
+_MAYBE_VIEW_METHODS = {
+    "reshape", "reshape_as", "contiguous", "flatten", "to", "type", "type_as", "float",
+    "double", "half", "bfloat16", "cpu", "cuda", "ravel",
+}  # fmt: skip
+_MULTI_VIEW = {"unbind", "split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit"}
+_VIEW_ATTRS = {"T", "mT", "H", "mH", "real", "imag"}
+# Random in-place fills: rewritten as the same fill on a clone, so the RNG stream is kept.
+_NO_TWIN = {
+    "copy_", "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_",
+    "log_normal_", "cauchy_", "set_", "resize_", "resize_as_", "put_", "index_put_",
+}  # fmt: skip
+
+
+def _fn_name(node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        mod = getattr(node.target, "__module__", "") or ""
+        name = getattr(node.target, "__name__", "")
+        if mod.startswith("torch"):
+            return name
+    return None
+
+
+def _view_kind(node: fx.Node) -> str | None:
+    """ "view", "maybe", "multi", "data", "attr" or None for a node of the shape f(x, ...)."""
+    if node.op not in ("call_method", "call_function") or not node.args:
+        return None
+    if not isinstance(node.args[0], fx.Node):
+        return None
+    if node.op == "call_function" and node.target is builtins.getattr:
+        attr = node.args[1]
+        if attr == "data":
+            return "data"
+        return "view" if attr in _VIEW_ATTRS else None
+    if node.op == "call_function" and node.target is operator.getitem:
+        return "getitem"
+    name = _fn_name(node)
+    if name in _VIEW_METHODS:
+        return "view"
+    if name in _MAYBE_VIEW_METHODS:
+        return "maybe"
+    if name in _MULTI_VIEW:
+        return "multi"
+    return None
+
+
+def _basic_index(index: Any) -> bool | None:
+    """True for int/slice/None/Ellipsis indexing (a view), False for advanced, None unknown."""
+    items = index if isinstance(index, tuple) else (index,)
+    unknown = False
+    for it in items:
+        if it is None or it is Ellipsis or isinstance(it, (int, slice)):
+            if isinstance(it, slice) and any(
+                isinstance(s, fx.Node) for s in (it.start, it.stop, it.step)
+            ):
+                unknown = True
+            continue
+        if isinstance(it, (list, torch.Tensor)):
+            return False
+        if isinstance(it, fx.Node):
+            unknown = True
+            continue
+        return False
+    return None if unknown else True
+
+
+# ---------------------------------------------------------------------------------------
+# Aliases: each tensor node is a root or a chain of view steps from a root
+
+
+@dataclass(frozen=True)
+class Step:
+    """One view op to replay on a new base: `base.<target>(*args, **kwargs)`."""
+
+    op: str
+    target: Any
+    args: tuple
+    kwargs: tuple = ()
+    kind: str = "view"  # view, identity, data, multi, maybe, expand, opaque
+
+    def replay(self, graph: fx.Graph, base: fx.Node) -> fx.Node:
+        return graph.create_node(self.op, self.target, (base, *self.args), dict(self.kwargs))
+
+    def text(self) -> str:
+        return (
+            f"{self.target}" if self.op == "call_method" else getattr(self.target, "__name__", "?")
+        )
+
+
+@dataclass(frozen=True)
+class Alias:
+    root: fx.Node
+    steps: tuple[Step, ...] = ()
+
+
+def _step_of(node: fx.Node, kind: str) -> Step:
+    name = _fn_name(node)
+    if kind == "data":
+        return Step("call_function", builtins.getattr, ("data",), kind="data")
+    if node.target is operator.getitem or node.target is builtins.getattr:
+        return Step("call_function", node.target, tuple(node.args[1:]), kind="view")
+    if name in ("expand", "expand_as"):
+        kind = "expand"
+    return Step(node.op, node.target, tuple(node.args[1:]), tuple(node.kwargs.items()), kind)
+
+
+def _dim_arg(node: fx.Node, pos: int, default: int = 0) -> Any:
+    if "dim" in node.kwargs:
+        return node.kwargs["dim"]
+    if len(node.args) > pos:
+        return node.args[pos]
+    return default
+
+
+def _multi_steps(node: fx.Node, values: dict | None) -> list[Step] | None:
+    """The single-view step equal to each output of unbind/split/chunk, or None."""
+    name = _fn_name(node)
+    base = node.args[0]
+    if name == "unbind":
+        dim = _dim_arg(node, 1)
+        n = _MAX_STATIC_PIECES
+        if values is not None and isinstance(values.get(node), (tuple, list)):
+            n = len(values[node])
+        if isinstance(dim, fx.Node):
+            return None
+        return [Step("call_method", "select", (dim, i), kind="multi") for i in range(n)]
+    if name in ("split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit"):
+        out = values.get(node) if values is not None else None
+        dim = _dim_arg(node, 2)
+        if name in ("hsplit", "vsplit") or isinstance(dim, fx.Node):
+            return None
+        if isinstance(out, (tuple, list)) and values is not None and base in values:
+            bv = values[base]
+            d = dim % bv.dim()
+            steps, start = [], 0
+            for piece in out:
+                length = piece.shape[d]
+                steps.append(Step("call_method", "narrow", (dim, start, length), kind="multi"))
+                start += length
+            return steps
+        if name == "split":  # static: split sizes are given
+            sizes = node.kwargs.get("split_size", node.args[1] if len(node.args) > 1 else None)
+            if isinstance(sizes, int):
+                return None  # the last piece's length depends on the input's size
+            if isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes):
+                steps, start = [], 0
+                for s in sizes:
+                    steps.append(Step("call_method", "narrow", (dim, start, s), kind="multi"))
+                    start += s
+                return steps
+    return None
+
+
+_MAX_STATIC_PIECES = 64  # static mode: unbind pieces indexed by a constant below this
+
+
+def _storage(t: Any) -> int | None:
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        return None
+    try:
+        st = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return st.data_ptr() if st.nbytes() else None
+
+
+def alias_map(gm: fx.GraphModule, values: dict | None) -> dict[fx.Node, Alias]:
+    """Map every node to its root and view chain; exact when `values` are known."""
+    aliases: dict[fx.Node, Alias] = {}
+    multi: dict[fx.Node, list[Alias | None]] = {}
+    for node in gm.graph.nodes:
+        aliases[node] = Alias(node)
+        target = writes_to(node, gm)
+        if target is not None and not (
+            node.op == "call_function" and node.target in (operator.setitem, builtins.setattr)
+        ):
+            aliases[node] = aliases.get(target, Alias(target))  # returns its target
+            continue
+        kind = _view_kind(node)
+        if kind is None:
+            if values is not None:
+                aliases[node] = _opaque_alias(node, values, aliases)
+            continue
+        base = node.args[0]
+        parent = aliases.get(base, Alias(base))
+        if kind == "getitem" and base in multi:
+            idx = node.args[1]
+            pieces = multi[base]
+            if isinstance(idx, int) and 0 <= idx < len(pieces):
+                if pieces[idx] is not None:
+                    aliases[node] = pieces[idx]
+            elif isinstance(idx, slice):
+                multi[node] = pieces[idx]
+            continue
+        if kind == "multi":
+            steps = _multi_steps(node, values)
+            n = len(steps) if steps else (len(values[node]) if values and node in values else 0)
+            opaque = Step("call_method", "?", (), kind="opaque")
+            multi[node] = [
+                Alias(parent.root, parent.steps + ((steps[i],) if steps else (opaque,)))
+                for i in range(n)
+            ]
+            continue
+        if kind == "getitem":
+            basic = _basic_index(node.args[1])
+            if basic is False:
+                continue
+            kind = "view" if basic else "maybe"
+        if values is not None:
+            v, b = values.get(node), values.get(base)
+            if not isinstance(v, torch.Tensor) or not isinstance(b, torch.Tensor):
+                continue
+            if v is b:
+                aliases[node] = parent  # the op returned its input itself
+                continue
+            if _storage(v) is None or _storage(v) != _storage(b):
+                continue  # it copied
+            if kind == "maybe":
+                kind = "view"
+        aliases[node] = Alias(parent.root, parent.steps + (_step_of(node, kind),))
+    return aliases
+
+
+def _opaque_alias(node: fx.Node, values: dict, aliases: dict) -> Alias:
+    """A node that is no known view op but shares memory with an input (exact mode)."""
+    v = values.get(node)
+    if not isinstance(v, torch.Tensor) or node.op in ("placeholder", "get_attr"):
+        return Alias(node)
+    for a in node.all_input_nodes:
+        av = values.get(a)
+        if av is v:
+            return aliases.get(a, Alias(a))
+        if (
+            isinstance(av, torch.Tensor)
+            and _storage(av) is not None
+            and _storage(av) == _storage(v)
+        ):
+            parent = aliases.get(a, Alias(a))
+            return Alias(
+                parent.root, parent.steps + (Step(node.op, node.target, (), kind="opaque"),)
+            )
+    return Alias(node)
+
+
+# ---------------------------------------------------------------------------------------
+# Exact mode: one instrumented run
+
+
+@dataclass
+class Saved:
+    node: fx.Node
+    tensor: torch.Tensor
+    version: int
+    storage: int | None
+    role: str = "internal"  # "output", "input" or "internal"
+    arg: fx.Node | None = None
+
+
+@dataclass
+class Observed:
+    values: dict[fx.Node, Any]
+    saved: list[Saved]
+    needed: set[int]
+    bumped: dict[fx.Node, list[int]]  # write -> saved entries it changed
+    errors: dict[fx.Node, str]  # write -> the error eager raised
+    grad_on: dict[fx.Node, bool]
+    saved_before: dict[fx.Node, int]
+    complete: bool = True
+
+
+def _same_view(a: torch.Tensor, b: Any) -> bool:
+    return (
+        isinstance(b, torch.Tensor)
+        and _storage(a) is not None
+        and _storage(a) == _storage(b)
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
+
+
+class _Probe(fx.Interpreter):
+    """Run the graph once, recording what autograd saves and what each write changes."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.obs = Observed({}, [], set(), {}, {}, {}, {})
+        self.current: fx.Node | None = None
+        self.writes = {n: t for n in gm.graph.nodes if (t := writes_to(n, gm)) is not None}
+
+    def pack(self, t: torch.Tensor) -> int:
+        self.obs.saved.append(Saved(self.current, t, t._version, _storage(t)))
+        return len(self.obs.saved) - 1
+
+    def unpack(self, i: int) -> torch.Tensor:
+        self.obs.needed.add(i)
+        return self.obs.saved[i].tensor
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        obs = self.obs
+        obs.grad_on[n] = torch.is_grad_enabled()
+        first = len(obs.saved)
+        if n not in self.writes:
+            out = super().run_node(n)
+            self._classify(n, first, out)
+            return out
+        obs.saved_before[n] = first
+        before = [(s.tensor._version, _storage(s.tensor)) for s in obs.saved]
+        try:
+            out = super().run_node(n)
+        except RuntimeError as e:
+            obs.errors[n] = str(e).strip().splitlines()[0]
+            with torch.no_grad():  # eager refuses; run it anyway to observe the rest
+                out = super().run_node(n)
+        obs.bumped[n] = [
+            i
+            for i, (ver, st) in enumerate(before)
+            if obs.saved[i].tensor._version != ver or _storage(obs.saved[i].tensor) != st
+        ]
+        self._classify(n, first, out)
+        return out
+
+    def _classify(self, n: fx.Node, first: int, out: Any) -> None:
+        for s in self.obs.saved[first:]:
+            outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+            if any(_same_view(s.tensor, o) for o in outs):
+                s.role = "output"
+                continue
+            for a in n.all_input_nodes:
+                if _same_view(s.tensor, self.env.get(a)):
+                    s.role, s.arg = "input", a
+                    break
+            else:
+                for a in n.all_input_nodes:
+                    av = self.env.get(a)
+                    if isinstance(av, torch.Tensor) and _storage(av) == s.storage:
+                        s.role, s.arg = "input", a
+                        break
+
+
+def observe(gm: fx.GraphModule, ctx: Context) -> Observed:
+    """Run gm on fresh example inputs and backward once, leaving module state as it was."""
+    state = [t for t in list(gm.parameters()) + list(gm.buffers())]
+    with torch.no_grad():
+        snapshot = [t.detach().clone() for t in state]
+    probe = _Probe(gm)
+    inputs = ctx.inputs()
+    prev = torch.is_grad_enabled()
+    try:
+        with seeded(ctx.seed), torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
+            torch.set_grad_enabled(True)
+            try:
+                out = probe.run(*inputs)
+            except Exception:
+                probe.obs.complete = False
+                out = None
+            finally:
+                torch.set_grad_enabled(prev)
+        probe.obs.values = dict(probe.env)
+        if out is not None:
+            _backward(probe.obs, out, list(gm.parameters()), inputs, ctx.seed)
+    finally:
+        with torch.no_grad():
+            for t, s in zip(state, snapshot):
+                if t.shape == s.shape and not torch.equal(t, s):
+                    t.copy_(s)
+    return probe.obs
+
+
+def _backward(obs: Observed, out: Any, params: list, inputs: list, seed: int) -> None:
+    from fxgrad.pipeline import cotangents, differentiable_outputs
+
+    wrt = [p for p in params if p.requires_grad] + [
+        t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
+    ]
+    diff = differentiable_outputs(pytree.tree_leaves(out))
+    if not diff or not wrt:
+        return
+    try:
+        torch.autograd.grad(diff, wrt, cotangents(diff, seed), allow_unused=True)
+    except RuntimeError:
+        obs.needed = set(range(len(obs.saved)))  # be conservative: all saved may be needed
+
+
+# ---------------------------------------------------------------------------------------
+# Static mode: a table of what ops save for backward
+
+_SAVES_OUTPUT = {
+    "exp", "exp_", "exp2", "expm1", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax",
+    "log_softmax", "relu", "relu_", "sqrt", "rsqrt", "reciprocal", "tan", "elu", "selu",
+    "celu", "_softmax", "logsigmoid",
+}  # fmt: skip
+_SAVES_NOTHING = {
+    "add", "add_", "sub", "sub_", "neg", "clone", "cat", "concat", "stack", "getitem",
+    "contiguous", "to", "expand", "expand_as", "sum", "mean", "dropout", "flatten",
+    "reshape", "view", "view_as", "transpose", "t", "permute", "unsqueeze", "squeeze",
+    "select", "narrow", "diagonal", "detach", "zeros_like", "ones_like", "full_like",
+    "empty_like", "new_zeros", "new_ones", "new_full", "new_empty", "unbind", "split",
+    "chunk", "float", "double", "iadd", "isub", "size", "dim", "numel", "getattr",
+    "flip", "roll", "repeat", "pad", "movedim", "unflatten", "zero_", "fill_", "copy_",
+    "setitem", "adaptive_avg_pool2d_shape", "identity", "masked_fill", "masked_fill_",
+}  # fmt: skip
+_MODULE_SAVES_NOTHING = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                         nn.Identity, nn.Flatten, nn.Unflatten)  # fmt: skip
+_MODULE_SAVES_OUTPUT = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.ELU)
+
+
+def _static_saves(node: fx.Node, gm: fx.GraphModule) -> list[tuple[str, fx.Node | None]]:
+    """(role, arg) pairs a node may save: ("output", None) or ("input", arg)."""
+    inputs = [("input", a) for a in node.all_input_nodes]
+    if node.op == "call_module":
+        try:
+            mod = gm.get_submodule(str(node.target))
+        except AttributeError:
+            return inputs + [("output", None)]
+        if isinstance(mod, _MODULE_SAVES_NOTHING):
+            return []
+        if isinstance(mod, _MODULE_SAVES_OUTPUT):
+            return [("output", None)]
+        return inputs
+    if node.op not in ("call_method", "call_function"):
+        return []
+    name = getattr(node.target, "__name__", str(node.target))
+    if name in _SAVES_NOTHING or _view_kind(node) is not None:
+        return []
+    if name in _SAVES_OUTPUT:
+        return [("output", None)]
+    if name in ("mul", "mul_", "imul", "div", "truediv", "itruediv", "div_", "matmul", "mm",
+                "bmm", "linear", "conv2d", "conv1d", "batch_norm", "layer_norm", "pow", "sin",
+                "cos", "log", "abs", "max_pool2d", "clamp", "clamp_", "hardtanh", "leaky_relu",
+                "gelu", "silu", "mish", "hardswish", "hardsigmoid", "sinh", "cosh", "atan"):  # fmt: skip
+        return inputs
+    return inputs + [("output", None)]  # unknown op: assume the worst
+
+
+@dataclass
+class StaticFacts:
+    grad_on: dict[fx.Node, bool] = field(default_factory=dict)
+    requires_grad: dict[fx.Node, bool] = field(default_factory=dict)
+
+
+def _static_facts(gm: fx.GraphModule) -> StaticFacts:
+    facts = StaticFacts()
+    mode = True
+    recorded: dict[fx.Node, bool] = {}
+    for node in gm.graph.nodes:
+        facts.grad_on[node] = mode
+        if node.op == "call_function" and node.target is torch.is_grad_enabled:
+            recorded[node] = mode
+        elif node.op == "call_function" and node.target is torch._C._set_grad_enabled:
+            arg = node.args[0]
+            mode = recorded.get(arg, True) if isinstance(arg, fx.Node) else bool(arg)
+        if node.op == "placeholder":
+            rg = True  # unknown without example inputs: assume it may
+        elif node.op == "get_attr":
+            rg = bool(getattr(_fetch(gm, node), "requires_grad", False))
+        else:
+            rg = mode and any(facts.requires_grad.get(a, False) for a in node.all_input_nodes)
+            if node.op == "call_module":
+                mod = gm.get_submodule(str(node.target))
+                rg = rg or (mode and any(p.requires_grad for p in mod.parameters()))
+        facts.requires_grad[node] = rg
+    return facts
+
+
+def _fetch(gm: fx.GraphModule, node: fx.Node) -> Any:
+    obj: Any = gm
+    for atom in str(node.target).split("."):
+        obj = getattr(obj, atom, None)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------
+# Findings: which writes are unsafe, and why
+
+
+@dataclass
+class Finding:
+    write: fx.Node
+    target: fx.Node
+    kind: str  # saved, leaf, view, data, data-safe, input-static
+    reason: str
+    savers: list[tuple[fx.Node, str, fx.Node | None]] = field(default_factory=list)
+    state: bool = False  # the written memory is state a caller observes
+    no_grad_write: bool = False
+
+
+def _q(text: str) -> str:
+    return f"`{text}`"
+
+
+def _at(node: fx.Node) -> str:
+    loc = location(node)
+    return f" at {loc}" if loc else ""
+
+
+def _write_text(node: fx.Node) -> str:
+    return source_line(node) or render_node(node)
+
+
+def _op_text(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"self.{node.target}"
+    if node.op == "call_method":
+        return str(node.target)
+    if node.target in (operator.mul, operator.imul):
+        return "*"
+    return getattr(node.target, "__name__", render_node(node))
+
+
+def _saver_text(saver: fx.Node, role: str, arg: fx.Node | None) -> str:
+    what = (
+        "its output"
+        if role == "output"
+        else (
+            f"its input {_q(arg.name)}"
+            if arg is not None
+            else "a tensor sharing the written memory"
+        )
+    )
+    return f"{_q(_op_text(saver))}{_at(saver)} saved {what}"
+
+
+def _leaf_text(root: fx.Node) -> str:
+    if root.op == "get_attr":
+        return f"parameter {_q('self.' + str(root.target))}"
+    return f"input {_q(str(root.target))}"
+
+
+def _stale_multi_views(
+    w: fx.Node, root: fx.Node, aliases: dict, obs: Observed, order: dict
+) -> fx.Node | None:
+    """The unbind/split/chunk node whose outputs, read after `w`, alias what `w` writes."""
+    pos = order[w]
+    for x, a in aliases.items():
+        if a.root is not root or order.get(x, pos) >= pos or x is w:
+            continue
+        if not any(s.kind == "multi" for s in a.steps):
+            continue
+        v = obs.values.get(x)
+        if not (isinstance(v, torch.Tensor) and v.requires_grad):
+            continue
+        if any(order.get(u, -1) > pos for u in x.users):
+            src = x.args[0] if x.args and isinstance(x.args[0], fx.Node) else x
+            while src.op == "call_function" and src.target is operator.getitem:
+                src = src.args[0]
+            return src
+    return None
+
+
+def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], dict]:
+    aliases = alias_map(gm, obs.values)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    out: list[Finding] = []
+    for w in gm.graph.nodes:
+        if w not in obs.bumped:
+            continue
+        target = writes_to(w, gm)
+        if not isinstance(obs.values.get(target), torch.Tensor):
+            continue  # `n += 1` on a Python number
+        a = aliases.get(target, Alias(target))
+        root = a.root
+        rv = obs.values.get(root)
+        grad_on = obs.grad_on.get(w, True)
+        leafish = root.op in ("placeholder", "get_attr")
+        rg = isinstance(rv, torch.Tensor) and rv.requires_grad
+        state = leafish and not (rg and grad_on)
+        through_data = any(s.kind == "data" for s in a.steps) or (
+            w.op == "call_function" and w.target is builtins.setattr
+        )
+        wt = f"{_q(_write_text(w))}{_at(w)}"
+        if w in obs.errors:
+            msg = obs.errors[w]
+            if "leaf Variable" in msg:
+                kind, why = (
+                    "leaf",
+                    f"{wt} writes into {_leaf_text(root)}, a leaf that requires grad, while grad mode is on",
+                )
+                if "view of a leaf" in msg:
+                    why = f"{wt} writes into a view of {_leaf_text(root)}, a leaf that requires grad, while grad mode is on"
+            elif "out=" in msg:
+                kind, why = (
+                    "leaf",
+                    f"{wt} writes through `out=` while an argument requires grad, which autograd does not support",
+                )
+            elif "more than one element" in msg:
+                kind, why = "view", f"{wt} writes into an expanded tensor whose elements overlap"
+            elif "is a view" in msg:
+                kind = "view"
+                src = "a view autograd refuses to write through"
+                if "multiple" in msg:
+                    src = "an output of a function that returns several views (`unbind`/`split`/`chunk`)"
+                elif "no grad" in msg or "no_grad" in msg:
+                    src = "a view created in no_grad mode"
+                why = f"{wt} writes into {src}"
+            else:
+                continue  # not an autograd refusal; eager fails the same way
+            out.append(Finding(w, target, kind, why, state=False))
+            continue
+        if through_data:
+            first = obs.saved_before.get(w, 0)
+            tv = (
+                obs.values.get(target)
+                if w.target is not builtins.setattr
+                else obs.values.get(w.args[0])
+            )
+            clobbered = [
+                i for i in range(first) if i in obs.needed and obs.saved[i].storage == _storage(tv)
+            ] + [i for i in obs.bumped[w] if i in obs.needed]
+            savers = [(obs.saved[i].node, obs.saved[i].role, obs.saved[i].arg) for i in clobbered]
+            if savers:
+                s = savers[0]
+                why = f"{_saver_text(*s)}; {wt} overwrites it through `.data`, so its gradient is silently wrong"
+                out.append(Finding(w, target, "data", why, savers, state=state))
+            else:
+                why = f"{wt} writes through `.data`: autograd does not see this write, so gradients treat the tensor as unchanged; nothing backward needs is overwritten"
+                out.append(Finding(w, target, "data-safe", why, state=state))
+            continue
+        stale = _stale_multi_views(w, root, aliases, obs, order)
+        if stale is not None and grad_on:
+            why = (
+                f"{wt} writes into memory that {_q(_fn_name(stale) or stale.name)}{_at(stale)} "
+                "split into several views, and those views are read after the write, "
+                "which autograd refuses"
+            )
+            out.append(Finding(w, target, "view", why, state=state))
+            continue
+        hit = [i for i in obs.bumped[w] if i in obs.needed]
+        if not hit:
+            continue  # nothing backward unpacks was changed: eager is right and saves memory
+        savers = []
+        for i in hit:
+            s = obs.saved[i]
+            key = (s.node, s.role, s.arg)
+            if key not in savers:
+                savers.append(key)
+        why = f"{_saver_text(*savers[0])}; {wt} overwrites it"
+        if len(savers) > 1:
+            why += f" (and {len(savers) - 1} more saved value{'s' if len(savers) > 2 else ''})"
+        no_grad_write = not grad_on and rg
+        out.append(
+            Finding(w, target, "saved", why, savers, state=state, no_grad_write=no_grad_write)
+        )
+    return out, aliases
+
+
+def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
+    aliases = alias_map(gm, None)
+    facts = _static_facts(gm)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    out: list[Finding] = []
+    saves: list[tuple[fx.Node, str, fx.Node | None, fx.Node]] = []  # saver, role, arg, root
+    for w in gm.graph.nodes:
+        target = writes_to(w, gm)
+        if target is not None and not _maybe_tensor(target):
+            target = None
+        if target is not None:
+            a = aliases.get(target, Alias(target))
+            root = a.root
+            grad_on = facts.grad_on[w]
+            wt = f"{_q(_write_text(w))}{_at(w)}"
+            through_data = any(s.kind == "data" for s in a.steps) or w.target is builtins.setattr
+            hit = [s for s in saves if s[3] is root and order[s[0]] < order[w]]
+            param = root.op == "get_attr" and facts.requires_grad.get(root, False)
+            finding = None
+            if through_data:
+                if hit:
+                    why = f"{_saver_text(*hit[0][:3])}; {wt} may overwrite it through `.data`, so its gradient would be silently wrong"
+                    finding = Finding(
+                        w,
+                        target,
+                        "data",
+                        why,
+                        [h[:3] for h in hit],
+                        state=root.op != "call_module" and root.op in ("placeholder", "get_attr"),
+                    )
+                else:
+                    why = f"{wt} writes through `.data`: autograd does not see this write, so gradients treat the tensor as unchanged"
+                    finding = Finding(w, target, "data-safe", why)
+            elif param and grad_on:
+                finding = Finding(
+                    w,
+                    target,
+                    "leaf",
+                    f"{wt} writes into {_leaf_text(root)}, a leaf that requires grad, while grad mode is on",
+                )
+            elif root.op == "placeholder" and (hit or grad_on):
+                why = f"{wt} writes into {_leaf_text(root)}: unsafe if it requires grad"
+                if hit:
+                    why = f"{_saver_text(*hit[0][:3])}; {wt} overwrites it"
+                finding = Finding(w, target, "input-static", why)
+            elif (
+                any(s.kind == "multi" for s in a.steps)
+                and grad_on
+                and facts.requires_grad.get(root, True)
+            ):
+                finding = Finding(
+                    w,
+                    target,
+                    "view",
+                    f"{wt} writes into an output of a function that returns several views (`unbind`/`split`/`chunk`)",
+                )
+            elif hit and grad_on:
+                why = f"{_saver_text(*hit[0][:3])}; {wt} overwrites it"
+                state = root.op == "get_attr"
+                finding = Finding(w, target, "saved", why, [h[:3] for h in hit], state=state)
+            if finding is not None:
+                out.append(finding)
+        if facts.requires_grad.get(w, False):
+            for role, arg in _static_saves(w, gm):
+                node = w if role == "output" else arg
+                if node is None or not _maybe_tensor(node):
+                    continue
+                root = aliases.get(node, Alias(node)).root
+                saves.append((w, role, arg, root))
+    return out, aliases
+
+
+def _maybe_tensor(node: fx.Node) -> bool:
+    """False for nodes that certainly hold Python numbers (sizes and arithmetic on them)."""
+    if node.op == "call_method" and node.target in ("size", "dim", "numel", "item", "tolist"):
+        return False
+    if node.op == "call_function" and node.target is builtins.getattr:
+        return node.args[1] not in ("shape", "ndim", "dtype", "device")
+    if node.op == "call_function" and node.target in (builtins.len, operator.getitem):
+        base = node.args[0]
+        if isinstance(base, fx.Node) and not _maybe_tensor(base):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Rewrites
+
+
+class CannotRewrite(Exception):
+    """A rewrite that cannot be proven; the message says why."""
+
+
+_MODULE_FUNCTIONAL = {
+    nn.ReLU: lambda m: (F.relu, {}),
+    nn.ReLU6: lambda m: (F.relu6, {}),
+    nn.LeakyReLU: lambda m: (F.leaky_relu, {"negative_slope": m.negative_slope}),
+    nn.Hardtanh: lambda m: (F.hardtanh, {"min_val": m.min_val, "max_val": m.max_val}),
+    nn.ELU: lambda m: (F.elu, {"alpha": m.alpha}),
+    nn.CELU: lambda m: (F.celu, {"alpha": m.alpha}),
+    nn.SELU: lambda m: (F.selu, {}),
+    nn.SiLU: lambda m: (F.silu, {}),
+    nn.Hardswish: lambda m: (F.hardswish, {}),
+    nn.Hardsigmoid: lambda m: (F.hardsigmoid, {}),
+    nn.Mish: lambda m: (F.mish, {}),
+    nn.Threshold: lambda m: (F.threshold, {"threshold": m.threshold, "value": m.value}),
+}
+
+
+def _twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node, values: dict | None) -> fx.Node | None:
+    """Insert (before w) the out-of-place op computing w's result from `base`, or None."""
+    graph = gm.graph
+    args, kwargs = list(w.args), dict(w.kwargs)
+    if "out" in kwargs and isinstance(kwargs["out"], fx.Node):
+        del kwargs["out"]
+        return graph.create_node(w.op, w.target, tuple(args), kwargs)
+    if w.op == "call_method":
+        name = str(w.target)
+        if name in _NO_TWIN:
+            return None
+        rest = tuple(args[1:])
+        if name == "zero_":
+            return graph.create_node("call_function", torch.zeros_like, (base,), {})
+        if name == "fill_":
+            if rest and isinstance(rest[0], (int, float, bool)):
+                return graph.create_node("call_function", torch.full_like, (base, rest[0]), {})
+            return None
+        plain = name[:-1]
+        if not hasattr(torch.Tensor, plain):
+            return None
+        return graph.create_node("call_method", plain, (base, *rest), kwargs)
+    if w.op == "call_function":
+        if w.target in INPLACE_OPERATORS:
+            return graph.create_node(
+                "call_function", INPLACE_OPERATORS[w.target], (base, *args[1:]), kwargs
+            )
+        if w.target in (operator.setitem, builtins.setattr):
+            return None
+        name = getattr(w.target, "__name__", "")
+        if "inplace" in kwargs:
+            kwargs.pop("inplace")
+            return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
+        if name.endswith("_"):
+            mod = getattr(w.target, "__module__", None) or "torch"
+            for ns in (F, torch) if mod.startswith("torch.nn") else (torch, F):
+                fn = getattr(ns, name[:-1], None)
+                if callable(fn):
+                    return graph.create_node("call_function", fn, (base, *args[1:]), kwargs)
+            return None
+        from fxgrad.graph_utils import _inplace_param_index
+
+        index = _inplace_param_index(w.target)
+        if index is not None and index < len(args):
+            args[index] = False
+            return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
+        return None
+    if w.op == "call_module":
+        mod = gm.get_submodule(str(w.target))
+        for cls, make in _MODULE_FUNCTIONAL.items():
+            if type(mod) is cls:
+                fn, kw = make(mod)
+                return graph.create_node("call_function", fn, (base,), kw)
+        # Modules whose behaviour follows train()/eval() (Dropout): an out-of-place copy.
+        new = copy.copy(mod)
+        new.__dict__["_modules"] = dict(mod._modules)
+        new.inplace = False
+        name = _free_name(gm, f"{str(w.target).replace('.', '_')}_out_of_place")
+        gm.add_submodule(name, new)
+        return graph.create_node("call_module", name, (base, *args[1:]), kwargs)
+    return None
+
+
+def _free_name(gm: fx.GraphModule, name: str) -> str:
+    i, cand = 0, name
+    while hasattr(gm, cand):
+        i += 1
+        cand = f"{name}_{i}"
+    return cand
+
+
+def _keep_dtype(gm: fx.GraphModule, new: fx.Node, target: fx.Node, values: dict | None) -> fx.Node:
+    """In-place ops keep their target's dtype; out-of-place ones promote. Cast back if so."""
+    if values is None:
+        return new
+    tv = values.get(target)
+    if not isinstance(tv, torch.Tensor):
+        return new
+
+    def meta(a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            v = values.get(a) if a is not new else None
+            return torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
+        return a
+
+    try:
+        args = fx.node.map_aggregate(new.args, meta)
+        kwargs = fx.node.map_aggregate(new.kwargs, meta)
+        if new.op == "call_method":
+            res = getattr(args[0], new.target)(*args[1:], **kwargs)
+        elif new.op == "call_function":
+            res = new.target(*args, **kwargs)
+        else:
+            return new
+    except Exception:
+        return new
+    if isinstance(res, torch.Tensor) and res.dtype != tv.dtype:
+        with gm.graph.inserting_after(new):
+            cast = gm.graph.call_method("to", (new, tv.dtype))
+        return cast
+    return new
+
+
+@dataclass
+class Rewrite:
+    after: str
+    note: str = ""
+
+
+def _users_after(node: fx.Node, pos: int, order: dict[fx.Node, int]) -> list[fx.Node]:
+    return [u for u in node.users if order.get(u, -1) > pos]
+
+
+def _replay(graph: fx.Graph, steps: tuple[Step, ...], base: fx.Node, static: bool) -> fx.Node:
+    cur = base
+    for s in steps:
+        if s.kind in ("identity",):
+            continue
+        if s.kind == "opaque":
+            raise CannotRewrite(
+                "a tensor shares the written memory through an op fxgrad cannot rebuild"
+            )
+        if s.kind == "maybe" and static:
+            raise CannotRewrite(
+                f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
+            )
+        if s.kind == "data":
+            continue
+        cur = s.replay(graph, cur)
+    return cur
+
+
+def _repoint(
+    gm: fx.GraphModule,
+    w: fx.Node,
+    root: fx.Node,
+    aliases: dict[fx.Node, Alias],
+    new_root: fx.Node,
+    cursor: fx.Node,
+    static: bool,
+    skip: set[fx.Node],
+    direct: dict[fx.Node, fx.Node],
+) -> None:
+    """Point every reader after `w` of any alias of `root` at the matching view of new_root."""
+    graph = gm.graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    pos = order[w]
+    family = [n for n, a in aliases.items() if a.root is root and n in order and order[n] <= pos]
+    for x in family:
+        if x in skip:
+            continue
+        users = _users_after(x, pos, order)
+        if not users:
+            continue
+        steps = tuple(s for s in aliases[x].steps if s.kind != "data")
+        if x in direct:
+            repl = direct[x]
+        elif not steps:
+            repl = new_root
+        else:
+            with graph.inserting_after(cursor):
+                cur = cursor
+                repl = new_root
+                for s in steps:
+                    if s.kind == "opaque":
+                        raise CannotRewrite(
+                            f"`{x.name}` shares the written memory through an op fxgrad cannot rebuild"
+                        )
+                    if s.kind == "maybe" and static:
+                        raise CannotRewrite(
+                            f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
+                        )
+                    with graph.inserting_after(cur):
+                        repl = s.replay(graph, repl)
+                    cur = repl
+                cursor = cur
+        for u in users:
+            u.replace_input_with(x, repl)
+
+
+def rewrite(
+    gm: fx.GraphModule, f: Finding, aliases: dict[fx.Node, Alias], values: dict | None
+) -> Rewrite:
+    """Make finding f's write functional, or give its saver a clone (state writes)."""
+    static = values is None
+    w, target = f.write, f.target
+    a = aliases.get(target, Alias(target))
+    root = a.root
+    graph = gm.graph
+    if f.state or f.no_grad_write:
+        return _clone_for_savers(gm, f)
+    if w.op == "call_function" and w.target is builtins.setattr:
+        if w.args[1] != "data" or not isinstance(w.args[2], fx.Node):
+            raise CannotRewrite("only `.data = tensor` assignments can be rewritten")
+        if a.steps:
+            raise CannotRewrite("the tensor whose `.data` is replaced is itself a view")
+        new = w.args[2]
+        _repoint(gm, w, root, aliases, new, w, static, set(), {})
+        graph.erase_node(w)
+        return Rewrite(f"{root.name} = {new.name}", "gradients now flow to the assigned tensor")
+    steps = tuple(s for s in a.steps if s.kind != "data")
+    if any(s.kind == "expand" for s in steps):
+        if values is None or w not in (values or {}):
+            raise CannotRewrite("the write goes into an expanded view")
+        with graph.inserting_before(w):
+            new = _twin(gm, w, target, values)
+        if new is None:
+            raise CannotRewrite("the write into an expanded view has no out-of-place form")
+        for u in list(w.users) + [u for u in target.users if u is not w and _after(u, w)]:
+            u.replace_input_with(w if w in u.all_input_nodes else target, new)
+        graph.erase_node(w)
+        return Rewrite(
+            f"{new.name} = {render_node(new)}", "the base is not updated: eager refuses this write"
+        )
+    if not steps:
+        with graph.inserting_before(w):
+            new = _twin(gm, w, root, values)
+        if new is not None:
+            new = _keep_dtype(gm, new, target, values)
+            _repoint(gm, w, root, aliases, new, new, static, set(), {})
+            for u in list(w.users):
+                u.replace_input_with(w, new)
+            if not w.users:
+                graph.erase_node(w)
+            note = ""
+            if f.kind == "leaf" and root.op in ("placeholder", "get_attr"):
+                note = f"{_leaf_text(root)} itself is no longer changed (eager refused the write)"
+            elif f.kind == "data":
+                note = "gradients now see the write"
+            return Rewrite(_plain_after(w, new), note)
+    # A clone of the base, the same write on the clone's view, readers moved to the clone.
+    with graph.inserting_before(w):
+        clone = graph.call_method("clone", (root,))
+        view = clone
+        for s in steps:
+            if s.kind == "opaque":
+                raise CannotRewrite(
+                    "the write target shares memory through an op fxgrad cannot rebuild"
+                )
+            if s.kind == "maybe" and static:
+                raise CannotRewrite(
+                    f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
+                )
+            view = s.replay(graph, view)
+    if "out" in w.kwargs and w.kwargs["out"] is target:
+        w.update_kwarg("out", view)
+    elif w.op == "call_function" and w.target is builtins.getattr:
+        raise CannotRewrite("unexpected write form")
+    else:
+        w.update_arg(0, view)
+    _repoint(gm, w, root, aliases, clone, w, static, {w}, {target: view} if steps else {})
+    text = [f"{clone.name} = {root.name}.clone()"]
+    if view is not clone:
+        text.append(f"{view.name} = {render_node(view)}")
+    text.append(render_node(w))
+    return Rewrite("; ".join(text))
+
+
+def _after(u: fx.Node, w: fx.Node) -> bool:
+    n = w.next
+    while n.op != "root":
+        if n is u:
+            return True
+        n = n.next
+    return False
+
+
+def _clone_for_savers(gm: fx.GraphModule, f: Finding) -> Rewrite:
+    """Keep a state write and hand each op that saved the old value a clone instead."""
+    if not f.savers:
+        raise CannotRewrite("the write changes state a caller observes")
+    done: dict[tuple[fx.Node, fx.Node], fx.Node] = {}
+    for saver, role, arg in f.savers:
+        if role != "input" or arg is None:
+            raise CannotRewrite(
+                f"`{_op_text(saver)}` saved {'its output' if role == 'output' else 'an internal tensor'} "
+                "and the write changes state a caller observes"
+            )
+    texts = []
+    for saver, _role, arg in f.savers:
+        if (saver, arg) in done:
+            continue
+        with gm.graph.inserting_before(saver):
+            c = gm.graph.call_method("clone", (arg,))
+        saver.replace_input_with(arg, c)
+        done[(saver, arg)] = c
+        texts.append(f"{c.name} = {arg.name}.clone(); {render_node(saver)}")
+    why = "the write is kept: it changes state a caller observes"
+    if f.no_grad_write:
+        why = "the write is kept: it runs under no_grad, where gradients treat it as unseen"
+    return Rewrite("; ".join(texts), why)
+
+
+_METHOD_LINE = re.compile(r"^([A-Za-z_][\w.]*)\.([a-z][\w]*)_\((.*)\)$")
+_AUG_LINE = re.compile(r"^([A-Za-z_][\w.]*)\s*(\*\*|//|<<|>>|[-+*/@%&|^])=\s*(.+)$")
+
+
+def _plain_after(w: fx.Node, new: fx.Node) -> str:
+    """The rewrite as the user would write it (`h = h.mul(2)`), else as the graph reads."""
+    line = source_line(w)
+    m = _METHOD_LINE.match(line)
+    if m and w.op == "call_method" and new.op == "call_method":
+        name = m.group(1).removesuffix(".data")
+        return f"{name} = {name}.{m.group(2)}({m.group(3)})"
+    m = _AUG_LINE.match(line)
+    if m and w.target in INPLACE_OPERATORS:
+        return f"{m.group(1)} = {m.group(1)} {m.group(2)} {m.group(3)}"
+    return f"{new.name} = {render_node(new)}"
+
+
+def _drop_dead(gm: fx.GraphModule, had_users: set[fx.Node]) -> None:
+    """Erase nodes a rewrite left unused (old views of the written tensor), never writes."""
+    todo = [n for n in had_users if not getattr(n, "_erased", False) and not n.users]
+    while todo:
+        n = todo.pop()
+        if n.users or n.op in ("placeholder", "output", "get_attr") or has_side_effect(n, gm):
+            continue
+        if n.op == "call_module":
+            continue
+        inputs = n.all_input_nodes
+        gm.graph.erase_node(n)
+        todo.extend(a for a in inputs if not a.users)
+
+
+# ---------------------------------------------------------------------------------------
+# The pass
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
-    return []
+    changes: list[Change] = []
+    done: set[str] = set()
+    exact = ctx.example_inputs is not None
+    how = "decided on example inputs" if exact else "decided statically"
+    for _ in range(MAX_ROUNDS):
+        if exact:
+            obs = observe(gm, ctx)
+            findings, aliases = exact_findings(gm, obs)
+            values: dict | None = obs.values
+        else:
+            findings, aliases = static_findings(gm)
+            values = None
+        todo = [f for f in findings if f.write.name not in done]
+        if not todo:
+            break
+        # Earliest first: rewriting it may make later writes safe (they then target a
+        # fresh tensor nobody saved), and the next round re-decides them on the new graph.
+        f = todo[0]
+        done.add(f.write.name)
+        before = _write_text(f.write)
+        where = location(f.write)
+        name = f.write.name
+        if f.kind in ("data-safe", "input-static"):
+            note = f"{f.reason} ({how})"
+            if f.kind == "input-static":
+                note += "; pass example inputs to decide"
+            changes.append(Change(CODE, name, before, "", where, note, applied=False))
+            continue
+        saved_graph = copy.deepcopy(gm.graph)
+        had_users = {n for n in gm.graph.nodes if n.users}
+        try:
+            r = rewrite(gm, f, aliases, values)
+            _drop_dead(gm, had_users)
+        except CannotRewrite as e:
+            gm.graph = saved_graph
+            changes.append(
+                Change(
+                    CODE,
+                    name,
+                    before,
+                    "",
+                    where,
+                    f"{f.reason} ({how}); left as is: {e}",
+                    applied=False,
+                )
+            )
+            continue
+        note = f"{f.reason} ({how})"
+        if r.note:
+            note += f"; {r.note}"
+        changes.append(Change(CODE, name, before, r.after, where, note))
+    return changes
 
 
 PASS = Pass(code="FXG101", name="inplace-op", run=run, doc=__doc__)

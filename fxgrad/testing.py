@@ -1,0 +1,869 @@
+"""Assertions for a model repository's tests: catch autograd hazards before a training run does.
+
+Each helper takes the model and the positional inputs of its forward, runs them for real,
+and raises `AutogradCheckError` (an `AssertionError`) whose message is plain sentences plus
+fxgrad's report table, naming the user's own `file.py:line`. A model wrapped in
+`DistributedDataParallel`, `DataParallel` or `torch.compile` is checked through the module
+inside, because that is the code the wrapper runs.
+
+    from fxgrad.testing import assert_autograd_safe, assert_grads_flow
+
+    def test_model_trains():
+        model, x = MyModel(), torch.randn(8, 3, 32, 32)
+        assert_autograd_safe(model, x)
+        assert_grads_flow(model, x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from tabulate import tabulate
+from torch import fx, nn
+
+import fxgrad
+from fxgrad.api import FixedModule
+from fxgrad.context import clone_inputs
+from fxgrad.graph_utils import _is_internal, location, render_node, source_line, writes_to
+from fxgrad.pipeline import compare_outputs
+from fxgrad.report import Report
+
+__all__ = [
+    "AutogradCheckError",
+    "assert_autograd_safe",
+    "assert_fix_equivalent",
+    "assert_grads_flow",
+    "check_custom_functions",
+]
+
+# Pass families that report hazards; FXG2xx only makes cat faster, which is no hazard.
+_HAZARD_PREFIXES = ("FXG1", "FXG3")
+_SEED = 0
+
+
+class AutogradCheckError(AssertionError):
+    """A model failed an fxgrad check; the message says what, where and what to try."""
+
+    __tracebackhide__ = True
+
+    def __init__(self, message: str, report: Report | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.report = report
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---------------------------------------------------------------------------------------
+# Shared plumbing
+
+
+def _inner(model: Any) -> nn.Module:
+    """See through DDP, DataParallel and torch.compile: the inner module is what runs."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"fxgrad.testing needs an nn.Module, got {type(model).__name__}; "
+            "pass the model instance, e.g. assert_autograd_safe(MyModel(), x)."
+        )
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _name(module: nn.Module) -> str:
+    if isinstance(module, FixedModule):
+        return f"fixed {module.original_class.__name__}"
+    return type(module).__name__
+
+
+def _capture(module: nn.Module, inputs: tuple) -> FixedModule:
+    """The graph as captured, before any pass: what the user's code does."""
+    if isinstance(module, FixedModule):
+        return module
+    return fxgrad.fix(module, inputs, select=[])
+
+
+def _leaves(fixed: FixedModule, inputs: tuple) -> list[Any]:
+    """The graph's placeholder values for a call with `inputs`, in placeholder order."""
+    return fixed._captured().call.flatten(tuple(inputs), {})
+
+
+def _input_names(module: nn.Module, n: int) -> list[str]:
+    try:
+        names = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        names = []
+    return [f"input {names[i]}" if i < len(names) else f"input {i}" for i in range(n)]
+
+
+@contextlib.contextmanager
+def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Iterator[None]:
+    """Undo what a checking run does to the user's model: values, `.grad`, RNG state.
+
+    The checks run the real model forward and backward on its own parameters (so that
+    gradients are gradients of those parameters); BatchNorm statistics, counters and any
+    stray write are restored afterwards, and no `.grad` is left behind.
+    """
+    seen: dict[int, torch.Tensor] = {}
+    for t in [*module.parameters(), *module.buffers(), *extra]:
+        if isinstance(t, torch.Tensor):
+            seen.setdefault(id(t), t)
+    tensors = list(seen.values())
+    with torch.no_grad():
+        saved = [(t, t.detach().clone()) for t in tensors]
+    grads = [(t, t.grad) for t in tensors if t.is_leaf]
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    prev = torch.is_grad_enabled()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            torch.set_grad_enabled(prev)
+            with torch.no_grad():
+                for t, s in saved:
+                    if t.shape != s.shape or not torch.equal(t, s):
+                        t.copy_(s)
+            for t, g in grads:
+                t.grad = g
+
+
+def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
+    """Floating-point tensor outputs that carry a gradient."""
+    return [
+        o
+        for o in outputs
+        if isinstance(o, torch.Tensor)
+        and (o.is_floating_point() or o.is_complex())
+        and o.requires_grad
+    ]
+
+
+def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Fixed random output gradients, so a sum cannot cancel a wrong gradient out."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [
+        torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype=o.dtype, device=o.device)
+        if not o.is_complex()
+        else torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)
+        for o in outputs
+    ]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line.split(" Hint: ")[0]  # torch's anomaly-mode hints point at its own traceback
+
+
+def _fail(lines: Sequence[str], report: Report | None = None) -> AutogradCheckError:
+    text = "\n".join(lines).rstrip()
+    if report is not None and (report.changes or report.notes):
+        text += "\n\nfxgrad's report:\n" + report.table()
+    return AutogradCheckError(text, report)
+
+
+# ---------------------------------------------------------------------------------------
+# Where gradients stop: one real run of the captured graph
+
+
+def _code(node: fx.Node) -> str:
+    """The user's source line for a node (comment dropped), else the node as Python."""
+    return source_line(node).split("  #")[0].strip() or render_node(node)
+
+
+def _carries_grad(value: Any) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in pytree.tree_leaves(value))
+
+
+def _is_float_like(value: Any) -> bool:
+    for v in pytree.tree_leaves(value):
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
+            return True
+        if isinstance(v, float):
+            return True
+        kind = getattr(getattr(v, "dtype", None), "kind", None)  # NumPy arrays and scalars
+        if type(v).__module__ == "numpy" and kind in ("f", "c"):
+            return True
+    return False
+
+
+def _is_numpy_node(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target == "numpy"
+    if node.op != "call_function":
+        return False
+    target = node.target
+    module = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__name__", "")
+    if module.startswith("numpy") or type(target).__name__ == "ufunc":
+        return True
+    return module.startswith("torch") and name in ("from_numpy", "as_tensor", "tensor", "asarray")
+
+
+@dataclass
+class _Cut:
+    """A node whose inputs carry a gradient and whose output no longer does."""
+
+    node: fx.Node
+    why: str
+    float_valued: bool
+
+    def describe(self) -> str:
+        where = location(self.node) or "an unknown line"
+        code = _code(self.node)
+        return f"{where} `{code}`: {self.why}"
+
+
+class _GradRecorder(fx.Interpreter):
+    """Run the graph once and note, per node, whether its value carries a gradient."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.carries: dict[fx.Node, bool] = {}
+        self.float_valued: dict[fx.Node, bool] = {}
+        self.grad_enabled: dict[fx.Node, bool] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.grad_enabled[n] = torch.is_grad_enabled()
+        value = super().run_node(n)
+        self.carries[n] = _carries_grad(value)
+        self.float_valued[n] = _is_float_like(value)
+        return value
+
+
+def _why_cut(node: fx.Node, grad_enabled: bool) -> str:
+    target = node.target
+    if node.op == "call_method" and target in ("detach", "detach_"):
+        return "detach() stops gradients"
+    if node.op == "call_method" and target == "numpy":
+        return ".numpy() leaves autograd: NumPy values carry no gradient"
+    if node.op == "call_method" and target in ("item", "tolist"):
+        return f".{target}() turns the tensor into Python numbers, which carry no gradient"
+    if node.op == "call_function" and target is getattr and node.args[1:2] == ("data",):
+        return ".data reads the values around autograd"
+    if not grad_enabled:
+        return "it runs inside a torch.no_grad() block"
+    if node.op == "call_function" and getattr(target, "_fxgrad_function", None) is not None:
+        cls = target._fxgrad_function
+        return f"the custom autograd.Function {cls.__name__} returns no gradient here"
+    if _is_numpy_node(node):
+        return "NumPy values carry no gradient"
+    return "its result carries no gradient (an integer, boolean or non-differentiable op)"
+
+
+def _find_cuts(fixed: FixedModule, inputs: tuple) -> tuple[fx.GraphModule, list[_Cut], set]:
+    """Run the captured graph; return it, the cut nodes and the nodes that reach the output."""
+    gm = fixed.graph_module
+    leaves = [
+        t.detach().clone().requires_grad_(True)
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+        else t
+        for t in clone_inputs(_leaves(fixed, inputs))
+    ]
+    rec = _GradRecorder(gm)
+    with preserved_state(fixed, leaves):
+        prev = torch.is_grad_enabled()
+        try:
+            rec.run(*leaves)
+        finally:
+            torch.set_grad_enabled(prev)
+    reaches = _reaching_output(gm)
+    cuts = []
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "output", "get_attr") or n not in rec.carries:
+            continue
+        if rec.carries[n] or not any(rec.carries.get(a, False) for a in n.all_input_nodes):
+            continue
+        if n not in reaches:
+            continue
+        float_valued = rec.float_valued.get(n, False)
+        if not float_valued and n.op == "call_function" and n.target is getattr:
+            continue  # `.shape`, `.dtype`: reading metadata is no cut
+        cuts.append(_Cut(n, _why_cut(n, rec.grad_enabled.get(n, True)), float_valued))
+    return gm, cuts, reaches
+
+
+def _reaching_output(gm: fx.GraphModule) -> set[fx.Node]:
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    seen = {out}
+    stack = [out]
+    while stack:
+        for a in stack.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return seen
+
+
+def _downstream(starts: Iterable[fx.Node]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(starts)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(n.users)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------
+# assert_autograd_safe
+
+
+def _numpy_detours(gm: fx.GraphModule, cuts: list[_Cut]) -> list[tuple[_Cut, fx.Node]]:
+    """Cuts that lead into NumPy and back into the graph: (where it leaves, where it returns)."""
+    found = []
+    for cut in cuts:
+        if not cut.float_valued:
+            continue
+        down = _downstream([cut.node])
+        numpy_nodes = [n for n in gm.graph.nodes if n in down and _is_numpy_node(n)]
+        if numpy_nodes:
+            found.append((cut, numpy_nodes[-1]))
+    return found
+
+
+@contextlib.contextmanager
+def _anomaly_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autograd.detect_anomaly(check_nan=False):
+            yield caught
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _user_frame(caught: list[warnings.WarningMessage]) -> str:
+    """The user's `file.py:line` in anomaly mode's 'Traceback of forward call'."""
+    import os
+
+    for w in caught:
+        text = str(w.message)
+        if "Traceback of forward call" not in text:
+            continue
+        frames = [(f, int(n)) for f, n in _FRAME.findall(text) if not _is_internal(f)]
+        if frames:
+            f, n = frames[-1]
+            return f"{os.path.basename(f)}:{n}"
+    return ""
+
+
+def _eager_failure(module: nn.Module, inputs: tuple) -> tuple[str, str] | None:
+    """Run eager forward and backward; return (error, op whose saved value broke) on failure."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    args = clone_inputs(list(inputs))
+    with preserved_state(module, args), _anomaly_warnings() as caught:
+        try:
+            torch.manual_seed(_SEED)
+            out = module(*args)
+            diff = differentiable_outputs(pytree.tree_leaves(out))
+            wrt = params + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
+            if diff and wrt:
+                torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+        except RuntimeError as e:
+            return _first_line(e), _user_frame(caught)
+    return None
+
+
+def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
+    """Fail when the model has an unsafe in-place write or a gradient-cutting NumPy detour.
+
+    A training run finds these late: the in-place write as a version-counter error in the
+    first backward, the NumPy detour never (its gradients are silently zero). Here they fail
+    the test with fxgrad's report table, naming the user's lines and what fxgrad would
+    rewrite. Returns the report when the model is safe.
+    """
+    __tracebackhide__ = True
+    module = _inner(model)
+    fixed = fxgrad.fix(module, inputs) if not isinstance(module, FixedModule) else module
+    report = fixed.report
+    if isinstance(module, FixedModule):  # judge what is left unrewritten
+        hazards = [
+            c for c in report.changes if c.code.startswith(_HAZARD_PREFIXES) and not c.applied
+        ]
+    else:
+        hazards = [c for c in report.changes if c.code.startswith(_HAZARD_PREFIXES)]
+    rows: list[list[str]] = []
+    lines: list[str] = []
+
+    gm, cuts, _ = _find_cuts(fixed, inputs)
+    reported = {c.where for c in report.changes if c.code.startswith("FXG3")}
+    for cut, back in _numpy_detours(gm, cuts):
+        chain = _downstream([cut.node]) & set(_upstream(back))
+        if reported & {location(n) for n in chain}:
+            continue  # the NumPy pass already reports this detour
+        rows.append(
+            [
+                location(cut.node) or "?",
+                _code(cut.node),
+                f"leaves autograd here and comes back at {location(back) or '?'}: "
+                "everything before it gets no gradient through this path",
+            ]
+        )
+
+    failure = _eager_failure(module, inputs)
+    if failure is not None:
+        error, saved_at = failure
+        lines.append(f"Eager backward fails on these inputs: {error}")
+        if saved_at:
+            lines.append(
+                f"The value autograd needed was saved by the op at {saved_at}; "
+                "a later in-place write changed it."
+            )
+        nodes = list(gm.graph.nodes)
+        savers = [i for i, n in enumerate(nodes) if saved_at and location(n) == saved_at]
+        after = nodes[savers[0] + 1 :] if savers else nodes
+        reported_writes = {c.where for c in report.changes if c.code.startswith("FXG1")}
+        for n in (n for n in after if writes_to(n, gm) is not None):
+            if location(n) in reported_writes:
+                continue  # the in-place pass's row says it better
+            rows.append([location(n) or "?", _code(n), "in-place write in the forward"])
+
+    if not hazards and not rows and failure is None:
+        return report
+    count = len(hazards) + len(rows)
+    head = f"{_name(module)} is not autograd-safe on these inputs" + (
+        f": {count} finding{'s' if count != 1 else ''}." if count else "."
+    )
+    out = [head, *lines]
+    if rows:
+        out.append("")
+        out.append(tabulate(rows, headers=["where", "code", "why"], tablefmt="simple"))
+    out.append("")
+    out.append(
+        "Fix these lines, or train fxgrad.fix(model, example_inputs), which rewrites the "
+        "hazards it can (see the table)."
+    )
+    raise _fail(out, report)
+
+
+def _upstream(node: fx.Node) -> list[fx.Node]:
+    seen = {node}
+    stack = [node]
+    while stack:
+        for a in stack.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return list(seen)
+
+
+# ---------------------------------------------------------------------------------------
+# assert_grads_flow
+
+
+def _resolve_params(module: nn.Module, params: Iterable[Any] | None) -> dict[str, torch.Tensor]:
+    named = dict(module.named_parameters())
+    if params is None:
+        return {n: p for n, p in named.items() if p.requires_grad}
+    by_id = {id(p): n for n, p in named.items()}
+    out: dict[str, torch.Tensor] = {}
+    for p in params:
+        if isinstance(p, str):
+            if p not in named:
+                raise ValueError(
+                    f"{_name(module)} has no parameter {p!r}; it has: {', '.join(named) or 'none'}."
+                )
+            out[p] = named[p]
+        elif isinstance(p, torch.Tensor) and id(p) in by_id:
+            out[by_id[id(p)]] = p
+        else:
+            raise ValueError("params takes parameter names or parameters of the model.")
+    return out
+
+
+def _uses(gm: fx.GraphModule, name: str) -> list[fx.Node]:
+    """Graph nodes that read parameter `name`: its get_attr, or the module call owning it."""
+    found = []
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and (n.target == name or name.startswith(f"{n.target}.")):
+            found.append(n)
+        elif n.op == "call_module" and name.startswith(f"{n.target}."):
+            found.append(n)
+    return found
+
+
+def _explain_none(uses: list[fx.Node], cuts: list[_Cut], reaches: set[fx.Node], what: str) -> str:
+    if not uses:
+        return f"the forward does not use {what}"
+    down = _downstream(uses)
+    if not down & reaches:
+        return f"{what} is used, but nothing computed from it reaches an output"
+    on_path = [c for c in cuts if c.node in down]
+    ranked = [c for c in on_path if c.float_valued] or on_path
+    if not ranked:
+        return "autograd gives it no gradient, and fxgrad found no detach, NumPy call or no_grad block on its path"
+    return "the path to the outputs is cut at " + "; ".join(c.describe() for c in ranked[:5])
+
+
+def _nonfinite_origin(module: nn.Module, args: list[Any], wrt: list[torch.Tensor]) -> str:
+    """Anomaly mode's answer to 'which backward produced the first NaN', with the user line."""
+    with preserved_state(module, args), _anomaly_warnings() as caught:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            try:
+                torch.manual_seed(_SEED)
+                diff = differentiable_outputs(pytree.tree_leaves(module(*args)))
+                with torch.autograd.detect_anomaly(check_nan=True):
+                    torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+            except RuntimeError as e:
+                where = _user_frame(caught)
+                return f"{_first_line(e)}" + (f" (forward op at {where})" if where else "")
+    return ""
+
+
+def assert_grads_flow(
+    model: nn.Module,
+    *inputs: Any,
+    params: Iterable[str | torch.Tensor] | None = None,
+    check_inputs: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Fail unless every trainable parameter and floating input gets a finite gradient.
+
+    A parameter that gets no gradient never trains, and nothing in a training loop says so;
+    a NaN gradient ruins the weights a step later. The message names each such parameter
+    or input and, by walking the captured graph, where its path to the outputs is cut
+    (`detach()`, `.numpy()`, `.item()`, a `no_grad` block). `params` limits the check to
+    these parameters (names or tensors); `check_inputs=False` skips the inputs. Returns
+    the gradients by name.
+    """
+    __tracebackhide__ = True
+    module = _inner(model)
+    wanted = _resolve_params(module, params)
+    args = clone_inputs(list(inputs))
+    names = _input_names(module, len(args))
+    checked_inputs: dict[str, torch.Tensor] = {}
+    if check_inputs:
+        for i, t in enumerate(args):
+            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+                args[i] = t.detach().clone().requires_grad_(True)
+                checked_inputs[names[i]] = args[i]
+    targets = {**wanted, **checked_inputs}
+    if not targets:
+        return {}
+    wrt = list(targets.values())
+    with preserved_state(module, args):
+        try:
+            torch.manual_seed(_SEED)
+            diff = differentiable_outputs(pytree.tree_leaves(module(*args)))
+            if not diff:
+                grads: list[torch.Tensor | None] = [None] * len(wrt)
+            else:
+                grads = list(
+                    torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+                )
+        except RuntimeError as e:
+            raise _fail(
+                [
+                    f"Backward of {_name(module)} fails on these inputs: {_first_line(e)}",
+                    "assert_autograd_safe(model, *inputs) shows the in-place write that causes it.",
+                ]
+            ) from None
+    result = dict(zip(targets, grads))
+    missing = [n for n, g in result.items() if g is None]
+    nonfinite = {
+        n: g for n, g in result.items() if g is not None and not bool(torch.isfinite(g).all())
+    }
+    if not missing and not nonfinite:
+        return {n: g for n, g in result.items() if g is not None}
+
+    lines = [f"Gradients do not flow through {_name(module)} on these inputs."]
+    if missing:
+        fixed = _capture(module, inputs)
+        gm, cuts, reaches = _find_cuts(fixed, inputs)
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        leaf_ids = [id(t) for t in _leaves(fixed, tuple(inputs))]
+        for name in missing:
+            if name in wanted:
+                uses = _uses(gm, name)
+                what = f"parameter {name}"
+            else:
+                i = names.index(name)
+                j = leaf_ids.index(id(inputs[i])) if id(inputs[i]) in leaf_ids else -1
+                uses = [placeholders[j]] if 0 <= j < len(placeholders) else []
+                what = name
+            lines.append(f"- {what} gets no gradient: {_explain_none(uses, cuts, reaches, what)}.")
+    for name, g in nonfinite.items():
+        bad = int((~torch.isfinite(g)).sum())
+        what = f"parameter {name}" if name in wanted else name
+        lines.append(
+            f"- {what} gets a non-finite gradient ({bad} of {g.numel()} entries NaN or inf)."
+        )
+    if nonfinite:
+        origin = _nonfinite_origin(module, args, wrt)
+        if origin:
+            lines.append(f"Anomaly mode: {origin}")
+    lines.append(
+        "Parameters that should not train can be frozen with requires_grad_(False), "
+        "or left out with params=[...]."
+    )
+    raise _fail(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# assert_fix_equivalent
+
+
+def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tuple:
+    args = clone_inputs(list(inputs))
+    with preserved_state(module, args):
+        torch.manual_seed(_SEED)
+        try:
+            out = module(*args)
+        except RuntimeError as e:
+            return None, None, e, None
+        flat = pytree.tree_leaves(out)
+        wrt = wrt_params + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
+        diff = differentiable_outputs(flat)
+        if not diff or not wrt:
+            return flat, [], None, None
+        try:
+            grads = torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+        except RuntimeError as e:
+            return flat, None, None, e
+        return flat, list(grads), None, None
+
+
+def assert_fix_equivalent(
+    model: nn.Module, *inputs: Any, fixed: nn.Module | None = None
+) -> FixedModule:
+    """Fail unless `fxgrad.fix(model)` computes what the model computes, values and gradients.
+
+    Swapping a model for its fixed version in training code is only safe if nothing else
+    changes: the forward must equal eager, and the gradients must equal eager's wherever
+    eager's backward works (where it fails, the fixed backward must run). `fixed` checks an
+    already-fixed module (for example one fixed with `select=`). Returns the fixed module.
+    """
+    __tracebackhide__ = True
+    module = _inner(model)
+    if isinstance(module, FixedModule):
+        raise TypeError(
+            "assert_fix_equivalent compares a model with its fix: pass the original model."
+        )
+    fixed_module = fixed if fixed is not None else fxgrad.fix(module, inputs)
+    report = getattr(_inner(fixed_module), "report", None)
+    params = [p for p in module.parameters() if p.requires_grad]
+    names = {id(p): n for n, p in module.named_parameters()}
+    grad_names = [names[id(p)] for p in params] + [
+        n
+        for n, t in zip(_input_names(module, len(inputs)), inputs)
+        if isinstance(t, torch.Tensor) and t.requires_grad
+    ]
+    e_out, e_grads, e_ferr, e_berr = _run(module, inputs, params)
+    f_out, f_grads, f_ferr, f_berr = _run(fixed_module, inputs, params)
+
+    problems: list[str] = []
+    if f_ferr is not None:
+        problems.append(f"the fixed forward raises {type(f_ferr).__name__}: {_first_line(f_ferr)}")
+    elif e_out is not None:
+        bad = compare_outputs(list(f_out), list(e_out))
+        if bad is not None:
+            problems.append(f"forward: {bad[1]}")
+    if f_ferr is None and f_berr is not None and e_berr is None and e_ferr is None:
+        problems.append(f"the fixed backward fails: {_first_line(f_berr)}")
+    if e_grads and f_grads:
+        for name, e, f in zip(grad_names, e_grads, f_grads):
+            if (e is None) != (f is None):
+                got = "no gradient" if f is None else "a gradient"
+                problems.append(f"{name} gets {got} in the fixed module, unlike eager")
+            elif e is not None and f is not None:
+                try:
+                    torch.testing.assert_close(f, e, equal_nan=True)
+                except AssertionError:
+                    diff = (f.detach().double() - e.detach().double()).abs().max().item()
+                    problems.append(
+                        f"the gradient of {name} differs (max abs difference {diff:.3g})"
+                    )
+    if not problems:
+        return fixed_module  # type: ignore[return-value]
+    lines = [f"fxgrad.fix({_name(module)}) does not match eager PyTorch on these inputs:"]
+    lines += [f"- {p}" for p in problems]
+    if e_ferr is not None or e_berr is not None:
+        err = e_ferr or e_berr
+        lines.append(f"(eager itself fails: {_first_line(err)}; compared what eager computes.)")
+    lines.append("This is a bug in fxgrad or in a rewrite; please report it with the model.")
+    raise _fail(lines, report)
+
+
+# ---------------------------------------------------------------------------------------
+# check_custom_functions
+
+
+@dataclass
+class _FunctionCall:
+    node: fx.Node
+    cls: type
+    args: tuple
+    kwargs: dict
+
+
+class _FunctionRecorder(fx.Interpreter):
+    """Run the graph and keep a detached copy of what each custom Function receives."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.calls: list[_FunctionCall] = []
+
+    def run_node(self, n: fx.Node) -> Any:
+        cls = getattr(n.target, "_fxgrad_function", None) if n.op == "call_function" else None
+        if cls is not None:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+
+            def keep(x: Any) -> Any:
+                if isinstance(x, torch.Tensor):
+                    return x.detach().clone().requires_grad_(x.requires_grad)
+                return x
+
+            self.calls.append(
+                _FunctionCall(n, cls, pytree.tree_map(keep, args), pytree.tree_map(keep, kwargs))
+            )
+        return super().run_node(n)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(prev)
+
+
+def _gradcheck_call(call: _FunctionCall, fast_mode: bool | None) -> str | None:
+    """Float64 gradcheck of one recorded call; the reason it fails, or None."""
+    flat, spec = pytree.tree_flatten((call.args, call.kwargs))
+    positions = [
+        i
+        for i, x in enumerate(flat)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.requires_grad
+    ]
+    if not positions:
+        return None  # nothing it receives needs a gradient: its backward never runs
+    flat = [
+        x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in flat
+    ]
+    tensors = tuple(flat[i].detach().requires_grad_(True) for i in positions)
+
+    def fn(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = list(flat)
+        for i, t in zip(positions, ts):
+            values[i] = t
+        args, kwargs = pytree.tree_unflatten(values, spec)
+        out = call.cls.apply(*args, **kwargs)
+        return tuple(t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+
+    if fast_mode is None:
+        fast_mode = sum(t.numel() for t in tensors) > 512
+    try:
+        with _default_dtype(torch.float64):
+            torch.autograd.gradcheck(fn, tensors, fast_mode=fast_mode, raise_exception=True)
+    except Exception as e:  # GradcheckError, or a backward that crashes in float64
+        first = _first_line(e).rstrip(",")
+        if "mismatch" not in first:
+            return f"{type(e).__name__}: {first}"
+        return f"{first}; {_directional_check(fn, tensors)}"
+    return None
+
+
+def _directional_check(fn: Any, tensors: tuple[torch.Tensor, ...]) -> str:
+    """One number each from backward and from finite differences, for a readable message."""
+    gen = torch.Generator().manual_seed(_SEED)
+    with _default_dtype(torch.float64):
+        us = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in tensors]
+        outs = fn(*tensors)
+        ws = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+        diff = [(o, w) for o, w in zip(outs, ws) if o.requires_grad]
+        grads = torch.autograd.grad(
+            [o for o, _ in diff], tensors, [w for _, w in diff], allow_unused=True
+        )
+        analytical = sum(float((g * u).sum()) for g, u in zip(grads, us) if g is not None)
+        eps = 1e-6
+        with torch.no_grad():
+            plus = fn(*(t + eps * u for t, u in zip(tensors, us)))
+            minus = fn(*(t - eps * u for t, u in zip(tensors, us)))
+        numerical = sum(float(((p - m) / (2 * eps) * w).sum()) for p, m, w in zip(plus, minus, ws))
+    return (
+        f"along a random direction its backward gives {analytical:.6g}, "
+        f"finite differences give {numerical:.6g}"
+    )
+
+
+def check_custom_functions(
+    model: nn.Module,
+    *inputs: Any,
+    skip: Iterable[type | str] = (),
+    fast_mode: bool | None = None,
+) -> list[str]:
+    """Gradcheck, in float64, every custom autograd.Function the forward calls.
+
+    A hand-written backward that is subtly wrong trains without an error, just worse. Each
+    Function node in the captured graph is checked on the inputs it actually receives for
+    these model inputs (recorded by running the graph, then cast to float64), against finite
+    differences. `skip` takes Function classes or names whose backward is a deliberate
+    surrogate (a straight-through estimator). `fast_mode` defaults to gradcheck's fast mode
+    for large inputs. Returns the names of the Functions checked.
+    """
+    __tracebackhide__ = True
+    module = _inner(model)
+    fixed = _capture(module, inputs)
+    leaves = clone_inputs(_leaves(fixed, tuple(inputs)))
+    rec = _FunctionRecorder(fixed.graph_module)
+    with preserved_state(fixed, leaves):
+        prev = torch.is_grad_enabled()
+        try:
+            rec.run(*leaves)
+        finally:
+            torch.set_grad_enabled(prev)
+    skipped = {s if isinstance(s, str) else s.__name__ for s in skip}
+    checked: list[str] = []
+    failures: list[str] = []
+    for call in rec.calls:
+        name = call.cls.__name__
+        if name in skipped:
+            continue
+        problem = _gradcheck_call(call, fast_mode)
+        checked.append(name)
+        if problem is not None:
+            where = location(call.node) or "an unknown line"
+            failures.append(f"- {name} at {where}: {problem}")
+    if not failures:
+        return checked
+    lines = [
+        f"{len(failures)} custom autograd.Function call{'s' if len(failures) != 1 else ''} in "
+        f"{_name(module)} fail{'s' if len(failures) == 1 else ''} float64 gradcheck on the "
+        f"inputs {'it receives' if len(failures) == 1 else 'they receive'}: the backward disagrees with finite differences of the forward.",
+        *failures,
+        "If a backward is a deliberate surrogate (a straight-through estimator), pass "
+        f"skip=[{', '.join(sorted({c.cls.__name__ for c in rec.calls}))}] for it.",
+    ]
+    raise _fail(lines)
+
+
+class Checks:
+    """The helpers under short names, as the `fxgrad_check` pytest fixture hands them out."""
+
+    autograd_safe = staticmethod(assert_autograd_safe)
+    grads_flow = staticmethod(assert_grads_flow)
+    fix_equivalent = staticmethod(assert_fix_equivalent)
+    custom_functions = staticmethod(check_custom_functions)
