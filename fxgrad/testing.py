@@ -32,8 +32,21 @@ from torch import fx, nn
 import fxgrad
 from fxgrad.api import FixedModule
 from fxgrad.context import clone_inputs
-from fxgrad.graph_utils import _is_internal, location, render_node, source_line, writes_to
-from fxgrad.pipeline import compare_outputs
+from fxgrad.graph_utils import (
+    _is_internal,
+    ancestors,
+    descendants,
+    location,
+    render_node,
+    source_line,
+    writes_to,
+)
+from fxgrad.pipeline import (
+    _first_line,
+    compare_outputs,
+    cotangents,
+    differentiable_outputs,
+)
 from fxgrad.report import Report
 
 __all__ = [
@@ -143,34 +156,6 @@ def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Iterator[No
                         t.copy_(s)
             for t, g in grads:
                 t.grad = g
-
-
-def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
-    """Floating-point tensor outputs that carry a gradient."""
-    return [
-        o
-        for o in outputs
-        if isinstance(o, torch.Tensor)
-        and (o.is_floating_point() or o.is_complex())
-        and o.requires_grad
-    ]
-
-
-def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Fixed random output gradients, so a sum cannot cancel a wrong gradient out."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    return [
-        torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype=o.dtype, device=o.device)
-        if not o.is_complex()
-        else torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)
-        for o in outputs
-    ]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line.split(" Hint: ")[0]  # torch's anomaly-mode hints point at its own traceback
 
 
 def _fail(lines: Sequence[str], report: Report | None = None) -> AutogradCheckError:
@@ -285,7 +270,7 @@ def _find_cuts(fixed: FixedModule, inputs: tuple) -> tuple[fx.GraphModule, list[
             rec.run(*leaves)
         finally:
             torch.set_grad_enabled(prev)
-    reaches = _reaching_output(gm)
+    reaches = ancestors([gm.graph.output_node()])
     cuts = []
     for n in gm.graph.nodes:
         if n.op in ("placeholder", "output", "get_attr") or n not in rec.carries:
@@ -301,30 +286,6 @@ def _find_cuts(fixed: FixedModule, inputs: tuple) -> tuple[fx.GraphModule, list[
     return gm, cuts, reaches
 
 
-def _reaching_output(gm: fx.GraphModule) -> set[fx.Node]:
-    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
-    seen = {out}
-    stack = [out]
-    while stack:
-        for a in stack.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return seen
-
-
-def _downstream(starts: Iterable[fx.Node]) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = list(starts)
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.extend(n.users)
-    return seen
-
-
 # ---------------------------------------------------------------------------------------
 # assert_autograd_safe
 
@@ -335,7 +296,7 @@ def _numpy_detours(gm: fx.GraphModule, cuts: list[_Cut]) -> list[tuple[_Cut, fx.
     for cut in cuts:
         if not cut.float_valued:
             continue
-        down = _downstream([cut.node])
+        down = descendants([cut.node])
         numpy_nodes = [n for n in gm.graph.nodes if n in down and _is_numpy_node(n)]
         if numpy_nodes:
             found.append((cut, numpy_nodes[-1]))
@@ -409,7 +370,7 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
     gm, cuts, _ = _find_cuts(fixed, inputs)
     reported = {c.where for c in report.changes if c.code.startswith("FXG3")}
     for cut, back in _numpy_detours(gm, cuts):
-        chain = _downstream([cut.node]) & set(_upstream(back))
+        chain = descendants([cut.node]) & ancestors([back])
         if reported & {location(n) for n in chain}:
             continue  # the NumPy pass already reports this detour
         rows.append(
@@ -457,21 +418,6 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
     raise _fail(out, report)
 
 
-def _upstream(node: fx.Node) -> list[fx.Node]:
-    seen = {node}
-    stack = [node]
-    while stack:
-        for a in stack.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return list(seen)
-
-
-# ---------------------------------------------------------------------------------------
-# assert_grads_flow
-
-
 def _resolve_params(module: nn.Module, params: Iterable[Any] | None) -> dict[str, torch.Tensor]:
     named = dict(module.named_parameters())
     if params is None:
@@ -506,7 +452,7 @@ def _uses(gm: fx.GraphModule, name: str) -> list[fx.Node]:
 def _explain_none(uses: list[fx.Node], cuts: list[_Cut], reaches: set[fx.Node], what: str) -> str:
     if not uses:
         return f"the forward does not use {what}"
-    down = _downstream(uses)
+    down = descendants(uses)
     if not down & reaches:
         return f"{what} is used, but nothing computed from it reaches an output"
     on_path = [c for c in cuts if c.node in down]
