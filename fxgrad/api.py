@@ -12,7 +12,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from fxgrad.context import Context, Measure, clone_inputs, default_measure
+from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
 from fxgrad.errors import FxgradError
 from fxgrad.pipeline import Reference, check_capture, run_forward_backward, run_passes
 from fxgrad.registry import select_passes
@@ -24,6 +24,8 @@ _AUTOGRAD_FORWARD_ERRORS = (
     "inplace operation",
     "a view of a leaf",
     "arguments don't support automatic differentiation",  # out= on a tensor that requires grad
+    "is being modified inplace",  # views of unbind/split/chunk, views made under no_grad
+    "refers to a single memory location",  # writes into overlapping (expanded) tensors
 )
 
 
@@ -254,6 +256,17 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
     return ref
 
 
+def _still_failing(gm: fx.GraphModule, ctx: Context, eager_error: BaseException) -> list[str]:
+    """Say so when the fixed forward still raises what eager raised: nothing is hidden."""
+    try:
+        with seeded(ctx.seed):
+            gm.forward(*ctx.inputs())
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return [f"the forward raises in eager PyTorch and still does after fixing: {first}"]
+    return []
+
+
 def _fix(
     model: nn.Module,
     example_inputs: Any,
@@ -299,6 +312,8 @@ def _fix(
                 report.notes.extend(n for n in captured.notes if n not in report.notes)
                 before = captured.gm.code
                 changes, notes = run_passes(captured.gm, passes, ctx, ref, verify)
+                if ref is not None and ref.forward_error is not None:
+                    notes.extend(_still_failing(captured.gm, ctx, ref.forward_error))
                 if training == modes[0]:
                     report.code_before, report.code_after = before, captured.gm.code
                     report.changes.extend(changes)

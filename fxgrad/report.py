@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from fxgrad.changes import Change
 
-_CLEANUP = re.compile(r";\s*\w+ = None\s*$")
+_CLEANUP = re.compile(r";\s*(\w+\s*=\s*)+None\s*$")
 
 
 def normalize_code(code: str) -> str:

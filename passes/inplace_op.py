@@ -686,7 +686,7 @@ def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], di
                 )
             elif "more than one element" in msg:
                 kind, why = "view", f"{wt} writes into an expanded tensor whose elements overlap"
-            elif "is a view" in msg:
+            elif "is a view" in msg or "view was created" in msg:
                 kind = "view"
                 src = "a view autograd refuses to write through"
                 if "multiple" in msg:

@@ -236,3 +236,14 @@ def test_graph_module_is_a_real_graph_module():
     fixed = fxgrad.fix(Net().eval(), (_x(),))
     assert isinstance(fixed.graph_module, fx.GraphModule)
     assert "def forward" in fixed.code
+
+
+def test_a_forward_that_still_raises_after_fixing_is_reported():
+    class Overlap(nn.Module):
+        def forward(self, x):
+            y = (x * 2).expand(3, 4)
+            y.add_(1)  # eager refuses in any mode: overlapping elements
+            return y.sum()
+
+    report = fxgrad.check(Overlap(), (torch.randn(1, 4, requires_grad=True),))
+    assert any("still does after fixing" in n for n in report.notes), report.notes
