@@ -4,14 +4,16 @@
 
 The model is generated Python source (one long forward, compiled with `exec` and
 registered with `linecache`, so the tracer sees ordinary user code with a file and line for
-every node). Every block of a few nodes makes a fresh tensor, takes a view of it and
-writes it in place (`h = x * 0.5; v = h[1:]; h.add_(1)`: safe, kept); every 4th block also
-writes the output of `sigmoid` in place (`s.mul_(0.5)`: unsafe, sigmoid saved it for
-backward, so FXG101 rewrites it) and every 8th writes into a view of the output of `tanh`
-(`t[0] = 0`: unsafe, rewritten as a scatter).
+every node). Every block of 8 nodes makes a fresh tensor, takes a view of it and writes it
+in place (`h = x * 0.5; v = h[1:]; h.add_(1)`: safe, kept). Eight blocks, spread evenly,
+also write the output of `sigmoid` in place (`s.mul_(0.5)`) and a view of the output of
+`tanh` (`t[0].zero_()`): unsafe, both saved for backward, so FXG101 rewrites them (16
+rewrites at every size; `--unsafe-every K` puts them in every K-th block instead, so the
+rewrites grow with the graph).
 
 For each size it times, interleaved round by round, `torch.fx.symbolic_trace` (for
-reference), `fxgrad.fix(model)` and `fxgrad.fix(model, (x,))` with a tiny 4x8 input, and
+reference), capture alone (`fxgrad.fix(model, select=[])`: tracing, no pass),
+`fxgrad.fix(model)` and `fxgrad.fix(model, (x,))` with a tiny 4x8 input, and
 prints microseconds per node (nodes of the captured graph) and the ratio to the smallest
 size. Per-node time must stay flat: at 50k nodes at most 1.3x the time per node at 1k.
 """
@@ -33,13 +35,14 @@ from torch import fx, nn
 import fxgrad
 
 LIMIT = 1.3  # largest allowed per-node time ratio to the smallest size
-NODES_PER_BLOCK = 9.5  # average over the 8-block cycle below
+NODES_PER_BLOCK = 8  # nodes of a block without unsafe writes
 
 _counter = [0]
 
 
-def _block(i: int, functional: bool = False) -> list[str]:
-    """Source lines of block i: a view and a safe write; some blocks add an unsafe one.
+def _block(i: int, unsafe: int, functional: bool = False) -> list[str]:
+    """Source lines of block i: a view and a safe in-place write, then `unsafe` (0, 1, 2)
+    unsafe writes: one into the output of sigmoid, one into a view of the output of tanh.
 
     `functional` writes the unsafe writes out of place (the reference eager can backprop).
     """
@@ -49,17 +52,17 @@ def _block(i: int, functional: bool = False) -> list[str]:
         f"h{i}.add_(1)",  # safe: nothing saved h for backward
         f"x = x + (v{i}.mean(0) - 0.5).tanh() * 0.1",
     ]
-    if i % 4 == 3:
+    if unsafe >= 1:
         lines += [
             f"s{i} = x.sigmoid()",
             f"s{i} = s{i}.mul(0.5)" if functional else f"s{i}.mul_(0.5)",  # unsafe
             f"x = x + s{i} * 0.1",
         ]
-    if i % 8 == 7:
+    if unsafe >= 2:
         lines += [
             f"t{i} = x.tanh()",
             f"t{i} = t{i}.clone()" if functional else "pass",
-            f"t{i}[0] = 0",  # unsafe without the clone: tanh saved its output
+            f"t{i}[0].zero_()",  # unsafe without the clone: tanh saved its output
             f"x = x + t{i} * 0.1",
         ]
     return lines
@@ -74,17 +77,28 @@ class Chain(nn.Module):
 
 
 def make_chain(
-    nodes: int, width: int = 8, functional: bool = False
+    nodes: int,
+    width: int = 8,
+    functional: bool = False,
+    unsafe: int = 8,
+    unsafe_every: int | None = None,
 ) -> tuple[nn.Module, tuple[torch.Tensor]]:
     """A Chain module whose captured graph has about `nodes` nodes, and a tiny example input.
 
-    With `functional`, the same computation with its unsafe writes made out of place: eager
-    backward runs on it, so it is the reference for the fixed model's gradients.
+    `unsafe` blocks, spread evenly, carry two unsafe writes each (a fixed number of
+    rewrites at every size); with `unsafe_every`, every unsafe_every-th block does instead
+    (rewrites grow with the graph). With `functional`, the same computation with its unsafe
+    writes made out of place: eager backward runs on it, so it is the reference for the
+    fixed model's gradients.
     """
     blocks = max(1, round((nodes - 3) / NODES_PER_BLOCK))
+    if unsafe_every:
+        marked = set(range(unsafe_every - 1, blocks, unsafe_every))
+    else:
+        marked = {(k * blocks) // unsafe + blocks // (2 * unsafe) for k in range(unsafe)}
     body = ["x = x * self.w"]
     for i in range(blocks):
-        body.extend(_block(i, functional))
+        body.extend(_block(i, 2 if i in marked else 0, functional))
     _counter[0] += 1
     filename = f"generated_chain_{blocks}_{_counter[0]}.py"
     src = "def forward(self, x):\n" + "".join(f"    {ln}\n" for ln in body) + "    return x\n"
@@ -104,6 +118,7 @@ def measure(model: nn.Module, inputs: tuple, repeats: int) -> tuple[dict[str, fl
     del fixed
     variants: dict[str, Callable[[], object]] = {
         "symbolic_trace": lambda: fx.symbolic_trace(model),
+        "capture only": lambda: fxgrad.fix(model, select=[]),
         "fix()": lambda: fxgrad.fix(model),
         "fix(inputs)": lambda: fxgrad.fix(model, inputs),
     }
@@ -123,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="sizes 1000,5000")
     parser.add_argument("--markdown", action="store_true", help="print a GitHub table")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--unsafe-every", type=int, help="unsafe writes in every K-th block")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sizes = [1000, 5000] if args.quick else [int(s) for s in args.sizes.split(",")]
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
 
     results = []
     for n in sizes:
-        model, inputs = make_chain(n)
+        model, inputs = make_chain(n, unsafe_every=args.unsafe_every)
         t, nodes = measure(model, inputs, args.repeats)
         results.append((n, nodes, t))
         print(f"{nodes} nodes done", file=sys.stderr, flush=True)
@@ -138,16 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     rows, worst = [], 0.0
     for _, nodes, t in results:
         cells = [nodes]
-        for k in ("symbolic_trace", "fix()", "fix(inputs)"):
+        for k in ("symbolic_trace", "capture only", "fix()", "fix(inputs)"):
             per = t[k] / nodes
             ratio = per / base[k]
-            if k != "symbolic_trace":
+            if k in ("fix()", "fix(inputs)"):
                 worst = max(worst, ratio)
             cells += [f"{t[k]:.2f}", f"{per * 1e6:.1f} ({ratio:.2f}x)"]
         rows.append(cells)
     headers = [
         "nodes",
         "symbolic_trace s",
+        "µs/node (vs smallest)",
+        "capture only s",
         "µs/node (vs smallest)",
         "fix() s",
         "µs/node (vs smallest)",

@@ -8,12 +8,14 @@ or reorders nodes asks `writes_to()` first.
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import functools
 import inspect
 import linecache
 import operator
 import os
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -206,9 +208,31 @@ def user_frame_location(start_depth: int = 1) -> tuple[str, int] | None:
     while frame is not None:
         filename = frame.f_code.co_filename
         if not _is_internal(filename):
-            return filename, frame.f_lineno
+            return filename, _frame_line(frame)
         frame = frame.f_back
     return None
+
+
+_line_tables: dict[int, tuple[weakref.ref, list[int], list[int | None]]] = {}
+
+
+def _frame_line(frame: Any) -> int:
+    """`frame.f_lineno` in O(log n). CPython scans the code's line table from the start
+    (and hashing a code object reads all of it), so tracing a forward of n lines with
+    `f_lineno` was O(n^2); the table is built once per code object, keyed by id."""
+    code = frame.f_code
+    entry = _line_tables.get(id(code))
+    if entry is None or entry[0]() is not code:
+        starts, lines = [], []
+        for start, _end, line in code.co_lines():
+            starts.append(start)
+            lines.append(line)
+        key = id(code)
+        entry = (weakref.ref(code, lambda _, key=key: _line_tables.pop(key, None)), starts, lines)
+        _line_tables[key] = entry
+    i = bisect.bisect_right(entry[1], frame.f_lasti) - 1
+    line = entry[2][i] if i >= 0 else None
+    return line if line is not None else frame.f_lineno
 
 
 def location(node: fx.Node) -> str:

@@ -154,6 +154,7 @@ _META_ATTRS = {
     "is_cuda",
     "layout",
     "is_sparse",
+    "is_nested",
     "requires_grad",
 }
 _META_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "get_device"}

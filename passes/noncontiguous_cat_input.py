@@ -5,7 +5,8 @@ Makes non-contiguous `torch.cat` inputs contiguous first, where that is measured
 On the example inputs' real shapes, strides, dtype and device it times the forward and
 backward of the `cat` (and of the ops that read its output, since the output's layout
 follows the inputs') as written and with `.contiguous()` on each non-contiguous input, and
-inserts `.contiguous()` only when that is faster by more than `MIN_SPEEDUP` (1.10x). Covers
+inserts `.contiguous()` only when that is faster by more than `MIN_SPEEDUP` (1.10x) in
+each of three alternating comparisons (medians from `torch.utils.benchmark`). Covers
 `torch.cat`, `torch.concat`, `torch.concatenate` and `torch.stack`.
 ## Why is this bad?
 `cat` copies every input into the output. Reading a transposed, permuted, strided or
@@ -26,11 +27,13 @@ so every decision, taken or not, is reported with the times and the ratio.
 - there are no example inputs, so layouts and timings are unknown (reported once)
 - the measuring budget is spent; the report says which `cat` calls were not timed
 - the inputs are not a literal list of tensors (`torch.cat(x.split(2))`), or `out=` is given
+- the cat cannot be replayed on fresh tensors of the same layouts (reported, not measured)
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -340,14 +343,18 @@ class Verdict:
         )
 
 
-def _measure(ctx: Context, node: fx.Node, bench: Bench) -> Verdict | None:
+def _measure(ctx: Context, node: fx.Node, make_bench: Callable[[], Bench]) -> Verdict | None:
     """Time both variants ROUNDS times, alternating; None if the budget allows no round.
 
-    The verdict is the round least in favour of `.contiguous()`; rounds the budget cut
-    short are left out.
+    Each round times a freshly built pair, so that a state one pair got stuck in (where its
+    allocations landed) cannot repeat in every round. The verdict is the round least in
+    favour of `.contiguous()`; rounds the budget cut short are left out.
     """
     rounds: list[tuple[float, float]] = []
+    label = ""
     for _ in range(ROUNDS):
+        bench = make_bench()
+        label = bench.label
         original = ctx.timed(f"{node.name}:original", bench.original)
         contiguous = (
             None if original is None else ctx.timed(f"{node.name}:contiguous", bench.contiguous)
@@ -358,20 +365,20 @@ def _measure(ctx: Context, node: fx.Node, bench: Bench) -> Verdict | None:
     if not rounds:
         return None
     original, contiguous = min(rounds, key=lambda r: r[0] / r[1] if r[1] > 0 else 0.0)
-    return Verdict(original, contiguous, bench.label, node.name)
+    return Verdict(original, contiguous, label, node.name)
 
 
 def _working_bench(
     cat: fx.Node, layouts: list[Layout], candidates: set[int], consumers: list[Consumer], dim: int
-) -> Bench | None:
-    """A Bench whose variants run: with the consumers, else the cat alone, else None."""
+) -> Callable[[], Bench] | None:
+    """A maker of Benches whose variants run: with the consumers, else the cat alone."""
     for timed in (consumers, []) if consumers else ([],):
         try:
             bench = _bench(cat, layouts, candidates, timed, dim)
             bench.original(), bench.contiguous()  # warm up, and fail here rather than in a timer
         except Exception:
             continue
-        return bench
+        return functools.partial(_bench, cat, layouts, candidates, timed, dim)
     return None
 
 
@@ -438,12 +445,12 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         )
         verdict = verdicts.get(key)
         if verdict is None:
-            bench = _working_bench(node, layouts, candidates, consumers, dim)
-            verdict = None if bench is None else _measure(ctx, node, bench)
+            make_bench = _working_bench(node, layouts, candidates, consumers, dim)
+            verdict = None if make_bench is None else _measure(ctx, node, make_bench)
             if verdict is None:
                 why = (
                     "it fails when replayed on fresh tensors of the same layouts"
-                    if bench is None
+                    if make_bench is None
                     else f"the measuring budget ({ctx.measure_budget_s:g} s) was spent "
                     "before it was timed"
                 )
