@@ -85,7 +85,7 @@ from fxgrad.graph_utils import (
 from fxgrad.registry import Pass
 
 CODE = "FXG101"
-MAX_ROUNDS = 200  # one rewrite per round; a bound against a rewrite that keeps firing
+MAX_ROUNDS = 200  # a bound against a rewrite that keeps firing
 
 # ---------------------------------------------------------------------------------------
 # Which ops make views of their first argument
@@ -387,10 +387,14 @@ class _Probe(fx.Interpreter):
         self.obs = Observed({}, [], set(), {}, {}, {}, {})
         self.current: fx.Node | None = None
         self.writes = {n: t for n in gm.graph.nodes if (t := writes_to(n, gm)) is not None}
+        self.by_storage: dict[int | None, list[int]] = {}  # saved entries by storage
 
     def pack(self, t: torch.Tensor) -> int:
-        self.obs.saved.append(Saved(self.current, t, t._version, _storage(t)))
-        return len(self.obs.saved) - 1
+        st = _storage(t)
+        self.obs.saved.append(Saved(self.current, t, t._version, st))
+        i = len(self.obs.saved) - 1
+        self.by_storage.setdefault(st, []).append(i)
+        return i
 
     def unpack(self, i: int) -> torch.Tensor:
         self.obs.needed.add(i)
@@ -406,7 +410,14 @@ class _Probe(fx.Interpreter):
             self._classify(n, first, out)
             return out
         obs.saved_before[n] = first
-        before = [(s.tensor._version, _storage(s.tensor)) for s in obs.saved]
+        # A write can only change saved tensors that share its target's storage (views
+        # share storage; `.data` shares storage too), so only those are compared: checking
+        # every saved tensor at every write made the run quadratic in graph size.
+        st = _storage(self.env.get(self.writes[n]))
+        candidates = list(self.by_storage.get(st, ())) if st is not None else range(len(obs.saved))
+        before = [
+            (i, obs.saved[i].tensor._version, _storage(obs.saved[i].tensor)) for i in candidates
+        ]
         try:
             out = super().run_node(n)
         except RuntimeError as e:
@@ -415,7 +426,7 @@ class _Probe(fx.Interpreter):
                 out = super().run_node(n)
         obs.bumped[n] = [
             i
-            for i, (ver, st) in enumerate(before)
+            for i, ver, st in before
             if obs.saved[i].tensor._version != ver or _storage(obs.saved[i].tensor) != st
         ]
         self._classify(n, first, out)
@@ -628,15 +639,22 @@ def _leaf_text(root: fx.Node) -> str:
     return f"input {_q(str(root.target))}"
 
 
+def _multi_views_by_root(aliases: dict) -> dict[fx.Node, list[fx.Node]]:
+    """Nodes that are pieces of unbind/split/chunk outputs, grouped by the memory they view."""
+    out: dict[fx.Node, list[fx.Node]] = {}
+    for x, a in aliases.items():
+        if any(s.kind == "multi" for s in a.steps):
+            out.setdefault(a.root, []).append(x)
+    return out
+
+
 def _stale_multi_views(
-    w: fx.Node, root: fx.Node, aliases: dict, obs: Observed, order: dict
+    w: fx.Node, pieces: list[fx.Node], obs: Observed, order: dict
 ) -> fx.Node | None:
     """The unbind/split/chunk node whose outputs, read after `w`, alias what `w` writes."""
     pos = order[w]
-    for x, a in aliases.items():
-        if a.root is not root or order.get(x, pos) >= pos or x is w:
-            continue
-        if not any(s.kind == "multi" for s in a.steps):
+    for x in pieces:
+        if order.get(x, pos) >= pos or x is w:
             continue
         v = obs.values.get(x)
         if not (isinstance(v, torch.Tensor) and v.requires_grad):
@@ -652,6 +670,7 @@ def _stale_multi_views(
 def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], dict]:
     aliases = alias_map(gm, obs.values)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    pieces = _multi_views_by_root(aliases)
     out: list[Finding] = []
     for w in gm.graph.nodes:
         if w not in obs.bumped:
@@ -717,7 +736,7 @@ def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], di
                 why = f"{wt} writes through `.data`: autograd does not see this write, so gradients treat the tensor as unchanged; nothing backward needs is overwritten"
                 out.append(Finding(w, target, "data-safe", why, state=state))
             continue
-        stale = _stale_multi_views(w, root, aliases, obs, order)
+        stale = _stale_multi_views(w, pieces.get(root, []), obs, order)
         if stale is not None and grad_on:
             why = (
                 f"{wt} writes into memory that {_q(_fn_name(stale) or stale.name)}{_at(stale)} "
@@ -750,7 +769,7 @@ def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
     facts = _static_facts(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     out: list[Finding] = []
-    saves: list[tuple[fx.Node, str, fx.Node | None, fx.Node]] = []  # saver, role, arg, root
+    saves: dict[fx.Node, list[tuple[fx.Node, str, fx.Node | None, fx.Node]]] = {}  # by root
     for w in gm.graph.nodes:
         target = writes_to(w, gm)
         if target is not None and not _maybe_tensor(target):
@@ -761,7 +780,7 @@ def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
             grad_on = facts.grad_on[w]
             wt = f"{_q(_write_text(w))}{_at(w)}"
             through_data = any(s.kind == "data" for s in a.steps) or w.target is builtins.setattr
-            hit = [s for s in saves if s[3] is root and order[s[0]] < order[w]]
+            hit = [s for s in saves.get(root, ()) if order[s[0]] < order[w]]
             param = root.op == "get_attr" and facts.requires_grad.get(root, False)
             finding = None
             if through_data:
@@ -813,7 +832,7 @@ def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
                 if node is None or not _maybe_tensor(node):
                     continue
                 root = aliases.get(node, Alias(node)).root
-                saves.append((w, role, arg, root))
+                saves.setdefault(root, []).append((w, role, arg, root))
     return out, aliases
 
 
@@ -1187,6 +1206,7 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     done: set[str] = set()
     exact = ctx.example_inputs is not None
     how = "decided on example inputs" if exact else "decided statically"
+    todo: list[Finding] = []
     for _ in range(MAX_ROUNDS):
         if exact:
             obs = observe(gm, ctx)
@@ -1198,42 +1218,79 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         todo = [f for f in findings if f.write.name not in done]
         if not todo:
             break
-        # Earliest first: rewriting it may make later writes safe (they then target a
-        # fresh tensor nobody saved), and the next round re-decides them on the new graph.
-        f = todo[0]
-        done.add(f.write.name)
-        before = _write_text(f.write)
-        where = location(f.write)
-        name = f.write.name
-        if f.kind in ("data-safe", "input-static"):
-            note = f"{f.reason} ({how})"
-            if f.kind == "input-static":
-                note += "; pass example inputs to decide"
-            changes.append(Change(CODE, name, before, "", where, note, applied=False))
-            continue
+        # Earliest write first, and one per written tensor (alias root) per round: rewriting
+        # it may make later writes into the same memory safe (they then target a fresh
+        # tensor nobody saved), and the next round re-decides them on the new graph. Writes
+        # into different memory do not affect each other's rewrite, so they share a round.
+        batch: list[Finding] = []
+        roots: set[fx.Node] = set()
+        for f in todo:
+            root = aliases.get(f.target, Alias(f.target)).root
+            if root not in roots:
+                roots.add(root)
+                batch.append(f)
         saved_graph = copy.deepcopy(gm.graph)
         had_users = {n for n in gm.graph.nodes if n.users}
-        try:
-            r = rewrite(gm, f, aliases, values)
-            _drop_dead(gm, had_users)
-        except CannotRewrite as e:
+        round_changes: list[Change] = []
+        failed: tuple[Finding, CannotRewrite] | None = None
+        for f in batch:
+            before, where, name = _write_text(f.write), location(f.write), f.write.name
+            if f.kind in ("data-safe", "input-static"):
+                note = f"{f.reason} ({how})"
+                if f.kind == "input-static":
+                    note += "; pass example inputs to decide"
+                round_changes.append(Change(CODE, name, before, "", where, note, applied=False))
+                continue
+            try:
+                r = rewrite(gm, f, aliases, values)
+            except CannotRewrite as e:
+                failed = (f, e)
+                break
+            note = f"{f.reason} ({how})"
+            if r.note:
+                note += f"; {r.note}"
+            round_changes.append(Change(CODE, name, before, r.after, where, note))
+        if failed is not None:
+            # A rewrite may fail half-way: undo the whole round, record the failure, and
+            # let the next round redo the others on the restored graph.
             gm.graph = saved_graph
+            f, e = failed
+            done.add(f.write.name)
+            note = f"{f.reason} ({how}); left as is: {e}"
             changes.append(
                 Change(
                     CODE,
-                    name,
-                    before,
+                    f.write.name,
+                    _write_text(f.write),
                     "",
-                    where,
-                    f"{f.reason} ({how}); left as is: {e}",
+                    location(f.write),
+                    note,
                     applied=False,
                 )
             )
             continue
-        note = f"{f.reason} ({how})"
-        if r.note:
-            note += f"; {r.note}"
-        changes.append(Change(CODE, name, before, r.after, where, note))
+        _drop_dead(gm, had_users)
+        done.update(c.node for c in round_changes)
+        changes.extend(round_changes)
+    else:
+        if exact:
+            findings, _ = exact_findings(gm, observe(gm, ctx))
+        else:
+            findings, _ = static_findings(gm)
+        for f in [f for f in findings if f.write.name not in done]:
+            # never silently: say which writes were not reached
+            changes.append(
+                Change(
+                    CODE,
+                    f.write.name,
+                    _write_text(f.write),
+                    "",
+                    location(f.write),
+                    f"{f.reason} ({how}); left as is: fxgrad stopped after {MAX_ROUNDS} rounds "
+                    "of rewrites",
+                    applied=False,
+                )
+            )
     return changes
 
 
