@@ -205,12 +205,24 @@ def user_frame_location(start_depth: int = 1) -> tuple[str, int] | None:
     import sys
 
     frame = sys._getframe(start_depth)
+    fallback = None
     while frame is not None:
-        filename = frame.f_code.co_filename
+        code = frame.f_code
+        filename = code.co_filename
         if not _is_internal(filename):
             return filename, _frame_line(frame)
+        if code is _TRACE_CODE:
+            # No user frame inside the traced forward: the model is torch.nn code itself
+            # (nn.TransformerEncoder); name its line rather than the line calling fix().
+            return fallback
+        if fallback is None and filename.startswith(_NN_DIR):
+            fallback = (filename, _frame_line(frame))
         frame = frame.f_back
-    return None
+    return fallback
+
+
+_TRACE_CODE = fx.Tracer.trace.__code__
+_NN_DIR = os.path.dirname(os.path.abspath(torch.nn.__file__)) + os.sep
 
 
 _line_tables: dict[int, tuple[weakref.ref, list[int], list[int | None]]] = {}

@@ -449,6 +449,7 @@ class FxgradTracer(fx.Tracer):
         self._propagate = leaves is not None
         self.in_propagation = False
         self.propagation_error: BaseException | None = None
+        self.propagation_node: fx.Node | None = None
         self._grad_stack: list[fx.Proxy] = []
         self.notes: list[str] = []
         self._meta_memo: dict[fx.Node, bool] = {}
@@ -507,6 +508,7 @@ class FxgradTracer(fx.Tracer):
         except Exception as e:  # the capture check reproduces this against eager
             self._propagate = False
             self.propagation_error = e
+            self.propagation_node = node
             return
         finally:
             self.in_propagation = False
@@ -747,20 +749,29 @@ def _same_constant(a: Any, b: Any) -> bool:
 
 
 def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature, n: int) -> list[str]:
-    """Name each input leaf after its forward parameter: `x`, `batch_image`, `state_0`."""
+    """Name each input leaf after its forward parameter: `x`, `batch_image`, `xs_1`."""
     paths, _ = pytree.tree_flatten_with_path(pytree.tree_unflatten([0] * n, spec))
-    params = list(signature.parameters)
+    params = list(signature.parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
+
+    def positional(k: int) -> str:
+        if star is not None and k >= star:
+            return f"{params[star].name}_{k - star}"
+        return params[k].name if k < len(params) else f"arg{k}"
+
     names = []
     for path, _leaf in paths:
         parts: list[str] = []
         for i, entry in enumerate(path[1:]):
             key = getattr(entry, "idx", getattr(entry, "key", getattr(entry, "name", None)))
-            if i == 0 and path[0].idx == 0 and isinstance(key, int) and key < len(params):
-                parts.append(params[key])
+            if i == 0 and path[0].idx == 0 and isinstance(key, int):
+                parts.append(positional(key))
             else:
                 parts.append(str(key))
-        name = "_".join(parts) or "input"
-        names.append("".join(c if c.isalnum() or c == "_" else "_" for c in name))
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in "_".join(parts))
+        if not name or not (name[0].isalpha() or name[0] == "_"):
+            name = f"input_{name}"
+        names.append(name)
     return names
 
 
@@ -867,9 +878,12 @@ def capture(
     try:
         with _patched(root):
             graph = tracer.trace(root)
-    except FxgradError:
-        raise
     except Exception as e:
+        if tracer.propagation_error is not None:
+            # Running the example values failed first: the model's own error, not capture's.
+            raise _model_error(tracer.propagation_error, tracer.propagation_node) from e
+        if isinstance(e, FxgradError):
+            raise
         raise _trace_error(e) from e
     finally:
         _ACTIVE.pop()
@@ -926,6 +940,20 @@ def _trace_error(e: Exception) -> TraceError:
         )
     return TraceError(
         f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint
+    )
+
+
+def _model_error(e: BaseException, node: fx.Node | None) -> FxgradError:
+    import os
+
+    loc = node.meta.get("fxgrad_loc") if node is not None else None
+    where = f"{os.path.basename(loc[0])}:{loc[1]}" if loc else "an unknown line"
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return FxgradError(
+        f"The model raises {type(e).__name__} in forward on the example inputs at {where}: {first}",
+        hint="Check that the example inputs have the shapes, dtypes and devices the model "
+        "expects; fxgrad needs a forward that runs in eager PyTorch.",
     )
 
 

@@ -247,3 +247,15 @@ def test_a_forward_that_still_raises_after_fixing_is_reported():
 
     report = fxgrad.check(Overlap(), (torch.randn(1, 4, requires_grad=True),))
     assert any("still does after fixing" in n for n in report.notes), report.notes
+
+
+def test_a_model_error_is_not_called_a_capture_failure():
+    class Shapes(nn.Module):
+        def forward(self, x):
+            h = x @ torch.ones(5, 2)
+            if h.shape[0] > 1:  # would need the value the failing matmul never produced
+                return h
+            return h * 2
+
+    with pytest.raises(FxgradError, match=r"model raises RuntimeError .* at test_api.py:\d+"):
+        fxgrad.fix(Shapes(), (torch.randn(2, 3),))

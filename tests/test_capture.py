@@ -391,3 +391,26 @@ def test_every_op_node_names_the_user_line():
             filename, line = node.meta["fxgrad_loc"]
             assert filename.endswith("test_capture.py"), (node, filename)
             assert line > 0
+
+
+class VarArgs(nn.Module):
+    def forward(self, *xs, scale=2.0):
+        return torch.cat(xs, 1) * scale
+
+
+def test_var_positional_forward():
+    a, b = torch.randn(2, 3), torch.randn(2, 4)
+    fixed = capture(VarArgs(), a, b)
+    assert "xs_0" in fixed.code and "xs_1" in fixed.code
+    torch.testing.assert_close(fixed(a, b), VarArgs()(a, b))
+
+
+def test_torch_nn_code_names_its_own_lines():
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    x = torch.randn(2, 5, 16)
+    fixed = capture(encoder.eval(), x)
+    files = {
+        n.meta["fxgrad_loc"][0] for n in fixed.graph_module.graph.nodes if "fxgrad_loc" in n.meta
+    }
+    assert files and all(f.endswith("transformer.py") for f in files), files
+    torch.testing.assert_close(fixed(x), encoder(x))
