@@ -78,6 +78,8 @@ class FixedModule(nn.Module):
         except BaseException:
             torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
             raise
+        if cap.out_spec.num_leaves == 1 and cap.out_spec.num_children == 0:
+            return out[0]  # a single tensor output: skip the pytree rebuild
         return pytree.tree_unflatten(list(out), cap.out_spec)
 
     def extra_repr(self) -> str:

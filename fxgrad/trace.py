@@ -700,8 +700,21 @@ class CallSpec:
     leaf_names: list[str]
     constants: dict[int, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A forward of plain tensor parameters, called positionally with tensors, needs no
+        # signature binding or pytree walk: the common case skips both on every call.
+        n = self.in_spec.num_leaves
+        flat = pytree.tree_structure((tuple(range(n)), {}))
+        self.fast_arity = n if self.in_spec == flat and not self.constants else -1
+
     def flatten(self, args: tuple, kwargs: dict) -> list[Any]:
         """Bind a call like the original forward and return the tensor leaves in order."""
+        if (
+            not kwargs
+            and len(args) == self.fast_arity
+            and all(type(a) is torch.Tensor or isinstance(a, torch.Tensor) for a in args)
+        ):
+            return list(args)
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as e:
