@@ -13,8 +13,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import textwrap
 import traceback
@@ -26,12 +24,17 @@ from typing import Any
 
 import click
 import torch
-import torch.utils._pytree as pytree
-from torch import fx, nn
+from torch import nn
 
 import fxgrad
 from fxgrad.errors import FxgradError, SelectionError
-from fxgrad.report import Report
+from fxgrad.export import (  # noqa: F401
+    _FILE_MODULES,
+    _load_instructions,
+    graph_to_dot,
+    write_dot,
+    write_folder,
+)
 
 EXIT_CODES = """\b
 Exit codes:
@@ -120,7 +123,6 @@ def parse_input(spec: str) -> torch.Tensor:
 # Targets
 
 # modules the CLI imported from a file path: name -> file (the written folder needs them)
-_FILE_MODULES: dict[str, Path] = {}
 
 
 @dataclass
@@ -327,309 +329,6 @@ def split_codes(value: str | None) -> list[str] | None:
     if not value:
         return None
     return [c.strip() for c in value.split(",") if c.strip()]
-
-
-# ---------------------------------------------------------------------------------------
-# Graphviz
-
-
-def _dot_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _names_in(code: str) -> set[str]:
-    names = set(re.findall(r"^\s*(\w+)\s*=", code, flags=re.M))
-    sig = re.search(r"def forward\(self,?([^)]*)\)", code)
-    if sig:
-        names.update(p.split(":")[0].split("=")[0].strip() for p in sig.group(1).split(","))
-    return names
-
-
-def graph_to_dot(gm: fx.GraphModule, report: Report) -> str:
-    """Graphviz DOT text of the graph; changed and new nodes are highlighted."""
-    changed: dict[str, list[str]] = {}
-    for c in report.applied:
-        assigned = re.match(r"\s*(\w+)\s*=", c.after)  # `mul = sigmoid.mul(2)` names the new node
-        for name in {c.node, assigned.group(1) if assigned else c.node}:
-            changed.setdefault(name, []).append(c.code)
-    before = _names_in(report.code_before)
-    lines = [
-        f"digraph {_dot_quote(report.model or 'model')} {{",
-        "  node [shape=box, fontname=monospace, fontsize=10];",
-    ]
-    for node in gm.graph.nodes:
-        target = (
-            node.target
-            if isinstance(node.target, str)
-            else fx.node._get_qualified_name(node.target)
-        )
-        label = node.name if node.op == "output" else f"{node.name}\n{node.op} {target}"
-        attrs = []
-        if node.name in changed:
-            label += "\n" + ", ".join(changed[node.name])
-            attrs.append('style=filled, fillcolor="#ffd27f"')
-        elif before and node.name not in before and node.op not in ("placeholder", "output"):
-            label += "\n(new)"
-            attrs.append('style=filled, fillcolor="#b6e3b6"')
-        extra = (", " + ", ".join(attrs)) if attrs else ""
-        lines.append(f"  {_dot_quote(node.name)} [label={_dot_quote(label)}{extra}];")
-    for node in gm.graph.nodes:
-        for arg in node.all_input_nodes:
-            lines.append(f"  {_dot_quote(arg.name)} -> {_dot_quote(node.name)};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def write_dot(path: str, gm: fx.GraphModule, report: Report) -> None:
-    """Write the DOT file, and an SVG beside it when Graphviz's `dot` is on the PATH."""
-    Path(path).write_text(graph_to_dot(gm, report))
-    dot = shutil.which("dot")
-    if dot is None:
-        click.echo(f"wrote {path} (install Graphviz for an SVG)", err=True)
-        return
-    svg = str(Path(path).with_suffix(".svg"))
-    done = subprocess.run([dot, "-Tsvg", path, "-o", svg], capture_output=True, text=True)
-    if done.returncode != 0:
-        click.echo(f"wrote {path}; dot failed: {done.stderr.strip()}", err=True)
-    else:
-        click.echo(f"wrote {path} and {svg}", err=True)
-
-
-# ---------------------------------------------------------------------------------------
-# fix -o DIR: the fixed graph as importable code and a state dict
-
-_HELPERS = '''
-def _install(root, target, value):
-    """Set root.<target> (a dotted path), creating plain modules on the way."""
-    *path, leaf = target.split(".")
-    for atom in path:
-        if not hasattr(root, atom):
-            root.add_module(atom, torch.nn.Module())
-        root = getattr(root, atom)
-    if isinstance(value, torch.nn.Parameter):
-        root.register_parameter(leaf, value)
-    elif isinstance(value, torch.Tensor):
-        root.register_buffer(leaf, value)
-    else:
-        root.add_module(leaf, value)
-
-
-def _source(name, relpath):
-    """Import the model file the graph refers to, found relative to this folder."""
-    if name in sys.modules:
-        return sys.modules[name]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-'''
-
-
-def _resolve(module_name: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module_name)
-    for atom in qualname.split("."):
-        obj = getattr(obj, atom)
-    return obj
-
-
-class _Imports:
-    """Import lines for the objects generated code refers to."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.lines: list[str] = []
-        self.sources: dict[str, str] = {}
-
-    def _ref(self, obj: Any) -> str:
-        """An expression evaluating to obj in the written module."""
-        module_name = getattr(obj, "__module__", None)
-        qualname = getattr(obj, "__qualname__", None)
-        if not module_name or not qualname or "<" in qualname:
-            raise FxgradError(
-                f"The fixed graph calls {obj!r}, which cannot be written as an import.",
-                hint="Define it at the top level of a module (no lambdas or local functions).",
-            )
-        if module_name in _FILE_MODULES:
-            alias = self.sources.get(module_name)
-            if alias is None:
-                alias = f"_src_{len(self.sources)}"
-                rel = os.path.relpath(_FILE_MODULES[module_name], self.folder)
-                self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
-                self.sources[module_name] = alias
-            return f"{alias}.{qualname}"
-        for candidate in (module_name.lstrip("_"), module_name):
-            try:
-                if _resolve(candidate, qualname) is obj:
-                    self.lines.append(f"import {candidate}")
-                    return f"{candidate}.{qualname}"
-            except Exception:  # try the next spelling
-                continue
-        raise FxgradError(
-            f"The fixed graph calls {module_name}.{qualname}, which cannot be imported by "
-            "that name.",
-            hint="Define it at the top level of an importable module.",
-        )
-
-    def add(self, name: str, obj: Any) -> None:
-        from torch.fx.graph import _custom_builtins
-
-        if name in _custom_builtins:
-            self.lines.append(_custom_builtins[name].import_str)
-        elif isinstance(obj, types.ModuleType):
-            self.lines.append(f"import {obj.__name__} as {name}")
-        elif isinstance(obj, (str, int, float, bool)) or obj is None:
-            self.lines.append(f"{name} = {obj!r}")
-        elif getattr(obj, "_fxgrad_function", None) is not None:  # a custom autograd.Function
-            self.lines.append("from fxgrad.trace import function_apply")
-            self.lines.append(f"{name} = function_apply({self._ref(obj._fxgrad_function)})")
-        else:
-            self.lines.append(f"{name} = {self._ref(obj)}")
-
-
-def _module_expr(module: nn.Module) -> str | None:
-    """`torch.nn.Linear(in_features=8, ...)` when the repr rebuilds an equal module."""
-    cls = type(module)
-    if (
-        not cls.__module__.startswith("torch.nn")
-        or getattr(torch.nn, cls.__name__, None) is not cls
-    ):
-        return None
-    text = repr(module)
-    if "\n" in text:
-        return None
-    try:
-        rebuilt = eval(text, dict(vars(torch.nn)))  # noqa: S307 (torch.nn's own repr)
-    except Exception:
-        return None
-    if type(rebuilt) is not cls or rebuilt.extra_repr() != module.extra_repr():
-        return None
-    mine, theirs = module.state_dict(), rebuilt.state_dict()
-    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
-        return None
-    return f"torch.nn.{text}"
-
-
-def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
-    """Write the fixed graph as `module.py` + `state_dict.pt`; return the class name."""
-    gm = fixed.graph_module
-    captured = fixed._captured()  # the graph and output structure for the current mode
-    folder.mkdir(parents=True, exist_ok=True)
-    class_name = "Fixed" + re.sub(r"\W", "_", fixed.report.model or "Model")
-    imports = _Imports(folder)
-    code = gm.graph.python_code(root_module="self")
-    for name, obj in code.globals.items():
-        imports.add(name, obj)
-    src = code.src.replace("def forward(self", "def graph_forward(self", 1)
-
-    body: list[str] = []
-    state: dict[str, torch.Tensor] = {}
-    blobs: dict[str, nn.Module] = {}
-    modules: list[str] = []
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and node.target not in modules:
-            modules.append(node.target)
-    for target in modules:
-        sub = gm.get_submodule(target)
-        expr = _module_expr(sub)
-        if expr is None:  # not rebuildable from its repr: pickle it, as to_folder does
-            blobs[target] = sub
-            expr = f"torch.load(os.path.join(_HERE, {target + '.pt'!r}), weights_only=False)"
-        body.append(f"_install(self, {target!r}, {expr})")
-        state.update({f"{target}.{k}": v for k, v in sub.state_dict().items()})
-    for node in gm.graph.nodes:
-        if node.op != "get_attr" or node.target in state:
-            continue
-        if any(node.target.startswith(m + ".") for m in modules):
-            continue  # part of a module written above
-        value = fx.graph_module._get_attr(gm, node.target)
-        if isinstance(value, torch.Tensor):
-            if isinstance(value, nn.Parameter):
-                init = f"torch.nn.Parameter(torch.empty({list(value.shape)}, dtype={value.dtype}), requires_grad={value.requires_grad})"
-            else:
-                init = f"torch.empty({list(value.shape)}, dtype={value.dtype})"
-            body.append(f"_install(self, {node.target!r}, {init})")
-            state[node.target] = value
-        else:
-            blobs[node.target] = value
-            body.append(
-                f"setattr(self, {node.target!r}, torch.load(os.path.join(_HERE, "
-                f"{node.target + '.pt'!r}), weights_only=False))"
-            )
-
-    try:
-        out_spec = pytree.treespec_dumps(captured.out_spec)
-    except Exception:  # an output structure pytree cannot serialize: return the flat tuple
-        out_spec = None
-    params = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    signature = ", ".join(["self", *params])
-    if out_spec is not None:
-        forward = (
-            f"    def forward({signature}):\n"
-            f"        out = self.graph_forward({', '.join(params)})\n"
-            "        return _fxgrad_pytree.tree_unflatten(list(out), _OUT_SPEC)\n"
-        )
-    else:
-        forward = f"    def forward({signature}):\n        return self.graph_forward({', '.join(params)})\n"
-
-    header = f'''"""{class_name}: {fixed.report.model or "the model"} with fxgrad's rewrites applied.
-
-Written by `fxgrad fix`. forward takes the tensors the model was captured with, in
-this order: {", ".join(params) or "(none)"}. Weights are in state_dict.pt next to this file.
-"""
-'''
-    seen: set[str] = set()
-    import_lines = [ln for ln in imports.lines if not (ln in seen or seen.add(ln))]
-    out_line = (
-        f"_OUT_SPEC = _fxgrad_pytree.treespec_loads({out_spec!r})"
-        if out_spec
-        else "_OUT_SPEC = None"
-    )
-    init = "".join(f"        {ln}\n" for ln in body)
-    text = "\n".join(
-        [
-            header,
-            "import importlib.util\nimport os\nimport sys\n",
-            "import torch\nimport torch.utils._pytree as _fxgrad_pytree\n",
-            _HELPERS,
-            "_HERE = os.path.dirname(os.path.abspath(__file__))",
-            *import_lines,
-            out_line,
-            "",
-            f"class {class_name}(torch.nn.Module):",
-            "    def __init__(self, map_location=None):",
-            "        super().__init__()",
-            init + "        state = torch.load(os.path.join(_HERE, 'state_dict.pt'), "
-            "map_location=map_location)",
-            "        self.load_state_dict(state)",
-            f"        self.train({fixed.training})\n",
-            forward,
-            textwrap.indent(src.strip("\n"), "    ").rstrip() + "\n",
-        ]
-    )
-    (folder / "module.py").write_text(text)
-    (folder / "__init__.py").write_text(f"from .module import {class_name}\n")
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "state_dict.pt")
-    for target, obj in blobs.items():
-        torch.save(obj, folder / f"{target}.pt")
-    return class_name
-
-
-def _load_instructions(folder: Path, class_name: str) -> str:
-    parent = str(folder.parent) or "."
-    if folder.name.isidentifier():
-        return (
-            f"load it with:\n"
-            f"    import sys; sys.path.insert(0, {parent!r})\n"
-            f"    from {folder.name} import {class_name}\n"
-            f"    model = {class_name}()"
-        )
-    return (
-        f"load it with:\n"
-        f"    import runpy\n"
-        f"    model = runpy.run_path({str(folder / 'module.py')!r})[{class_name!r}]()"
-    )
 
 
 # ---------------------------------------------------------------------------------------
