@@ -982,27 +982,18 @@ class Rewrite:
     note: str = ""
 
 
+def _check_replayable(s: Step, static: bool, what: str) -> None:
+    """Refuse a view step that cannot be rebuilt on a new base (or not proven to be a view)."""
+    if s.kind == "opaque":
+        raise CannotRewrite(f"{what} shares the written memory through an op fxgrad cannot rebuild")
+    if s.kind == "maybe" and static:
+        raise CannotRewrite(
+            f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
+        )
+
+
 def _users_after(node: fx.Node, pos: int, order: dict[fx.Node, int]) -> list[fx.Node]:
     return [u for u in node.users if order.get(u, -1) > pos]
-
-
-def _replay(graph: fx.Graph, steps: tuple[Step, ...], base: fx.Node, static: bool) -> fx.Node:
-    cur = base
-    for s in steps:
-        if s.kind in ("identity",):
-            continue
-        if s.kind == "opaque":
-            raise CannotRewrite(
-                "a tensor shares the written memory through an op fxgrad cannot rebuild"
-            )
-        if s.kind == "maybe" and static:
-            raise CannotRewrite(
-                f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
-            )
-        if s.kind == "data":
-            continue
-        cur = s.replay(graph, cur)
-    return cur
 
 
 def _repoint(
@@ -1037,14 +1028,7 @@ def _repoint(
                 cur = cursor
                 repl = new_root
                 for s in steps:
-                    if s.kind == "opaque":
-                        raise CannotRewrite(
-                            f"`{x.name}` shares the written memory through an op fxgrad cannot rebuild"
-                        )
-                    if s.kind == "maybe" and static:
-                        raise CannotRewrite(
-                            f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
-                        )
+                    _check_replayable(s, static, f"`{x.name}`")
                     with graph.inserting_after(cur):
                         repl = s.replay(graph, repl)
                     cur = repl
@@ -1108,14 +1092,7 @@ def rewrite(
         clone = graph.call_method("clone", (root,))
         view = clone
         for s in steps:
-            if s.kind == "opaque":
-                raise CannotRewrite(
-                    "the write target shares memory through an op fxgrad cannot rebuild"
-                )
-            if s.kind == "maybe" and static:
-                raise CannotRewrite(
-                    f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
-                )
+            _check_replayable(s, static, "the write target")
             view = s.replay(graph, view)
     if "out" in w.kwargs and w.kwargs["out"] is target:
         w.update_kwarg("out", view)
