@@ -50,6 +50,8 @@ def _fxgrad_side_effect(fn: Callable) -> Callable:
 
 SIDE_EFFECT_FUNCTIONS: set[Any] = {
     torch._C._set_grad_enabled,
+    torch.autograd.grad_mode._enter_inference_mode,
+    torch.autograd.grad_mode._exit_inference_mode,
     torch._assert,
     operator.setitem,
     builtins.setattr,

@@ -334,44 +334,105 @@ def _traced_set_grad_enabled(mode: Any) -> Any:
     return _SET_GRAD_ENABLED(mode)
 
 
-class _no_grad(_NoGrad):
+def _grad_mode_methods() -> dict[tuple[type, str], Callable]:
+    """Recording versions of the grad-mode context managers' methods.
+
+    The classes themselves are patched (not the names `torch.no_grad` & co.), so every use
+    records: a `with` block, `from torch import no_grad`, and methods decorated with
+    `@torch.no_grad()` at import time, whose wrapper builds instances of the original class.
+    The nested `torch.set_grad_enabled` calls these methods make come from fxgrad's frames,
+    so they are not recorded twice.
+    """
+    ng_enter, ng_exit = _NoGrad.__enter__, _NoGrad.__exit__
+    eg_enter, eg_exit = _EnableGrad.__enter__, _EnableGrad.__exit__
+    sg_init, sg_exit = _SetGradEnabled.__init__, _SetGradEnabled.__exit__
+
+    def no_grad_enter(self: Any) -> None:
+        self._fxgrad_recorded = _record_grad_mode(False)
+        ng_enter(self)
+
+    def no_grad_exit(self: Any, *exc: Any) -> None:
+        _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
+        ng_exit(self, *exc)
+
+    def enable_grad_enter(self: Any) -> None:
+        self._fxgrad_recorded = _record_grad_mode(True)
+        eg_enter(self)
+
+    def enable_grad_exit(self: Any, *exc: Any) -> None:
+        _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
+        eg_exit(self, *exc)
+
+    def set_grad_init(self: Any, mode: Any) -> None:
+        # A plain call (`torch.set_grad_enabled(False)`) switches for good; as a `with`
+        # block, __exit__ restores the mode recorded on entry.
+        self._fxgrad_recorded = _record_grad_mode(mode)
+        sg_init(self, True if isinstance(mode, fx.Proxy) else bool(mode))
+        self.mode = mode
+
+    def set_grad_exit(self: Any, *exc: Any) -> None:
+        _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
+        sg_exit(self, *exc)
+
+    return {
+        (_NoGrad, "__enter__"): no_grad_enter,
+        (_NoGrad, "__exit__"): no_grad_exit,
+        (_EnableGrad, "__enter__"): enable_grad_enter,
+        (_EnableGrad, "__exit__"): enable_grad_exit,
+        (_SetGradEnabled, "__init__"): set_grad_init,
+        (_SetGradEnabled, "__exit__"): set_grad_exit,
+    }
+
+
+_GRAD_MODE_METHODS = _grad_mode_methods()
+
+
+_INFERENCE_MODE = torch._C._InferenceMode
+_ENTER_INFERENCE, _EXIT_INFERENCE = (
+    torch.autograd.grad_mode._enter_inference_mode,
+    torch.autograd.grad_mode._exit_inference_mode,
+)
+
+
+class _TracedInferenceMode:
+    """Stands in for `torch._C._InferenceMode` while tracing.
+
+    `torch.inference_mode()` (as a block, a decorator or `_enter_inference_mode`) builds one
+    of these; from model code it records the region as enter/exit nodes, so the fixed module
+    computes it without autograd as eager does. Dropping it would let gradients flow where
+    eager has none.
+    """
+
+    def __init__(self, mode: bool = True) -> None:
+        self.mode = mode
+        self._handle: Any = None
+        self._real: Any = None
+
     def __enter__(self) -> None:
-        self._recorded = _record_grad_mode(False)
-        super().__enter__()
+        import sys
+
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.endswith(
+            ("_contextlib.py", "grad_mode.py", "contextlib.py")
+        ):
+            frame = frame.f_back
+        user = frame is not None and not _is_internal(frame.f_code.co_filename)
+        if _ACTIVE and not _ACTIVE[-1].in_propagation and user:
+            self._handle = _ACTIVE[-1].create_proxy(
+                "call_function", _ENTER_INFERENCE, (self.mode,), {}
+            )
+        else:
+            self._real = _INFERENCE_MODE(self.mode)
+            self._real.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        _record_grad_restore(getattr(self, "_recorded", False))
-        super().__exit__(*exc)
-
-
-class _enable_grad(_EnableGrad):
-    def __enter__(self) -> None:
-        self._recorded = _record_grad_mode(True)
-        super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        _record_grad_restore(getattr(self, "_recorded", False))
-        super().__exit__(*exc)
-
-
-class _set_grad_enabled(_SetGradEnabled):
-    def __init__(self, mode: bool) -> None:
-        self._recorded = _record_grad_mode(mode)
-        super().__init__(bool(mode) if not isinstance(mode, fx.Proxy) else True)
-
-    def __exit__(self, *exc: Any) -> None:
-        _record_grad_restore(self._recorded)
-        super().__exit__(*exc)
-
-    def clone(self) -> _set_grad_enabled:
-        return self.__class__(self.mode)
-
-
-_GRAD_MODE_REPLACEMENTS = {
-    _NoGrad: _no_grad,
-    _EnableGrad: _enable_grad,
-    _SetGradEnabled: _set_grad_enabled,
-}
+        if self._handle is not None:
+            if _ACTIVE:
+                _ACTIVE[-1].create_proxy("call_function", _EXIT_INFERENCE, (self._handle,), {})
+            self._handle = None
+        elif self._real is not None:
+            self._real.__exit__(*exc)
+            self._real = None
 
 
 @contextlib.contextmanager
@@ -382,13 +443,10 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
         for n in _HOST_FUNCTIONS
         if hasattr(torch, n)
     }
-    replacements.update(_GRAD_MODE_REPLACEMENTS)
-    names = (*_HOST_FUNCTIONS, "no_grad", "enable_grad", "set_grad_enabled")
     undo: list[tuple[Any, str, Any]] = []
-    targets: list[tuple[Any, str, Any]] = []
-    for ns in (torch, torch.autograd, torch.autograd.grad_mode):
-        targets.extend((ns, n, getattr(ns, n)) for n in names if hasattr(ns, n))
-    # Model code may have imported them by name (`from torch import no_grad`).
+    originals: list[tuple[type, str, Any]] = []
+    targets = [(torch, n, getattr(torch, n)) for n in _HOST_FUNCTIONS if hasattr(torch, n)]
+    # Model code may have imported them by name (`from torch import tensor`).
     seen: set[int] = set()
     for mod in root.modules():
         if type(mod).__module__.startswith("torch."):
@@ -415,8 +473,15 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
         torch.nn.Module.__setattr__ = _traced_module_setattr
         torch.is_grad_enabled = _traced_is_grad_enabled
         torch._C._set_grad_enabled = _traced_set_grad_enabled
+        torch._C._InferenceMode = _TracedInferenceMode
+        for (cls, name), method in _GRAD_MODE_METHODS.items():
+            originals.append((cls, name, cls.__dict__[name]))
+            setattr(cls, name, method)
         yield
     finally:
+        for cls, name, method in reversed(originals):
+            setattr(cls, name, method)
+        torch._C._InferenceMode = _INFERENCE_MODE
         torch.is_grad_enabled = _IS_GRAD_ENABLED
         torch._C._set_grad_enabled = _SET_GRAD_ENABLED
         torch.nn.Module.__setattr__ = _ORIG_MODULE_SETATTR
@@ -501,7 +566,7 @@ class FxgradTracer(fx.Tracer):
                     value = self.root.get_submodule(node.target)(*args, **kwargs)
                 elif node.op == "call_method":
                     value = getattr(args[0], node.target)(*args[1:], **kwargs)
-                elif node.target is _SET_GRAD_ENABLED:
+                elif node.target in (_SET_GRAD_ENABLED, _ENTER_INFERENCE, _EXIT_INFERENCE):
                     value = None  # keep propagation itself under no_grad
                 else:
                     value = node.target(*args, **kwargs)

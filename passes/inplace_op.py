@@ -545,6 +545,10 @@ def _static_saves(node: fx.Node, gm: fx.GraphModule) -> list[tuple[str, fx.Node 
     return inputs + [("output", None)]  # unknown op: assume the worst
 
 
+_ENTER_INFERENCE = torch.autograd.grad_mode._enter_inference_mode
+_EXIT_INFERENCE = torch.autograd.grad_mode._exit_inference_mode
+
+
 @dataclass
 class StaticFacts:
     grad_on: dict[fx.Node, bool] = field(default_factory=dict)
@@ -555,6 +559,7 @@ def _static_facts(gm: fx.GraphModule) -> StaticFacts:
     facts = StaticFacts()
     mode = True
     recorded: dict[fx.Node, bool] = {}
+    inference: list[bool] = []  # grad mode outside each open inference_mode region
     for node in gm.graph.nodes:
         facts.grad_on[node] = mode
         if node.op == "call_function" and node.target is torch.is_grad_enabled:
@@ -562,6 +567,11 @@ def _static_facts(gm: fx.GraphModule) -> StaticFacts:
         elif node.op == "call_function" and node.target is torch._C._set_grad_enabled:
             arg = node.args[0]
             mode = recorded.get(arg, True) if isinstance(arg, fx.Node) else bool(arg)
+        elif node.op == "call_function" and node.target is _ENTER_INFERENCE:
+            inference.append(mode)
+            mode = mode and not node.args[0]
+        elif node.op == "call_function" and node.target is _EXIT_INFERENCE and inference:
+            mode = inference.pop()
         if node.op == "placeholder":
             rg = True  # unknown without example inputs: assume it may
         elif node.op == "get_attr":

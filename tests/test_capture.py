@@ -249,6 +249,52 @@ def test_grad_mode_regions_are_kept():
     assert_same(model, fixed, x)
 
 
+def test_grad_mode_regions_restore_the_callers_mode():
+    # A region restores the mode the caller had, not the one seen while tracing: under the
+    # caller's no_grad, everything after the decorated helper stays without grad.
+    x = torch.randn(2, 4, requires_grad=True)
+    model = GradModes()
+    fixed = capture(model, x)
+    with torch.no_grad():
+        expected = model(x)
+        got = fixed(x)
+        assert not torch.is_grad_enabled()
+    assert [t.requires_grad for t in got] == [t.requires_grad for t in expected]
+    assert got[1].requires_grad  # enable_grad inside no_grad
+    torch.testing.assert_close(got, expected)
+
+
+class InferenceRegions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = nn.Linear(4, 1)
+
+    def forward(self, x):
+        with torch.inference_mode():
+            stats = self.lin(x).mean()
+        return x * stats.item() + self.gate(x)
+
+    @torch.inference_mode()
+    def gate(self, x):
+        return self.scale(x).sigmoid().clone()
+
+
+def test_inference_mode_regions_are_kept():
+    # Dropping the region would let gradients reach self.lin, where eager gives none.
+    x = torch.randn(3, 4, requires_grad=True)
+    model = InferenceRegions()
+    fixed = capture(model, x)
+    assert torch.autograd.grad_mode._enter_inference_mode in targets(fixed)
+    x_ref = x.detach().clone().requires_grad_()
+    expected, got = model(x_ref), fixed(x)
+    torch.testing.assert_close(got, expected)
+    expected.sum().backward()
+    got.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    assert model.lin.weight.grad is None and model.scale.weight.grad is None
+
+
 # --- structured inputs and outputs ---------------------------------------------------------
 
 Pair = collections.namedtuple("Pair", ["first", "second"])
