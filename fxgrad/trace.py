@@ -256,6 +256,26 @@ def _has_proxy(tree: Any) -> bool:
 _ACTIVE: list[FxgradTracer] = []
 
 _HOST_FUNCTIONS = ("from_numpy", "tensor", "as_tensor", "asarray")
+# Factories that take sizes: `torch.zeros(b, t, d)` with sizes read from `x.shape` gets
+# traced values where torch's argument parser wants ints, so plain tracing fails; recorded
+# as calls, the sizes stay symbolic and the fixed module accepts other input sizes.
+_FACTORY_FUNCTIONS = (
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "arange",
+    "linspace",
+    "logspace",
+    "eye",
+    "tril_indices",
+    "triu_indices",
+)
+_RECORDED_FUNCTIONS = _HOST_FUNCTIONS + _FACTORY_FUNCTIONS
 
 
 def _record_if_traced(orig: Callable) -> Callable:
@@ -440,12 +460,12 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
     """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
     replacements: dict[Any, Any] = {
         getattr(torch, n): _record_if_traced(getattr(torch, n))
-        for n in _HOST_FUNCTIONS
+        for n in _RECORDED_FUNCTIONS
         if hasattr(torch, n)
     }
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
-    targets = [(torch, n, getattr(torch, n)) for n in _HOST_FUNCTIONS if hasattr(torch, n)]
+    targets = [(torch, n, getattr(torch, n)) for n in _RECORDED_FUNCTIONS if hasattr(torch, n)]
     # Model code may have imported them by name (`from torch import tensor`).
     seen: set[int] = set()
     for mod in root.modules():

@@ -511,6 +511,9 @@ _SAVES_NOTHING = {
     "chunk", "float", "double", "iadd", "isub", "size", "dim", "numel", "getattr",
     "flip", "roll", "repeat", "pad", "movedim", "unflatten", "zero_", "fill_", "copy_",
     "setitem", "adaptive_avg_pool2d_shape", "identity", "masked_fill", "masked_fill_",
+    # factories: nothing of theirs requires grad
+    "zeros", "ones", "empty", "full", "rand", "randn", "randint", "randperm", "arange",
+    "linspace", "logspace", "eye", "tril_indices", "triu_indices",
 }  # fmt: skip
 _MODULE_SAVES_NOTHING = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                          nn.Identity, nn.Flatten, nn.Unflatten)  # fmt: skip

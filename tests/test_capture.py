@@ -368,6 +368,31 @@ def test_unpacked_sizes_stay_symbolic():
     torch.testing.assert_close(fixed(other), other.reshape(5, 12))
 
 
+class Factories(nn.Module):
+    """Factories sized from the input, as in RNN state and position code."""
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = torch.zeros(b, t + 1, d, dtype=x.dtype, device=x.device)
+        h[:, 1:] = x.cumsum(1)
+        pos = torch.arange(t, device=x.device).to(x.dtype)
+        return h[:, 1:] * torch.ones((b, 1, 1)) + pos[None, :, None] + torch.full((d,), 0.5)
+
+
+def test_factories_with_traced_sizes_are_recorded_and_stay_symbolic():
+    # Plain symbolic_trace fails here: torch.zeros(b, ...) gets a Proxy where it wants ints.
+    model = Factories()
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    fixed = capture(model, x)
+    assert torch.zeros in targets(fixed) and torch.arange in targets(fixed)
+    assert_same(model, fixed, x)
+    other = torch.randn(5, 7, 4)
+    torch.testing.assert_close(fixed(other), model(other))
+    static = fxgrad.fix(model)  # without example inputs too, and nothing to rewrite
+    torch.testing.assert_close(static(other), model(other))
+    assert static.report.changes == []
+
+
 def test_size_branch_is_guarded_not_silently_baked():
     class Branch(nn.Module):
         def forward(self, x):
