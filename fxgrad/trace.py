@@ -43,12 +43,22 @@ class GuardError(FxgradError, RuntimeError):
     """A fixed module was called with inputs its captured graph was not specialised for."""
 
 
+# How a Python-level question about a traced size is answered from its example value.
+_ANSWERS: dict[str, Callable[[Any], Any]] = {
+    "bool": bool,
+    "len": len,
+    "index": operator.index,
+    "int": int,
+    "float": float,
+}
+
+
 def fxgrad_guard(value: Any, expected: Any, kind: str, where: str) -> None:
     """Check that a Python-level answer baked in at capture time still holds."""
     if isinstance(value, fx.Proxy):  # re-tracing a fixed graph: keep the guard
         value.tracer.create_proxy("call_function", fxgrad_guard, (value, expected, kind, where), {})
         return
-    actual = {"bool": bool, "len": len, "index": operator.index}[kind](value)
+    actual = _ANSWERS[kind](value)
     if actual != expected:
         raise GuardError(
             f"The captured graph assumed {kind}(...) == {expected!r} at {where}, "
@@ -217,6 +227,12 @@ class FxgradProxy(fx.Proxy):
 
     def __index__(self) -> int:
         return self.tracer.concretize(self, "index")
+
+    def __int__(self) -> int:  # `int(x.shape[1] / 2)`
+        return self.tracer.concretize(self, "int")
+
+    def __float__(self) -> float:  # `float(x.size(-1))`
+        return self.tracer.concretize(self, "float")
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a traced value cannot become a NumPy array here")
@@ -657,7 +673,7 @@ class FxgradTracer(fx.Tracer):
                 "checks on every call that the answer still holds.",
             )
         value = self._values[node]
-        answer = {"bool": bool, "index": operator.index}[kind](value)
+        answer = _ANSWERS[kind](value)
         self.create_proxy("call_function", fxgrad_guard, (proxy, answer, kind, self._where()), {})
         return answer
 

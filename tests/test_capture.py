@@ -406,6 +406,22 @@ def test_size_branch_is_guarded_not_silently_baked():
         fixed(torch.ones(2, 3, 4))
 
 
+def test_int_and_float_of_sizes_are_answered_and_guarded():
+    class Halves(nn.Module):
+        def forward(self, x):
+            half = int(x.shape[1] / 2)
+            return x[:, :half] / float(x.size(-1)) ** 0.5
+
+    model = Halves()
+    x = torch.randn(2, 6, 4, requires_grad=True)
+    fixed = capture(model, x)
+    assert_same(model, fixed, x)
+    same_answers = torch.randn(3, 7, 4)  # int(7 / 2) == int(6 / 2); the last size is 4
+    torch.testing.assert_close(fixed(same_answers), model(same_answers))
+    with pytest.raises(GuardError, match="int"):
+        fixed(torch.randn(2, 8, 4))
+
+
 def test_len_and_loop_count_are_guarded():
     class Loop(nn.Module):
         def forward(self, x):
