@@ -136,12 +136,21 @@ def _normalize_inputs(example_inputs: Any) -> tuple | None:
     )
 
 
-def _check_leaves(leaves: list[Any]) -> None:
+def _check_leaves(model: nn.Module, leaves: list[Any]) -> None:
     if not any(isinstance(x, torch.Tensor) for x in leaves):
         kinds = ", ".join(sorted({type(x).__name__ for x in leaves})) or "nothing"
         raise FxgradError(
             f"The example inputs hold no tensor (found {kinds}).",
             hint="Pass the tensors the model's forward takes, e.g. (torch.randn(8, 3, 32, 32),).",
+        )
+    meta = [x for x in leaves if isinstance(x, torch.Tensor) and x.is_meta]
+    if meta or any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        where = "example inputs" if meta else "model's parameters or buffers"
+        raise FxgradError(
+            f"The {where} are on the meta device: they have no values, and fxgrad decides "
+            "on example inputs by running the model.",
+            hint="Pass real tensors (on the CPU is fine), or call fxgrad.fix(model) without "
+            "example inputs to decide statically.",
         )
 
 
@@ -284,7 +293,7 @@ def _fix(
     inputs = _normalize_inputs(example_inputs)
     call, leaves = call_spec(model, inputs)
     if inputs is not None:
-        _check_leaves(leaves)
+        _check_leaves(model, leaves)
     root = twin(model)
     modes = [root.training]
     if _reads_training(root):

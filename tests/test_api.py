@@ -186,6 +186,16 @@ def test_example_inputs_must_be_a_tuple():
         fxgrad.fix(Net(), [_x()])
 
 
+def test_meta_tensors_need_real_inputs_or_a_static_fix():
+    with pytest.raises(FxgradError, match="example inputs are on the meta device") as info:
+        fxgrad.fix(Net(), (_x().to("meta"),))
+    assert "without example inputs" in info.value.hint
+    meta_model = Net().to("meta")
+    with pytest.raises(FxgradError, match="parameters or buffers are on the meta device"):
+        fxgrad.fix(meta_model, (_x(),))
+    assert fxgrad.fix(meta_model).report.changes == []  # decided statically, nothing run
+
+
 def test_wrong_number_of_example_inputs():
     with pytest.raises(FxgradError, match="do not match the model's forward signature"):
         fxgrad.fix(Net(), (_x(), 1.0, 2.0))
