@@ -188,6 +188,8 @@ def run_passes(
     notes: list[str] = []
     can_verify = verify_results and ref is not None and ctx.example_inputs is not None
     for p in passes:
+        if p.applies is not None and not p.applies(gm):
+            continue
         # A snapshot to roll back to is needed only where a result can be verified.
         saved = copy.deepcopy(gm.graph) if can_verify else None
         try:

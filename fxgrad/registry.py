@@ -24,6 +24,9 @@ class Pass:
     run: Callable[[fx.GraphModule, Context], list[Change]]
     doc: str
     default: bool = True  # 9xx passes are off unless selected
+    # A quick scan: False when the graph holds nothing the pass looks at, so the pipeline
+    # skips it without snapshotting the graph or running the model for it.
+    applies: Callable[[fx.GraphModule], bool] | None = None
 
     @property
     def summary(self) -> str:

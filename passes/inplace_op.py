@@ -1192,6 +1192,8 @@ def _drop_dead(gm: fx.GraphModule, had_users: set[fx.Node]) -> None:
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
+    if not applies(gm):
+        return []
     changes: list[Change] = []
     done: set[str] = set()
     exact = ctx.example_inputs is not None
@@ -1284,4 +1286,9 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     return changes
 
 
-PASS = Pass(code="FXG101", name="inplace-op", run=run, doc=__doc__)
+def applies(gm: fx.GraphModule) -> bool:
+    """Whether the graph writes anything at all (most models' graphs do not)."""
+    return any(writes_to(n, gm) is not None for n in gm.graph.nodes)
+
+
+PASS = Pass(code="FXG101", name="inplace-op", run=run, doc=__doc__, applies=applies)

@@ -470,4 +470,10 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     return changes
 
 
-PASS = Pass(code="FXG201", name="noncontiguous-cat-input", run=run, doc=__doc__)
+PASS = Pass(
+    code="FXG201",
+    name="noncontiguous-cat-input",
+    run=run,
+    doc=__doc__,
+    applies=lambda gm: any(is_cat(n) for n in gm.graph.nodes),
+)

@@ -1414,4 +1414,10 @@ def _render(node: Any, inline: set[fx.Node]) -> str:
     return expr(node) if isinstance(node, fx.Node) else lit(node)
 
 
-PASS = Pass(code=CODE, name="numpy-round-trip", run=run, doc=__doc__)
+PASS = Pass(
+    code=CODE,
+    name="numpy-round-trip",
+    run=run,
+    doc=__doc__,
+    applies=lambda gm: any(_is_numpy_call(n) for n in gm.graph.nodes),
+)
