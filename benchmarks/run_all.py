@@ -21,11 +21,14 @@ rewritten on every run.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import os
 import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -78,8 +81,8 @@ BENCHES = (
         "zoo",
         "torchvision zoo",
         "zoo.py",
-        ("--markdown", "--quiet"),
-        ("--markdown", "--quiet", "--quick"),
+        ("--markdown",),
+        ("--markdown", "--quick"),
         True,
     ),
     Bench(
@@ -119,6 +122,33 @@ def versions() -> str:
     )
 
 
+def _run_streaming(cmd: list[str], timeout_s: int) -> tuple[str, str, list[str]]:
+    """Run cmd; echo its stderr (progress) as it comes; return stdout, status, last stderr.
+
+    Progress is passed through so a long run (the full zoo) shows where it is.
+    """
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(
+            cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(HERE)
+        )
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        tail: collections.deque[str] = collections.deque(maxlen=5)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail.append(line.rstrip("\n"))
+            print(f"  {line}", end="", file=sys.stderr, flush=True)
+        proc.wait()
+        timed_out = not timer.is_alive() and proc.returncode != 0
+        timer.cancel()
+        stdout.seek(0)
+        out = stdout.read().rstrip()
+    if timed_out:
+        return out, f"timed out after {timeout_s} s", []
+    status = f"exit status {proc.returncode}"
+    return out, status, list(tail) if proc.returncode else []
+
+
 def run_bench(b: Bench, quick: bool) -> str:
     """Run one benchmark; return the body of its section (marker first)."""
     args = b.quick_args if quick else b.args
@@ -130,19 +160,7 @@ def run_bench(b: Bench, quick: bool) -> str:
         return "\n".join(lines)
     print(f"running {command}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [sys.executable, path, *args],
-            capture_output=True,
-            text=True,
-            timeout=b.timeout_s,
-            cwd=os.path.dirname(HERE),
-        )
-        out, status = proc.stdout.rstrip(), f"exit status {proc.returncode}"
-        err = proc.stderr.strip().splitlines()[-5:] if proc.returncode else []
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        status, err = f"timed out after {b.timeout_s} s", []
+    out, status, err = _run_streaming([sys.executable, path, *args], b.timeout_s)
     wall = time.perf_counter() - start
     today = datetime.date.today().isoformat()
     lines += [f"Command: `{command}` ({today}, {wall:.0f} s, {status}).", ""]
