@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import pickle
 
+import fxgrad.passes
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 import fxgrad
-from fxgrad.errors import EquivalenceError, FxgradError, SelectionError, TraceError
+from fxgrad.changes import Change
+from fxgrad.errors import EquivalenceError, FxgradError, PassError, SelectionError, TraceError
 from fxgrad.graph_utils import eliminate_dead_code, writes_to
+from fxgrad.registry import Pass
 
 
 class Net(nn.Module):
@@ -269,3 +272,50 @@ def test_a_model_error_is_not_called_a_capture_failure():
 
     with pytest.raises(FxgradError, match=r"model raises RuntimeError .* at test_api.py:\d+"):
         fxgrad.fix(Shapes(), (torch.randn(2, 3),))
+
+
+# --- the pipeline: verify, roll back, report crashes -----------------------------------------
+
+
+def _relu_to_neg(gm: fx.GraphModule, ctx) -> list:
+    """A wrong pass: turns the model's ReLU into a negation and claims it as a rewrite."""
+    found = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target is F.relu:
+            n.target, n.kwargs = torch.neg, {}
+            found.append(Change("FXG999", n.name, "relu", "neg", "", "wrong on purpose"))
+    return found
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return F.relu(self.lin(x)) * 2
+
+
+def test_a_pass_that_breaks_the_model_is_rolled_back(monkeypatch):
+    wrong = Pass(code="FXG999", name="wrong", run=_relu_to_neg, doc="wrong on purpose")
+    monkeypatch.setattr(fxgrad.passes, "ALL", (wrong,))
+    model, x = Small(), torch.randn(3, 4)
+    fixed = fxgrad.fix(model, (x,), select=["FXG999"])
+    (change,) = fixed.report.changes
+    assert not change.applied and "rolled back" in change.note
+    assert any("FXG999 (wrong) was rolled back" in n for n in fixed.report.notes)
+    torch.testing.assert_close(fixed(x), model(x))  # the graph is the captured one again
+    assert "neg" not in fixed.code
+    # Without example inputs nothing can be verified, so the rewrite stays, reported.
+    static = fxgrad.fix(model, select=["FXG999"])
+    assert static.report.changes[0].applied and "neg" in static.code
+
+
+def test_a_crashing_pass_is_a_pass_error_naming_it(monkeypatch):
+    def crash(gm, ctx):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(fxgrad.passes, "ALL", (Pass("FXG998", "crashes", crash, "doc"),))
+    with pytest.raises(PassError, match="FXG998 \\(crashes\\) crashed: ValueError: boom") as e:
+        fxgrad.fix(Small(), (torch.randn(3, 4),), select=["FXG998"])
+    assert "ignore=['FXG998']" in e.value.hint
