@@ -137,9 +137,10 @@ def _normalize_inputs(example_inputs: Any) -> tuple | None:
     )
 
 
-def _check_leaves(model: nn.Module, leaves: list[Any]) -> None:
+def _check_leaves(model: nn.Module, inputs: tuple, leaves: list[Any]) -> None:
     if not any(isinstance(x, torch.Tensor) for x in leaves):
-        kinds = ", ".join(sorted({type(x).__name__ for x in leaves})) or "nothing"
+        given = pytree.tree_leaves(inputs)  # what the caller passed, not forward's defaults
+        kinds = ", ".join(sorted({type(x).__name__ for x in given})) or "nothing"
         raise FxgradError(
             f"The example inputs hold no tensor (found {kinds}).",
             hint="Pass the tensors the model's forward takes, e.g. (torch.randn(8, 3, 32, 32),).",
@@ -294,7 +295,7 @@ def _fix(
     inputs = _normalize_inputs(example_inputs)
     call, leaves = call_spec(model, inputs)
     if inputs is not None:
-        _check_leaves(model, leaves)
+        _check_leaves(model, inputs, leaves)
     root = twin(model)
     modes = [root.training]
     if _reads_training(root):
