@@ -50,6 +50,7 @@ _ANSWERS: dict[str, Callable[[Any], Any]] = {
     "index": operator.index,
     "int": int,
     "float": float,
+    "value": lambda v: v,  # a dtype or device handed to torch.finfo / torch.iinfo
 }
 
 
@@ -167,7 +168,20 @@ _META_ATTRS = {
     "is_nested",
     "requires_grad",
 }
-_META_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "get_device"}
+_META_METHODS = {
+    "size",
+    "dim",
+    "numel",
+    "ndimension",
+    "nelement",
+    "stride",
+    "get_device",
+    "is_floating_point",
+    "is_complex",
+    "is_signed",
+    "is_contiguous",
+    "element_size",
+}
 _META_FUNCTIONS = {
     builtins.len,
     builtins.min,
@@ -292,6 +306,23 @@ _FACTORY_FUNCTIONS = (
     "triu_indices",
 )
 _RECORDED_FUNCTIONS = _HOST_FUNCTIONS + _FACTORY_FUNCTIONS
+# Functions of a dtype that must return a real object (`torch.finfo(x.dtype).min`): given
+# a traced dtype, they get the example's, and a guard checks it on every call.
+_CONCRETE_FUNCTIONS = ("finfo", "iinfo")
+
+
+def _concrete_if_traced(orig: Callable) -> Callable:
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _ACTIVE and _has_proxy((args, kwargs)):
+            tracer = _ACTIVE[-1]
+            args, kwargs = pytree.tree_map(
+                lambda a: tracer.concretize(a, "value") if isinstance(a, fx.Proxy) else a,
+                (args, kwargs),
+            )
+        return orig(*args, **kwargs)
+
+    return wrapper
 
 
 def _record_if_traced(orig: Callable) -> Callable:
@@ -479,9 +510,13 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
         for n in _RECORDED_FUNCTIONS
         if hasattr(torch, n)
     }
+    replacements.update(
+        {getattr(torch, n): _concrete_if_traced(getattr(torch, n)) for n in _CONCRETE_FUNCTIONS}
+    )
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
-    targets = [(torch, n, getattr(torch, n)) for n in _RECORDED_FUNCTIONS if hasattr(torch, n)]
+    names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
+    targets = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
     # Model code may have imported them by name (`from torch import tensor`).
     seen: set[int] = set()
     for mod in root.modules():
@@ -667,7 +702,8 @@ class FxgradTracer(fx.Tracer):
             raise _control_flow_error(self._where(), kind)
         if node not in self._values:
             raise TraceError(
-                f"The forward needs a concrete {kind} of a size at {self._where()}, "
+                f"The forward needs a concrete {kind} of a shape, dtype or device at "
+                f"{self._where()}, "
                 "and without example inputs fxgrad cannot know it.",
                 hint="Pass example inputs: fxgrad.fix(model, (x,)). The graph then "
                 "checks on every call that the answer still holds.",

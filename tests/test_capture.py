@@ -8,6 +8,7 @@ including what aliases of a written tensor see.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import operator
 
@@ -420,6 +421,31 @@ def test_int_and_float_of_sizes_are_answered_and_guarded():
     torch.testing.assert_close(fixed(same_answers), model(same_answers))
     with pytest.raises(GuardError, match="int"):
         fixed(torch.randn(2, 8, 4))
+
+
+class MaskedAttention(nn.Module):
+    """Transformer-library idioms: a dtype's smallest value, a dtype/kind branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        w = self.q(x) @ x.transpose(-1, -2)
+        w = w.masked_fill(~mask, torch.finfo(w.dtype).min)
+        scale = 1.0 if x.is_floating_point() else 0.5
+        return F.softmax(w, dim=-1, dtype=torch.float32).to(x.dtype) @ x * scale
+
+
+def test_dtype_questions_are_answered_from_the_example_and_guarded():
+    model = MaskedAttention()
+    x, mask = torch.randn(2, 3, 8, requires_grad=True), torch.rand(2, 3, 3) > 0.3
+    fixed = capture(model, x, mask)
+    assert_same(model, fixed, x, mask)
+    other = torch.randn(4, 5, 8), torch.rand(4, 5, 5) > 0.3
+    torch.testing.assert_close(fixed(*other), model(*other))  # other sizes: no guard hit
+    with pytest.raises(GuardError, match="torch.float32"):
+        copy.deepcopy(fixed).double()(x.double(), mask)
 
 
 def test_len_and_loop_count_are_guarded():
