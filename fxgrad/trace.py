@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+import torch.utils.checkpoint as _checkpoint_module
 from torch import fx
 
 from fxgrad.errors import FxgradError, TraceError
@@ -325,6 +326,22 @@ def _concrete_if_traced(orig: Callable) -> Callable:
     return wrapper
 
 
+_ORIG_CHECKPOINT = _checkpoint_module.checkpoint
+
+
+@functools.wraps(_ORIG_CHECKPOINT)
+def _traced_checkpoint(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """`checkpoint(self.block, x)` stays one checkpointed call in the fixed module.
+
+    Traced through, the block's activations would be stored instead of recomputed: the same
+    values and gradients, but the memory checkpointing saves would be gone, silently. A
+    submodule is kept as a call; any other function is traced through and the report says so.
+    """
+    if not (_ACTIVE and not _ACTIVE[-1].in_propagation and _has_proxy((args, kwargs))):
+        return _ORIG_CHECKPOINT(function, *args, **kwargs)
+    return _ACTIVE[-1].record_checkpoint(function, args, kwargs)
+
+
 def _record_if_traced(orig: Callable) -> Callable:
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -513,10 +530,12 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
     replacements.update(
         {getattr(torch, n): _concrete_if_traced(getattr(torch, n)) for n in _CONCRETE_FUNCTIONS}
     )
+    replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
     names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
     targets = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
+    targets.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
     # Model code may have imported them by name (`from torch import tensor`).
     seen: set[int] = set()
     for mod in root.modules():
@@ -769,6 +788,24 @@ class FxgradTracer(fx.Tracer):
             )
         mod.__dict__[name] = value
         return True
+
+    # -- activation checkpointing -----------------------------------------------------------
+
+    def record_checkpoint(self, function: Any, args: tuple, kwargs: dict) -> Any:
+        path = None
+        if isinstance(function, torch.nn.Module):
+            with contextlib.suppress(NameError):
+                path = self.path_of_module(function)
+        if path:
+            holder = self.create_proxy("get_attr", path, (), {})
+            return self.create_proxy("call_function", _ORIG_CHECKPOINT, (holder, *args), kwargs)
+        self.notes.append(
+            f"torch.utils.checkpoint at {self._where()} was traced through: the fixed module "
+            "computes the same values and gradients but keeps the activations checkpointing "
+            "would recompute (more memory); pass a submodule to checkpoint() to keep it"
+        )
+        own = {"use_reentrant", "context_fn", "determinism_check", "debug", "preserve_rng_state"}
+        return function(*args, **{k: v for k, v in kwargs.items() if k not in own})
 
     # -- grad-mode regions ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import fxgrad
 from fxgrad.context import clone_inputs
@@ -294,6 +295,31 @@ def test_inference_mode_regions_are_kept():
     got.sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
     assert model.lin.weight.grad is None and model.scale.weight.grad is None
+
+
+class Checkpointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = checkpoint(self.block, x, use_reentrant=False)
+        h = checkpoint(lambda t: self.head(t) * 2, h, use_reentrant=False)
+        return h
+
+
+def test_checkpointed_submodule_stays_checkpointed():
+    # Traced through, the block's activations would be stored instead of recomputed:
+    # the same values, silently more memory. A submodule stays one checkpointed call; a
+    # lambda cannot, so it is traced through and the report says so.
+    model = Checkpointed()
+    x = torch.randn(3, 8, requires_grad=True)
+    fixed = fxgrad.fix(model, (x,))
+    calls = [n for n in fixed.graph_module.graph.nodes if n.target is checkpoint]
+    assert len(calls) == 1 and calls[0].args[0].target == "block"
+    assert any("checkpoint" in n and "traced through" in n for n in fixed.report.notes)
+    assert_same(model, fixed, x)
 
 
 # --- structured inputs and outputs ---------------------------------------------------------
