@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import inspect
 import operator
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -531,11 +532,18 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
         {getattr(torch, n): _concrete_if_traced(getattr(torch, n)) for n in _CONCRETE_FUNCTIONS}
     )
     replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
+    # `np.asarray(t.detach())` reads the tensor through __array__, which a traced value
+    # cannot serve; recorded as a call, it enters the graph like `.numpy()` does.
+    np = sys.modules.get("numpy")
+    np_names = ("asarray", "array", "ascontiguousarray") if np is not None else ()
+    for n in np_names:
+        replacements[getattr(np, n)] = _record_if_traced(getattr(np, n))
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
     names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
     targets = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
     targets.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
+    targets.extend((np, n, getattr(np, n)) for n in np_names)
     # Model code may have imported them by name (`from torch import tensor`).
     seen: set[int] = set()
     for mod in root.modules():

@@ -207,13 +207,12 @@ def _is_cpu_move(node: fx.Node) -> bool:
 
 
 def _find_detours(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> _Detours:
-    np = _np()
     entries = set()
     for n in gm.graph.nodes:
         if n.op == "call_method" and n.target == "numpy":
             if isinstance(values.get(n.args[0]), torch.Tensor):
                 entries.add(n)
-        elif n.op == "call_function" and n.target in (np.asarray, np.array):
+        elif n.op == "call_function" and n.target in _array_entries():
             if n.args and isinstance(values.get(n.args[0]), torch.Tensor):
                 entries.add(n)
     region: set[fx.Node] = set()
@@ -287,11 +286,15 @@ def _entry_nodes(nodes: set[fx.Node]) -> set[fx.Node]:
     out: set[fx.Node] = set()
     for n in nodes:
         if n.op == "call_method" and n.target == "numpy":
-            src = n.args[0]
-            stop, _ = _entry_source(n)
-            while isinstance(src, fx.Node) and src is not stop:
-                out.add(src)
-                src = src.args[0]
+            stop = _entry_source(n)[0]
+        elif n.op == "call_function" and n.target in _array_entries() and n.args:
+            stop = _entry_source_tensor(n)
+        else:
+            continue
+        src = n.args[0]
+        while isinstance(src, fx.Node) and src is not stop:
+            out.add(src)
+            src = src.args[0]
     return out
 
 
@@ -1119,8 +1122,10 @@ def _translate_node(e: _Emitter, n: fx.Node, tv: dict, values: dict) -> Any:
     out_value = values[n]
     if n.op == "call_method" and n.target == "numpy":
         return _entry_source(n)[0]
-    if n.op == "call_function" and n.target in (np.asarray, np.array) and n.args[0] not in tv:
-        return _entry_source_tensor(n)
+    if n.op == "call_function" and n.target in _array_entries() and n.args[0] not in tv:
+        src = _entry_source_tensor(n)  # np.asarray(t, dtype=...): the tensor, cast
+        dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
+        return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
     target, args, kwargs = n.target, n.args, dict(n.kwargs)
     if n.op == "call_function" and target is builtins.getattr:
         if args[1] != "T":
@@ -1190,6 +1195,12 @@ def _translate_node(e: _Emitter, n: fx.Node, tv: dict, values: dict) -> Any:
         if e.env[result].dtype != e.out_dtype:
             result = e.m("to", result, e.out_dtype)
     return result
+
+
+def _array_entries() -> tuple[Any, ...]:
+    """NumPy functions that read a tensor through __array__ (`np.asarray(t.detach())`)."""
+    np = _np()
+    return (np.asarray, np.array, np.ascontiguousarray)
 
 
 def _entry_source_tensor(n: fx.Node) -> fx.Node:
