@@ -39,8 +39,9 @@ INPLACE_OPERATORS: dict[Callable, Callable] = {
     operator.irshift: operator.rshift,
 }
 
-# Methods whose trailing underscore does not mean "writes the tensor's values".
-_NOT_VALUE_WRITES = {"requires_grad_", "retain_grad", "share_memory_", "record_stream"}
+# Methods whose trailing underscore does not mean "writes the tensor's values": they
+# change autograd or storage metadata, so they are side effects, but never unsafe writes.
+_NOT_VALUE_WRITES = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "detach_"}
 
 
 def _fxgrad_side_effect(fn: Callable) -> Callable:
@@ -136,6 +137,8 @@ def has_side_effect(node: fx.Node, gm: fx.GraphModule | None = None) -> bool:
         return True
     if node.op == "call_function" and getattr(node.target, "_fxgrad_function", None) is not None:
         return True  # custom autograd.Function: opaque, may have side effects
+    if node.op == "call_method" and node.target in _NOT_VALUE_WRITES:
+        return True  # `h.requires_grad_()`, `h.detach_()`: unused result, changed tensor
     return writes_to(node, gm) is not None
 
 

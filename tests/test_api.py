@@ -155,6 +155,34 @@ def test_dead_code_elimination_keeps_writes():
     assert len(writes) == 2
 
 
+def test_autograd_metadata_calls_are_kept_but_are_not_value_writes():
+    class Metadata(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            frozen = self.lin(x).sigmoid()
+            frozen.detach_()  # no gradient through here, nothing overwritten
+            table = torch.zeros(x.shape[-1])
+            table.requires_grad_()
+            return self.lin(frozen) + table
+
+    model = Metadata()
+    for inputs in ((torch.randn(3, 4),), None):  # decided on inputs, and statically
+        fixed = fxgrad.fix(model, inputs)
+        assert fixed.report.changes == [], fixed.report.table()
+        gm = fixed.graph_module
+        assert eliminate_dead_code(gm) == 0
+        assert {"detach_", "requires_grad_"} <= {n.target for n in gm.graph.nodes}
+        assert not any(writes_to(n, gm) is not None for n in gm.graph.nodes)
+    x = torch.randn(3, 4)
+    grads = torch.autograd.grad(fixed(x).sum(), list(model.parameters()), allow_unused=True)
+    expected = torch.autograd.grad(model(x).sum(), list(model.parameters()), allow_unused=True)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
