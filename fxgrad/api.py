@@ -18,7 +18,7 @@ from fxgrad.errors import FxgradError
 from fxgrad.pipeline import Reference, check_capture, run_forward_backward, run_passes
 from fxgrad.registry import select_passes
 from fxgrad.report import Report
-from fxgrad.trace import CallSpec, Captured, call_spec, capture, twin
+from fxgrad.trace import CallSpec, Captured, call_spec, capture, has_hooks, twin
 
 _AUTOGRAD_FORWARD_ERRORS = (
     "in-place operation",
@@ -301,6 +301,11 @@ def _fix(
     if _reads_training(root):
         modes.append(not root.training)
     report = Report(mode="exact" if inputs is not None else "static", model=type(model).__name__)
+    if has_hooks(model):
+        report.notes.append(
+            "hooks registered on the model itself do not run when the fixed module is "
+            "called; register them on the fixed module"
+        )
     graphs: dict[bool, Captured] = {}
     with preserved_state(root, probing=inputs is not None) as reset_state:
         for training in modes:

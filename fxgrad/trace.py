@@ -595,6 +595,19 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
 # The tracer
 
 
+def has_hooks(m: torch.nn.Module) -> bool:
+    """Whether a module has forward or backward hooks of its own registered."""
+    return any(
+        getattr(m, name, None)
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
+    )
+
+
 class FxgradTracer(fx.Tracer):
     """A Tracer that records mutations, NumPy calls and grad modes, and propagates values.
 
@@ -681,6 +694,21 @@ class FxgradTracer(fx.Tracer):
         if self.in_propagation:
             return attr_val  # running real values: modules see their real parameters
         return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if super().is_leaf_module(m, module_qualified_name):
+            return True
+        if module_qualified_name and has_hooks(m):
+            # Traced through, its hooks would never run in the fixed module (a feature
+            # extractor's forward hook, a weight-norm pre-hook): kept as one call instead.
+            note = (
+                f"self.{module_qualified_name} has hooks, so it is kept as one call and its "
+                "hooks still run; fxgrad does not look inside it"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+            return True
+        return False
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
         if self.in_propagation:

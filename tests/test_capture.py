@@ -322,6 +322,37 @@ def test_checkpointed_submodule_stays_checkpointed():
     assert_same(model, fixed, x)
 
 
+class Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.body = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+
+    def forward(self, x):
+        return self.body(self.stem(x)) * 2
+
+
+def test_hooks_on_submodules_still_run():
+    # Traced through, `stem` would vanish into the graph and its hook would never fire.
+    model, x = Blocks(), torch.randn(3, 4, requires_grad=True)
+    seen = []
+    model.stem.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+    model.body.register_forward_pre_hook(lambda mod, args: (args[0] * 0.5,))
+    fixed = fxgrad.fix(model, (x,))
+    assert {"stem", "body"} <= {n.target for n in fixed.graph_module.graph.nodes}
+    assert sum("has hooks" in n for n in fixed.report.notes) == 2
+    seen.clear()
+    assert_same(model, fixed, x)  # the pre-hook's scaling is part of both results
+    assert len(seen) == 2  # once for eager, once for the fixed module
+    torch.testing.assert_close(seen[0], seen[1])
+
+
+def test_hooks_on_the_model_itself_are_reported():
+    model = Blocks()
+    model.register_forward_hook(lambda mod, args, out: out)
+    assert any("hooks registered on the model" in n for n in fxgrad.check(model).notes)
+
+
 # --- structured inputs and outputs ---------------------------------------------------------
 
 Pair = collections.namedtuple("Pair", ["first", "second"])
