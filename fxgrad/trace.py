@@ -950,6 +950,13 @@ class CallSpec:
                         f"{leaf!r} now; the graph was specialised on it.",
                         hint="Call fxgrad.fix() again with example inputs that use this value.",
                     )
+            elif leaf is None:  # `if mask is not None:` was decided when it was a tensor
+                raise FxgradError(
+                    f"Argument {self.leaf_names[i]} was a tensor at capture time and is None "
+                    "now; the graph was specialised on it.",
+                    hint="Call fxgrad.fix() again with example inputs that pass None here, "
+                    "and use that fixed module for such calls.",
+                )
             else:
                 out.append(leaf)
         return out

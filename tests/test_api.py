@@ -227,6 +227,18 @@ def test_meta_tensors_need_real_inputs_or_a_static_fix():
     assert fxgrad.fix(meta_model).report.changes == []  # decided statically, nothing run
 
 
+def test_none_where_the_example_had_a_tensor_is_a_clear_error():
+    class Masked(nn.Module):
+        def forward(self, x, mask=None):
+            return x if mask is None else x.masked_fill(mask, 0.0)
+
+    x, mask = torch.randn(2, 3), torch.rand(2, 3) > 0.5
+    fixed = fxgrad.fix(Masked(), (x, mask))
+    torch.testing.assert_close(fixed(x, mask), x.masked_fill(mask, 0.0))
+    with pytest.raises(FxgradError, match="mask was a tensor at capture time and is None"):
+        fixed(x)
+
+
 def test_wrong_number_of_example_inputs():
     with pytest.raises(FxgradError, match="do not match the model's forward signature"):
         fxgrad.fix(Net(), (_x(), 1.0, 2.0))
