@@ -422,8 +422,17 @@ class _Probe(fx.Interpreter):
             out = super().run_node(n)
         except RuntimeError as e:
             obs.errors[n] = str(e).strip().splitlines()[0]
-            with torch.no_grad():  # eager refuses; run it anyway to observe the rest
-                out = super().run_node(n)
+            try:
+                with torch.no_grad():  # eager refuses; run it anyway to observe the rest
+                    out = super().run_node(n)
+            except RuntimeError:
+                if "more than one element" not in obs.errors[n]:
+                    raise
+                # An expanded target whose elements overlap: write a clone, as PyTorch's
+                # message suggests, and as the rewrite will.
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                args = (args[0].clone(), *args[1:])
+                out = getattr(self, n.op)(n.target, args, kwargs)
         obs.bumped[n] = [
             i
             for i, ver, st in before
@@ -821,6 +830,11 @@ def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
                 why = f"{wt} writes into {_leaf_text(root)}: unsafe if it requires grad"
                 if hit:
                     why = f"{_saver_text(*hit[0][:3])}; {wt} overwrites it"
+                finding = Finding(w, target, "input-static", why)
+            elif any(s.kind == "expand" for s in a.steps):
+                # Eager refuses a write into overlapping elements, in any grad mode; whether
+                # this expand overlaps depends on sizes only example inputs show.
+                why = f"{wt} writes into an expanded tensor: eager refuses it if elements overlap"
                 finding = Finding(w, target, "input-static", why)
             elif (
                 any(s.kind == "multi" for s in a.steps)
