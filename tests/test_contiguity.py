@@ -125,7 +125,10 @@ def test_real_timings_keep_values_and_gradients(name):
     model, example = cls(), make()
     fixed = fxgrad.fix(model, example, select=["FXG201"], measure=SHORT)
     changes = fixed.report.changes
-    assert all(c.code == "FXG201" and "x, " in c.note for c in changes)
+    # Each decision reports its measured ratio, or that the budget ran out on a busy machine.
+    assert all(
+        c.code == "FXG201" and ("x, " in c.note or "not measured" in c.note) for c in changes
+    )
     assert any(c.node.startswith(("cat", "stack", "concat")) for c in changes)
     _assert_equivalent(model, fixed, example)
     if hasattr(model, "bn"):
