@@ -298,8 +298,12 @@ def test_a_forward_that_still_raises_after_fixing_is_reported():
             y.add_(1)  # eager refuses in any mode: overlapping elements
             return y.sum()
 
-    report = fxgrad.check(Overlap(), (torch.randn(1, 4, requires_grad=True),))
+    x = torch.randn(1, 4, requires_grad=True)
+    # FXG101 rewrites this write (tests/cases/FXG101/expand_overlap_write.py); without it,
+    # the fixed forward raises what eager raises, and the report says so.
+    report = fxgrad.check(Overlap(), (x,), ignore=["FXG101"])
     assert any("still does after fixing" in n for n in report.notes), report.notes
+    assert not any("still does" in n for n in fxgrad.check(Overlap(), (x,)).notes)
 
 
 def test_a_model_error_is_not_called_a_capture_failure():
