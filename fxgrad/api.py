@@ -316,6 +316,7 @@ def _fix(
                     example_inputs=[leaves[i] for i in captured.leaf_index] if inputs else None,
                     measure=measure or default_measure,
                     reset_state=reset_state,
+                    private_state=inputs is not None,
                     module=root,
                 )
                 ref = None

@@ -61,6 +61,9 @@ class Context:
     measure_budget_s: float = 20.0
     seed: int = 0
     reset_state: Callable[[], None] = lambda: None
+    # True when parameters and buffers are private copies that `inputs()` resets (as in
+    # fix()), so a pass need not snapshot and restore module state around its own runs.
+    private_state: bool = False
     module: torch.nn.Module | None = None
     notes: list[str] = field(default_factory=list)
     _measure_spent: float = 0.0

@@ -461,7 +461,9 @@ class _Probe(fx.Interpreter):
 
 def observe(gm: fx.GraphModule, ctx: Context) -> Observed:
     """Run gm on fresh example inputs and backward once, leaving module state as it was."""
-    state = [t for t in list(gm.parameters()) + list(gm.buffers())]
+    # Inside fix() parameters and buffers are private copies reset before every run;
+    # called on its own, the pass puts back whatever the probing run wrote.
+    state = [] if ctx.private_state else list(gm.parameters()) + list(gm.buffers())
     with torch.no_grad():
         snapshot = [t.detach().clone() for t in state]
     probe = _Probe(gm)
