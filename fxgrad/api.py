@@ -93,13 +93,38 @@ class FixedModule(nn.Module):
         return new
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        # fx pickles a GraphModule by re-tracing its generated code with a plain tracer,
-        # which would silently turn `z += 1` back into `z = z + 1`.
-        raise FxgradError(
-            "A fixed module cannot be pickled.",
-            hint="Save model.state_dict() and call fxgrad.fix() again after loading, or "
-            "write loadable code and weights with `fxgrad fix -o DIR`.",
-        )
+        # Not fx's own pickling, which traces the generated code again with a plain tracer
+        # and would silently turn `z += 1` back into `z = z + 1`: the graphs are stored
+        # node by node (fxgrad.serialize). Parameters and buffers are pickled once, shared.
+        from fxgrad.serialize import captured_state
+
+        state = {
+            "modules": self._modules,
+            "parameters": self._parameters,
+            "buffers": self._buffers,
+            "non_persistent": self._non_persistent_buffers_set,
+            "training": self.training,
+            "graphs": {mode: captured_state(c) for mode, c in self._fxgrad_graphs.items()},
+            "call": self._fxgrad_call,
+            "report": self.report,
+            "original_class": self.original_class,
+        }
+        return (_unpickle_fixed, (state,))
+
+
+def _unpickle_fixed(state: dict[str, Any]) -> FixedModule:
+    from fxgrad.serialize import captured_from_state
+
+    root = nn.Module()
+    root.__dict__["_modules"] = state["modules"]
+    root.__dict__["_parameters"] = state["parameters"]
+    root.__dict__["_buffers"] = state["buffers"]
+    root.__dict__["_non_persistent_buffers_set"] = state["non_persistent"]
+    root.training = state["training"]
+    graphs = {mode: captured_from_state(c) for mode, c in state["graphs"].items()}
+    fixed = FixedModule(root, graphs, state["report"], state["call"])
+    fixed.__dict__["original_class"] = state["original_class"]
+    return fixed
 
 
 def _unwrap(model: Any) -> nn.Module:

@@ -106,16 +106,84 @@ def test_keyword_arguments_and_defaults():
         fixed(x, scale=2.0)  # captured with the default: refuses rather than ignoring it
 
 
-def test_to_and_deepcopy_and_pickle():
+def test_to_and_deepcopy():
     model = Net().eval()
     fixed = fxgrad.fix(model, (_x(),))
     x = _x()
     clone = copy.deepcopy(fixed)
     torch.testing.assert_close(clone(x), model(x))
-    with pytest.raises(FxgradError, match="cannot be pickled"):
-        pickle.dumps(fixed)
     double = copy.deepcopy(fixed).double()
     torch.testing.assert_close(double(x.double()), model.double()(x.double()))
+
+
+class Straight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.round()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class Everything(nn.Module):
+    """Writes fx's own pickling would lose: buffer +=, setitem, an unsafe write, a grad-mode
+    block, a custom Function, a size guard, and a train/eval difference."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.lin(x).sigmoid()
+        y.mul_(2)  # unsafe: sigmoid saved its output
+        z = x * 1
+        z[0] = 0
+        with torch.no_grad():
+            scale = y.mean()
+        q = Straight.apply(y * 3)
+        if self.training:
+            q = F.dropout(q, 0.5)
+        return q * scale + z[: len(x)]
+
+
+def test_pickling_keeps_the_fixed_program(tmp_path):
+    model = Everything()
+    x = torch.randn(3, 4)
+    fixed = fxgrad.fix(model, (x,))
+    assert fixed.report.applied
+    path = tmp_path / "fixed.pt"
+    torch.save(fixed, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded.code == fixed.code and loaded.report.to_json() == fixed.report.to_json()
+    assert list(loaded.state_dict()) == list(fixed.state_dict())
+    for mode in (True, False):
+        fixed.train(mode)
+        loaded.train(mode)
+        assert loaded.code == fixed.code
+        calls = fixed.calls.clone()
+        with fxgrad.context.seeded(0):
+            want = fixed(x)
+        with fxgrad.context.seeded(0):
+            got = loaded(x)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(loaded.calls, calls + 1)  # the buffer write survived
+        params = list(loaded.parameters())
+        with fxgrad.context.seeded(0):
+            grads = torch.autograd.grad(loaded(x).sum(), params)
+        with fxgrad.context.seeded(0):
+            expected = torch.autograd.grad(fixed(x).sum(), list(fixed.parameters()))
+        for g, e in zip(grads, expected):
+            torch.testing.assert_close(g, e)
+    with torch.no_grad():  # the loaded graph reads the loaded module's own parameters
+        loaded.lin.bias.add_(1.0)
+    loaded.eval()
+    fixed.eval()
+    assert not torch.allclose(loaded(x), fixed(x))
+    with pytest.raises(fxgrad.trace.GuardError):  # the size guard came along too
+        pickle.loads(pickle.dumps(loaded))(torch.randn(5, 4))
 
 
 def test_static_mode_without_example_inputs():
