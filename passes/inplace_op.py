@@ -788,6 +788,16 @@ def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], di
     return out, aliases
 
 
+def _made_under_no_grad(target: fx.Node, root: fx.Node, facts: StaticFacts) -> bool:
+    """Whether a view between root and target was taken with grad mode off."""
+    n: Any = target
+    while isinstance(n, fx.Node) and n is not root:
+        if not facts.grad_on.get(n, True):
+            return True
+        n = n.args[0] if n.args else None
+    return False
+
+
 def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
     aliases = alias_map(gm, None)
     facts = _static_facts(gm)
@@ -832,6 +842,12 @@ def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
                 why = f"{wt} writes into {_leaf_text(root)}: unsafe if it requires grad"
                 if hit:
                     why = f"{_saver_text(*hit[0][:3])}; {wt} overwrites it"
+                finding = Finding(w, target, "input-static", why)
+            elif grad_on and _made_under_no_grad(target, root, facts):
+                why = (
+                    f"{wt} writes into a view made under no_grad: eager refuses it if "
+                    f"{_q(root.name)} requires grad"
+                )
                 finding = Finding(w, target, "input-static", why)
             elif any(s.kind == "expand" for s in a.steps):
                 # Eager refuses a write into overlapping elements, in any grad mode; whether

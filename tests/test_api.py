@@ -186,6 +186,31 @@ def test_pickling_keeps_the_fixed_program(tmp_path):
         pickle.loads(pickle.dumps(loaded))(torch.randn(5, 4))
 
 
+def test_static_mode_reports_what_only_example_inputs_can_decide():
+    class Undecidable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.lin(x)
+            with torch.no_grad():
+                first = y[0]
+            first.mul_(2)  # refused if y requires grad
+            grid = y.sum(0, keepdim=True).expand(3, 4)
+            grid.add_(1)  # refused if the expand made elements overlap
+            return y, grid
+
+    report = fxgrad.check(Undecidable())
+    notes = {c.before: c.note for c in report.changes}
+    assert not report.applied
+    assert "view made under no_grad" in notes["first.mul_(2)"]
+    assert "expanded tensor" in notes["grid.add_(1)"]
+    assert all("pass example inputs to decide" in n for n in notes.values())
+    exact = fxgrad.check(Undecidable(), (torch.randn(3, 4),))
+    assert {c.before for c in exact.applied} == {"first.mul_(2)", "grid.add_(1)"}
+
+
 def test_static_mode_without_example_inputs():
     model = Net().eval()
     fixed = fxgrad.fix(model)
