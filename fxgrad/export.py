@@ -227,7 +227,12 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
     blobs: dict[str, nn.Module] = {}
     modules: list[str] = []
     for node in gm.graph.nodes:
-        if node.op == "call_module" and node.target not in modules:
+        if node.target in modules:
+            continue
+        if node.op == "call_module" or (  # a module passed as a value: `checkpoint(block, x)`
+            node.op == "get_attr"
+            and isinstance(fx.graph_module._get_attr(gm, node.target), nn.Module)
+        ):
             modules.append(node.target)
     for target in modules:
         sub = gm.get_submodule(target)

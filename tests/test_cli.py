@@ -408,6 +408,55 @@ def test_fix_requires_output(models):
     assert "-o" in result.stderr
 
 
+CHECKPOINTED = """
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x))
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = checkpoint(self.block, x, use_reentrant=False)
+        y = torch.sigmoid(self.head(h))
+        y.mul_(2)
+        return y
+"""
+
+
+def test_fix_folder_keeps_a_module_passed_as_a_value(tmp_path):
+    # checkpoint(self.block, x) reads the block as a value (get_attr), not a call: its
+    # weights must be written and loaded like a called module's.
+    model_file = tmp_path / "ckpt_model.py"
+    model_file.write_text(CHECKPOINTED)
+    out = tmp_path / "fixed_ckpt"
+    result = invoke("fix", f"{model_file}:Model", "-o", str(out), "--input", "float32[4,8]")
+    assert result.exit_code == 1, result.stderr
+    loaded = _load_folder(out)["FixedModel"]()
+    assert "checkpoint" in (out / "module.py").read_text()
+    original = runpy.run_path(str(model_file))["Model"]()
+    original.load_state_dict(torch.load(out / "state_dict.pt"))
+    x = torch.randn(4, 8)
+    expected = fxgrad.fix(original, (x,))(x)
+    actual = loaded(x)
+    torch.testing.assert_close(actual, expected)
+    actual.sum().backward()
+    assert loaded.block.lin.weight.grad is not None
+
+
 def test_fix_example_folder_matches_fixed_module(tmp_path):
     """Whatever the passes find in the example, the written folder computes the same."""
     out = tmp_path / "fixed_example"
