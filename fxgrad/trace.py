@@ -371,11 +371,13 @@ def _traced_module_setattr(mod: torch.nn.Module, name: str, value: Any) -> None:
     _ORIG_MODULE_SETATTR(mod, name, value)
 
 
-def _called_from_user_code() -> bool:
-    """True when the grad-mode switch comes from model code, not from torch itself."""
-    import sys
+def _called_from_user_code(depth: int = 3) -> bool:
+    """True when the grad-mode switch comes from model code, not from torch itself.
 
-    frame = sys._getframe(3)
+    `depth` counts frames from this function to the caller of the switch; the context
+    manager and decorator machinery in between is skipped.
+    """
+    frame = sys._getframe(depth)
     while frame is not None and frame.f_code.co_filename.endswith(
         ("_contextlib.py", "grad_mode.py", "contextlib.py")
     ):
@@ -400,8 +402,6 @@ _IS_GRAD_ENABLED, _SET_GRAD_ENABLED = torch.is_grad_enabled, torch._C._set_grad_
 
 
 def _from_generated_code() -> bool:
-    import sys
-
     return sys._getframe(2).f_code.co_filename.startswith("<eval_with_key")
 
 
@@ -494,15 +494,8 @@ class _TracedInferenceMode:
         self._real: Any = None
 
     def __enter__(self) -> None:
-        import sys
 
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.endswith(
-            ("_contextlib.py", "grad_mode.py", "contextlib.py")
-        ):
-            frame = frame.f_back
-        user = frame is not None and not _is_internal(frame.f_code.co_filename)
-        if _ACTIVE and not _ACTIVE[-1].in_propagation and user:
+        if _ACTIVE and not _ACTIVE[-1].in_propagation and _called_from_user_code(2):
             self._handle = _ACTIVE[-1].create_proxy(
                 "call_function", _ENTER_INFERENCE, (self.mode,), {}
             )
