@@ -492,7 +492,12 @@ def _find_pass(code: str) -> Any:
 @main.command(epilog=EXIT_CODES)
 @click.argument("code")
 def explain(code):
-    """Print the documentation of a pass; CODE is its code (FXG101) or name."""
+    """Print the documentation of a pass; CODE is its code (FXG101) or name, or `capture`."""
+    if code.strip().lower() == "capture":
+        from fxgrad.trace import CAPTURE_DOC
+
+        click.echo(CAPTURE_DOC.strip())
+        return
     p = _find_pass(code)
     click.echo(textwrap.dedent(p.doc).strip())
 
@@ -515,4 +520,7 @@ def passes(fmt):
         return
     table = [[r["code"], r["name"], "on" if r["default"] else "off", r["summary"]] for r in rows]
     click.echo(tabulate(table, headers=["code", "name", "default", "what it does"]))
-    click.echo("\nRun `fxgrad explain CODE` for the full documentation of a pass.")
+    click.echo(
+        "\nRun `fxgrad explain CODE` for the full documentation of a pass, and "
+        "`fxgrad explain capture` for what capture supports."
+    )

@@ -37,6 +37,35 @@ from fxgrad.graph_utils import (
     user_frame_location,
 )
 
+CAPTURE_DOC = """\
+# What capture records
+
+fxgrad's tracer records what plain torch.fx.symbolic_trace loses or refuses:
+
+- item assignment (`y[0] = 10`, `y[mask] = 0`) and augmented assignment (`z += 1`) as
+  writes, so aliases see them;
+- buffer reads and writes in forward (`self.calls += 1`, `self.ema = ...`);
+- NumPy calls on traced values (`.numpy()`, `np.asarray(t)`, ufuncs, ndarray methods) and
+  the way back (`torch.from_numpy`, `torch.tensor`, `torch.as_tensor`);
+- custom `autograd.Function.apply` as one opaque call (its backward is kept);
+- `torch.no_grad()`, `enable_grad()`, `set_grad_enabled()` and `inference_mode()` regions,
+  as blocks or decorators, restoring the caller's mode;
+- namedtuple / dict / list / dataclass inputs and outputs;
+- shape idioms: `b, c, h, w = x.shape`, `for t in x.chunk(3)`, `len(x)`, `int(...)` of a
+  size, `torch.zeros(b, t)` sized from shapes, `torch.finfo(x.dtype)`: answered from the
+  example inputs, sizes kept symbolic, with a guard that raises if a later call differs;
+- `self.training` branches: both modes are captured, `train()`/`eval()` pick the graph.
+
+Kept as one call, not looked inside: torch.nn's own modules, a submodule with hooks (so
+the hooks still run), and a submodule passed to `torch.utils.checkpoint.checkpoint`.
+
+Cannot be captured: Python control flow on tensor values (`if x.sum() > 0:`), or code
+that needs a real tensor where a traced value is (`isinstance(t, torch.Tensor)` asserts).
+Remedies: move that code into a function marked with `torch.fx.wrap`, make its module a
+leaf, use `torch.where` or masking so both branches are computed, or pass example inputs
+when the question is about sizes.
+"""
+
 # ---------------------------------------------------------------------------------------
 # Guards: Python-level answers baked into the graph, checked on every call
 
@@ -1158,8 +1187,8 @@ def _trace_error(e: Exception) -> TraceError:
     else:
         hint = (
             "Make the module that does this a leaf module, wrap the function with "
-            "torch.fx.wrap, or fix the value with concrete_args; see `fxgrad explain` "
-            "for what capture supports."
+            "torch.fx.wrap, or fix the value with concrete_args; `fxgrad explain capture` "
+            "says what capture supports."
         )
     return TraceError(
         f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint

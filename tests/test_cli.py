@@ -242,6 +242,22 @@ def test_explain_real_pass():
     assert first.code in result.stdout
 
 
+def test_explain_capture_is_where_trace_errors_point(tmp_path):
+    result = invoke("explain", "capture")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("# What capture records")
+    assert "torch.fx.wrap" in result.stdout and "checkpoint" in result.stdout
+    model_file = tmp_path / "isinstance_model.py"
+    model_file.write_text(
+        "import torch\n\n\nclass Model(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        assert isinstance(x * 2, torch.Tensor), 'needs a tensor'\n"
+        "        return x\n"
+    )
+    traced = invoke("check", f"{model_file}:Model", "--input", "float32[2]")
+    assert_error(traced, 3, "isinstance_model.py:6", "fxgrad explain capture")
+
+
 def test_explain_unknown_code():
     result = invoke("explain", "FXG999")
     assert_error(result, 2, "No pass has the code 'FXG999'", "FXG101")
