@@ -290,16 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         help="re-time a case whose median sample is this much slower than its fastest",
     )
     parser.add_argument("--retries", type=int, default=3, help="re-timings per case at most")
-    parser.add_argument("--markdown", help="also write the markdown table to this file")
+    parser.add_argument(
+        "--markdown", help="also write the markdown table to this file ('-': print only it)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # fix() measures with the same threads
     torch.manual_seed(0)
 
     rows = sweep(args)
     text, ok = summary(rows, args.max_spread)
-    print(table(rows, "simple"))
-    print()
-    print(text)
+    if args.markdown != "-":
+        print(table(rows, "simple"))
+        print()
+        print(text)
     command = "python benchmarks/cat_contiguity.py " + " ".join(argv or sys.argv[1:])
     md = "\n".join(
         [
@@ -318,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    if args.markdown:
+    if args.markdown == "-":  # the markdown alone, on stdout (run_all.py)
+        print(md)
+    elif args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md)
     else:
