@@ -78,12 +78,34 @@ def _flag(node: fx.Node, name: str, index: int | None) -> bool:
     return False
 
 
+_SUBMODULES: weakref.WeakKeyDictionary[fx.GraphModule, dict[str, torch.nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def submodule(gm: fx.GraphModule, target: str) -> torch.nn.Module:
+    """`gm.get_submodule(target)`, remembered per graph module.
+
+    The passes ask for the module of every call_module node several times (is it an
+    in-place ReLU? what does it save?), and walking the dotted path each time was most of
+    FXG101's static cost. fxgrad only ever adds submodules under fresh names, so a target
+    keeps its module.
+    """
+    table = _SUBMODULES.get(gm)
+    if table is None:
+        table = _SUBMODULES[gm] = {}
+    mod = table.get(target)
+    if mod is None:
+        mod = table[target] = gm.get_submodule(target)
+    return mod
+
+
 def inplace_module(gm: fx.GraphModule | None, node: fx.Node) -> torch.nn.Module | None:
     """Return the module a call_module node runs when it writes its input in place."""
     if node.op != "call_module" or gm is None:
         return None
     try:
-        mod = gm.get_submodule(node.target)
+        mod = submodule(gm, str(node.target))
     except AttributeError:
         return None
     return mod if getattr(mod, "inplace", False) is True else None

@@ -80,6 +80,7 @@ from fxgrad.graph_utils import (
     location,
     render_node,
     source_line,
+    submodule,
     writes_to,
 )
 from fxgrad.registry import Pass
@@ -536,7 +537,7 @@ def _static_saves(node: fx.Node, gm: fx.GraphModule) -> list[tuple[str, fx.Node 
     inputs = [("input", a) for a in node.all_input_nodes]
     if node.op == "call_module":
         try:
-            mod = gm.get_submodule(str(node.target))
+            mod = submodule(gm, str(node.target))
         except AttributeError:
             return inputs + [("output", None)]
         if isinstance(mod, _MODULE_SAVES_NOTHING):
@@ -593,7 +594,7 @@ def _static_facts(gm: fx.GraphModule) -> StaticFacts:
         else:
             rg = mode and any(facts.requires_grad.get(a, False) for a in node.all_input_nodes)
             if node.op == "call_module":
-                mod = gm.get_submodule(str(node.target))
+                mod = submodule(gm, str(node.target))
                 rg = rg or (mode and any(p.requires_grad for p in mod.parameters()))
         facts.requires_grad[node] = rg
     return facts
@@ -966,7 +967,7 @@ def _twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node, values: dict | None) ->
             return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
         return None
     if w.op == "call_module":
-        mod = gm.get_submodule(str(w.target))
+        mod = submodule(gm, str(w.target))
         for cls, make in _MODULE_FUNCTIONAL.items():
             if type(mod) is cls:
                 fn, kw = make(mod)
@@ -1224,8 +1225,6 @@ def _drop_dead(gm: fx.GraphModule, had_users: set[fx.Node]) -> None:
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
-    if not applies(gm):
-        return []
     changes: list[Change] = []
     done: set[str] = set()
     exact = ctx.example_inputs is not None

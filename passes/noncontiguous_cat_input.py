@@ -44,7 +44,13 @@ from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.context import Context, seeded
-from fxgrad.graph_utils import has_side_effect, inplace_module, location, target_name
+from fxgrad.graph_utils import (
+    has_side_effect,
+    inplace_module,
+    location,
+    submodule,
+    target_name,
+)
 from fxgrad.registry import Pass
 
 MIN_SPEEDUP = 1.10
@@ -220,7 +226,7 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
     if user.op == "call_module":
         if inplace_module(gm, user) is not None:
             return None
-        module = gm.get_submodule(str(user.target))
+        module = submodule(gm, str(user.target))
         if any(True for _ in module.buffers()):
             # Timing runs it many times; a copy keeps running statistics untouched.
             module = copy.deepcopy(module)
