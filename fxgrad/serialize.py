@@ -46,20 +46,13 @@ def _target(state: tuple) -> Any:
     return state[1]
 
 
-def _fetch(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for atom in target.split("."):
-        obj = getattr(obj, atom)
-    return obj
-
-
 def graph_module_state(gm: fx.GraphModule) -> dict[str, Any]:
     """The nodes of gm as plain data, and the objects its attribute nodes read."""
     nodes = []
     owned: dict[str, Any] = {}
     for n in gm.graph.nodes:
         if n.op in ("get_attr", "call_module"):
-            owned[str(n.target)] = _fetch(gm, str(n.target))
+            owned[str(n.target)] = fx.graph_module._get_attr(gm, str(n.target))
         args = fx.node.map_arg(n.args, lambda a: _Ref(a.name))
         kwargs = fx.node.map_arg(n.kwargs, lambda a: _Ref(a.name))
         meta = {k: n.meta[k] for k in _KEPT_META if k in n.meta}

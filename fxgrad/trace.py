@@ -457,44 +457,37 @@ def _grad_mode_methods() -> dict[tuple[type, str], Callable]:
     The nested `torch.set_grad_enabled` calls these methods make come from fxgrad's frames,
     so they are not recorded twice.
     """
-    ng_enter, ng_exit = _NoGrad.__enter__, _NoGrad.__exit__
-    eg_enter, eg_exit = _EnableGrad.__enter__, _EnableGrad.__exit__
-    sg_init, sg_exit = _SetGradEnabled.__init__, _SetGradEnabled.__exit__
 
-    def no_grad_enter(self: Any) -> None:
-        self._fxgrad_recorded = _record_grad_mode(False)
-        ng_enter(self)
+    def entering(mode: bool, enter: Callable) -> Callable:
+        def method(self: Any) -> None:
+            self._fxgrad_recorded = _record_grad_mode(mode)
+            enter(self)
 
-    def no_grad_exit(self: Any, *exc: Any) -> None:
-        _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
-        ng_exit(self, *exc)
+        return method
 
-    def enable_grad_enter(self: Any) -> None:
-        self._fxgrad_recorded = _record_grad_mode(True)
-        eg_enter(self)
+    def exiting(exit_: Callable) -> Callable:
+        def method(self: Any, *exc: Any) -> None:
+            _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
+            exit_(self, *exc)
 
-    def enable_grad_exit(self: Any, *exc: Any) -> None:
-        _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
-        eg_exit(self, *exc)
+        return method
+
+    sg_init = _SetGradEnabled.__init__
 
     def set_grad_init(self: Any, mode: Any) -> None:
         # A plain call (`torch.set_grad_enabled(False)`) switches for good; as a `with`
-        # block, __exit__ restores the mode recorded on entry.
+        # block, __exit__ restores the mode recorded here.
         self._fxgrad_recorded = _record_grad_mode(mode)
         sg_init(self, True if isinstance(mode, fx.Proxy) else bool(mode))
         self.mode = mode
 
-    def set_grad_exit(self: Any, *exc: Any) -> None:
-        _record_grad_restore(self.__dict__.pop("_fxgrad_recorded", False))
-        sg_exit(self, *exc)
-
     return {
-        (_NoGrad, "__enter__"): no_grad_enter,
-        (_NoGrad, "__exit__"): no_grad_exit,
-        (_EnableGrad, "__enter__"): enable_grad_enter,
-        (_EnableGrad, "__exit__"): enable_grad_exit,
+        (_NoGrad, "__enter__"): entering(False, _NoGrad.__enter__),
+        (_NoGrad, "__exit__"): exiting(_NoGrad.__exit__),
+        (_EnableGrad, "__enter__"): entering(True, _EnableGrad.__enter__),
+        (_EnableGrad, "__exit__"): exiting(_EnableGrad.__exit__),
         (_SetGradEnabled, "__init__"): set_grad_init,
-        (_SetGradEnabled, "__exit__"): set_grad_exit,
+        (_SetGradEnabled, "__exit__"): exiting(_SetGradEnabled.__exit__),
     }
 
 
@@ -523,7 +516,6 @@ class _TracedInferenceMode:
         self._real: Any = None
 
     def __enter__(self) -> None:
-
         if _ACTIVE and not _ACTIVE[-1].in_propagation and _called_from_user_code(2):
             self._handle = _ACTIVE[-1].create_proxy(
                 "call_function", _ENTER_INFERENCE, (self.mode,), {}
