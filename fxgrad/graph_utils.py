@@ -49,10 +49,14 @@ def _fxgrad_side_effect(fn: Callable) -> Callable:
     return fn
 
 
+# What a recorded `torch.inference_mode()` region calls on entry and exit.
+ENTER_INFERENCE_MODE = torch.autograd.grad_mode._enter_inference_mode
+EXIT_INFERENCE_MODE = torch.autograd.grad_mode._exit_inference_mode
+
 SIDE_EFFECT_FUNCTIONS: set[Any] = {
     torch._C._set_grad_enabled,
-    torch.autograd.grad_mode._enter_inference_mode,
-    torch.autograd.grad_mode._exit_inference_mode,
+    ENTER_INFERENCE_MODE,
+    EXIT_INFERENCE_MODE,
     torch._assert,
     operator.setitem,
     builtins.setattr,

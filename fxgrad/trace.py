@@ -31,6 +31,8 @@ from torch import fx
 
 from fxgrad.errors import FxgradError, TraceError
 from fxgrad.graph_utils import (
+    ENTER_INFERENCE_MODE,
+    EXIT_INFERENCE_MODE,
     INPLACE_OPERATORS,
     SIDE_EFFECT_FUNCTIONS,
     _is_internal,
@@ -495,10 +497,6 @@ _GRAD_MODE_METHODS = _grad_mode_methods()
 
 
 _INFERENCE_MODE = torch._C._InferenceMode
-_ENTER_INFERENCE, _EXIT_INFERENCE = (
-    torch.autograd.grad_mode._enter_inference_mode,
-    torch.autograd.grad_mode._exit_inference_mode,
-)
 
 
 class _TracedInferenceMode:
@@ -518,7 +516,7 @@ class _TracedInferenceMode:
     def __enter__(self) -> None:
         if _ACTIVE and not _ACTIVE[-1].in_propagation and _called_from_user_code(2):
             self._handle = _ACTIVE[-1].create_proxy(
-                "call_function", _ENTER_INFERENCE, (self.mode,), {}
+                "call_function", ENTER_INFERENCE_MODE, (self.mode,), {}
             )
         else:
             self._real = _INFERENCE_MODE(self.mode)
@@ -527,7 +525,7 @@ class _TracedInferenceMode:
     def __exit__(self, *exc: Any) -> None:
         if self._handle is not None:
             if _ACTIVE:
-                _ACTIVE[-1].create_proxy("call_function", _EXIT_INFERENCE, (self._handle,), {})
+                _ACTIVE[-1].create_proxy("call_function", EXIT_INFERENCE_MODE, (self._handle,), {})
             self._handle = None
         elif self._real is not None:
             self._real.__exit__(*exc)
@@ -691,7 +689,7 @@ class FxgradTracer(fx.Tracer):
                     value = self.root.get_submodule(node.target)(*args, **kwargs)
                 elif node.op == "call_method":
                     value = getattr(args[0], node.target)(*args[1:], **kwargs)
-                elif node.target in (_SET_GRAD_ENABLED, _ENTER_INFERENCE, _EXIT_INFERENCE):
+                elif node.target in (_SET_GRAD_ENABLED, ENTER_INFERENCE_MODE, EXIT_INFERENCE_MODE):
                     value = None  # keep propagation itself under no_grad
                 else:
                     value = node.target(*args, **kwargs)

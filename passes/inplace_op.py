@@ -75,6 +75,8 @@ from torch import fx, nn
 from fxgrad.changes import Change
 from fxgrad.context import Context, seeded
 from fxgrad.graph_utils import (
+    ENTER_INFERENCE_MODE,
+    EXIT_INFERENCE_MODE,
     INPLACE_OPERATORS,
     has_side_effect,
     location,
@@ -560,10 +562,6 @@ def _static_saves(node: fx.Node, gm: fx.GraphModule) -> list[tuple[str, fx.Node 
     return inputs + [("output", None)]  # unknown op: assume the worst
 
 
-_ENTER_INFERENCE = torch.autograd.grad_mode._enter_inference_mode
-_EXIT_INFERENCE = torch.autograd.grad_mode._exit_inference_mode
-
-
 @dataclass
 class StaticFacts:
     grad_on: dict[fx.Node, bool] = field(default_factory=dict)
@@ -582,10 +580,10 @@ def _static_facts(gm: fx.GraphModule) -> StaticFacts:
         elif node.op == "call_function" and node.target is torch._C._set_grad_enabled:
             arg = node.args[0]
             mode = recorded.get(arg, True) if isinstance(arg, fx.Node) else bool(arg)
-        elif node.op == "call_function" and node.target is _ENTER_INFERENCE:
+        elif node.op == "call_function" and node.target is ENTER_INFERENCE_MODE:
             inference.append(mode)
             mode = mode and not node.args[0]
-        elif node.op == "call_function" and node.target is _EXIT_INFERENCE and inference:
+        elif node.op == "call_function" and node.target is EXIT_INFERENCE_MODE and inference:
             mode = inference.pop()
         if node.op == "placeholder":
             rg = True  # unknown without example inputs: assume it may
