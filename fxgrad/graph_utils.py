@@ -49,14 +49,19 @@ def _fxgrad_side_effect(fn: Callable) -> Callable:
     return fn
 
 
-# What a recorded `torch.inference_mode()` region calls on entry and exit.
+# What a recorded `torch.inference_mode()` or `torch.autocast()` region calls on entry
+# and exit.
 ENTER_INFERENCE_MODE = torch.autograd.grad_mode._enter_inference_mode
 EXIT_INFERENCE_MODE = torch.autograd.grad_mode._exit_inference_mode
+ENTER_AUTOCAST = torch.amp.autocast_mode._enter_autocast
+EXIT_AUTOCAST = torch.amp.autocast_mode._exit_autocast
 
 SIDE_EFFECT_FUNCTIONS: set[Any] = {
     torch._C._set_grad_enabled,
     ENTER_INFERENCE_MODE,
     EXIT_INFERENCE_MODE,
+    ENTER_AUTOCAST,
+    EXIT_AUTOCAST,
     torch._assert,
     operator.setitem,
     builtins.setattr,

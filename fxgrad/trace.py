@@ -31,7 +31,9 @@ from torch import fx
 
 from fxgrad.errors import FxgradError, TraceError
 from fxgrad.graph_utils import (
+    ENTER_AUTOCAST,
     ENTER_INFERENCE_MODE,
+    EXIT_AUTOCAST,
     EXIT_INFERENCE_MODE,
     INPLACE_OPERATORS,
     SIDE_EFFECT_FUNCTIONS,
@@ -50,8 +52,8 @@ fxgrad's tracer records what plain torch.fx.symbolic_trace loses or refuses:
 - NumPy calls on traced values (`.numpy()`, `np.asarray(t)`, ufuncs, ndarray methods) and
   the way back (`torch.from_numpy`, `torch.tensor`, `torch.as_tensor`);
 - custom `autograd.Function.apply` as one opaque call (its backward is kept);
-- `torch.no_grad()`, `enable_grad()`, `set_grad_enabled()` and `inference_mode()` regions,
-  as blocks or decorators, restoring the caller's mode;
+- `torch.no_grad()`, `enable_grad()`, `set_grad_enabled()`, `inference_mode()` and
+  `torch.autocast()` regions, as blocks or decorators, restoring the caller's mode;
 - namedtuple / dict / list / dataclass inputs and outputs;
 - shape idioms: `b, c, h, w = x.shape`, `for t in x.chunk(3)`, `len(x)`, `int(...)` of a
   size, `torch.zeros(b, t)` sized from shapes, `torch.finfo(x.dtype)`: answered from the
@@ -410,7 +412,7 @@ def _called_from_user_code(depth: int = 3) -> bool:
     """
     frame = sys._getframe(depth)
     while frame is not None and frame.f_code.co_filename.endswith(
-        ("_contextlib.py", "grad_mode.py", "contextlib.py")
+        ("_contextlib.py", "grad_mode.py", "contextlib.py", "autocast_mode.py")
     ):
         frame = frame.f_back
     return frame is not None and not _is_internal(frame.f_code.co_filename)
@@ -495,8 +497,52 @@ def _grad_mode_methods() -> dict[tuple[type, str], Callable]:
 
 _GRAD_MODE_METHODS = _grad_mode_methods()
 
+_Autocast = torch.amp.autocast_mode.autocast
+
+
+def _autocast_methods() -> dict[tuple[type, str], Callable]:
+    """Recording versions of `torch.autocast`'s __enter__/__exit__.
+
+    Plain tracing drops an autocast block, so the fixed module would compute it in the
+    wrong precision: with example inputs the capture check refused the model, without
+    them the change went unnoticed. From model code (a block or a decorated method) the
+    region becomes enter/exit nodes; torch's own uses still switch autocast as usual.
+    """
+    enter, exit_ = _Autocast.__enter__, _Autocast.__exit__
+
+    def method_enter(self: Any) -> Any:
+        if _ACTIVE and not _ACTIVE[-1].in_propagation and _called_from_user_code(2):
+            args = (self.device, self.fast_dtype, self._enabled, self._cache_enabled)
+            self._fxgrad_handle = _ACTIVE[-1].create_proxy(
+                "call_function", ENTER_AUTOCAST, args, {}
+            )
+            return self
+        return enter(self)
+
+    def method_exit(self: Any, *exc: Any) -> Any:
+        handle = self.__dict__.pop("_fxgrad_handle", None)
+        if handle is None:
+            return exit_(self, *exc)
+        if _ACTIVE:
+            _ACTIVE[-1].create_proxy("call_function", EXIT_AUTOCAST, (handle,), {})
+        return False
+
+    return {(_Autocast, "__enter__"): method_enter, (_Autocast, "__exit__"): method_exit}
+
+
+_GRAD_MODE_METHODS.update(_autocast_methods())
+
 
 _INFERENCE_MODE = torch._C._InferenceMode
+# Recorded mode switches that value propagation skips: it runs under no_grad and in full
+# precision, which gives the same shapes.
+_MODE_SWITCHES = (
+    _SET_GRAD_ENABLED,
+    ENTER_INFERENCE_MODE,
+    EXIT_INFERENCE_MODE,
+    ENTER_AUTOCAST,
+    EXIT_AUTOCAST,
+)
 
 
 class _TracedInferenceMode:
@@ -689,7 +735,7 @@ class FxgradTracer(fx.Tracer):
                     value = self.root.get_submodule(node.target)(*args, **kwargs)
                 elif node.op == "call_method":
                     value = getattr(args[0], node.target)(*args[1:], **kwargs)
-                elif node.target in (_SET_GRAD_ENABLED, ENTER_INFERENCE_MODE, EXIT_INFERENCE_MODE):
+                elif node.target in _MODE_SWITCHES:
                     value = None  # keep propagation itself under no_grad
                 else:
                     value = node.target(*args, **kwargs)

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 import fxgrad
 from fxgrad.context import clone_inputs
+from fxgrad.graph_utils import ENTER_AUTOCAST
 from fxgrad.pipeline import run_forward_backward
 from fxgrad.trace import GuardError
 
@@ -295,6 +296,39 @@ def test_inference_mode_regions_are_kept():
     got.sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
     assert model.lin.weight.grad is None and model.scale.weight.grad is None
+
+
+class MixedPrecision(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = self.body(x)
+            with torch.autocast("cpu", enabled=False):  # a full-precision island
+                exact = self.head(h.float())
+        return self.scores(h), exact
+
+    @torch.autocast("cpu", dtype=torch.bfloat16)
+    def scores(self, h):
+        return self.head(h)
+
+
+def test_autocast_regions_are_kept():
+    # Dropped, the fixed module would compute in float32: refused by the capture check
+    # with example inputs, and silently different without them.
+    model, x = MixedPrecision(), torch.randn(4, 8, requires_grad=True)
+    for inputs in ((x,), None):
+        fixed = fxgrad.fix(model, inputs, select=[])
+        enters = [n for n in fixed.graph_module.graph.nodes if n.target is ENTER_AUTOCAST]
+        assert len(enters) == 3
+        got, want = fixed(x), model(x)
+        assert [t.dtype for t in got] == [torch.bfloat16, torch.float32]
+        torch.testing.assert_close(got, want)
+    assert not torch.is_autocast_enabled("cpu")
+    assert_same(model, fixed, x)
 
 
 class Checkpointed(nn.Module):
