@@ -19,6 +19,7 @@ hand-written 6-layer transformer whose attention code is traced through.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import platform
 import statistics
@@ -107,9 +108,11 @@ def measure(model: nn.Module, inputs: tuple, repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):  # interleaved, so drift hits every variant alike
         for name, fn in variants.items():
+            gc.collect()  # no variant pays for collecting the garbage of the one before
             start = time.perf_counter()
-            fn()
+            result = fn()
             times[name].append(time.perf_counter() - start)
+            del result
     return {k: statistics.median(v) for k, v in times.items()}
 
 

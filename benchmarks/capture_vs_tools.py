@@ -26,6 +26,7 @@ an MLP of 1,000 Linear+ReLU blocks (width 64, batch 8).
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import statistics
 import sys
@@ -117,6 +118,7 @@ def measure(model: nn.Module, inputs: tuple, repeats: int) -> dict[str, float | 
         for name, fn in fns.items():
             if name in failed:
                 continue
+            gc.collect()  # no tool pays for collecting the garbage of the one before
             start = time.perf_counter()
             try:
                 result = fn()

@@ -21,6 +21,7 @@ size. Per-node time must stay flat: at 50k nodes at most 1.3x the time per node 
 from __future__ import annotations
 
 import argparse
+import gc
 import linecache
 import platform
 import statistics
@@ -125,6 +126,7 @@ def measure(model: nn.Module, inputs: tuple, repeats: int) -> tuple[dict[str, fl
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            gc.collect()  # no variant pays for collecting the garbage of the one before
             start = time.perf_counter()
             result = fn()
             times[name].append(time.perf_counter() - start)
