@@ -13,9 +13,15 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
+from fxgrad.context import Context, FirstRun, Measure, clone_inputs, default_measure, seeded
 from fxgrad.errors import FxgradError
-from fxgrad.pipeline import Reference, check_capture, run_forward_backward, run_passes
+from fxgrad.pipeline import (
+    Reference,
+    _first_line,
+    check_capture,
+    run_forward_backward,
+    run_passes,
+)
 from fxgrad.registry import select_passes
 from fxgrad.report import Report
 from fxgrad.trace import CallSpec, Captured, call_spec, capture, has_hooks, twin
@@ -170,19 +176,23 @@ def _check_leaves(model: nn.Module, inputs: tuple, leaves: list[Any]) -> None:
             f"The example inputs hold no tensor (found {kinds}).",
             hint="Pass the tensors the model's forward takes, e.g. (torch.randn(8, 3, 32, 32),).",
         )
-    meta = [x for x in leaves if isinstance(x, torch.Tensor) and x.is_meta]
-    if meta or any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        where = "example inputs" if meta else "model's parameters or buffers"
-        raise FxgradError(
-            f"The {where} are on the meta device: they have no values, and fxgrad decides "
-            "on example inputs by running the model.",
-            hint="Pass real tensors (on the CPU is fine), or call fxgrad.fix(model) without "
-            "example inputs to decide statically.",
-        )
+    if any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves):
+        raise _meta_error("example inputs")
+
+
+def _meta_error(where: str) -> FxgradError:
+    return FxgradError(
+        f"The {where} are on the meta device: they have no values, and fxgrad decides "
+        "on example inputs by running the model.",
+        hint="Pass real tensors (on the CPU is fine), or call fxgrad.fix(model) without "
+        "example inputs to decide statically.",
+    )
 
 
 @contextlib.contextmanager
-def preserved_state(root: nn.Module, probing: bool = True) -> Iterator[Callable[[], None]]:
+def preserved_state(
+    root: nn.Module, probing: bool = True
+) -> Iterator[Callable[[], list[torch.Tensor]]]:
     """Probe on private copies of parameters and buffers, and restore the RNG afterwards.
 
     Probing runs the model forward and backward (BatchNorm updates its running stats,
@@ -193,19 +203,26 @@ def preserved_state(root: nn.Module, probing: bool = True) -> Iterator[Callable[
     Without probing (no example inputs) nothing runs and nothing is copied.
     """
     slots: list[tuple[dict, str, torch.Tensor]] = []
+    params_tables: dict[int, dict] = {}
     if probing:
         for m in root.modules():
+            params_tables[id(m._parameters)] = m._parameters
             for table in (m._parameters, m._buffers):
                 slots.extend((table, name, t) for name, t in table.items() if t is not None)
+        if any(t.is_meta for _, _, t in slots):
+            raise _meta_error("model's parameters or buffers")
 
     clones: dict[int, tuple[torch.Tensor, int]] = {}
 
-    def reset() -> None:
+    def reset() -> list[torch.Tensor]:
         """Give every parameter and buffer slot a private copy of its original value.
 
         A copy is made anew only when a probe wrote to it (its version moved), so the
-        parameters of a large model are copied once, not once per probing run.
+        parameters of a large model are copied once, not once per probing run. Returns
+        the parameters now in place, as `root.parameters()` lists them, without walking
+        the module tree once more.
         """
+        params: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for table, name, t in slots:
                 hit = clones.get(id(t))
@@ -215,6 +232,9 @@ def preserved_state(root: nn.Module, probing: bool = True) -> Iterator[Callable[
                         c = nn.Parameter(c, requires_grad=t.requires_grad)
                     hit = clones[id(t)] = (c, c._version)
                 table[name] = hit[0]
+                if id(table) in params_tables:
+                    params.setdefault(id(hit[0]), hit[0])
+        return list(params.values())
 
     devices = sorted({t.device.index or 0 for _, _, t in slots if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices, enabled=probing):
@@ -261,16 +281,17 @@ def _code_mentions(code: types.CodeType, name: str) -> bool:
 
 
 def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Reference:
+    """Run eager forward once; eager backward is left to `Reference.gradients()`."""
     ref = Reference()
-    cloned = ctx.inputs()
-    params = ctx.params()
 
     def eager(*leaves: Any) -> Any:
         args, kwargs = call.unflatten(list(leaves))
         return model(*args, **kwargs)
 
     try:
-        flat, grads, berr = run_forward_backward(eager, cloned, params, ctx.seed)
+        cloned = ctx.inputs()
+        with seeded(ctx.seed):
+            out = eager(*cloned)
     except Exception as e:
         ref.forward_error = e
         if not any(s in str(e) for s in _AUTOGRAD_FORWARD_ERRORS):
@@ -281,17 +302,42 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
                 "model expects; fxgrad needs a forward that runs in eager PyTorch.",
             ) from e
         return ref
-    ref.outputs = flat
-    ref.grads = grads
-    ref.backward_error = berr
-    wrt = [p for p in params if p.requires_grad]
-    names = {id(p): n for n, p in model.named_parameters()}
-    ref.grad_names = [names.get(id(p), "a parameter") for p in wrt] + [
-        f"input {i}"
-        for i, t in enumerate(cloned)
-        if isinstance(t, torch.Tensor) and t.requires_grad
+    # Detached: holding the outputs must not hold eager's autograd graph (its activations).
+    ref.outputs = [
+        o.detach() if isinstance(o, torch.Tensor) else o for o in pytree.tree_leaves(out)
     ]
+    del out
+
+    def load_gradients() -> tuple[list[torch.Tensor | None] | None, BaseException | None]:
+        _, grads, berr = run_forward_backward(eager, ctx.inputs(), ctx.params(), ctx.seed)
+        return grads, berr
+
+    ref.load_gradients = load_gradients
+    wrt = [p for p in ctx.params() if p.requires_grad]
+
+    def grad_names() -> list[str]:
+        names = {id(p): n for n, p in model.named_parameters()}
+        return [names.get(id(p), "a parameter") for p in wrt] + [
+            f"input {i}"
+            for i, t in enumerate(cloned)
+            if isinstance(t, torch.Tensor) and t.requires_grad
+        ]
+
+    ref.load_grad_names = grad_names
     return ref
+
+
+def _backward_note(ref: Reference, first: FirstRun) -> str:
+    """Say why backward fails, in eager's own words (eager backward runs only for this)."""
+    error = ref.backward_error
+    if error is not None:
+        return "eager backward fails on the example inputs: " + _first_line(error)
+    what = first.state.backward_error if hasattr(first.state, "backward_error") else None
+    return (
+        "the captured graph's backward fails where eager's runs"
+        + (f": {_first_line(what)}" if what is not None else "")
+        + "; please report this model"
+    )
 
 
 def _still_failing(gm: fx.GraphModule, ctx: Context, eager_error: BaseException) -> list[str]:
@@ -347,12 +393,9 @@ def _fix(
                 ref = None
                 if inputs is not None:
                     ref = _eager_reference(root, call, ctx)
-                    check_capture(captured.gm, ctx, ref)
-                    if ref.backward_error is not None and training == modes[0]:
-                        report.notes.append(
-                            "eager backward fails on the example inputs: "
-                            + str(ref.backward_error).strip().splitlines()[0]
-                        )
+                    first = check_capture(captured.gm, ctx, ref, passes)
+                    if first.backward_fails and training == modes[0]:
+                        report.notes.append(_backward_note(ref, first))
                 report.notes.extend(n for n in captured.notes if n not in report.notes)
                 before = captured.gm.code
                 changes, notes = run_passes(captured.gm, passes, ctx, ref, verify)

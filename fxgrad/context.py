@@ -53,6 +53,25 @@ def fake_measure(timings: dict[str, float]) -> Measure:
 
 
 @dataclass
+class FirstRun:
+    """The captured graph's first run on the example inputs, forward and backward.
+
+    The pipeline checks capture on it; when the first pass to run instruments the model
+    anyway (the in-place pass records what autograd saves), that pass makes this run and
+    keeps what it recorded in `state`, so the model is not run twice for the same graph.
+    """
+
+    outputs: list[Any] | None = None
+    forward_error: BaseException | None = None
+    # Backward raised, or would have in eager PyTorch (a saved tensor was changed before
+    # backward used it: with saved-tensor hooks autograd does not check versions itself).
+    backward_fails: bool = False
+    pass_code: str = ""  # the pass that made the run and may reuse `state`
+    graph_code: str = ""  # the generated code of the graph it ran: reused only on that graph
+    state: Any = None
+
+
+@dataclass
 class Context:
     """Per-graph facts for passes: example inputs (flat, by placeholder) and a measure()."""
 
@@ -60,12 +79,16 @@ class Context:
     measure: Measure = default_measure
     measure_budget_s: float = 20.0
     seed: int = 0
-    reset_state: Callable[[], None] = lambda: None
+    # Puts back private copies of parameters and buffers before a run; may return the
+    # parameters now in place (what `params()` then answers without a module walk).
+    reset_state: Callable[[], list[torch.Tensor] | None] = lambda: None
     # True when parameters and buffers are private copies that `inputs()` resets (as in
     # fix()), so a pass need not snapshot and restore module state around its own runs.
     private_state: bool = False
     module: torch.nn.Module | None = None
+    first_run: FirstRun | None = None
     notes: list[str] = field(default_factory=list)
+    _params: list[torch.Tensor] | None = None
     _measure_spent: float = 0.0
 
     @property
@@ -81,12 +104,22 @@ class Context:
         """
         if self.example_inputs is None:
             raise ValueError("no example inputs")
-        self.reset_state()
+        self._params = self.reset_state()
         return clone_inputs(self.example_inputs)
 
     def params(self) -> list[torch.Tensor]:
         """The parameters the graph reads right now (private copies while probing)."""
+        if self._params is not None:
+            return list(self._params)
         return [] if self.module is None else list(self.module.parameters())
+
+    def take_first_run(self, code: str, gm: fx.GraphModule) -> Any:
+        """The state pass `code` kept from the first run, if it ran this very graph; once."""
+        run = self.first_run
+        if run is None or run.pass_code != code or run.graph_code != gm.code:
+            return None
+        self.first_run = None
+        return run.state
 
     def timed(self, key: str, fn: Callable[[], Any]) -> float | None:
         """Measure fn within the measuring budget; None once the budget is spent."""

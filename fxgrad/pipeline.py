@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ import torch.utils._pytree as pytree
 from torch import fx
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, seeded
+from fxgrad.context import Context, FirstRun, seeded
 from fxgrad.errors import EquivalenceError, FxgradError, PassError
 from fxgrad.graph_utils import location
 from fxgrad.registry import Pass
@@ -21,13 +22,41 @@ from fxgrad.registry import Pass
 
 @dataclass
 class Reference:
-    """What eager PyTorch computed on the example inputs: outputs, gradients, or errors."""
+    """What eager PyTorch computed on the example inputs: outputs, gradients, or errors.
+
+    The forward runs once up front; the backward only when something needs eager's
+    gradients (verifying a rewrite) or its error (the captured graph's backward fails),
+    so a model with nothing to rewrite runs eager forward only.
+    """
 
     outputs: list[Any] | None = None
     forward_error: BaseException | None = None
-    grads: list[torch.Tensor | None] | None = None
-    backward_error: BaseException | None = None
-    grad_names: list[str] = field(default_factory=list)
+    # Names of what gradients are taken with respect to (parameters, then inputs), for
+    # messages only: built when a message needs them.
+    load_grad_names: Callable[[], list[str]] = list
+    # Runs eager forward and backward: (gradients, backward error), as run_forward_backward.
+    load_gradients: Callable[[], tuple[list[torch.Tensor | None] | None, BaseException | None]] = (
+        lambda: ([], None)
+    )
+    _gradients: tuple[list[torch.Tensor | None] | None, BaseException | None] | None = None
+
+    def gradients(self) -> tuple[list[torch.Tensor | None] | None, BaseException | None]:
+        """Eager's gradients (None when backward fails) and backward error, computed once."""
+        if self._gradients is None:
+            self._gradients = self.load_gradients()
+        return self._gradients
+
+    @property
+    def grad_names(self) -> list[str]:
+        return self.load_grad_names()
+
+    @property
+    def grads(self) -> list[torch.Tensor | None] | None:
+        return self.gradients()[0]
+
+    @property
+    def backward_error(self) -> BaseException | None:
+        return self.gradients()[1]
 
 
 def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
@@ -128,8 +157,11 @@ def verify(
             return bad[1]
     if berr is not None:
         return f"backward fails: {_first_line(berr)}"
-    if grads and ref.grads:
-        for g, r, name in zip(grads, ref.grads, ref.grad_names):
+    if grads and any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
+        # Only a non-finite gradient needs eager's for comparison: eager backward runs
+        # only then (and is computed once per fix()).
+        ref_grads = ref.grads or []
+        for g, r, name in zip(grads, ref_grads, ref.grad_names):
             if g is None or r is None:
                 continue
             if bool(torch.isfinite(r).all()) and not bool(torch.isfinite(g).all()):
@@ -142,14 +174,38 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> None:
-    """Fail loudly when the captured graph computes something other than eager PyTorch."""
+def _plain_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
+    run = FirstRun()
     try:
-        with seeded(ctx.seed):
-            flat = list(captured_gm.forward(*ctx.inputs()))
+        flat, _, berr = run_forward_backward(gm, ctx.inputs(), ctx.params(), ctx.seed)
     except Exception as e:
+        run.forward_error = e
+        return run
+    run.outputs = list(flat)
+    run.backward_fails = berr is not None
+    return run
+
+
+def check_capture(
+    captured_gm: fx.GraphModule, ctx: Context, ref: Reference, passes: Sequence[Pass] = ()
+) -> FirstRun:
+    """Fail loudly when the captured graph computes something other than eager PyTorch.
+
+    Runs the graph forward and backward once. When the first pass that applies has a
+    probe (the in-place pass instruments this same run), the probe is the run, and the
+    pass finds it in `ctx.first_run` instead of running the model again.
+    """
+    first = next((p for p in passes if p.applies is None or p.applies(captured_gm)), None)
+    if first is not None and first.probe is not None:
+        run = first.probe(captured_gm, ctx)
+        run.pass_code, run.graph_code = first.code, captured_gm.code
+        ctx.first_run = run
+    else:
+        run = _plain_run(captured_gm, ctx)
+    e = run.forward_error
+    if e is not None:
         if ref.forward_error is not None and type(e) is type(ref.forward_error):
-            return
+            return run
         raise EquivalenceError(
             f"The captured graph raises {type(e).__name__} where eager PyTorch "
             f"{'raises ' + type(ref.forward_error).__name__ if ref.forward_error else 'runs'}: "
@@ -157,11 +213,20 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
             hint="This is a capture bug in fxgrad; please report it with the model. "
             "Meanwhile make the offending module a leaf module.",
         ) from e
-    if ref.outputs is None:
-        return
-    bad = compare_outputs(flat, ref.outputs)
+    errors = getattr(run.state, "errors", None)
+    if errors and ref.forward_error is None:
+        # The probe ran on past a write autograd refused; eager ran it without complaint.
+        raise EquivalenceError(
+            f"The captured graph raises RuntimeError where eager PyTorch runs: "
+            f"{next(iter(errors.values()))}",
+            hint="This is a capture bug in fxgrad; please report it with the model. "
+            "Meanwhile make the offending module a leaf module.",
+        )
+    if ref.outputs is None or run.outputs is None:
+        return run
+    bad = compare_outputs(run.outputs, ref.outputs)
     if bad is None:
-        return
+        return run
     index, message = bad
     out_node = next(n for n in captured_gm.graph.nodes if n.op == "output")
     producers = pytree.tree_leaves(out_node.args[0])
@@ -188,7 +253,8 @@ def run_passes(
     notes: list[str] = []
     can_verify = verify_results and ref is not None and ctx.example_inputs is not None
     for p in passes:
-        if p.applies is not None and not p.applies(gm):
+        probed = ctx.first_run is not None and ctx.first_run.pass_code == p.code
+        if p.applies is not None and not probed and not p.applies(gm):
             continue
         # A snapshot to roll back to is needed only where a result can be verified.
         saved = copy.deepcopy(gm.graph) if can_verify else None

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import fx
 
     from fxgrad.changes import Change
-    from fxgrad.context import Context
+    from fxgrad.context import Context, FirstRun
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Pass:
     # A quick scan: False when the graph holds nothing the pass looks at, so the pipeline
     # skips it without snapshotting the graph or running the model for it.
     applies: Callable[[fx.GraphModule], bool] | None = None
+    # With example inputs: the instrumented forward and backward the pass starts with.
+    # When the pass is the first to run, the pipeline makes this run its capture check
+    # (fxgrad.pipeline.check_capture) instead of running the graph once more.
+    probe: Callable[[fx.GraphModule, Context], FirstRun] | None = None
 
     @property
     def summary(self) -> str:

@@ -73,7 +73,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, seeded
+from fxgrad.context import Context, FirstRun, seeded
 from fxgrad.graph_utils import (
     ENTER_INFERENCE_MODE,
     EXIT_INFERENCE_MODE,
@@ -369,6 +369,10 @@ class Observed:
     grad_on: dict[fx.Node, bool]
     saved_before: dict[fx.Node, int]
     complete: bool = True
+    outputs: list[Any] | None = None  # the graph's flat outputs
+    forward_error: BaseException | None = None  # what stopped the run, if anything did
+    backward_error: BaseException | None = None
+    stale: bool = False  # backward used a saved tensor a write had changed (eager raises)
 
 
 def _same_view(a: torch.Tensor, b: Any) -> bool:
@@ -401,7 +405,10 @@ class _Probe(fx.Interpreter):
 
     def unpack(self, i: int) -> torch.Tensor:
         self.obs.needed.add(i)
-        return self.obs.saved[i].tensor
+        s = self.obs.saved[i]
+        if s.tensor._version != s.version or _storage(s.tensor) != s.storage:
+            self.obs.stale = True  # eager's own unpack would refuse this tensor
+        return s.tensor
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
@@ -477,14 +484,17 @@ def observe(gm: fx.GraphModule, ctx: Context) -> Observed:
             torch.set_grad_enabled(True)
             try:
                 out = probe.run(*inputs)
-            except Exception:
+            except Exception as e:
                 probe.obs.complete = False
+                probe.obs.forward_error = e
                 out = None
             finally:
                 torch.set_grad_enabled(prev)
         probe.obs.values = dict(probe.env)
         if out is not None:
-            _backward(probe.obs, out, list(gm.parameters()), inputs, ctx.seed)
+            probe.obs.outputs = list(out)
+            params = ctx.params() if ctx.module is not None else list(gm.parameters())
+            _backward(probe.obs, out, params, inputs, ctx.seed)
     finally:
         with torch.no_grad():
             for t, s in zip(state, snapshot):
@@ -504,8 +514,20 @@ def _backward(obs: Observed, out: Any, params: list, inputs: list, seed: int) ->
         return
     try:
         torch.autograd.grad(diff, wrt, cotangents(diff, seed), allow_unused=True)
-    except RuntimeError:
+    except RuntimeError as e:
+        obs.backward_error = e
         obs.needed = set(range(len(obs.saved)))  # be conservative: all saved may be needed
+
+
+def first_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
+    """The pass's first observation, made as the pipeline's capture check (see Pass.probe)."""
+    obs = observe(gm, ctx)
+    return FirstRun(
+        outputs=obs.outputs,
+        forward_error=obs.forward_error,
+        backward_fails=obs.backward_error is not None or obs.stale,
+        state=obs,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1230,7 +1252,7 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     todo: list[Finding] = []
     for _ in range(MAX_ROUNDS):
         if exact:
-            obs = observe(gm, ctx)
+            obs = ctx.take_first_run(CODE, gm) or observe(gm, ctx)
             findings, aliases = exact_findings(gm, obs)
             values: dict | None = obs.values
         else:
@@ -1320,4 +1342,6 @@ def applies(gm: fx.GraphModule) -> bool:
     return any(writes_to(n, gm) is not None for n in gm.graph.nodes)
 
 
-PASS = Pass(code="FXG101", name="inplace-op", run=run, doc=__doc__, applies=applies)
+PASS = Pass(
+    code="FXG101", name="inplace-op", run=run, doc=__doc__, applies=applies, probe=first_run
+)

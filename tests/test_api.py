@@ -378,6 +378,77 @@ def test_capture_mismatch_is_an_error_not_a_different_model():
         fxgrad.fix(Impure(), (torch.randn(3),))
 
 
+def test_capture_mismatch_is_caught_when_the_in_place_probe_is_the_check():
+    calls = []
+
+    class ImpureWithWrite(nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            y = x * len(calls)
+            y.relu_()  # a write: the in-place pass's instrumented run checks capture
+            return y
+
+    with pytest.raises(EquivalenceError, match="differs from eager"):
+        fxgrad.fix(ImpureWithWrite(), (torch.randn(3),))
+
+
+class _SigmoidThenWrite(nn.Module):
+    def forward(self, x):
+        y = torch.sigmoid(x)
+        y.mul_(2)  # sigmoid saved its output: eager backward refuses
+        return y
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("this backward is not implemented")
+
+
+class _HookedWriter(nn.Module):
+    """A submodule with a hook is kept as one call: fxgrad does not look inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Sigmoid())
+        self.inner.register_forward_hook(lambda m, i, o: o.mul_(2))
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "changed", "message"),
+    [
+        (_SigmoidThenWrite(), True, "modified by an inplace operation"),
+        (_HookedWriter(), False, "modified by an inplace operation"),
+        (
+            type("Custom", (nn.Module,), {"forward": lambda s, x: _FailingBackward.apply(x)})(),
+            False,
+            "this backward is not implemented",
+        ),
+    ],
+    ids=["fixed-write", "write-inside-kept-submodule", "autograd-function"],
+)
+def test_a_failing_eager_backward_is_reported_in_eager_words(model, changed, message):
+    x = torch.randn(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=message):
+        model(x.clone()).sum().backward()  # the premise: eager backward fails
+    report = fxgrad.check(model, (x,))
+    notes = [n for n in report.notes if n.startswith("eager backward fails")]
+    assert len(notes) == 1 and message in notes[0], report.notes
+    assert bool(report.applied) is changed
+
+
+def test_a_working_backward_gets_no_backward_note():
+    report = fxgrad.check(Net(), (_x(),))
+    assert not any("backward" in n for n in report.notes), report.notes
+
+
 def test_graph_module_is_a_real_graph_module():
     fixed = fxgrad.fix(Net().eval(), (_x(),))
     assert isinstance(fixed.graph_module, fx.GraphModule)
