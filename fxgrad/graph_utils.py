@@ -105,7 +105,18 @@ def submodule(gm: fx.GraphModule, target: str) -> torch.nn.Module:
         table = _SUBMODULES[gm] = {}
     mod = table.get(target)
     if mod is None:
-        mod = table[target] = gm.get_submodule(target)
+        mod = table[target] = find_submodule(gm, target)
+    return mod
+
+
+def find_submodule(root: torch.nn.Module, target: str) -> torch.nn.Module:
+    """`root.get_submodule(target)` through the `_modules` dicts, without Module.__getattr__."""
+    mod: Any = root
+    for atom in target.split("."):
+        child = mod._modules.get(atom) if isinstance(mod, torch.nn.Module) else None
+        if child is None:
+            return root.get_submodule(target)  # its error names what is missing
+        mod = child
     return mod
 
 
@@ -117,7 +128,13 @@ def inplace_module(gm: fx.GraphModule | None, node: fx.Node) -> torch.nn.Module 
         mod = submodule(gm, str(node.target))
     except AttributeError:
         return None
-    return mod if getattr(mod, "inplace", False) is True else None
+    # Read the attribute without nn.Module.__getattr__'s slow miss for modules lacking it.
+    flag = (
+        mod.__dict__["inplace"]
+        if "inplace" in mod.__dict__
+        else getattr(type(mod), "inplace", False)
+    )
+    return mod if flag is True else None
 
 
 def writes_to(node: fx.Node, gm: fx.GraphModule | None = None) -> fx.Node | None:
@@ -241,10 +258,14 @@ def user_frame_location(start_depth: int = 1) -> tuple[str, int] | None:
 
     frame = sys._getframe(start_depth)
     fallback = None
+    cache = _internal_cache
     while frame is not None:
         code = frame.f_code
         filename = code.co_filename
-        if not _is_internal(filename):
+        internal = cache.get(filename)
+        if internal is None:
+            internal = _is_internal(filename)
+        if not internal:
             return filename, _frame_line(frame)
         if code is _TRACE_CODE:
             # No user frame inside the traced forward: the model is torch.nn code itself

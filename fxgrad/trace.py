@@ -38,6 +38,7 @@ from fxgrad.graph_utils import (
     INPLACE_OPERATORS,
     SIDE_EFFECT_FUNCTIONS,
     _is_internal,
+    find_submodule,
     user_frame_location,
 )
 
@@ -393,15 +394,23 @@ def _traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
 
 
 _ORIG_APPLY = torch.autograd.function.Function.__dict__["apply"]
-_ORIG_MODULE_SETATTR = torch.nn.Module.__setattr__
 
 
-def _traced_module_setattr(mod: torch.nn.Module, name: str, value: Any) -> None:
+def _traced_module_setattr(orig: Callable[[Any, str, Any], None]) -> Callable:
     """`self.buf = f(self.buf)` in a forward: module state the caller observes."""
-    if isinstance(value, fx.Proxy) and _ACTIVE and not _ACTIVE[-1].in_propagation:
-        if _ACTIVE[-1].record_module_setattr(mod, name, value):
-            return
-    _ORIG_MODULE_SETATTR(mod, name, value)
+
+    def __setattr__(mod: torch.nn.Module, name: str, value: Any) -> None:
+        if _ACTIVE and not _ACTIVE[-1].in_propagation:
+            tracer = _ACTIVE[-1]
+            if not name.startswith("_tensor_constant"):  # fx stowing a constant
+                # Ops recorded so far run on the example values before the module
+                # changes, as in eager PyTorch (a leaf module may read what is rebound).
+                tracer.run_pending()
+            if isinstance(value, fx.Proxy) and tracer.record_module_setattr(mod, name, value):
+                return
+        orig(mod, name, value)
+
+    return __setattr__
 
 
 def _called_from_user_code(depth: int = 3) -> bool:
@@ -578,16 +587,31 @@ class _TracedInferenceMode:
             self._real = None
 
 
+_WRAPPERS: dict[tuple[Callable, int], tuple[Callable, Callable]] = {}
+
+
+def _wrapped(kind: Callable[[Callable], Callable], orig: Callable) -> Callable:
+    """kind(orig), made once per function: the wrappers only act while a trace is active."""
+    key = (kind, id(orig))
+    hit = _WRAPPERS.get(key)
+    if hit is None or hit[0] is not orig:
+        hit = _WRAPPERS[key] = (orig, kind(orig))
+    return hit[1]
+
+
 @contextlib.contextmanager
-def _patched(root: torch.nn.Module) -> Iterator[None]:
+def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
     """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
     replacements: dict[Any, Any] = {
-        getattr(torch, n): _record_if_traced(getattr(torch, n))
+        getattr(torch, n): _wrapped(_record_if_traced, getattr(torch, n))
         for n in _RECORDED_FUNCTIONS
         if hasattr(torch, n)
     }
     replacements.update(
-        {getattr(torch, n): _concrete_if_traced(getattr(torch, n)) for n in _CONCRETE_FUNCTIONS}
+        {
+            getattr(torch, n): _wrapped(_concrete_if_traced, getattr(torch, n))
+            for n in _CONCRETE_FUNCTIONS
+        }
     )
     replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
     # `np.asarray(t.detach())` reads the tensor through __array__, which a traced value
@@ -595,7 +619,7 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
     np = sys.modules.get("numpy")
     np_names = ("asarray", "array", "ascontiguousarray") if np is not None else ()
     for n in np_names:
-        replacements[getattr(np, n)] = _record_if_traced(getattr(np, n))
+        replacements[getattr(np, n)] = _wrapped(_record_if_traced, getattr(np, n))
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
     names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
@@ -604,7 +628,7 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
     targets.extend((np, n, getattr(np, n)) for n in np_names)
     # Model code may have imported them by name (`from torch import tensor`).
     seen: set[int] = set()
-    for mod in root.modules():
+    for mod in modules:
         if type(mod).__module__.startswith("torch."):
             continue  # torch.nn modules are leaves: their code is not traced
         g = getattr(getattr(type(mod), "forward", None), "__globals__", None)
@@ -626,7 +650,14 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
             else:
                 setattr(ns, name, new)
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
-        torch.nn.Module.__setattr__ = _traced_module_setattr
+        # Patched on the classes in the model, not on nn.Module: assigning to nn.Module
+        # invalidates the attribute caches of its hundreds of subclasses, which cost more
+        # than the rest of capturing a small model.
+        classes = list(dict.fromkeys(type(m) for m in modules))
+        setattrs = [(cls, cls.__dict__.get("__setattr__"), cls.__setattr__) for cls in classes]
+        for cls, _own, resolved in setattrs:
+            originals.append((cls, "__setattr__", _own))
+            cls.__setattr__ = _traced_module_setattr(resolved)
         torch.is_grad_enabled = _traced_is_grad_enabled
         torch._C._set_grad_enabled = _traced_set_grad_enabled
         torch._C._InferenceMode = _TracedInferenceMode
@@ -636,11 +667,13 @@ def _patched(root: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         for cls, name, method in reversed(originals):
-            setattr(cls, name, method)
+            if method is None:
+                delattr(cls, name)  # it was inherited
+            else:
+                setattr(cls, name, method)
         torch._C._InferenceMode = _INFERENCE_MODE
         torch.is_grad_enabled = _IS_GRAD_ENABLED
         torch._C._set_grad_enabled = _SET_GRAD_ENABLED
-        torch.nn.Module.__setattr__ = _ORIG_MODULE_SETATTR
         torch.autograd.function.Function.apply = _ORIG_APPLY
         for ns, name, value in reversed(undo):
             if isinstance(ns, dict):
@@ -669,8 +702,10 @@ def has_hooks(m: torch.nn.Module) -> bool:
 class FxgradTracer(fx.Tracer):
     """A Tracer that records mutations, NumPy calls and grad modes, and propagates values.
 
-    With `values` (example leaves by placeholder), every recorded op is also run on real
-    values under `no_grad`, which answers `len()`, iteration and shape branches exactly.
+    With `values` (example leaves by placeholder), recorded ops are also run on real values
+    under `no_grad`, which answers `len()`, iteration and shape branches exactly. They run
+    lazily, in recording order, when the forward first asks such a question: a forward
+    that never asks one (most models) costs no extra run of the model.
     """
 
     def __init__(self, leaves: list[Any] | None, in_spec: pytree.TreeSpec, sig_kinds: Any):
@@ -680,6 +715,7 @@ class FxgradTracer(fx.Tracer):
         self._in_spec = in_spec
         self._call = sig_kinds
         self._values: dict[fx.Node, Any] = {}
+        self._pending: list[fx.Node] = []  # recorded, not yet run on the example values
         self._propagate = leaves is not None
         self.in_propagation = False
         self.propagation_error: BaseException | None = None
@@ -707,8 +743,23 @@ class FxgradTracer(fx.Tracer):
             if loc is not None:
                 node.meta["fxgrad_loc"] = loc
         if self._propagate and kind not in ("placeholder", "output"):
-            self._run_node(node)
+            if kind == "get_attr":
+                self._run_node(node)  # read now: the forward may rebind the attribute later
+            else:
+                self._pending.append(node)
         return node
+
+    def run_pending(self) -> None:
+        """Run the recorded ops not yet run on the example values, in recording order.
+
+        In-place ops and RNG draws happen in the order the forward made them, so every
+        value is what eager PyTorch computes at that point of the forward.
+        """
+        pending, self._pending = self._pending, []
+        for node in pending:
+            if not self._propagate:
+                break
+            self._run_node(node)
 
     def _run_node(self, node: fx.Node) -> None:
         def value_of(a: Any) -> Any:
@@ -724,27 +775,31 @@ class FxgradTracer(fx.Tracer):
         except KeyError:
             return
         self.in_propagation = True
+        # Under no_grad, switched by the C functions themselves: torch.no_grad() is patched
+        # to record, and entering it once per node was a good part of propagation's cost.
+        prev = torch._C.is_grad_enabled()
+        _SET_GRAD_ENABLED(False)
         try:
-            with _NoGrad():
-                if node.op == "get_attr":
-                    obj: Any = self.root
-                    for atom in str(node.target).split("."):
-                        obj = getattr(obj, atom)
-                    value = obj
-                elif node.op == "call_module":
-                    value = self.root.get_submodule(node.target)(*args, **kwargs)
-                elif node.op == "call_method":
-                    value = getattr(args[0], node.target)(*args[1:], **kwargs)
-                elif node.target in _MODE_SWITCHES:
-                    value = None  # keep propagation itself under no_grad
-                else:
-                    value = node.target(*args, **kwargs)
+            if node.op == "get_attr":
+                obj: Any = self.root
+                for atom in str(node.target).split("."):
+                    obj = getattr(obj, atom)
+                value = obj
+            elif node.op == "call_module":
+                value = find_submodule(self.root, node.target)(*args, **kwargs)
+            elif node.op == "call_method":
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            elif node.target in _MODE_SWITCHES:
+                value = None  # keep propagation itself under no_grad
+            else:
+                value = node.target(*args, **kwargs)
         except Exception as e:  # the capture check reproduces this against eager
             self._propagate = False
             self.propagation_error = e
             self.propagation_node = node
             return
         finally:
+            _SET_GRAD_ENABLED(prev)
             self.in_propagation = False
         self._values[node] = value
 
@@ -813,6 +868,7 @@ class FxgradTracer(fx.Tracer):
         node = proxy.node
         if not _is_meta_expr(node, self._meta_memo):
             raise _control_flow_error(self._where(), kind)
+        self.run_pending()
         if node not in self._values:
             raise TraceError(
                 f"The forward needs a concrete {kind} of a shape, dtype or device at "
@@ -831,6 +887,7 @@ class FxgradTracer(fx.Tracer):
 
     def _length(self, proxy: fx.Proxy) -> int:
         node = proxy.node
+        self.run_pending()
         if node in self._values:
             try:
                 n = len(self._values[node])
@@ -1128,15 +1185,31 @@ def twin(
     memo = {} if memo is None else memo
     if id(module) in memo:
         return memo[id(module)]
-    new = copy.copy(module)
+    cls = type(module)
+    if _plain_copy(cls):  # what copy.copy does for a module, without the generic protocol
+        new = cls.__new__(cls)
+        new.__dict__.update(module.__dict__)
+    else:
+        new = copy.copy(module)  # the class copies itself its own way
     memo[id(module)] = new
-    new.__dict__["_parameters"] = dict(module._parameters)
-    new.__dict__["_buffers"] = dict(module._buffers)
+    new.__dict__["_parameters"] = module._parameters.copy()
+    new.__dict__["_buffers"] = module._buffers.copy()
     new.__dict__["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
     new.__dict__["_modules"] = {
         k: (twin(v, memo) if v is not None else None) for k, v in module._modules.items()
     }
     return new
+
+
+@functools.cache
+def _plain_copy(cls: type) -> bool:
+    """Whether copy.copy of this module class just copies its __dict__ (nn.Module's way)."""
+    return (
+        cls.__reduce_ex__ is object.__reduce_ex__
+        and cls.__reduce__ is object.__reduce__
+        and cls.__getstate__ is torch.nn.Module.__getstate__
+        and getattr(cls, "__copy__", None) is None
+    )
 
 
 @dataclass
@@ -1161,22 +1234,20 @@ def capture(
     Raises TraceError naming the user's line when the forward cannot be captured.
     """
     tracer = FxgradTracer(leaves, call.in_spec, call)
-    state = [(m, dict(m._buffers), dict(m.__dict__)) for m in root.modules()]
+    modules = list(root.modules())
+    state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in modules]
     _ACTIVE.append(tracer)
+    error: Exception | None = None
     try:
-        with _patched(root):
+        with _patched(modules):
             graph = tracer.trace(root)
     except Exception as e:
-        if tracer.propagation_error is not None:
-            # Running the example values failed first: the model's own error, not capture's.
-            raise _model_error(tracer.propagation_error, tracer.propagation_node) from e
-        if isinstance(e, FxgradError):
-            raise
-        raise _trace_error(e) from e
+        error = e
     finally:
         _ACTIVE.pop()
-        tracer._values.clear()
         for m, buffers, attrs in state:  # undo what tracing assigned to the twin
+            if _same_items(m._buffers, buffers) and _same_items(m.__dict__, attrs):
+                continue  # most modules: nothing assigned
             m._buffers.clear()
             m._buffers.update(buffers)
             added = [
@@ -1187,6 +1258,18 @@ def capture(
             for k, v in attrs.items():
                 if m.__dict__.get(k) is not v:
                     m.__dict__[k] = v
+    if error is not None:
+        # Did the model itself fail on the example values before capture did? Then that
+        # is the error to report (the twin is restored, so the ops see the real modules).
+        with contextlib.suppress(Exception):
+            tracer.run_pending()
+        tracer._values.clear()
+        if tracer.propagation_error is not None:
+            raise _model_error(tracer.propagation_error, tracer.propagation_node) from error
+        if isinstance(error, FxgradError):
+            raise error
+        raise _trace_error(error) from error
+    tracer._values.clear()
     # Constant tensors fx stowed on the root become non-persistent buffers: they follow
     # .to()/.cuda() and stay out of state_dict(), whose keys must match the original's.
     for node in graph.nodes:
@@ -1194,12 +1277,18 @@ def capture(
         if node.op == "get_attr" and isinstance(root.__dict__.get(name), torch.Tensor):
             root._buffers[name] = root.__dict__.pop(name)
             root._non_persistent_buffers_set.add(name)
-    gm = fx.GraphModule(root, graph, class_name=type(root).__name__)
-    # Resolve targets through the shared module tree, so .to()/.cuda() on the fixed
-    # module (which replaces buffer objects) is seen by the graph.
+    # Built empty and given the graph afterwards: fx would copy every module the graph
+    # calls into a hierarchy of its own (a third of tracing time on a model of many small
+    # modules), and the graph resolves targets through the shared module tree instead, so
+    # .to()/.cuda() on the fixed module (which replaces buffer objects) is seen by it.
+    gm = fx.GraphModule({}, fx.Graph(), class_name=type(root).__name__)
+    gm.training = root.training
     gm.__dict__["_modules"] = root._modules
     gm.__dict__["_parameters"] = root._parameters
     gm.__dict__["_buffers"] = root._buffers
+    gm.graph = graph  # generates and compiles the code
+    if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
+        gm._tracer_cls = graph._tracer_cls  # as fx.GraphModule.__init__ records it
     return Captured(
         gm,
         call,
@@ -1208,6 +1297,11 @@ def capture(
         tracer.propagation_error,
         tracer.notes,
     )
+
+
+def _same_items(now: dict, before: dict) -> bool:
+    """Whether a dict holds the very same keys and objects as its earlier copy (C speed)."""
+    return now.keys() == before.keys() and all(map(operator.is_, now.values(), before.values()))
 
 
 def _trace_error(e: Exception) -> TraceError:
