@@ -214,8 +214,9 @@ def check_capture(
             "Meanwhile make the offending module a leaf module.",
         ) from e
     errors = getattr(run.state, "errors", None)
-    if errors and ref.forward_error is None:
+    if errors and ref.forward_error is None and torch.is_grad_enabled():
         # The probe ran on past a write autograd refused; eager ran it without complaint.
+        # (Under an outer no_grad eager refuses nothing, while the probe records grad.)
         raise EquivalenceError(
             f"The captured graph raises RuntimeError where eager PyTorch runs: "
             f"{next(iter(errors.values()))}",

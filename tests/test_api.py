@@ -392,6 +392,21 @@ def test_capture_mismatch_is_caught_when_the_in_place_probe_is_the_check():
         fxgrad.fix(ImpureWithWrite(), (torch.randn(3),))
 
 
+def test_fixing_under_no_grad_decides_as_with_grad():
+    class WritesInput(nn.Module):
+        def forward(self, x):
+            x.mul_(2)  # eager refuses this on a leaf that requires grad, unless under no_grad
+            return x.sin()
+
+    x = torch.randn(3, requires_grad=True)
+    with torch.no_grad():
+        fixed = fxgrad.fix(WritesInput(), (x,))
+    assert len(fixed.report.applied) == 1
+    y = x.detach().clone().requires_grad_()
+    fixed(y).sum().backward()
+    torch.testing.assert_close(y.grad, 2 * torch.cos(2 * y.detach()))
+
+
 class _SigmoidThenWrite(nn.Module):
     def forward(self, x):
         y = torch.sigmoid(x)
