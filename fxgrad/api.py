@@ -313,11 +313,10 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
         return grads, berr
 
     ref.load_gradients = load_gradients
-    wrt = [p for p in ctx.params() if p.requires_grad]
 
     def grad_names() -> list[str]:
-        names = {id(p): n for n, p in model.named_parameters()}
-        return [names.get(id(p), "a parameter") for p in wrt] + [
+        # In the order of ctx.params(), which lists the parameters as named_parameters().
+        return [n for n, p in model.named_parameters() if p.requires_grad] + [
             f"input {i}"
             for i, t in enumerate(cloned)
             if isinstance(t, torch.Tensor) and t.requires_grad
@@ -332,7 +331,7 @@ def _backward_note(ref: Reference, first: FirstRun) -> str:
     error = ref.backward_error
     if error is not None:
         return "eager backward fails on the example inputs: " + _first_line(error)
-    what = first.state.backward_error if hasattr(first.state, "backward_error") else None
+    what = first.backward_error
     return (
         "the captured graph's backward fails where eager's runs"
         + (f": {_first_line(what)}" if what is not None else "")

@@ -66,6 +66,7 @@ class FirstRun:
     # Backward raised, or would have in eager PyTorch (a saved tensor was changed before
     # backward used it: with saved-tensor hooks autograd does not check versions itself).
     backward_fails: bool = False
+    backward_error: BaseException | None = None  # what backward raised, if it raised
     pass_code: str = ""  # the pass that made the run and may reuse `state`
     graph_code: str = ""  # the generated code of the graph it ran: reused only on that graph
     state: Any = None

@@ -182,7 +182,7 @@ def _plain_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
         run.forward_error = e
         return run
     run.outputs = list(flat)
-    run.backward_fails = berr is not None
+    run.backward_fails, run.backward_error = berr is not None, berr
     return run
 
 

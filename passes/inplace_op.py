@@ -526,6 +526,7 @@ def first_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
         outputs=obs.outputs,
         forward_error=obs.forward_error,
         backward_fails=obs.backward_error is not None or obs.stale,
+        backward_error=obs.backward_error,
         state=obs,
     )
 

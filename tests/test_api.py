@@ -534,6 +534,32 @@ def test_a_pass_that_breaks_the_model_is_rolled_back(monkeypatch):
     assert static.report.changes[0].applied and "neg" in static.code
 
 
+def _nan_gradient(gm: fx.GraphModule, ctx) -> list:
+    """A wrong pass: adds 0 * sqrt(h - h) after the linear layer, the same forward values
+    with a NaN gradient (sqrt's derivative at 0 is infinite)."""
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module" and n.target == "lin":
+            with gm.graph.inserting_before(n.next):
+                zero = gm.graph.call_function(torch.sub, (n, n))
+                root = gm.graph.call_function(torch.sqrt, (zero,))
+                scaled = gm.graph.call_function(torch.mul, (root, 0.0))
+                out = gm.graph.call_function(torch.add, (n, scaled))
+            n.replace_all_uses_with(out, delete_user_cb=lambda u, new=(zero, out): u not in new)
+            return [Change("FXG997", n.name, "lin", "lin + 0", "", "wrong on purpose")]
+    return []
+
+
+def test_a_pass_that_makes_gradients_nan_is_rolled_back_naming_the_parameter(monkeypatch):
+    wrong = Pass(code="FXG997", name="nan-grad", run=_nan_gradient, doc="wrong on purpose")
+    monkeypatch.setattr(fxgrad.passes, "ALL", (wrong,))
+    model, x = Small(), torch.randn(3, 4)
+    fixed = fxgrad.fix(model, (x,), select=["FXG997"])
+    (change,) = fixed.report.changes
+    assert not change.applied
+    assert "the gradient of lin.weight is no longer finite" in change.note, change.note
+    torch.testing.assert_close(fixed(x), model(x))
+
+
 def test_a_crashing_pass_is_a_pass_error_naming_it(monkeypatch):
     def crash(gm, ctx):
         raise ValueError("boom")
