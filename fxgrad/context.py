@@ -67,6 +67,9 @@ class FirstRun:
     # backward used it: with saved-tensor hooks autograd does not check versions itself).
     backward_fails: bool = False
     backward_error: BaseException | None = None  # what backward raised, if it raised
+    # A write autograd refused in forward, which the run went on past (the in-place pass
+    # runs it without grad to observe the rest): the message eager would raise.
+    refused_write: str | None = None
     pass_code: str = ""  # the pass that made the run and may reuse `state`
     graph_code: str = ""  # the generated code of the graph it ran: reused only on that graph
     state: Any = None

@@ -213,13 +213,11 @@ def check_capture(
             hint="This is a capture bug in fxgrad; please report it with the model. "
             "Meanwhile make the offending module a leaf module.",
         ) from e
-    errors = getattr(run.state, "errors", None)
-    if errors and ref.forward_error is None and torch.is_grad_enabled():
-        # The probe ran on past a write autograd refused; eager ran it without complaint.
+    if run.refused_write and ref.forward_error is None and torch.is_grad_enabled():
+        # The run went on past a write autograd refused; eager ran it without complaint.
         # (Under an outer no_grad eager refuses nothing, while the probe records grad.)
         raise EquivalenceError(
-            f"The captured graph raises RuntimeError where eager PyTorch runs: "
-            f"{next(iter(errors.values()))}",
+            f"The captured graph raises RuntimeError where eager PyTorch runs: {run.refused_write}",
             hint="This is a capture bug in fxgrad; please report it with the model. "
             "Meanwhile make the offending module a leaf module.",
         )

@@ -1263,13 +1263,13 @@ def capture(
         # is the error to report (the twin is restored, so the ops see the real modules).
         with contextlib.suppress(Exception):
             tracer.run_pending()
-        tracer._values.clear()
+    tracer._values.clear()
+    if error is not None:
         if tracer.propagation_error is not None:
             raise _model_error(tracer.propagation_error, tracer.propagation_node) from error
         if isinstance(error, FxgradError):
             raise error
         raise _trace_error(error) from error
-    tracer._values.clear()
     # Constant tensors fx stowed on the root become non-persistent buffers: they follow
     # .to()/.cuda() and stay out of state_dict(), whose keys must match the original's.
     for node in graph.nodes:

@@ -527,6 +527,7 @@ def first_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
         forward_error=obs.forward_error,
         backward_fails=obs.backward_error is not None or obs.stale,
         backward_error=obs.backward_error,
+        refused_write=next(iter(obs.errors.values()), None),
         state=obs,
     )
 
