@@ -29,6 +29,42 @@ from fxgrad.report import Report
 _FILE_MODULES: dict[str, Path] = {}
 
 # ---------------------------------------------------------------------------------------
+# Module paths of nodes, for grouping a report's rows by block
+
+
+def module_paths(gm: fx.GraphModule) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Node name -> module path, and `file.py:line` -> the module paths made there.
+
+    The path is the innermost submodule whose forward made the node (`stage2.3`), from the
+    tracer's `nn_module_stack`; nodes of the root forward have none.
+    """
+    from fxgrad.graph_utils import location
+
+    by_node: dict[str, str] = {}
+    by_where: dict[str, list[str]] = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        if not isinstance(path, str) or not path:
+            continue
+        by_node[node.name] = path
+        where = location(node)
+        if where:
+            paths = by_where.setdefault(where, [])
+            if path not in paths:
+                paths.append(path)
+    return by_node, by_where
+
+
+def with_module_paths(report: Report, gm: fx.GraphModule) -> Report:
+    """The report with each change's module path filled in from the fixed graph."""
+    return report.with_modules(*module_paths(gm))
+
+
+# ---------------------------------------------------------------------------------------
 # Graphviz
 
 
@@ -113,11 +149,21 @@ def _install(root, target, value):
         root.add_module(leaf, value)
 
 
-def _source(name, relpath):
-    """Import the model file the graph refers to, found relative to this folder."""
+def _source(name, relpath, root=None):
+    """Import the model file the graph refers to, found relative to this folder.
+
+    A file inside a package (`root` holds its top package) is imported as its package's
+    module, so that its relative imports work.
+    """
     if name in sys.modules:
         return sys.modules[name]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if root is not None:
+        root = os.path.normpath(os.path.join(here, root))
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        return importlib.import_module(name)
+    path = os.path.join(here, relpath)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -131,6 +177,16 @@ def _resolve(module_name: str, qualname: str) -> Any:
     for atom in qualname.split("."):
         obj = getattr(obj, atom)
     return obj
+
+
+def _package_root(module_name: str) -> Path | None:
+    """The folder holding the top package of `module_name`, when the CLI imported a file of
+    that package (its modules import from there, wherever the written folder is)."""
+    top = module_name.split(".")[0]
+    for name, path in _FILE_MODULES.items():
+        if "." in name and name.split(".")[0] == top:
+            return path.parents[name.count(".") + (path.name == "__init__.py")]
+    return None
 
 
 class _Imports:
@@ -150,12 +206,17 @@ class _Imports:
                 f"The fixed graph calls {obj!r}, which cannot be written as an import.",
                 hint="Define it at the top level of a module (no lambdas or local functions).",
             )
-        if module_name in _FILE_MODULES:
+        root = _package_root(module_name)
+        if module_name in _FILE_MODULES or root is not None:
             alias = self.sources.get(module_name)
             if alias is None:
                 alias = f"_src_{len(self.sources)}"
-                rel = os.path.relpath(_FILE_MODULES[module_name], self.folder)
-                self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
+                if root is not None:  # a package's module: imported from the package's folder
+                    where = os.path.relpath(root, self.folder)
+                    self.lines.append(f"{alias} = _source({module_name!r}, None, {where!r})")
+                else:
+                    rel = os.path.relpath(_FILE_MODULES[module_name], self.folder)
+                    self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
                 self.sources[module_name] = alias
             return f"{alias}.{qualname}"
         for candidate in (module_name.lstrip("_"), module_name):
@@ -207,7 +268,18 @@ def _module_expr(module: nn.Module) -> str | None:
     mine, theirs = module.state_dict(), rebuilt.state_dict()
     if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
         return None
-    return f"torch.nn.{text}"
+    expr = f"torch.nn.{text}"
+    # load_state_dict copies into the rebuilt module's tensors and keeps their dtype, so a
+    # `.double()` module must be rebuilt in float64 before loading.
+    floats = {v.dtype for v in mine.values() if v.is_floating_point()}
+    if len(floats) == 1 and floats != {v.dtype for v in theirs.values() if v.is_floating_point()}:
+        (dtype,) = floats
+        rebuilt = rebuilt.to(dtype)
+        theirs = rebuilt.state_dict()
+        expr += f".to({dtype})"
+    if any(mine[k].dtype != theirs[k].dtype for k in mine):
+        return None  # mixed dtypes: pickled with its weights instead
+    return expr
 
 
 def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
@@ -220,7 +292,11 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
     code = gm.graph.python_code(root_module="self")
     for name, obj in code.globals.items():
         imports.add(name, obj)
-    src = code.src.replace("def forward(self", "def graph_forward(self", 1)
+    # fx puts module-level statements before the function (`wrap("math_sqrt")` for wrapped
+    # functions such as math.sqrt); in a class body they raise, so they go to the top level.
+    prologue, sep, rest = code.src.partition("def forward(self")
+    src = "def graph_forward(self" + rest if sep else code.src
+    top_level = [ln.strip() for ln in prologue.splitlines() if ln.strip()] if sep else []
 
     body: list[str] = []
     state: dict[str, torch.Tensor] = {}
@@ -294,11 +370,12 @@ this order: {", ".join(params) or "(none)"}. Weights are in state_dict.pt next t
     text = "\n".join(
         [
             header,
-            "import importlib.util\nimport os\nimport sys\n",
+            "import importlib\nimport importlib.util\nimport os\nimport sys\n",
             "import torch\nimport torch.utils._pytree as _fxgrad_pytree\n",
             _HELPERS,
             "_HERE = os.path.dirname(os.path.abspath(__file__))",
             *import_lines,
+            *top_level,
             out_line,
             "",
             f"class {class_name}(torch.nn.Module):",
