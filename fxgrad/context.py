@@ -82,6 +82,11 @@ class Context:
     example_inputs: list[Any] | None = None
     measure: Measure = default_measure
     measure_budget_s: float = 20.0
+    # False: measured passes time nothing and decide from cached decisions and analysis only.
+    measure_enabled: bool = True
+    # Seconds of one forward+backward of the graph on the example inputs, when the caller
+    # timed one; measured passes scale their budget by it (and time one themselves if None).
+    step_s: float | None = None
     seed: int = 0
     # Puts back private copies of parameters and buffers before a run; may return the
     # parameters now in place (what `params()` then answers without a module walk).
