@@ -1,73 +1,137 @@
 """FXG201 noncontiguous-cat-input
 
 ## What it does
-Makes non-contiguous `torch.cat` inputs contiguous first, where that is measured to be faster.
-On the example inputs' real shapes, strides, dtype and device it times the forward and
-backward of the `cat` (and of the ops that read its output, since the output's layout
-follows the inputs') as written and with `.contiguous()` on each non-contiguous input, and
-inserts `.contiguous()` only when that is faster by more than `MIN_SPEEDUP` (1.10x) in
-each of three alternating comparisons (medians from `torch.utils.benchmark`). Covers
-`torch.cat`, `torch.concat`, `torch.concatenate` and `torch.stack`.
+Rewrites a `torch.cat` of non-contiguous inputs where that is measured to be faster, with
+one of two candidates: `.contiguous()` on each non-contiguous input, or, when every input
+is a permuted view of a dense tensor with one common permutation (transposed matrices,
+channels_last images, attention heads after `permute`), a cat of the dense tensors along
+the matching dimension, permuted once afterwards. On the example inputs' real shapes,
+strides, dtype and device it times the forward and backward of the cat and the ops that
+read its output, as written and with each candidate, in `ROUNDS` interleaved rounds
+(original, candidates, original, ...), and applies the fastest candidate only when the
+medians show it faster by more than `MIN_SPEEDUP` (1.10x). Covers `torch.cat`,
+`torch.concat`, `torch.concatenate` and `torch.stack`.
+
+Sites that cannot pay are never timed: fewer than `MIN_ELEMENTS` elements in the
+non-contiguous inputs, inputs that are all contiguous (a stride that differs only in a
+size-1 dimension does not count). Identical sites (same shapes, strides, dtype, device,
+dim and consumers) are timed once. All timing together stays within about one forward and
+backward of the model (`BUDGET_STEPS`, at least `BUDGET_FLOOR_S`), most promising sites
+first. Decisions are kept in the user's cache directory per site, device and torch
+version (`$FXGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/fxgrad`, else `~/.cache/fxgrad`), so
+fixing the same model on the same machine again times nothing and gives the same code;
+delete `fxg201.json` there to measure again. With measuring off
+(`Context.measure_enabled`), only cached decisions are applied.
 ## Why is this bad?
-`cat` copies every input into the output. Reading a transposed, permuted, strided or
-channels_last input element by element can be much slower than a dense copy followed by a
-contiguous `cat`: on a CPU, concatenating four transposed 512 x 512 float32 matrices takes
-about twice as long as making them contiguous first. For small inputs the opposite holds:
-the extra copy costs more than it saves. Only a measurement on the real shapes can tell,
-so every decision, taken or not, is reported with the times and the ratio.
+`cat` copies every input into its output. Reading a transposed, permuted, strided or
+channels_last input element by element can be much slower than dense copies: on a CPU,
+concatenating two transposed 1000 x 1000 float32 matrices, forward and backward, takes
+about 3.5x as long as either candidate. For small inputs the opposite holds: the extra
+op costs more than it saves. Only a measurement on the real shapes can tell, so every
+decision, taken or not, is reported with the times.
 ## Example
-    a = x.transpose(0, 1)          # x: 512 x 512
-    return torch.cat([a, y], dim=0)
+    a = x.transpose(0, 1)          # x, y: 1000 x 1000
+    b = y.transpose(0, 1)
+    return self.linear(torch.cat([a, b], dim=0))
 ## Use instead
-    a = x.transpose(0, 1)
-    return torch.cat([a.contiguous(), y], dim=0)
+    # the same values for any input; only the output's strides differ
+    return self.linear(torch.cat([a.permute(1, 0), b.permute(1, 0)], 1).permute(1, 0))
 ## Left alone when
-- every input is already contiguous (nothing to copy ahead of `cat`)
-- `.contiguous()` is not faster by more than the 1.10x margin; the report gives both times
+- every input is contiguous, or the non-contiguous ones are small (under `MIN_ELEMENTS`)
+- no candidate is faster by more than the 1.10x margin; the report gives all times
+- later code depends on the output's strides: `view` (fails on some strides),
+  `reshape`/`flatten`/`contiguous` whose result or source is written in place (a view
+  or a copy, depending on strides), stride queries, unknown ops; the permuted cat is
+  also not returned from the model, whose callers may rely on a contiguous result
 - there are no example inputs, so layouts and timings are unknown (reported once)
-- the measuring budget is spent; the report says which `cat` calls were not timed
+- measuring is off or the budget is spent and no decision is cached (reported per site)
 - the inputs are not a literal list of tensors (`torch.cat(x.split(2))`), or `out=` is given
 - the cat cannot be replayed on fresh tensors of the same layouts (reported, not measured)
 """
 
 from __future__ import annotations
 
+import builtins
 import copy
-import functools
+import enum
+import math
+import operator
+import statistics
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torch.utils._pytree as pytree
-from torch import fx
+from torch import fx, nn
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, seeded
+from fxgrad.context import Context, default_measure, seeded
+from fxgrad.decision_cache import DecisionCache, device_key, digest
 from fxgrad.graph_utils import (
     has_side_effect,
     inplace_module,
     location,
     submodule,
     target_name,
+    writes_to,
 )
 from fxgrad.registry import Pass
 
 MIN_SPEEDUP = 1.10
-"""Insert `.contiguous()` only when it makes the timed code this many times faster.
+"""Apply a candidate only when it makes the timed code this many times faster.
 
-Measurements on a busy machine wobble by a few percent; a 10% margin keeps noise from
-turning into rewrites that make the model slower.
+Measurements on a busy machine wobble by a few percent; a 10% margin on medians keeps
+noise from turning into rewrites that make the model slower.
 """
 
-ROUNDS = 3
-"""Both variants are timed this many times, alternating; every round must show the gain.
+ROUNDS = 5
+"""Interleaved rounds: each round times every variant once, in alternating order.
 
-On a busy machine a measurement now and then runs several times slower. Judging by the
-least favourable round means such a disturbance can cost a rewrite, but never cause one.
+The decision compares per-variant medians over the rounds, so one disturbed sample (a
+burst of other work on the machine) can neither cause a rewrite nor prevent one.
 """
+
+MIN_ELEMENTS = 1 << 16
+"""Sites whose non-contiguous inputs hold fewer elements in all are not timed.
+
+Measured on a CPU (benchmarks/fxg201.py): below about 6e4 elements neither candidate beat
+the plain cat forward+backward for transposed, permuted-head or channels_last inputs (the
+extra op costs 5-20 us, more than the strided reads lose); they start to pay from about
+2e5 and reach 0.3x at 2e6. On a GPU small cats are bound by kernel launches, which both
+candidates add.
+"""
+
+BUDGET_STEPS = 1.0
+"""All timing for one graph stays within this many forward+backward runs of the model."""
+
+BUDGET_FLOOR_S = 0.05
+"""...but at least this many seconds: small against fix()'s own fixed cost."""
+
+SAMPLE_S = 1e-3
+"""With fix()'s default timer one sample is as many calls as take about this long."""
 
 CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
+
+CACHE_NAMESPACE = "fxg201"
+CACHE_FORMAT = 1  # part of every key: bump when what is timed or decided changes
+
+
+class Variant(enum.Enum):
+    """What a cat can become."""
+
+    ORIGINAL = "original"
+    CONTIGUOUS = "contiguous"  # .contiguous() on each non-contiguous input
+    PERMUTED = "permuted"  # cat of the dense tensors, permuted once afterwards
+
+
+VARIANT_TEXT = {
+    Variant.ORIGINAL: "as is",
+    Variant.CONTIGUOUS: "with .contiguous()",
+    Variant.PERMUTED: "as a permuted cat",
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +160,22 @@ class Layout:
 
     @property
     def key(self) -> tuple:
-        return (self.shape, self.stride, self.dtype, str(self.device), self.requires_grad)
+        return (self.shape, self.stride, str(self.dtype), str(self.device), self.requires_grad)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def dense_in(self, order: Sequence[int]) -> bool:
+        """True when `permute(order)` of this tensor is contiguous (size-1 dims aside)."""
+        expected = 1
+        for d in reversed(order):
+            if self.shape[d] == 1:
+                continue
+            if self.stride[d] != expected:
+                return False
+            expected *= self.shape[d]
+        return True
 
     def fresh(self) -> torch.Tensor:
         """A new tensor with this layout and random values (no NaNs or denormals).
@@ -180,25 +259,251 @@ def _dim(node: fx.Node, seen: Observed) -> Any:
     return dim
 
 
-def render(node: fx.Node, made_contiguous: Sequence[fx.Node] = ()) -> str:
-    """`torch.cat([a, b], dim=1)`, with `.contiguous()` on the given inputs."""
-    items = [f"{t.name}.contiguous()" if t in made_contiguous else t.name for t in node.args[0]]
-    if isinstance(node.args[0], list):
-        listed = f"[{', '.join(items)}]"
-    else:
-        listed = f"({', '.join(items)}{',' if len(items) == 1 else ''})"
-
-    def text(a: Any) -> str:
-        return a.name if isinstance(a, fx.Node) else repr(a)
-
-    rest = [text(a) for a in node.args[1:]] + [f"{k}={text(v)}" for k, v in node.kwargs.items()]
-    return f"{target_name(node.target)}({', '.join([listed, *rest])})"
-
-
 def _ms(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.1f} us"
+
+
+# ---------------------------------------------------------------------------------------
+# The permutation: inputs that are permuted views of dense tensors, all in one order
+
+
+def common_order(layouts: Sequence[Layout]) -> tuple[int, ...] | None:
+    """The dim order in which every input is dense, if it is not the identity; else None.
+
+    `order` lists the input's dims from outermost to innermost in memory, so for each input
+    `t`, `t.permute(order)` is contiguous. Orders are tried from each input's strides
+    (largest first); a dim of size 1 has no meaningful stride and fits anywhere.
+    """
+    rank = len(layouts[0].shape)
+    identity = tuple(range(rank))
+    tried = set()
+    for lay in layouts:
+        order = tuple(sorted(identity, key=lambda d: (-lay.stride[d], d)))
+        if order in tried or order == identity:
+            continue
+        tried.add(order)
+        if all(other.dense_in(order) for other in layouts):
+            return order
+    return None
+
+
+def inverse(order: Sequence[int]) -> tuple[int, ...]:
+    inv = [0] * len(order)
+    for j, d in enumerate(order):
+        inv[d] = j
+    return tuple(inv)
+
+
+@dataclass(frozen=True)
+class Permuted:
+    """`cat(ts, dim)` as `cat([t.permute(order) ...], inner_dim).permute(outer)`.
+
+    For any tensors, whatever their strides: `t.permute(order)` puts t's dim `order[j]` at
+    j, so t's dim `dim` is at `inverse(order)[dim]`, and `permute(inverse(order))` puts
+    every dim back. For `stack` the dense tensors are stacked at dim 0 (each a contiguous
+    block of the result) and the new dim is moved to `dim`.
+    """
+
+    order: tuple[int, ...]
+    inner_dim: int
+    outer: tuple[int, ...]
+
+    @classmethod
+    def of(cls, order: tuple[int, ...], dim: int, stack: bool) -> Permuted:
+        p = inverse(order)
+        if not stack:
+            return cls(order, p[dim], p)
+        outer = tuple(0 if i == dim else p[i if i < dim else i - 1] + 1 for i in range(len(p) + 1))
+        return cls(order, 0, outer)
+
+    def apply(self, target: Callable, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return target([t.permute(self.order) for t in tensors], self.inner_dim).permute(self.outer)
+
+
+# ---------------------------------------------------------------------------------------
+# Who reads the output: may its strides change?
+
+
+class Flow(enum.Enum):
+    """How an op reading a tensor passes on that tensor's layout and storage."""
+
+    CARRY = "carry"  # a new tensor in the input's layout (pointwise, conv, norms)
+    ALIAS = "alias"  # a view whatever the strides (permute, slicing, split)
+    VIEW = "view"  # `view`: a view, or an error for strides it cannot view
+    VIEW_OR_COPY = "view or copy"  # reshape, flatten, contiguous: which one depends on strides
+    FRESH = "fresh"  # a new tensor in a layout of its own (matmul, linear, layer_norm)
+    SCALAR = "scalar"  # not a tensor (sizes, dtype)
+
+
+_POINTWISE = (
+    "add sub mul div true_divide neg abs exp log sqrt rsqrt pow clamp clip where "
+    "relu sigmoid tanh gelu silu softmax log_softmax dropout sum mean amax amin "
+    "masked_fill float half bfloat16 double to type_as clone detach cat concat "
+    "concatenate stack"
+).split()
+_ALIASING = (
+    "permute transpose t unsqueeze squeeze narrow select split chunk unbind expand "
+    "expand_as movedim moveaxis swapaxes swapdims unflatten"
+).split()
+
+METHOD_FLOW: dict[str, Flow] = {
+    **dict.fromkeys(_POINTWISE, Flow.CARRY),
+    **dict.fromkeys(_ALIASING, Flow.ALIAS),
+    "view": Flow.VIEW,
+    "view_as": Flow.VIEW,
+    **dict.fromkeys(["reshape", "reshape_as", "flatten", "contiguous"], Flow.VIEW_OR_COPY),
+    **dict.fromkeys(["matmul", "mm", "bmm"], Flow.FRESH),
+    **dict.fromkeys(["size", "dim", "numel"], Flow.SCALAR),
+}
+
+FUNCTION_FLOW: dict[Any, Flow] = {
+    **{getattr(torch, n): f for n, f in METHOD_FLOW.items() if callable(getattr(torch, n, None))},
+    **{
+        getattr(F, n): Flow.CARRY
+        for n in (
+            "relu gelu silu sigmoid tanh softmax log_softmax dropout leaky_relu hardswish "
+            "hardsigmoid elu mish conv1d conv2d conv3d batch_norm group_norm avg_pool2d "
+            "max_pool2d adaptive_avg_pool2d"
+        ).split()
+    },
+    **dict.fromkeys([operator.add, operator.sub, operator.mul, operator.truediv], Flow.CARRY),
+    **dict.fromkeys([operator.neg, operator.pow], Flow.CARRY),
+    operator.getitem: Flow.ALIAS,  # basic indexing views; advanced indexing copies
+    operator.matmul: Flow.FRESH,
+    F.linear: Flow.FRESH,
+    F.layer_norm: Flow.FRESH,
+}
+
+MODULE_FLOW: dict[type, Flow] = {
+    **{
+        getattr(nn, n): Flow.CARRY
+        for n in (
+            "Conv1d Conv2d Conv3d BatchNorm1d BatchNorm2d BatchNorm3d GroupNorm ReLU ReLU6 "
+            "GELU SiLU Sigmoid Tanh Hardswish Hardsigmoid LeakyReLU ELU Mish Softmax Dropout "
+            "Dropout2d Identity MaxPool2d AvgPool2d AdaptiveAvgPool2d"
+        ).split()
+    },
+    nn.Flatten: Flow.VIEW_OR_COPY,
+    nn.Linear: Flow.FRESH,
+    nn.LayerNorm: Flow.FRESH,
+}
+
+_SCALAR_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda"}
+MAX_WALK = 512  # nodes followed downstream of one cat before giving up as "too far"
+
+
+def _flow(gm: fx.GraphModule, node: fx.Node) -> Flow | None:
+    """How node passes on its tensor input's layout; None when unknown (strides may matter)."""
+    if node.op == "call_method":
+        return METHOD_FLOW.get(str(node.target))
+    if node.op == "call_module":
+        try:
+            module = submodule(gm, str(node.target))
+        except AttributeError:
+            return None
+        return MODULE_FLOW.get(type(module))  # exact types: a subclass may do anything
+    if node.op != "call_function":
+        return None
+    if node.target is builtins.getattr:
+        attr = node.args[1] if len(node.args) > 1 else None
+        if attr in _SCALAR_ATTRS:
+            return Flow.SCALAR
+        return Flow.ALIAS if attr in ("T", "mT") else None
+    try:
+        return FUNCTION_FLOW.get(node.target)
+    except TypeError:
+        return None  # an unhashable target
+
+
+@dataclass
+class Readers:
+    """What reads the cat's output, directly or through ops that keep its layout."""
+
+    blockers: dict[str, fx.Node] = field(default_factory=dict)  # hazard -> first node
+
+    def allows(self, variant: Variant) -> str | None:
+        """None when `variant` keeps every reader right; else why not, naming the reader."""
+        hazards = ["unknown", "written view or copy"]
+        if variant is Variant.PERMUTED:
+            hazards += ["view", "output"]
+        for hazard in hazards:
+            if hazard in self.blockers:
+                node = self.blockers[hazard]
+                return HAZARD_TEXT[hazard].format(node=node.name, at=location(node) or "?")
+        return None
+
+
+HAZARD_TEXT = {
+    "unknown": "{node} ({at}) is not known to treat every layout alike",
+    "written view or copy": "{node} ({at}) is a view or a copy depending on strides, and "
+    "one of them is written in place",
+    "view": "{node} ({at}) fails on some strides",
+    "output": "it would reach the model's callers in other strides",
+}
+
+
+def readers(gm: fx.GraphModule, cat: fx.Node) -> Readers:
+    """Follow the cat's output through layout-keeping ops and note what could tell strides.
+
+    Values never depend on strides, except where code asks for them: `view` fails on some
+    strides, and `reshape`/`flatten`/`contiguous` return a view or a copy depending on
+    them, which matters when the result or its source is then written in place. Storage
+    groups (union-find over views and in-place writes) tell which writes can reach such
+    a result.
+    """
+    found = Readers()
+    parent: dict[fx.Node, fx.Node] = {}
+
+    def find(n: fx.Node) -> fx.Node:
+        while parent.get(n, n) is not n:
+            n = parent[n]
+        return n
+
+    def union(a: fx.Node, b: fx.Node) -> None:
+        parent[find(a)] = find(b)
+
+    def block(hazard: str, node: fx.Node) -> None:
+        found.blockers.setdefault(hazard, node)
+
+    seen = {cat}
+    queue = [cat]
+    writes: list[fx.Node] = []
+    view_or_copy: list[fx.Node] = []
+    while queue:
+        n = queue.pop()
+        for user in n.users:
+            if user.op == "output":
+                block("output", user)
+                continue
+            written = writes_to(user, gm)
+            flow = Flow.ALIAS if written is not None else _flow(gm, user)
+            if flow is None:
+                block("unknown", user)
+                continue
+            if flow in (Flow.SCALAR, Flow.FRESH):
+                continue
+            if written is not None:
+                writes.append(user)
+                union(user, written)
+            if flow is Flow.VIEW:
+                block("view", user)
+            if flow is Flow.VIEW_OR_COPY:
+                view_or_copy.append(user)
+            if flow in (Flow.ALIAS, Flow.VIEW, Flow.VIEW_OR_COPY):
+                union(user, n)
+            if user not in seen:
+                if len(seen) >= MAX_WALK:
+                    block("unknown", user)
+                    continue
+                seen.add(user)
+                queue.append(user)
+    written_groups = {find(w) for w in writes}
+    for n in view_or_copy:
+        if find(n) in written_groups:
+            block("written view or copy", n)
+    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,32 +581,46 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
 
 
 @dataclass
-class Bench:
-    """The two timed variants of one cat, built from fresh tensors of the same layouts."""
+class Site:
+    """One cat whose rewrite may pay, with what deciding it depends on."""
 
-    original: Callable[[], Any]
-    contiguous: Callable[[], Any]
-    label: str  # "cat + conv fwd+bwd"
+    node: fx.Node
+    layouts: list[Layout]
+    dim: int
+    candidates: set[int]  # inputs that are not contiguous
+    variants: list[Variant]  # ORIGINAL first, then the candidates allowed here
+    permuted: Permuted | None
+    consumers: list[Consumer]
+    signature: tuple
+
+    @property
+    def weight(self) -> int:
+        """How much a rewrite could save: the elements read through strides."""
+        return sum(self.layouts[i].numel for i in self.candidates)
 
 
-def _bench(
-    cat: fx.Node, layouts: list[Layout], candidates: set[int], consumers: list[Consumer], dim: Any
-) -> Bench:
-    tensors = [lay.fresh() for lay in layouts]
+def _bench(site: Site, consumers: list[Consumer]) -> tuple[dict[Variant, Callable[[], Any]], str]:
+    """Each variant as a call on fresh tensors of the site's layouts, forward and backward."""
+    tensors = [lay.fresh() for lay in site.layouts]
     leaves = [t for t in tensors if t.requires_grad] + [x for c in consumers for x in c.leaves]
     grad = bool(leaves)
-    # Cotangents are fixed up front so both variants do the same backward work.
+    # Cotangents are fixed up front so every variant does the same backward work.
     cotangents: list[torch.Tensor] | None = None
-    target = cat.target
+    target = site.node.target
 
-    def step(contiguous: bool) -> Any:
+    def forward(variant: Variant) -> torch.Tensor:
+        if variant is Variant.PERMUTED:
+            assert site.permuted is not None
+            return site.permuted.apply(target, tensors)
+        if variant is Variant.CONTIGUOUS:
+            ins = [t.contiguous() if i in site.candidates else t for i, t in enumerate(tensors)]
+            return target(ins, site.dim)
+        return target(tensors, site.dim)
+
+    def step(variant: Variant) -> Any:
         nonlocal cotangents
         with torch.set_grad_enabled(grad):
-            ins = [
-                t.contiguous() if contiguous and i in candidates else t
-                for i, t in enumerate(tensors)
-            ]
-            out = target(ins, dim)
+            out = forward(variant)
             if not consumers:
                 outs = [out]
             else:
@@ -314,7 +633,8 @@ def _bench(
             return torch.autograd.grad(diff, leaves, cotangents, allow_unused=True)
 
     names = " + ".join([str(getattr(target, "__name__", "cat"))] + [c.node.name for c in consumers])
-    return Bench(lambda: step(False), lambda: step(True), f"{names} {'fwd+bwd' if grad else 'fwd'}")
+    calls = {v: (lambda v=v: step(v)) for v in site.variants}
+    return calls, f"{names} {'fwd+bwd' if grad else 'fwd'}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,83 +642,338 @@ def _bench(
 
 
 @dataclass(frozen=True)
-class Verdict:
-    original_s: float
-    contiguous_s: float
-    label: str
-    measured_at: str  # the cat node that was timed
+class Decision:
+    """What a site becomes and why; also what the cache keeps (as a dict)."""
+
+    choice: Variant
+    times: dict[Variant, float]  # median seconds per call of each timed variant
+    label: str = ""  # "cat + conv fwd+bwd"
+    why_unmeasured: str = ""  # set when nothing was timed
 
     @property
-    def ratio(self) -> float:
-        return self.original_s / self.contiguous_s if self.contiguous_s > 0 else 0.0
+    def measured(self) -> bool:
+        return not self.why_unmeasured
 
-    @property
-    def pays_off(self) -> bool:
-        return self.ratio > MIN_SPEEDUP
+    def ratio(self, variant: Variant) -> float:
+        t = self.times.get(variant, 0.0)
+        return self.times.get(Variant.ORIGINAL, 0.0) / t if t > 0 else 0.0
 
-    def note(self, node: fx.Node) -> str:
-        there = (
-            "measured" if self.measured_at == node.name else f"as measured at {self.measured_at}"
-        )
-        if self.pays_off:
-            times = f"{self.label} {_ms(self.original_s)} -> {_ms(self.contiguous_s)}"
-            return f"{times} ({self.ratio:.2f}x, {there})"
-        return (
-            f"{self.label} {_ms(self.original_s)} as is, {_ms(self.contiguous_s)} with "
-            f".contiguous() ({self.ratio:.2f}x, not above the {MIN_SPEEDUP:.2f}x margin, {there})"
-        )
+    def to_record(self) -> dict:
+        return {
+            "choice": self.choice.value,
+            "times": {v.value: t for v, t in self.times.items()},
+            "label": self.label,
+            "why_unmeasured": self.why_unmeasured,
+        }
 
-
-def _measure(ctx: Context, node: fx.Node, make_bench: Callable[[], Bench]) -> Verdict | None:
-    """Time both variants ROUNDS times, alternating; None if the budget allows no round.
-
-    Each round times a freshly built pair, so that a state one pair got stuck in (where its
-    allocations landed) cannot repeat in every round. The verdict is the round least in
-    favour of `.contiguous()`; rounds the budget cut short are left out.
-    """
-    rounds: list[tuple[float, float]] = []
-    label = ""
-    for _ in range(ROUNDS):
-        bench = make_bench()
-        label = bench.label
-        original = ctx.timed(f"{node.name}:original", bench.original)
-        contiguous = (
-            None if original is None else ctx.timed(f"{node.name}:contiguous", bench.contiguous)
-        )
-        if original is None or contiguous is None:
-            break
-        rounds.append((original, contiguous))
-    if not rounds:
-        return None
-    original, contiguous = min(rounds, key=lambda r: r[0] / r[1] if r[1] > 0 else 0.0)
-    return Verdict(original, contiguous, label, node.name)
-
-
-def _working_bench(
-    cat: fx.Node, layouts: list[Layout], candidates: set[int], consumers: list[Consumer], dim: int
-) -> Callable[[], Bench] | None:
-    """A maker of Benches whose variants run: with the consumers, else the cat alone."""
-    for timed in (consumers, []) if consumers else ([],):
+    @classmethod
+    def from_record(cls, record: dict) -> Decision | None:
         try:
-            bench = _bench(cat, layouts, candidates, timed, dim)
-            bench.original(), bench.contiguous()  # warm up, and fail here rather than in a timer
+            times = {Variant(k): float(t) for k, t in record["times"].items()}
+            return cls(
+                Variant(record["choice"]),
+                times,
+                str(record["label"]),
+                str(record["why_unmeasured"]),
+            )
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return None  # a record of another shape: as if not cached
+
+    def note(self, source: str) -> str:
+        if not self.measured:
+            cached = " (cached)" if source == "cached" else ""
+            return f"not measured: {self.why_unmeasured}; no measurement, no rewrite{cached}"
+        original = self.times[Variant.ORIGINAL]
+        others = [v for v in self.times if v not in (Variant.ORIGINAL, self.choice)]
+        alternatives = ", ".join(
+            f"{_ms(self.times[v])} {VARIANT_TEXT[v]} ({self.ratio(v):.2f}x)" for v in others
+        )
+        if self.choice is Variant.ORIGINAL:
+            return (
+                f"{self.label} {_ms(original)} as is, {alternatives}; not above the "
+                f"{MIN_SPEEDUP:.2f}x margin ({source})"
+            )
+        rest = f"; {alternatives}" if alternatives else ""
+        return (
+            f"{self.label} {_ms(original)} -> {_ms(self.times[self.choice])} "
+            f"({self.ratio(self.choice):.2f}x{rest}; {source})"
+        )
+
+
+def decide(samples: dict[Variant, list[float]], label: str) -> Decision:
+    """The fastest candidate whose median beats the original's by MIN_SPEEDUP, else as is."""
+    times = {v: statistics.median(s) for v, s in samples.items()}
+    best = max(
+        (v for v in times if v is not Variant.ORIGINAL),
+        key=lambda v: times[Variant.ORIGINAL] / times[v] if times[v] > 0 else 0.0,
+        default=None,
+    )
+    decision = Decision(Variant.ORIGINAL, times, label)
+    if best is not None and decision.ratio(best) > MIN_SPEEDUP:
+        decision = Decision(best, times, label)
+    return decision
+
+
+class _Sampler:
+    """fix()'s default timer, in short samples: `number` calls of one `timeit` each.
+
+    `default_measure` runs `blocked_autorange` for at least 50 ms per call, far beyond a
+    budget of one forward+backward; the pass sizes samples to the budget instead, with
+    the same `torch.utils.benchmark` Timer (synchronized on CUDA) and thread count.
+    """
+
+    def __init__(self, number: int) -> None:
+        from torch.utils import benchmark
+
+        self.number = number
+        self.timers: dict[str, Any] = {}
+        self._timer = benchmark.Timer
+
+    def __call__(self, key: str, fn: Callable[[], Any]) -> float:
+        timer = self.timers.get(key)
+        if timer is None:
+            timer = self._timer(
+                stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+            )
+            self.timers[key] = timer
+        return timer.timeit(self.number).median
+
+
+@dataclass
+class Budget:
+    """Seconds of timing left for this graph; what an injected timer takes is charged."""
+
+    total_s: float
+    spent_s: float = 0.0
+
+    @property
+    def left_s(self) -> float:
+        return self.total_s - self.spent_s
+
+
+def _measure_site(
+    ctx: Context, site: Site, budget: Budget, own_timer: bool
+) -> tuple[Decision | None, str]:
+    """Time the site's variants in interleaved rounds; (None, why) when it cannot be timed."""
+    start = time.perf_counter()
+    calls, label = None, ""
+    for timed in (site.consumers, []) if site.consumers else ([],):
+        try:
+            candidate_calls, candidate_label = _bench(site, timed)
+            cost = {}
+            for v, call in candidate_calls.items():  # warm up, and fail here, not in a timer
+                t0 = time.perf_counter()
+                call()
+                cost[v] = time.perf_counter() - t0
         except Exception:
             continue
-        return functools.partial(_bench, cat, layouts, candidates, timed, dim)
-    return None
+        calls, label = candidate_calls, candidate_label
+        break
+    if own_timer:
+        budget.spent_s += time.perf_counter() - start
+    if calls is None:
+        return None, "it fails when replayed on fresh tensors of the same layouts"
+
+    measure: Callable[[str, Callable[[], Any]], float] = ctx.measure
+    if own_timer:
+        fastest = max(min(cost.values()), 1e-7)
+        number = max(1, math.ceil(SAMPLE_S / fastest))
+        expected = ROUNDS * number * sum(cost.values())
+        if expected > budget.left_s:
+            return None, (
+                f"timing it would take about {_ms(expected)}, more than the "
+                f"{_ms(max(budget.left_s, 0.0))} left of the measuring budget"
+            )
+        measure = _Sampler(number)
+
+    samples: dict[Variant, list[float]] = {v: [] for v in calls}
+    order = list(calls)
+    for r in range(ROUNDS):
+        # Alternate the order, so a variant is not always the one right after another.
+        for v in order if r % 2 == 0 else order[::-1]:
+            if budget.left_s <= 0:
+                return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
+            t0 = time.perf_counter()
+            try:
+                seconds = measure(f"{site.node.name}:{v.value}", calls[v])
+            finally:
+                budget.spent_s += time.perf_counter() - t0
+            if seconds is None:  # a timer that keeps its own budget says it is spent
+                return None, "the timer's budget was spent"
+            samples[v].append(seconds)
+    return decide(samples, label), ""
 
 
-def _insert(graph: fx.Graph, node: fx.Node, made: list[fx.Node]) -> None:
+def _budget(gm: fx.GraphModule, ctx: Context) -> Budget:
+    """About one forward+backward of the model, at least BUDGET_FLOOR_S, at most the cap."""
+    step = ctx.step_s
+    if step is None and ctx.measure_budget_s > BUDGET_FLOOR_S:
+        from fxgrad.pipeline import run_forward_backward
+
+        inputs = ctx.inputs()
+        start = time.perf_counter()
+        try:
+            run_forward_backward(gm, inputs, ctx.params(), ctx.seed)
+        except Exception:
+            pass  # a failing model: the floor is the budget
+        step = time.perf_counter() - start
+    total = min(ctx.measure_budget_s, max(BUDGET_FLOOR_S, BUDGET_STEPS * (step or 0.0)))
+    return Budget(total)
+
+
+# ---------------------------------------------------------------------------------------
+# Rewriting
+
+
+def render(node: fx.Node, decision: Variant = Variant.ORIGINAL, site: Site | None = None) -> str:
+    """`torch.cat([a, b], dim=1)` as written, or as the chosen variant would read."""
+    tensors = node.args[0]
+    made = set() if site is None else {tensors[i] for i in site.candidates}
+
+    def item(t: fx.Node) -> str:
+        if decision is Variant.CONTIGUOUS and t in made:
+            return f"{t.name}.contiguous()"
+        if decision is Variant.PERMUTED and site is not None and site.permuted is not None:
+            return f"{t.name}.permute({', '.join(map(str, site.permuted.order))})"
+        return t.name
+
+    items = [item(t) for t in tensors]
+    if isinstance(tensors, list) or decision is Variant.PERMUTED:
+        listed = f"[{', '.join(items)}]"
+    else:
+        listed = f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+
+    def text(a: Any) -> str:
+        return a.name if isinstance(a, fx.Node) else repr(a)
+
+    if decision is Variant.PERMUTED and site is not None and site.permuted is not None:
+        outer = ", ".join(map(str, site.permuted.outer))
+        return f"{target_name(node.target)}({listed}, {site.permuted.inner_dim}).permute({outer})"
+    rest = [text(a) for a in node.args[1:]] + [f"{k}={text(v)}" for k, v in node.kwargs.items()]
+    return f"{target_name(node.target)}({', '.join([listed, *rest])})"
+
+
+def _copy_loc(src: fx.Node, dst: fx.Node) -> None:
+    if "fxgrad_loc" in src.meta:
+        dst.meta["fxgrad_loc"] = src.meta["fxgrad_loc"]
+
+
+def _make_contiguous(graph: fx.Graph, site: Site) -> None:
+    node = site.node
+    tensors = node.args[0]
     replacement: dict[fx.Node, fx.Node] = {}
     with graph.inserting_before(node):
-        for t in made:
-            c = graph.call_method("contiguous", (t,))
-            if "fxgrad_loc" in node.meta:
-                c.meta["fxgrad_loc"] = node.meta["fxgrad_loc"]
-            replacement[t] = c
-    tensors = node.args[0]
+        for i in sorted(site.candidates):
+            t = tensors[i]
+            if t not in replacement:
+                replacement[t] = c = graph.call_method("contiguous", (t,))
+                _copy_loc(node, c)
     new = type(tensors)(replacement.get(t, t) for t in tensors)
     node.args = (new, *node.args[1:])
+
+
+def _make_permuted(graph: fx.Graph, site: Site) -> None:
+    node, permuted = site.node, site.permuted
+    assert permuted is not None
+    views: dict[fx.Node, fx.Node] = {}
+    with graph.inserting_before(node):
+        for t in node.args[0]:
+            if t not in views:
+                views[t] = v = graph.call_method("permute", (t, *permuted.order))
+                _copy_loc(node, v)
+    node.args = ([views[t] for t in node.args[0]], permuted.inner_dim)
+    node.kwargs = {}
+    with graph.inserting_after(node):
+        out = graph.call_method("permute", (node, *permuted.outer))
+    _copy_loc(node, out)
+    node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
+
+
+REWRITES: dict[Variant, Callable[[fx.Graph, Site], None]] = {
+    Variant.CONTIGUOUS: _make_contiguous,
+    Variant.PERMUTED: _make_permuted,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The pass
+
+
+SMALL = "small"  # _site's answer for a cat too small to time
+
+
+def _site(gm: fx.GraphModule, node: fx.Node, seen: Observed) -> Site | str | None:
+    """The site to decide; a reason string when the analysis alone leaves it as is."""
+    tensors = list(node.args[0])
+    if node not in seen.layouts or any(t not in seen.layouts for t in tensors):
+        return None  # the example run never reached it, so its layouts are unknown
+    layouts = [seen.layouts[t] for t in tensors]
+    candidates = {i for i, lay in enumerate(layouts) if not lay.contiguous and lay.numel > 0}
+    if not candidates:
+        return None  # contiguous inputs (strides of size-1 dims aside): a dense copy already
+    dim = _dim(node, seen)
+    if not isinstance(dim, int):
+        return None  # a named dimension; nothing to time it with
+    stack = node.target is torch.stack
+    rank = len(layouts[0].shape) + stack
+    dim = dim % rank if rank else dim
+    if sum(layouts[i].numel for i in candidates) < MIN_ELEMENTS:
+        return SMALL
+
+    uses = readers(gm, node)
+    variants = [Variant.ORIGINAL]
+    blocked: list[str] = []
+    # Only a 4-d or 5-d cat can come out channels_last; `.contiguous()` inputs make it
+    # contiguous, so only then can its readers see other strides.
+    contiguous_blocker = uses.allows(Variant.CONTIGUOUS) if rank in (4, 5) else None
+    if contiguous_blocker is None:
+        variants.append(Variant.CONTIGUOUS)
+    else:
+        blocked.append(contiguous_blocker)
+    order = common_order(layouts) if all(lay.numel > 0 for lay in layouts) else None
+    permuted = None
+    if order is not None:
+        permuted_blocker = uses.allows(Variant.PERMUTED)
+        if permuted_blocker is None:
+            permuted = Permuted.of(order, dim, stack)
+            variants.append(Variant.PERMUTED)
+        else:
+            blocked.append(permuted_blocker)
+    if len(variants) == 1:
+        return f"not timed: its output's strides matter: {blocked[0]}"
+
+    consumers = [c for u in node.users if (c := _consumer(gm, node, u, seen)) is not None]
+    signature = (
+        getattr(node.target, "__name__", ""),
+        tuple(lay.key for lay in layouts),
+        dim,
+        tuple(v.value for v in variants),
+        tuple(c.key for c in consumers),
+    )
+    return Site(node, layouts, dim, candidates, variants, permuted, consumers, signature)
+
+
+def _timer_tag(ctx: Context) -> str:
+    if ctx.measure is default_measure:
+        return "torch.utils.benchmark"
+    m = ctx.measure
+    return f"injected {getattr(m, '__module__', '')}.{getattr(m, '__qualname__', type(m).__name__)}"
+
+
+def _no_example_inputs(cats: list[fx.Node]) -> list[Change]:
+    first = cats[0]
+    return [
+        Change(
+            "FXG201",
+            first.name,
+            render(first),
+            "",
+            location(first),
+            f"no example inputs: {len(cats)} cat call{'s' if len(cats) != 1 else ''} left "
+            "as is; whether a rewrite pays off is measured on real layouts",
+            applied=False,
+        )
+    ]
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
@@ -406,74 +981,115 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     if not cats:
         return []
     if ctx.example_inputs is None:
-        first = cats[0]
-        return [
+        return _no_example_inputs(cats)
+
+    keep = {a for c in cats for u in c.users for a in u.all_input_nodes if a is not c}
+    keep |= {d for c in cats for d in c.all_input_nodes if d not in c.args[0]}  # a traced dim
+    seen = observe(gm, ctx, keep)
+    sites: list[Site] = []
+    changes: list[Change] = []
+    small: list[fx.Node] = []
+    for node in cats:
+        site = _site(gm, node, seen)
+        if site is SMALL:
+            small.append(node)
+        elif isinstance(site, str):
+            changes.append(
+                Change("FXG201", node.name, render(node), "", location(node), site, False)
+            )
+        elif site is not None:
+            sites.append(site)
+
+    decisions = _decide(gm, ctx, sites)
+    for site in sites:
+        decision, source = decisions[site.node]
+        node = site.node
+        before, after = render(node), render(node, decision.choice, site)
+        if decision.choice is Variant.ORIGINAL:
+            changes.append(
+                Change(
+                    "FXG201", node.name, before, "", location(node), decision.note(source), False
+                )
+            )
+            continue
+        REWRITES[decision.choice](gm.graph, site)
+        changes.append(
+            Change("FXG201", node.name, before, after, location(node), decision.note(source))
+        )
+    if small:
+        first = small[0]
+        n = len(small)
+        changes.append(
             Change(
                 "FXG201",
                 first.name,
                 render(first),
                 "",
                 location(first),
-                f"no example inputs: {len(cats)} cat call{'s' if len(cats) != 1 else ''} left "
-                "as is; whether .contiguous() pays off is measured on real layouts",
+                f"{n} cat call{'s' if n != 1 else ''} with non-contiguous inputs not timed: "
+                f"under {MIN_ELEMENTS} elements read through strides, too few for a rewrite "
+                "to pay",
                 applied=False,
             )
-        ]
-
-    keep = {a for c in cats for u in c.users for a in u.all_input_nodes if a is not c}
-    keep |= {d for c in cats for d in c.all_input_nodes if d not in c.args[0]}  # a traced dim
-    seen = observe(gm, ctx, keep)
-    verdicts: dict[tuple, Verdict] = {}
-    changes: list[Change] = []
-    for node in cats:
-        tensors = list(node.args[0])
-        if node not in seen.layouts or any(t not in seen.layouts for t in tensors):
-            continue  # the example run never reached it, so its layouts are unknown
-        layouts = [seen.layouts[t] for t in tensors]
-        candidates = {
-            i for i, lay in enumerate(layouts) if not lay.contiguous and 0 not in lay.shape
-        }
-        if not candidates:
-            continue  # contiguous inputs: cat already reads them densely
-        dim = _dim(node, seen)
-        if not isinstance(dim, int):
-            continue  # a named dimension; nothing to time it with
-        made = list(dict.fromkeys(tensors[i] for i in sorted(candidates)))
-        before, after = render(node), render(node, made)
-
-        consumers = [c for u in node.users if (c := _consumer(gm, node, u, seen)) is not None]
-        rank = len(layouts[0].shape) + (node.target is torch.stack)
-        key = (
-            getattr(node.target, "__name__", ""),
-            tuple(lay.key for lay in layouts),
-            dim % rank if rank else dim,
-            tuple(c.key for c in consumers),
         )
-        verdict = verdicts.get(key)
-        if verdict is None:
-            make_bench = _working_bench(node, layouts, candidates, consumers, dim)
-            verdict = None if make_bench is None else _measure(ctx, node, make_bench)
-            if verdict is None:
-                why = (
-                    "it fails when replayed on fresh tensors of the same layouts"
-                    if make_bench is None
-                    else f"the measuring budget ({ctx.measure_budget_s:g} s) was spent "
-                    "before it was timed"
-                )
-                note = f"not measured: {why}; no measurement, no rewrite"
-                changes.append(Change("FXG201", node.name, before, "", location(node), note, False))
-                continue
-            verdicts[key] = verdict
-        if not verdict.pays_off:
-            changes.append(
-                Change("FXG201", node.name, before, "", location(node), verdict.note(node), False)
-            )
-            continue
-        _insert(gm.graph, node, made)
-        changes.append(
-            Change("FXG201", node.name, before, after, location(node), verdict.note(node))
-        )
+    position = {n.name: i for i, n in enumerate(cats)}
+    changes.sort(key=lambda c: position[c.node])  # stable: in graph order, as written
     return changes
+
+
+def _decide(
+    gm: fx.GraphModule, ctx: Context, sites: list[Site]
+) -> dict[fx.Node, tuple[Decision, str]]:
+    """A decision per site: from this run, from the cache, or timed now within the budget."""
+    out: dict[fx.Node, tuple[Decision, str]] = {}
+    if not sites:
+        return out
+    cache = DecisionCache(CACHE_NAMESPACE)
+    device = device_key(sites[0].layouts[0].device)
+    tag = _timer_tag(ctx)
+    groups: dict[tuple, list[Site]] = {}
+    for site in sites:
+        groups.setdefault(site.signature, []).append(site)
+
+    def key(signature: tuple) -> str:
+        return digest(("FXG201", CACHE_FORMAT, signature, device, tag))
+
+    pending: list[list[Site]] = []
+    for signature, group in groups.items():
+        record = cache.lookup(key(signature))
+        decision = Decision.from_record(record) if record is not None else None
+        if decision is not None and set(decision.times) <= set(group[0].variants):
+            for site in group:
+                out[site.node] = (decision, "cached")
+        else:
+            pending.append(group)
+    if not pending:
+        return out
+    if not ctx.measure_enabled:
+        off = Decision(
+            Variant.ORIGINAL, {}, why_unmeasured="measuring is off and no decision is cached"
+        )
+        for group in pending:
+            for site in group:
+                out[site.node] = (off, "analysis only")
+        return out
+
+    budget = _budget(gm, ctx)
+    own_timer = ctx.measure is default_measure
+    # Most promising first: the most elements read through strides, over all its copies.
+    pending.sort(key=lambda g: -sum(s.weight for s in g))
+    for group in pending:
+        first = group[0]
+        decision, why = _measure_site(ctx, first, budget, own_timer)
+        if decision is None:
+            decision = Decision(Variant.ORIGINAL, {}, why_unmeasured=why)
+        # Unmeasured sites are kept too: the same model then gets the same code next time.
+        cache.store(key(first.signature), {**decision.to_record(), "site": repr(first.signature)})
+        for site in group:
+            source = "measured" if site is first else f"as measured at {first.node.name}"
+            out[site.node] = (decision, source)
+    cache.flush()
+    return out
 
 
 PASS = Pass(

@@ -1,4 +1,8 @@
-"""channels_last inputs whose cat feeds a convolution: the cat and the conv are timed together."""
+"""channels_last inputs whose cat feeds a convolution: the cat and the conv are timed together.
+
+Both inputs are channels_last, so a permuted cat would also apply, but its output would
+reach the model's callers (through the conv) in other strides: only `.contiguous()` competes.
+"""
 
 import torch
 
@@ -6,15 +10,15 @@ import torch
 class Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.conv = torch.nn.Conv2d(1024, 4, 1)
 
     def forward(self, x, y):
         return self.conv(torch.cat([x, y], dim=1))
 
 
 def inputs():
-    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)
-    y = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 512, 8, 8).to(memory_format=torch.channels_last)
+    y = torch.randn(1, 512, 8, 8).to(memory_format=torch.channels_last)
     return (x, y)
 
 

@@ -9,7 +9,7 @@ class Model(torch.nn.Module):
 
 
 def inputs():
-    return (torch.randn(4, 16, requires_grad=True), torch.randn(4, 8, requires_grad=True))
+    return (torch.randn(256, 512, requires_grad=True), torch.randn(256, 8, requires_grad=True))
 
 
-TIMINGS = {"cat:original": 5.0e-6, "cat:contiguous": 9.0e-6}
+TIMINGS = {"cat:original": 5.0e-5, "cat:contiguous": 9.0e-5}

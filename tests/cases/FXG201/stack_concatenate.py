@@ -10,7 +10,7 @@ class Model(torch.nn.Module):
 
 
 def inputs():
-    return (torch.randn(3, 4, requires_grad=True), torch.randn(4, 3))
+    return (torch.randn(256, 256, requires_grad=True), torch.randn(256, 256))
 
 
 TIMINGS = {
