@@ -1,12 +1,20 @@
-"""fix() and check(): trace -> capture check -> passes -> verify -> fixed module + Report."""
+"""fix() and check(): capture -> capture check -> passes -> verify -> fixed module + Report.
+
+A fixed module decides on real calls. `fix(model)` captures lazily, on the first call and
+with that call's inputs; `fix(model, inputs)` decides on the example call right away.
+Every later call is checked against what those decisions assumed (fxgrad.guards): a call
+that fits reuses them, one that does not gets a variant decided exactly on it, up to a
+limit past which the module raises an error naming the fact that keeps changing.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
-import types
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +23,13 @@ from torch import fx, nn
 
 from fxgrad.context import Context, FirstRun, Measure, clone_inputs, default_measure, seeded
 from fxgrad.errors import FxgradError
+from fxgrad.guards import (
+    ShapeCheck,
+    call_key,
+    describe_change,
+    size_guard_program,
+    structure,
+)
 from fxgrad.pipeline import (
     Reference,
     _first_line,
@@ -22,9 +37,22 @@ from fxgrad.pipeline import (
     run_forward_backward,
     run_passes,
 )
-from fxgrad.registry import select_passes
+from fxgrad.registry import Pass, select_passes
 from fxgrad.report import Report
-from fxgrad.trace import CallSpec, Captured, call_spec, capture, has_hooks, twin
+from fxgrad.state import PrivateState, forked_rng, private_state
+from fxgrad.trace import (
+    ROOT_ATTR,
+    STOWED_PREFIX,
+    CallSpec,
+    Captured,
+    call_spec,
+    capture,
+    fresh_constant_name,
+    twin,
+)
+
+# How many variants one fixed module keeps before it refuses a call that needs another.
+MAX_VARIANTS = 8
 
 _AUTOGRAD_FORWARD_ERRORS = (
     "in-place operation",
@@ -35,102 +63,342 @@ _AUTOGRAD_FORWARD_ERRORS = (
     "refers to a single memory location",  # writes into overlapping (expanded) tensors
 )
 
+# nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
+# registered on either run when the fixed module is called.
+_HOOK_TABLES = tuple(k for k in nn.Module().__dict__ if "hook" in k)
+
+
+@dataclass
+class _Options:
+    passes: list[Pass]
+    verify: bool
+    measure: Measure | None
+    max_variants: int = MAX_VARIANTS
+
+
+@dataclass
+class Variant:
+    """One specialization: a graph decided on one call, and the key of the calls it serves.
+
+    `key` is None for a static variant (decided without running anything), which serves
+    every call of its structure. The graph reads the module it runs for through `self`,
+    so one variant serves a fixed module and its DataParallel replicas alike.
+    """
+
+    key: tuple | None
+    call: CallSpec
+    out_spec: pytree.TreeSpec
+    leaf_index: list[int] | None  # placeholders' positions among the call's leaves
+    gm: fx.GraphModule  # the rewritten graph, bound to the user's module
+    report: Report
+    shapes: ShapeCheck
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.single = self.out_spec.num_leaves == 1 and self.out_spec.num_children == 0
+
+    def run(self, module: nn.Module, leaves: list[Any]) -> Any:
+        """Run the graph for `module` on a call's leaves; rebuild the output structure."""
+        if self.leaf_index is not None:
+            leaves = [leaves[i] for i in self.leaf_index]
+        prev = torch.is_grad_enabled()
+        try:
+            # The generated code, called with the module as self; looked up on each call,
+            # so an edit of `graph_module` followed by recompile() takes effect, as in fx.
+            out = type(self.gm).forward(module, *leaves)
+        except BaseException:
+            torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
+            raise
+        if self.single:
+            return out[0]  # a single tensor output: skip the pytree rebuild
+        return pytree.tree_unflatten(list(out), self.out_spec)
+
+
+class _Shared:
+    """What a fixed module shares with its DataParallel replicas: variants and constants."""
+
+    def __init__(self, options: _Options) -> None:
+        self.options = options
+        self.variants: list[Variant] = []
+        self.table: dict[tuple, list[Variant]] = {}
+        self.static: Variant | None = None
+        self.constants: dict[str, Any] = {}
+        self.current: Variant | None = None
+        self.lock = threading.RLock()
+
 
 class FixedModule(nn.Module):
     """The drop-in replacement `fix()` returns.
 
-    It owns the same parameters and buffers as the original (shared tensors, the same
-    `state_dict()` keys) and runs the rewritten graph for the current `training` mode.
-    `.report` says what was changed and why; `.graph_module` is the rewritten GraphModule.
+    It is a view of the user's module: the same submodules, parameters, buffers and hook
+    tables (shared, not copied), so `state_dict()`, optimizers, `train()`/`eval()` and
+    buffers updated in forward act on the user's module as eager calls would. Its forward
+    runs the rewritten graph decided for calls like the current one (see `reports`).
+    `.report` says what was changed in the variant used last, and why.
     """
 
-    def __init__(
-        self,
-        root: nn.Module,
-        graphs: dict[bool, Captured],
-        report: Report,
-        call: CallSpec,
-    ) -> None:
+    def __init__(self, root: nn.Module, options: _Options) -> None:
         super().__init__()
-        self.__dict__["_modules"] = root._modules
-        self.__dict__["_parameters"] = root._parameters
-        self.__dict__["_buffers"] = root._buffers
-        self.__dict__["_non_persistent_buffers_set"] = root._non_persistent_buffers_set
-        self.training = root.training
-        self.__dict__["_fxgrad_graphs"] = graphs
-        self.__dict__["_fxgrad_call"] = call
-        self.__dict__["report"] = report
-        self.__dict__["original_class"] = type(root)
+        d = self.__dict__
+        d[ROOT_ATTR] = root
+        d["_modules"] = root._modules
+        d["_parameters"] = root._parameters
+        d["_buffers"] = root._buffers
+        d["_non_persistent_buffers_set"] = root._non_persistent_buffers_set
+        for name in _HOOK_TABLES:
+            if name in root.__dict__:
+                d[name] = root.__dict__[name]
+        d["_fxgrad"] = _Shared(options)
+        d["original_class"] = type(root)
 
-    def _captured(self) -> Captured:
-        graphs = self._fxgrad_graphs
-        return graphs.get(self.training) or next(iter(graphs.values()))
+    # -- the user's module, seen through -------------------------------------------------
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        root = self.__dict__.get(ROOT_ATTR)
+        return True if root is None else root.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        root = self.__dict__.get(ROOT_ATTR)
+        if root is not None:  # nn.Module.__init__ sets it before the root is known
+            root.training = mode
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(STOWED_PREFIX):
+            shared = self.__dict__.get("_fxgrad")
+            if shared is not None and name in shared.constants:
+                return shared.constants[name]
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            root = self.__dict__.get(ROOT_ATTR)
+            if root is None or name.startswith("__"):
+                raise
+            return getattr(root, name)  # the user's own attributes: config, num_classes...
+
+    # -- what was decided ------------------------------------------------------------------
+
+    def _variant(self) -> Variant:
+        shared = self._fxgrad
+        v = shared.current or shared.static or (shared.variants[-1] if shared.variants else None)
+        if v is None:
+            raise FxgradError(
+                "This fixed module has not been called yet, so nothing has been decided.",
+                hint="Call it once (fxgrad decides on the first call's inputs), or pass "
+                "example inputs: fxgrad.fix(model, (x,)).",
+            )
+        return v
+
+    def _captured(self) -> Variant:
+        return self._variant()
+
+    @property
+    def report(self) -> Report:
+        """The report of the variant used last (before the first call: nothing decided)."""
+        shared = self._fxgrad
+        if shared.current is None and shared.static is None and not shared.variants:
+            return Report(mode="pending", model=self.original_class.__name__)
+        return self._variant().report
+
+    @property
+    def reports(self) -> list[Report]:
+        """The reports of every variant, in the order they were decided."""
+        shared = self._fxgrad
+        return ([shared.static.report] if shared.static else []) + [
+            v.report for v in shared.variants
+        ]
 
     @property
     def graph_module(self) -> fx.GraphModule:
-        """The rewritten GraphModule for the current mode."""
-        return self._captured().gm
+        """The rewritten GraphModule of the variant used last."""
+        return self._variant().gm
 
     @property
     def code(self) -> str:
-        """The generated Python code of the rewritten forward for the current mode."""
-        return self._captured().gm.code
+        """The generated Python code of the rewritten forward of the variant used last."""
+        return self._variant().gm.code
+
+    # -- calling -------------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        cap = self._captured()
-        leaves = cap.call.flatten(args, kwargs)
-        prev = torch.is_grad_enabled()
-        try:
-            out = cap.gm.forward(*leaves)  # not gm(): fx prints its own traceback
-        except BaseException:
-            torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
-            raise
-        if cap.out_spec.num_leaves == 1 and cap.out_spec.num_children == 0:
-            return out[0]  # a single tensor output: skip the pytree rebuild
-        return pytree.tree_unflatten(list(out), cap.out_spec)
+        if torch.compiler.is_compiling():
+            variant, leaves = _dispatch_outside_dynamo()(self, args, kwargs)
+        else:
+            variant, leaves = self._dispatch(args, kwargs)
+        return variant.run(self, leaves)
+
+    def _dispatch(self, args: tuple, kwargs: dict) -> tuple[Variant, list[Any]]:
+        shared = self._fxgrad
+        skey, leaves = structure(args, kwargs)
+        if leaves is None:
+            leaves = list(args)
+            tensors = leaves
+        else:
+            tensors = [x for x in leaves if _is_input(x)]
+        if shared.static is not None:
+            return shared.static, leaves
+        key = call_key(skey, tensors, self._modules_for_key())
+        for v in shared.table.get(key, ()):
+            if v.shapes.holds(self, tensors):
+                shared.current = v
+                return v, leaves
+        return self._specialize(args, kwargs, key, tensors), leaves
+
+    def _modules_for_key(self) -> list[nn.Module]:
+        d = self.__dict__
+        hit = d.get("_fxgrad_mods")
+        if hit is None or hit[0] is not d["_modules"]:
+            root = d[ROOT_ATTR]
+            mods = [root] + [m for m in _walk(d["_modules"])]
+            hit = d["_fxgrad_mods"] = (d["_modules"], mods)
+        return hit[1]
+
+    def _base(self) -> nn.Module:
+        """The module to decide on: the user's module, or a replica's view of it."""
+        root = self.__dict__[ROOT_ATTR]
+        if self._modules is root._modules and self._parameters is root._parameters:
+            return root
+        view = copy.copy(root)  # a DataParallel replica: its own submodules and tensors
+        view.__dict__.update(
+            _modules=self._modules, _parameters=self._parameters, _buffers=self._buffers
+        )
+        return view
+
+    def _specialize(self, args: tuple, kwargs: dict, key: tuple, tensors: list) -> Variant:
+        shared = self._fxgrad
+        with shared.lock:
+            for v in shared.table.get(key, ()):  # another thread may have decided it
+                if v.shapes.holds(self, tensors):
+                    shared.current = v
+                    return v
+            if len(shared.variants) >= shared.options.max_variants:
+                raise _too_many_variants(shared, key)
+            with _gc_paused():
+                variant = _decide(
+                    self._base(),
+                    args,
+                    kwargs,
+                    shared.options,
+                    grad_enabled=torch.is_grad_enabled(),
+                    at_call=True,
+                )
+            variant.key = key
+            variant.shapes.remember(tensors)
+            self._adopt(variant)
+            return variant
+
+    def _adopt(self, variant: Variant) -> None:
+        shared = self._fxgrad
+        shared.constants.update(variant.constants)
+        self.__dict__.update(variant.constants)
+        if variant.key is None:
+            shared.static = variant
+        else:
+            shared.variants.append(variant)
+            shared.table.setdefault(variant.key, []).append(variant)
+        shared.current = variant
+
+    # -- copies ----------------------------------------------------------------------------
 
     def extra_repr(self) -> str:
         return f"fixed {self.original_class.__name__}: {self.report.summary()}"
 
     def __deepcopy__(self, memo: dict) -> FixedModule:
-        new = type(self).__new__(type(self))
+        root = copy.deepcopy(self.__dict__[ROOT_ATTR], memo)
+        shared = self._fxgrad
+        new = FixedModule(root, shared.options)
         memo[id(self)] = new
-        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        for v in ([shared.static] if shared.static else []) + shared.variants:
+            graph = copy.deepcopy(v.gm.graph, memo)
+            constants = copy.deepcopy(v.constants, memo)
+            new._adopt(_rebound(v, root, graph, constants))
         return new
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # Not fx's own pickling, which traces the generated code again with a plain tracer
         # and would silently turn `z += 1` back into `z = z + 1`: the graphs are stored
-        # node by node (fxgrad.serialize). Parameters and buffers are pickled once, shared.
-        from fxgrad.serialize import captured_state
+        # node by node (fxgrad.serialize), with the user's module pickled once.
+        from fxgrad.serialize import variant_state
 
+        shared = self._fxgrad
         state = {
-            "modules": self._modules,
-            "parameters": self._parameters,
-            "buffers": self._buffers,
-            "non_persistent": self._non_persistent_buffers_set,
-            "training": self.training,
-            "graphs": {mode: captured_state(c) for mode, c in self._fxgrad_graphs.items()},
-            "call": self._fxgrad_call,
-            "report": self.report,
-            "original_class": self.original_class,
+            "root": self.__dict__[ROOT_ATTR],
+            "verify": shared.options.verify,
+            "codes": [p.code for p in shared.options.passes],
+            "max_variants": shared.options.max_variants,
+            "variants": [variant_state(v) for v in ([shared.static] if shared.static else [])]
+            + [variant_state(v) for v in shared.variants],
         }
         return (_unpickle_fixed, (state,))
 
 
 def _unpickle_fixed(state: dict[str, Any]) -> FixedModule:
-    from fxgrad.serialize import captured_from_state
+    from fxgrad.passes import ALL
+    from fxgrad.serialize import variant_parts
 
-    root = nn.Module()
-    root.__dict__["_modules"] = state["modules"]
-    root.__dict__["_parameters"] = state["parameters"]
-    root.__dict__["_buffers"] = state["buffers"]
-    root.__dict__["_non_persistent_buffers_set"] = state["non_persistent"]
-    root.training = state["training"]
-    graphs = {mode: captured_from_state(c) for mode, c in state["graphs"].items()}
-    fixed = FixedModule(root, graphs, state["report"], state["call"])
-    fixed.__dict__["original_class"] = state["original_class"]
+    codes = set(state["codes"])
+    options = _Options(
+        [p for p in ALL if p.code in codes], state["verify"], None, state["max_variants"]
+    )
+    root = state["root"]
+    fixed = FixedModule(root, options)
+    for vs in state["variants"]:
+        parts = variant_parts(vs)
+        fixed._adopt(_bind(root, **parts))
     return fixed
+
+
+def _walk(modules: dict[str, nn.Module | None]) -> Iterator[nn.Module]:
+    seen: set[int] = set()
+    stack = [m for m in reversed(modules.values()) if m is not None]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        yield m
+        stack.extend(c for c in reversed(m._modules.values()) if c is not None)
+
+
+def _is_input(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) or (
+        type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
+    )
+
+
+_DISPATCH: list[Callable] = []
+
+
+def _dispatch_outside_dynamo() -> Callable:
+    """`FixedModule._dispatch`, run eagerly when torch.compile traces a fixed module.
+
+    Deciding captures and runs the model, which must not happen inside Dynamo's trace; the
+    chosen variant's generated code is what Dynamo then compiles.
+    """
+    if not _DISPATCH:
+        import torch._dynamo
+
+        _DISPATCH.append(torch._dynamo.disable(lambda m, a, k: m._dispatch(a, k)))
+    return _DISPATCH[0]
+
+
+def _too_many_variants(shared: _Shared, key: tuple) -> FxgradError:
+    last = shared.variants[-1]
+    names = last.call.leaf_names
+    changed = describe_change(last.key or (), key, [n for n in names])
+    return FxgradError(
+        f"This fixed module already holds {len(shared.variants)} variants, each decided on "
+        f"calls that differ in what fxgrad's decisions depend on; this call differs again "
+        f"in {changed}.",
+        hint="Keep that fact the same between calls where you can (pass a changing number "
+        "as a tensor, keep dtypes fixed), or raise the limit: "
+        "fxgrad.fix(model, max_variants=16).",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Deciding on one call
 
 
 def _unwrap(model: Any) -> nn.Module:
@@ -168,85 +436,24 @@ def _normalize_inputs(example_inputs: Any) -> tuple | None:
     )
 
 
-def _check_leaves(model: nn.Module, inputs: tuple, leaves: list[Any]) -> None:
+def _check_leaves(args: tuple, kwargs: dict, leaves: list[Any]) -> None:
     if not any(isinstance(x, torch.Tensor) for x in leaves):
-        given = pytree.tree_leaves(inputs)  # what the caller passed, not forward's defaults
+        given = pytree.tree_leaves((args, kwargs))
         kinds = ", ".join(sorted({type(x).__name__ for x in given})) or "nothing"
         raise FxgradError(
             f"The example inputs hold no tensor (found {kinds}).",
             hint="Pass the tensors the model's forward takes, e.g. (torch.randn(8, 3, 32, 32),).",
         )
     if any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves):
-        raise _meta_error("example inputs")
+        raise FxgradError(
+            "The example inputs are on the meta device: they have no values, and fxgrad "
+            "decides on example inputs by running the model.",
+            hint="Pass real tensors (on the CPU is fine), or use fxgrad.check(model) "
+            "without example inputs to decide statically.",
+        )
 
 
-def _meta_error(where: str) -> FxgradError:
-    return FxgradError(
-        f"The {where} are on the meta device: they have no values, and fxgrad decides "
-        "on example inputs by running the model.",
-        hint="Pass real tensors (on the CPU is fine), or call fxgrad.fix(model) without "
-        "example inputs to decide statically.",
-    )
-
-
-@contextlib.contextmanager
-def preserved_state(
-    root: nn.Module, probing: bool = True
-) -> Iterator[Callable[[], list[torch.Tensor]]]:
-    """Probe on private copies of parameters and buffers, and restore the RNG afterwards.
-
-    Probing runs the model forward and backward (BatchNorm updates its running stats,
-    forwards bump counters, a buggy forward may even write a parameter). `root` is the
-    twin of the user's module: while probing, its parameter and buffer slots hold fresh
-    copies, given anew by `reset()` before each run, so the user's tensors are never
-    written (not even their version counters) and no `.grad` is ever left on them.
-    Without probing (no example inputs) nothing runs and nothing is copied.
-    """
-    slots: list[tuple[dict, str, torch.Tensor]] = []
-    params_tables: dict[int, dict] = {}
-    if probing:
-        for m in root.modules():
-            params_tables[id(m._parameters)] = m._parameters
-            for table in (m._parameters, m._buffers):
-                slots.extend((table, name, t) for name, t in table.items() if t is not None)
-        if any(t.is_meta for _, _, t in slots):
-            raise _meta_error("model's parameters or buffers")
-
-    clones: dict[int, tuple[torch.Tensor, int]] = {}
-
-    def reset() -> list[torch.Tensor]:
-        """Give every parameter and buffer slot a private copy of its original value.
-
-        A copy is made anew only when a probe wrote to it (its version moved), so the
-        parameters of a large model are copied once, not once per probing run. Returns
-        the parameters now in place, as `root.parameters()` lists them, without walking
-        the module tree once more.
-        """
-        params: dict[int, torch.Tensor] = {}
-        with torch.no_grad():
-            for table, name, t in slots:
-                hit = clones.get(id(t))
-                if hit is None or hit[0]._version != hit[1]:
-                    c = t.detach().clone()
-                    if isinstance(t, nn.Parameter):
-                        c = nn.Parameter(c, requires_grad=t.requires_grad)
-                    hit = clones[id(t)] = (c, c._version)
-                table[name] = hit[0]
-                if id(table) in params_tables:
-                    params.setdefault(id(hit[0]), hit[0])
-        return list(params.values())
-
-    devices = sorted({t.device.index or 0 for _, _, t in slots if t.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices, enabled=probing):
-        try:
-            reset()
-            yield reset
-        finally:
-            for table, name, t in slots:
-                table[name] = t
-
-
-@contextlib.contextmanager
+@contextmanager
 def _mode(module: nn.Module, training: bool) -> Iterator[None]:
     flags = [(m, m.training) for m in module.modules()]
     module.train(training)
@@ -257,27 +464,12 @@ def _mode(module: nn.Module, training: bool) -> Iterator[None]:
             m.training = f
 
 
-def _reads_training(module: nn.Module) -> bool:
-    """True when some traced (non-torch.nn) code reads `.training`, so modes differ."""
-    for m in module.modules():
-        cls = type(m)
-        if cls.__module__.startswith("torch.nn") or cls.__module__.startswith("torch.fx"):
-            continue
-        for klass in cls.__mro__:
-            if klass is nn.Module or klass.__module__.startswith("torch.nn"):
-                break
-            for value in vars(klass).values():
-                fn = getattr(value, "__func__", value)
-                code = getattr(fn, "__code__", None)
-                if code is not None and _code_mentions(code, "training"):
-                    return True
-    return False
+class _ModelError(Exception):
+    """The model itself raised on the call being decided on (not an autograd refusal)."""
 
-
-def _code_mentions(code: types.CodeType, name: str) -> bool:
-    if name in code.co_names:
-        return True
-    return any(isinstance(c, types.CodeType) and _code_mentions(c, name) for c in code.co_consts)
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Reference:
@@ -286,7 +478,9 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
 
     def eager(*leaves: Any) -> Any:
         args, kwargs = call.unflatten(list(leaves))
-        return model(*args, **kwargs)
+        # forward, not __call__: the model's own hooks run around the fixed module's graph
+        # (it shares their tables), so the graph must equal the forward without them.
+        return model.forward(*args, **kwargs)
 
     try:
         cloned = ctx.inputs()
@@ -295,12 +489,7 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
     except Exception as e:
         ref.forward_error = e
         if not any(s in str(e) for s in _AUTOGRAD_FORWARD_ERRORS):
-            raise FxgradError(
-                f"The model raises {type(e).__name__} in forward on the example inputs: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                hint="Check that the example inputs have the shapes, dtypes and devices the "
-                "model expects; fxgrad needs a forward that runs in eager PyTorch.",
-            ) from e
+            raise _ModelError(e) from e
         return ref
     # Detached: holding the outputs must not hold eager's autograd graph (its activations).
     ref.outputs = [
@@ -339,82 +528,258 @@ def _backward_note(ref: Reference, first: FirstRun) -> str:
     )
 
 
-def _still_failing(gm: fx.GraphModule, ctx: Context, eager_error: BaseException) -> list[str]:
+def _still_failing(gm: fx.GraphModule, ctx: Context) -> list[str]:
     """Say so when the fixed forward still raises what eager raised: nothing is hidden."""
     try:
         with seeded(ctx.seed):
             gm.forward(*ctx.inputs())
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return [f"the forward raises in eager PyTorch and still does after fixing: {first}"]
+        return [
+            f"the forward raises in eager PyTorch and still does after fixing: {_first_line(e)}"
+        ]
     return []
 
 
-def _fix(
-    model: nn.Module,
-    example_inputs: Any,
-    select: Any,
-    ignore: Any,
-    verify: bool,
-    measure: Measure | None,
-) -> FixedModule:
-    from fxgrad.passes import ALL
-
-    model = _unwrap(model)
-    passes = select_passes(ALL, select, ignore)
-    inputs = _normalize_inputs(example_inputs)
-    call, leaves = call_spec(model, inputs)
-    if inputs is not None:
-        _check_leaves(model, inputs, leaves)
-    root = twin(model)
-    modes = [root.training]
-    if _reads_training(root):
-        modes.append(not root.training)
-    report = Report(mode="exact" if inputs is not None else "static", model=type(model).__name__)
-    if has_hooks(model):
-        report.notes.append(
-            "hooks registered on the model itself do not run when the fixed module is "
-            "called; register them on the fixed module"
-        )
-    graphs: dict[bool, Captured] = {}
-    with preserved_state(root, probing=inputs is not None) as reset_state:
-        for training in modes:
-            with _mode(root, training) if training != modes[0] else contextlib.nullcontext():
-                reset_state()
-                captured = capture(root, call, clone_inputs(leaves) if inputs else None)
-                ctx = Context(
-                    example_inputs=[leaves[i] for i in captured.leaf_index] if inputs else None,
-                    measure=measure or default_measure,
-                    reset_state=reset_state,
-                    private_state=inputs is not None,
-                    module=root,
-                )
-                ref = None
-                if inputs is not None:
-                    ref = _eager_reference(root, call, ctx)
-                    first = check_capture(captured.gm, ctx, ref, passes)
-                    if first.backward_fails and training == modes[0]:
-                        report.notes.append(_backward_note(ref, first))
-                report.notes.extend(n for n in captured.notes if n not in report.notes)
-                before = captured.gm.code
-                changes, notes = run_passes(captured.gm, passes, ctx, ref, verify)
-                if ref is not None and ref.forward_error is not None:
-                    notes.extend(_still_failing(captured.gm, ctx, ref.forward_error))
-                if training == modes[0]:
-                    report.code_before, report.code_after = before, captured.gm.code
-                    report.changes.extend(changes)
-                else:
-                    report.extend(changes)
-                report.notes.extend(n for n in notes if n not in report.notes)
-                graphs[training] = captured
-    if len(graphs) == 2 and graphs[True].gm.code == graphs[False].gm.code:
-        graphs = {modes[0]: graphs[modes[0]]}
-    return FixedModule(root, graphs, report, call)
+def _writes_through_data(gm: fx.GraphModule) -> bool:
+    """Whether the graph reads `.data` or assigns it: writes no version counter sees."""
+    return any(
+        n.op == "call_function"
+        and n.target in (getattr, setattr)
+        and len(n.args) > 1
+        and n.args[1] == "data"
+        for n in gm.graph.nodes
+    )
 
 
-@contextlib.contextmanager
+def _describe_call(root: nn.Module, call: CallSpec, leaves: list[Any], grad: bool) -> str:
+    """One line saying which call a variant was decided on."""
+    parts = [
+        "train mode" if root.training else "eval mode",
+        "grad enabled" if grad else "grad disabled",
+    ]
+    names = [n for i, n in enumerate(call.leaf_names) if i not in call.constants]
+    for name, x in zip(names, [x for i, x in enumerate(leaves) if i not in call.constants]):
+        if isinstance(x, torch.Tensor):
+            dtype = str(x.dtype).removeprefix("torch.")
+            text = f"{name}: {dtype}[{', '.join(map(str, x.shape))}]"
+            if x.device.type != "cpu":
+                text += f" on {x.device}"
+            if x.requires_grad:
+                text += " requires grad"
+            parts.append(text)
+    for i, value in call.constants.items():
+        if value is not None:
+            parts.append(f"{call.leaf_names[i]}={value!r}")
+    return "; ".join(parts)
+
+
+@dataclass
+class _Decision:
+    captured: Captured
+    report: Report
+    code: str  # the captured code before any pass, to compare modes
+
+
+def _decide_on(
+    base: nn.Module,
+    call: CallSpec,
+    leaves: list[Any],
+    opts: _Options,
+    *,
+    grad_enabled: bool,
+    static: bool,
+    at_call: bool,
+    flip_mode: bool = False,
+    skip_if_code: str | None = None,
+) -> _Decision | None:
+    """Capture `base` (on a twin) for one call and run the passes on the graph."""
+    root = twin(base)
+    report = Report(mode="static" if static else "exact", model=type(base).__name__)
+    with (
+        _mode(root, not root.training) if flip_mode else _nothing(),
+        torch.set_grad_enabled(grad_enabled),
+    ):
+        if static:
+            with forked_rng():
+                captured = capture(root, call, None)
+            if captured.gm.code == skip_if_code:
+                return None
+            code = captured.gm.code
+            ctx = Context(example_inputs=None, measure=opts.measure or default_measure, module=root)
+            changes, notes = run_passes(captured.gm, opts.passes, ctx, None, opts.verify)
+            report.code_before, report.code_after = code, captured.gm.code
+            report.changes.extend(changes)
+            report.notes.extend(n for n in captured.notes + notes if n not in report.notes)
+            report.variant = _describe_call(root, call, leaves, grad_enabled) + "; static"
+            return _Decision(captured, report, code)
+        with private_state(root) as state:
+            captured = capture(root, call, clone_inputs(leaves))
+            if captured.gm.code == skip_if_code:
+                return None
+            code = captured.gm.code
+            example = [leaves[i] for i in captured.leaf_index]
+            _decide_captured(root, call, captured, example, state, opts, report, at_call)
+    report.variant = _describe_call(root, call, leaves, grad_enabled)
+    return _Decision(captured, report, code)
+
+
+def _decide_captured(
+    root: nn.Module,
+    call: CallSpec,
+    captured: Captured,
+    example: list[Any],
+    state: PrivateState,
+    opts: _Options,
+    report: Report,
+    at_call: bool,
+) -> None:
+    """Check the capture against eager on the call, then run and verify the passes."""
+    state.copy_always = _writes_through_data(captured.gm)
+    ctx = Context(
+        example_inputs=example,
+        measure=opts.measure or default_measure,
+        reset_state=state.reset,
+        private_state=True,
+        module=root,
+        grad_enabled=torch.is_grad_enabled(),
+    )
+    try:
+        ref = _eager_reference(root, call, ctx)
+    except _ModelError as e:
+        if at_call:
+            raise e.error from None  # what eager raises on this call, as eager raises it
+        err = e.error
+        text = str(err).strip()
+        raise FxgradError(
+            f"The model raises {type(err).__name__} in forward on the example inputs: "
+            f"{text.splitlines()[0] if text else ''}",
+            hint="Check that the example inputs have the shapes, dtypes and devices the "
+            "model expects; fxgrad needs a forward that runs in eager PyTorch.",
+        ) from err
+    first = check_capture(captured.gm, ctx, ref, opts.passes)
+    if first.backward_fails:
+        report.notes.append(_backward_note(ref, first))
+    report.notes.extend(n for n in captured.notes if n not in report.notes)
+    before = captured.gm.code
+    changes, notes = run_passes(captured.gm, opts.passes, ctx, ref, opts.verify)
+    if ref.forward_error is not None:
+        notes.extend(_still_failing(captured.gm, ctx))
+    report.code_before, report.code_after = before, captured.gm.code
+    report.changes.extend(changes)
+    report.notes.extend(n for n in notes if n not in report.notes)
+
+
+def _decide(
+    base: nn.Module,
+    args: tuple | None,
+    kwargs: dict | None,
+    opts: _Options,
+    *,
+    grad_enabled: bool,
+    at_call: bool = False,
+    static: bool = False,
+) -> Variant:
+    """Decide on one call (or statically) and bind the result to the user's module."""
+    call, leaves = call_spec(base, args, kwargs)
+    if not static:
+        _check_leaves(args or (), kwargs or {}, leaves)
+    decision = _decide_on(
+        base, call, leaves, opts, grad_enabled=grad_enabled, static=static, at_call=at_call
+    )
+    assert decision is not None
+    return _variant_of(base, decision)
+
+
+def _variant_of(base: nn.Module, decision: _Decision) -> Variant:
+    cap = decision.captured
+    constants = _take_constants(cap.gm, base)
+    graph = cap.gm.graph
+    n = cap.call.in_spec.num_leaves
+    identity = not cap.call.constants and cap.leaf_index == list(range(n))
+    return _bind(
+        base,
+        graph=graph,
+        call=cap.call,
+        out_spec=cap.out_spec,
+        leaf_index=None if identity else list(cap.leaf_index),
+        report=decision.report,
+        constants=constants,
+        key=None,
+    )
+
+
+def _bind(
+    root: nn.Module,
+    *,
+    graph: fx.Graph,
+    call: CallSpec,
+    out_spec: pytree.TreeSpec,
+    leaf_index: list[int] | None,
+    report: Report,
+    constants: dict[str, Any],
+    key: tuple | None,
+) -> Variant:
+    """A variant whose graph reads `root`'s submodules, tensors and attributes."""
+    gm = fx.GraphModule({}, fx.Graph(), class_name=type(root).__name__)
+    d = gm.__dict__
+    d["_modules"], d["_parameters"], d["_buffers"] = root._modules, root._parameters, root._buffers
+    d[ROOT_ATTR] = root
+    d.update(constants)
+    gm.graph = graph  # generates and compiles the code
+    shapes = ShapeCheck(size_guard_program(gm))
+    return Variant(key, call, out_spec, leaf_index, gm, report, shapes, constants)
+
+
+def _rebound(v: Variant, root: nn.Module, graph: fx.Graph, constants: dict) -> Variant:
+    return _bind(
+        root,
+        graph=graph,
+        call=v.call,
+        out_spec=v.out_spec,
+        leaf_index=v.leaf_index,
+        report=v.report,
+        constants=constants,
+        key=v.key,
+    )
+
+
+_ROOT_NAMES = ("_buffers", "_parameters", "_modules", ROOT_ATTR)
+
+
+def _take_constants(gm: fx.GraphModule, base: nn.Module) -> dict[str, Any]:
+    """Objects the decided graph reads that are not the user's module's own.
+
+    Constants capture kept and anything a pass added to the graph module move to names
+    unique in the process, so the fixed module can hold those of all its variants.
+    """
+    constants: dict[str, Any] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        target = str(node.target)
+        first, _, rest = target.partition(".")
+        if (
+            first in _ROOT_NAMES
+            or first in base._parameters
+            or first in base._buffers
+            or first in base._modules
+        ):
+            continue
+        value = getattr(gm, first)
+        name = first if first.startswith(STOWED_PREFIX) else fresh_constant_name()
+        constants[name] = value
+        node.target = name + ("." + rest if rest else "")
+    return constants
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while fixing.
+    """Pause Python's cyclic garbage collector while deciding.
 
     Capture and the passes allocate many small objects (nodes, proxies, frames); each full
     collection walks every live object, so with the collector on, time per node grew with
@@ -430,36 +795,119 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _options(
+    select: Any, ignore: Any, verify: bool, measure: Measure | None, max_variants: int
+) -> _Options:
+    from fxgrad.passes import ALL
+
+    if max_variants < 1:
+        raise FxgradError(
+            f"max_variants must be at least 1, got {max_variants}.",
+            hint="Leave it at its default (8) unless calls keep changing.",
+        )
+    return _Options(select_passes(ALL, select, ignore), verify, measure, max_variants)
+
+
 def fix(
     model: nn.Module,
     example_inputs: Any = None,
+    example_kwargs: dict[str, Any] | None = None,
     *,
     select: str | Iterable[str] | None = None,
     ignore: str | Iterable[str] | None = None,
     verify: bool = True,
     measure: Measure | None = None,
+    max_variants: int = MAX_VARIANTS,
 ) -> FixedModule:
-    """Capture `model` and return a drop-in module with autograd hazards rewritten.
+    """Return a drop-in module that runs `model` with its autograd hazards rewritten.
 
-    With `example_inputs` (a tuple of positional arguments; a lone tensor is accepted)
-    every decision is made on a real run and every rewrite is verified against eager;
-    without them decisions are static and conservative. The original model is never
-    changed; the result shares its parameters and buffers. See `.report` on the result.
-    `select`/`ignore` take pass codes or prefixes ("FXG1"); `measure` replaces the timer
-    measured passes use (for deterministic tests).
+    Decisions are made on real calls, so they are exact: with `example_inputs` (a tuple
+    of positional arguments, a lone tensor accepted, and `example_kwargs`) on that call
+    right away, without them on the first call. A later call that differs in something a
+    decision depended on (dtypes, `requires_grad`, train/eval, ...) gets its own variant,
+    decided on it; see `fxgrad.guards`. Every rewrite is verified against eager on the
+    call it was decided on. The original model is never changed by fixing; the fixed
+    module shares its submodules, parameters and buffers. `select`/`ignore` take pass
+    codes or prefixes ("FXG1"); `measure` replaces the timer measured passes use.
     """
+    model = _unwrap(model)
+    opts = _options(select, ignore, verify, measure, max_variants)
+    inputs = _normalize_inputs(example_inputs)
+    fixed = FixedModule(model, opts)
+    if inputs is None and example_kwargs is None:
+        return fixed
     with _gc_paused():
-        return _fix(model, example_inputs, select, ignore, verify, measure)
+        # An explicit fix() decides for training: grad on, whatever the caller's mode.
+        variant = _decide(model, inputs or (), example_kwargs, opts, grad_enabled=True)
+    args, kwargs = inputs or (), dict(example_kwargs or {})
+    skey, leaves = structure(args, kwargs)
+    tensors = list(args) if leaves is None else [x for x in leaves if _is_input(x)]
+    with torch.enable_grad():
+        variant.key = call_key(skey, tensors, fixed._modules_for_key())
+    variant.shapes.remember(tensors)
+    fixed._adopt(variant)
+    return fixed
+
+
+def fix_static(
+    model: nn.Module,
+    *,
+    select: str | Iterable[str] | None = None,
+    ignore: str | Iterable[str] | None = None,
+) -> FixedModule:
+    """Decide without running anything: conservative decisions for every call.
+
+    For tools that cannot run the model (the CLI without `--input`); the result serves
+    every call with the forward's own parameters.
+    """
+    model = _unwrap(model)
+    opts = _options(select, ignore, True, None, MAX_VARIANTS)
+    fixed = FixedModule(model, opts)
+    with _gc_paused():
+        fixed._adopt(_decide(model, None, None, opts, grad_enabled=True, static=True))
+    return fixed
 
 
 def check(
     model: nn.Module,
     example_inputs: Any = None,
+    example_kwargs: dict[str, Any] | None = None,
     *,
     select: str | Iterable[str] | None = None,
     ignore: str | Iterable[str] | None = None,
     measure: Measure | None = None,
 ) -> Report:
-    """Return the Report of what `fix()` would change, without keeping the fixed module."""
+    """Return the Report of what fixing would change, in both train and eval mode.
+
+    With example inputs the decisions are exact; without them they are static (nothing
+    runs) and conservative. The mode the model is not in is checked too, and its findings
+    are added when its graph differs.
+    """
+    model = _unwrap(model)
+    opts = _options(select, ignore, True, measure, MAX_VARIANTS)
+    inputs = _normalize_inputs(example_inputs)
+    static = inputs is None and example_kwargs is None
     with _gc_paused():
-        return _fix(model, example_inputs, select, ignore, True, measure).report
+        call, leaves = call_spec(model, None if static else inputs or (), example_kwargs)
+        if not static:
+            _check_leaves(inputs or (), example_kwargs or {}, leaves)
+        first = _decide_on(
+            model, call, leaves, opts, grad_enabled=True, static=static, at_call=False
+        )
+        assert first is not None
+        report = first.report
+        other = _decide_on(
+            model,
+            call,
+            leaves,
+            opts,
+            grad_enabled=True,
+            static=static,
+            at_call=False,
+            flip_mode=True,
+            skip_if_code=first.code,
+        )
+    if other is not None:
+        report.extend(other.report.changes)
+        report.notes.extend(n for n in other.report.notes if n not in report.notes)
+    return report

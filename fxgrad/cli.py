@@ -392,6 +392,10 @@ def _run(
     ignore: str | None,
 ) -> fxgrad.FixedModule:
     loaded = load_target(target, input_specs, inputs_from, training)
+    if loaded.inputs is None:  # nothing to run the model on: decide statically
+        from fxgrad.api import fix_static
+
+        return fix_static(loaded.model, select=split_codes(select), ignore=split_codes(ignore))
     return fxgrad.fix(
         loaded.model, loaded.inputs, select=split_codes(select), ignore=split_codes(ignore)
     )

@@ -95,6 +95,8 @@ class Context:
     # fix()), so a pass need not snapshot and restore module state around its own runs.
     private_state: bool = False
     module: torch.nn.Module | None = None
+    # The grad mode of the call being decided on: decisions hold for calls in that mode.
+    grad_enabled: bool = True
     first_run: FirstRun | None = None
     notes: list[str] = field(default_factory=list)
     _params: list[torch.Tensor] | None = None

@@ -30,9 +30,12 @@ class Report:
     changes: list[Change] = field(default_factory=list)
     code_before: str = ""
     code_after: str = ""
-    mode: str = "static"  # "exact" (decided on example inputs) or "static"
+    mode: str = "static"  # "exact" (decided on a real call), "static", or "pending"
     notes: list[str] = field(default_factory=list)
     model: str = ""
+    # For a fixed module's report: the call it was decided on (train/eval, the inputs'
+    # dtypes, ...), since each combination that needs its own decisions gets a variant.
+    variant: str = ""
 
     @property
     def applied(self) -> list[Change]:
@@ -47,6 +50,8 @@ class Report:
     def summary(self) -> str:
         """One sentence counting rewrites and findings."""
         n, left = len(self.applied), len(self.changes) - len(self.applied)
+        if self.mode == "pending":
+            return "not decided yet: fxgrad decides on the first call, with its inputs."
         decided = "on example inputs" if self.mode == "exact" else "statically"
         text = f"{n} rewrite{'s' if n != 1 else ''}"
         if left:
@@ -90,6 +95,7 @@ class Report:
         return {
             "model": self.model,
             "mode": self.mode,
+            "variant": self.variant,
             "exit_code": self.exit_code,
             "changes": [c.to_dict() for c in self.changes],
             "notes": list(self.notes),
@@ -111,6 +117,7 @@ class Report:
             mode=data.get("mode", "static"),
             notes=list(data.get("notes", [])),
             model=data.get("model", ""),
+            variant=data.get("variant", ""),
         )
 
     def extend(self, changes: Iterable[Change]) -> None:

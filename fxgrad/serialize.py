@@ -9,13 +9,12 @@ rebuilt from those, so `torch.save(fixed)` / `torch.load` give back the same pro
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from torch import fx
 
-from fxgrad.trace import Captured, function_apply, ufunc_method
+from fxgrad.trace import function_apply, ufunc_method
 
 # Node meta fxgrad reads later (the user's file and line); the rest is not needed to run.
 _KEPT_META = ("fxgrad_loc",)
@@ -46,28 +45,26 @@ def _target(state: tuple) -> Any:
     return state[1]
 
 
-def graph_module_state(gm: fx.GraphModule) -> dict[str, Any]:
-    """The nodes of gm as plain data, and the objects its attribute nodes read."""
+def graph_state(graph: fx.Graph) -> list[tuple]:
+    """The nodes of a graph as plain data."""
     nodes = []
-    owned: dict[str, Any] = {}
-    for n in gm.graph.nodes:
-        if n.op in ("get_attr", "call_module"):
-            owned[str(n.target)] = fx.graph_module._get_attr(gm, str(n.target))
+    for n in graph.nodes:
         args = fx.node.map_arg(n.args, lambda a: _Ref(a.name))
         kwargs = fx.node.map_arg(n.kwargs, lambda a: _Ref(a.name))
         meta = {k: n.meta[k] for k in _KEPT_META if k in n.meta}
         nodes.append((n.name, n.op, _target_state(n.target), args, kwargs, n.type, meta))
-    return {"nodes": nodes, "owned": owned, "class_name": type(gm).__name__}
+    return nodes
 
 
-def graph_module_from_state(state: dict[str, Any]) -> fx.GraphModule:
+def graph_from_state(nodes: list[tuple]) -> fx.Graph:
+    """Rebuild a graph from `graph_state()` output."""
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
 
     def resolve(a: Any) -> Any:
         return env[a.name] if isinstance(a, _Ref) else a
 
-    for name, op, target, args, kwargs, type_expr, meta in state["nodes"]:
+    for name, op, target, args, kwargs, type_expr, meta in nodes:
         node = graph.create_node(
             op,
             _target(target),
@@ -78,15 +75,24 @@ def graph_module_from_state(state: dict[str, Any]) -> fx.GraphModule:
         )
         node.meta.update(meta)
         env[name] = node
-    return fx.GraphModule(state["owned"], graph, state["class_name"])
+    return graph
 
 
-def captured_state(cap: Captured) -> dict[str, Any]:
-    fields = {f.name: getattr(cap, f.name) for f in dataclasses.fields(cap)}
-    fields["gm"] = graph_module_state(cap.gm)
-    fields["propagation_error"] = None  # an exception object; only capture reads it
-    return fields
+def variant_state(v: Any) -> dict[str, Any]:
+    """A fixed module's variant as data: its graph node by node and what calls it serves."""
+    return {
+        "nodes": graph_state(v.gm.graph),
+        "call": v.call,
+        "out_spec": v.out_spec,
+        "leaf_index": v.leaf_index,
+        "report": v.report,
+        "constants": v.constants,
+        "key": v.key,
+    }
 
 
-def captured_from_state(state: dict[str, Any]) -> Captured:
-    return Captured(**{**state, "gm": graph_module_from_state(state["gm"])})
+def variant_parts(state: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments that bind a stored variant to a module again."""
+    parts = dict(state)
+    parts["graph"] = graph_from_state(parts.pop("nodes"))
+    return parts

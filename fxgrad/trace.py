@@ -13,11 +13,13 @@ would answer differently.
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import copy
 import dataclasses
 import functools
 import inspect
+import itertools
 import operator
 import sys
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ from fxgrad.graph_utils import (
     find_submodule,
     user_frame_location,
 )
+from fxgrad.state import plain_tensor_attributes
 
 CAPTURE_DOC = """\
 # What capture records
@@ -70,6 +73,24 @@ Remedies: move that code into a function marked with `torch.fx.wrap`, make its m
 leaf, use `torch.where` or masking so both branches are computed, or pass example inputs
 when the question is about sizes.
 """
+
+# ---------------------------------------------------------------------------------------
+# Names the generated code reads
+
+# The module whose forward was captured, as generated code reads it: `self._fxgrad_root`.
+# Plain tensor attributes of that module (`self.n = torch.zeros(())` in `__init__`) are
+# read and written through it on every call, so the fixed module shares them with the
+# user's module rather than keeping a copy from capture time.
+ROOT_ATTR = "_fxgrad_root"
+# Objects fx cannot spell in code, kept as constants of the graph.
+STOWED_PREFIX = "_fxgrad_const"
+_STOWED_PREFIXES = (STOWED_PREFIX, "_tensor_constant", "_torchbind_obj", "_tree_spec_constant")
+
+
+def _is_stowed_name(name: str) -> bool:
+    """Whether fx (or fxgrad) made this attribute name to hold a constant of the graph."""
+    return name.startswith(_STOWED_PREFIXES) or (name.startswith("_") and "_constant_" in name)
+
 
 # ---------------------------------------------------------------------------------------
 # Guards: Python-level answers baked into the graph, checked on every call
@@ -322,9 +343,12 @@ def _has_proxy(tree: Any) -> bool:
 _ACTIVE: list[FxgradTracer] = []
 
 _HOST_FUNCTIONS = ("from_numpy", "tensor", "as_tensor", "asarray")
-# Factories that take sizes: `torch.zeros(b, t, d)` with sizes read from `x.shape` gets
-# traced values where torch's argument parser wants ints, so plain tracing fails; recorded
-# as calls, the sizes stay symbolic and the fixed module accepts other input sizes.
+# Functions that make a tensor. Called from model code they are recorded as calls whatever
+# their arguments, so the fixed module makes a fresh tensor on every call, as eager does:
+# a tensor made once at capture time and kept as a graph constant would be shared between
+# calls (`mask = torch.ones(4); mask[i] = 0` writes into the same tensor every time,
+# `acc = torch.zeros(4); acc += x` accumulates across calls) and a random draw would be
+# the same on every call. Sizes read from `x.shape` stay symbolic as well.
 _FACTORY_FUNCTIONS = (
     "zeros",
     "ones",
@@ -340,8 +364,27 @@ _FACTORY_FUNCTIONS = (
     "eye",
     "tril_indices",
     "triu_indices",
+    "tensor",
+    "as_tensor",
+    "scalar_tensor",
+    "empty_strided",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "normal",
 )
-_RECORDED_FUNCTIONS = _HOST_FUNCTIONS + _FACTORY_FUNCTIONS
+_RECORDED_FUNCTIONS = tuple(dict.fromkeys(_HOST_FUNCTIONS + _FACTORY_FUNCTIONS))
+# Factories whose values differ from call to call: a Python question about their data
+# cannot be answered once for all calls.
+_RANDOM_FACTORIES = {
+    getattr(torch, n)
+    for n in ("rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like")
+    + ("normal",)
+}
 # Functions of a dtype that must return a real object (`torch.finfo(x.dtype).min`): given
 # a traced dtype, they get the example's, and a guard checks it on every call.
 _CONCRETE_FUNCTIONS = ("finfo", "iinfo")
@@ -387,6 +430,36 @@ def _record_if_traced(orig: Callable) -> Callable:
     return wrapper
 
 
+def _record_factory(orig: Callable) -> Callable:
+    """A factory called from model code becomes a call node, constant arguments or not."""
+
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _ACTIVE and not _ACTIVE[-1].in_propagation:
+            if _has_proxy((args, kwargs)) or (
+                _caller_is_model_code() and not _has_array((args, kwargs))
+            ):
+                made = _ACTIVE[-1].record_factory(orig, args, kwargs)
+                if made is not None:
+                    return made
+        return orig(*args, **kwargs)
+
+    return wrapper
+
+
+def _has_array(tree: Any) -> bool:
+    """Whether a NumPy array is among the arguments: NumPy on constants, computed once."""
+    return any(
+        type(a).__module__ == "numpy" and type(a).__name__ == "ndarray"
+        for a in pytree.tree_leaves(tree)
+    )
+
+
+def _caller_is_model_code() -> bool:
+    """Whether the function calling the patched factory is model code (not torch's own)."""
+    return not _is_internal(sys._getframe(2).f_code.co_filename)
+
+
 def _traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
     if _ACTIVE and _has_proxy((args, kwargs)):
         return _ACTIVE[-1].create_proxy("call_function", function_apply(cls), args, kwargs)
@@ -402,7 +475,7 @@ def _traced_module_setattr(orig: Callable[[Any, str, Any], None]) -> Callable:
     def __setattr__(mod: torch.nn.Module, name: str, value: Any) -> None:
         if _ACTIVE and not _ACTIVE[-1].in_propagation:
             tracer = _ACTIVE[-1]
-            if not name.startswith("_tensor_constant"):  # fx stowing a constant
+            if not _is_stowed_name(name):  # fx stowing a constant
                 # Ops recorded so far run on the example values before the module
                 # changes, as in eager PyTorch (a leaf module may read what is rebound).
                 tracer.run_pending()
@@ -603,7 +676,7 @@ def _wrapped(kind: Callable[[Callable], Callable], orig: Callable) -> Callable:
 def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
     """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
     replacements: dict[Any, Any] = {
-        getattr(torch, n): _wrapped(_record_if_traced, getattr(torch, n))
+        getattr(torch, n): _wrapped(_record_factory, getattr(torch, n))
         for n in _RECORDED_FUNCTIONS
         if hasattr(torch, n)
     }
@@ -725,6 +798,9 @@ class FxgradTracer(fx.Tracer):
         self._meta_memo: dict[fx.Node, bool] = {}
         self.out_spec: pytree.TreeSpec | None = None
         self.placeholder_leaf_index: list[int] = []
+        # (id(module), name) of plain tensor attributes, held in the buffer table while
+        # tracing so that reading them gives a traced value (see capture()).
+        self.plain_attributes: set[tuple[int, str]] = set()
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -782,7 +858,7 @@ class FxgradTracer(fx.Tracer):
         try:
             if node.op == "get_attr":
                 obj: Any = self.root
-                for atom in str(node.target).split("."):
+                for atom in str(node.target).removeprefix(ROOT_ATTR + ".").split("."):
                     obj = getattr(obj, atom)
                 value = obj
             elif node.op == "call_module":
@@ -807,6 +883,35 @@ class FxgradTracer(fx.Tracer):
         if self.in_propagation:
             return attr_val  # running real values: modules see their real parameters
         return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_arg(self, a: Any) -> Any:
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            # An object fx cannot spell in code (a torch.Generator, a NumPy array, a user
+            # object passed to a recorded call): kept as a constant the graph reads, the
+            # very object eager would use, as fx does for tensors.
+            qualname = self.get_fresh_qualname(STOWED_PREFIX)
+            object.__setattr__(self.root, qualname, a)
+            return self.create_node("get_attr", qualname, (), {})
+
+    def record_factory(self, fn: Callable, args: tuple, kwargs: dict) -> fx.Proxy | None:
+        """Record a tensor factory called from model code; None if it cannot be recorded."""
+        try:
+            proxy = self.create_proxy("call_function", fn, args, kwargs)
+        except Exception:
+            return None  # an argument fx cannot hold: made once, as before
+        if not self._propagate and fn not in _RANDOM_FACTORIES and not _has_proxy((args, kwargs)):
+            # Without example inputs its value is still known (it depends on no input), so
+            # `len()` of it or iterating over it is answered as eager would.
+            with contextlib.suppress(Exception):
+                prev = torch._C.is_grad_enabled()
+                _SET_GRAD_ENABLED(False)
+                try:
+                    self._values[proxy.node] = fn(*args, **kwargs)
+                finally:
+                    _SET_GRAD_ENABLED(prev)
+        return proxy
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if super().is_leaf_module(m, module_qualified_name):
@@ -923,21 +1028,21 @@ class FxgradTracer(fx.Tracer):
             path = self.path_of_module(mod)
         except NameError:
             return False
-        if name in mod._buffers:
+        plain = (id(mod), name) in self.plain_attributes
+        if name in mod._buffers and not plain:
             target = f"{path}._buffers" if path else "_buffers"
             holder = self.create_proxy("get_attr", target, (), {})
             self.create_proxy("call_function", operator.setitem, (holder, name, value), {})
             mod._buffers[name] = value  # later reads in this forward see the new value
             return True
-        if path:
-            owner = self.create_proxy("get_attr", path, (), {})
-            self.create_proxy("call_function", builtins.setattr, (owner, name, value), {})
+        # The module itself, as generated code reads it: a plain attribute the forward
+        # rebinds (`self.state = h.detach()`) is rebound on the user's module, as in eager.
+        owner = self.create_proxy("get_attr", path or ROOT_ATTR, (), {})
+        self.create_proxy("call_function", builtins.setattr, (owner, name, value), {})
+        if plain:
+            mod._buffers[name] = value  # read back through the buffer table while tracing
         else:
-            self.notes.append(
-                f"the forward stores a tensor in self.{name} at {self._where()}; the fixed "
-                "module does not keep that attribute (make it a buffer to keep it)"
-            )
-        mod.__dict__[name] = value
+            mod.__dict__[name] = value
         return True
 
     # -- activation checkpointing -----------------------------------------------------------
@@ -1018,63 +1123,17 @@ def _register_dataclasses(tree: Any) -> None:
 
 @dataclass
 class CallSpec:
-    """How a call's arguments map to graph placeholders and baked constants."""
+    """How one call's arguments map to graph placeholders and baked constants.
 
-    signature: inspect.Signature
+    It describes the call as it was made, positional and keyword arguments as the caller
+    passed them, with no default filled in: the forward is traced by calling it that way,
+    so decorators that merge defaults of their own see what eager PyTorch gives them.
+    """
+
+    signature: inspect.Signature | None
     in_spec: pytree.TreeSpec
     leaf_names: list[str]
     constants: dict[int, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # A forward of plain tensor parameters, called positionally with tensors, needs no
-        # signature binding or pytree walk: the common case skips both on every call.
-        n = self.in_spec.num_leaves
-        flat = pytree.tree_structure((tuple(range(n)), {}))
-        self.fast_arity = n if self.in_spec == flat and not self.constants else -1
-
-    def flatten(self, args: tuple, kwargs: dict) -> list[Any]:
-        """Bind a call like the original forward and return the tensor leaves in order."""
-        if (
-            not kwargs
-            and len(args) == self.fast_arity
-            and all(type(a) is torch.Tensor or isinstance(a, torch.Tensor) for a in args)
-        ):
-            return list(args)
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise FxgradError(
-                f"The call does not match the model's forward signature: {e}.",
-                hint=f"forward takes {self.signature}.",
-            ) from None
-        bound.apply_defaults()
-        leaves, spec = pytree.tree_flatten((bound.args, bound.kwargs))
-        if spec != self.in_spec:
-            raise FxgradError(
-                "The inputs are structured differently from the example inputs the model "
-                "was captured with.",
-                hint="Call fxgrad.fix() again with example inputs of this structure.",
-            )
-        out = []
-        for i, leaf in enumerate(leaves):
-            if i in self.constants:
-                c = self.constants[i]
-                if not _same_constant(leaf, c):
-                    raise FxgradError(
-                        f"Argument {self.leaf_names[i]} was {c!r} at capture time and is "
-                        f"{leaf!r} now; the graph was specialised on it.",
-                        hint="Call fxgrad.fix() again with example inputs that use this value.",
-                    )
-            elif leaf is None:  # `if mask is not None:` was decided when it was a tensor
-                raise FxgradError(
-                    f"Argument {self.leaf_names[i]} was a tensor at capture time and is None "
-                    "now; the graph was specialised on it.",
-                    hint="Call fxgrad.fix() again with example inputs that pass None here, "
-                    "and use that fixed module for such calls.",
-                )
-            else:
-                out.append(leaf)
-        return out
 
     def unflatten(self, leaves: list[Any]) -> tuple[tuple, dict]:
         """Rebuild (args, kwargs) of a call from its non-constant leaves, in order."""
@@ -1085,6 +1144,11 @@ class CallSpec:
         ]
         return pytree.tree_unflatten(full, self.in_spec)
 
+    def flatten(self, args: tuple, kwargs: dict) -> list[Any]:
+        """The non-constant leaves of a call made with this structure, in placeholder order."""
+        leaves = pytree.tree_leaves((args, kwargs))
+        return [leaf for i, leaf in enumerate(leaves) if i not in self.constants]
+
 
 def _same_constant(a: Any, b: Any) -> bool:
     try:
@@ -1093,16 +1157,21 @@ def _same_constant(a: Any, b: Any) -> bool:
         return a is b
 
 
-def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature, n: int) -> list[str]:
+def _leaf_names(
+    spec: pytree.TreeSpec, signature: inspect.Signature | None, args: tuple, n: int
+) -> list[str]:
     """Name each input leaf after its forward parameter: `x`, `batch_image`, `xs_1`."""
     paths, _ = pytree.tree_flatten_with_path(pytree.tree_unflatten([0] * n, spec))
-    params = list(signature.parameters.values())
+    params = list(signature.parameters.values()) if signature is not None else []
     star = next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
+    positional_params = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
     def positional(k: int) -> str:
         if star is not None and k >= star:
             return f"{params[star].name}_{k - star}"
-        return params[k].name if k < len(params) else f"arg{k}"
+        return positional_params[k].name if k < len(positional_params) else f"arg{k}"
 
     names = []
     for path, _leaf in paths:
@@ -1120,35 +1189,49 @@ def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature, n: int) -> 
     return names
 
 
-def call_spec(model: torch.nn.Module, example_inputs: tuple | None) -> tuple[CallSpec, list]:
-    """Describe the forward's call: pytree structure, placeholder names, baked constants."""
-    signature = inspect.signature(model.forward)
-    if example_inputs is None:
-        args = []
-        for p in signature.parameters.values():
+def _signature(model: torch.nn.Module) -> inspect.Signature | None:
+    try:
+        return inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+
+
+def call_spec(
+    model: torch.nn.Module, args: tuple | None, kwargs: dict | None = None
+) -> tuple[CallSpec, list]:
+    """Describe a call of the forward: pytree structure, placeholder names, baked constants.
+
+    With `args` None (no example inputs) every parameter of forward without a default gets
+    a placeholder, and the others keep their defaults.
+    """
+    signature = _signature(model)
+    kwargs = dict(kwargs or {})
+    if args is None:
+        static = []
+        for p in signature.parameters.values() if signature is not None else ():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             if p.default is p.empty:
-                args.append(_StaticLeaf(p.name))
-        bound = signature.bind_partial(*args)
+                static.append(_StaticLeaf(p.name))
+        args = tuple(static)
     else:
-        _register_dataclasses(example_inputs)
-        try:
-            bound = signature.bind(*example_inputs)
-        except TypeError as e:
-            raise FxgradError(
-                f"The example inputs do not match the model's forward signature: {e}.",
-                hint=f"Pass a tuple with one entry per positional argument of forward{signature}.",
-            ) from None
-    bound.apply_defaults()
-    leaves, spec = pytree.tree_flatten((bound.args, bound.kwargs))
+        _register_dataclasses((args, kwargs))
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise FxgradError(
+                    f"The example inputs do not match the model's forward signature: {e}.",
+                    hint=f"Pass one entry per argument of forward{signature}: "
+                    "fxgrad.fix(model, (x,)) or fxgrad.fix(model, (x,), {'mask': m}).",
+                ) from None
+    leaves, spec = pytree.tree_flatten((tuple(args), kwargs))
     constants = {
         i: leaf
         for i, leaf in enumerate(leaves)
-        if not isinstance(leaf, (torch.Tensor, _StaticLeaf))
-        and not (example_inputs is not None and _is_array(leaf))
+        if not isinstance(leaf, (torch.Tensor, _StaticLeaf)) and not _is_array(leaf)
     }
-    names = _dedupe(_leaf_names(spec, signature, len(leaves)))
+    names = _dedupe(_leaf_names(spec, signature, args, len(leaves)))
     return CallSpec(signature, spec, names, constants), leaves
 
 
@@ -1192,6 +1275,13 @@ def twin(
     else:
         new = copy.copy(module)  # the class copies itself its own way
     memo[id(module)] = new
+    # Python containers the forward may fill (a cache dict, a list of past states) are the
+    # twin's own: capturing and probing write proxies and probe tensors into them, which
+    # must never reach the user's module. nn.Module's own tables (hooks above all) stay
+    # shared, so hooks registered later still run.
+    for k, v in module.__dict__.items():
+        if type(v) in _CONTAINERS and k not in _MODULE_INTERNALS:
+            new.__dict__[k] = copy.copy(v)
     new.__dict__["_parameters"] = module._parameters.copy()
     new.__dict__["_buffers"] = module._buffers.copy()
     new.__dict__["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
@@ -1199,6 +1289,10 @@ def twin(
         k: (twin(v, memo) if v is not None else None) for k, v in module._modules.items()
     }
     return new
+
+
+_CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)
+_MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__)
 
 
 @functools.cache
@@ -1236,6 +1330,14 @@ def capture(
     tracer = FxgradTracer(leaves, call.in_spec, call)
     modules = list(root.modules())
     state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in modules]
+    # Plain tensor attributes (`self.n = torch.zeros(())` in __init__) are read as traced
+    # values, like buffers: fx would run `self.n.add_(1)` once at capture time on the real
+    # tensor and record nothing. They sit in the buffer table while tracing, and the graph
+    # reads and writes them as the plain attributes they are.
+    for m in modules:
+        for name in plain_tensor_attributes(m):
+            m._buffers[name] = m.__dict__.pop(name)
+            tracer.plain_attributes.add((id(m), name))
     _ACTIVE.append(tracer)
     error: Exception | None = None
     try:
@@ -1250,9 +1352,7 @@ def capture(
                 continue  # most modules: nothing assigned
             m._buffers.clear()
             m._buffers.update(buffers)
-            added = [
-                k for k in m.__dict__ if k not in attrs and not k.startswith("_tensor_constant")
-            ]
+            added = [k for k in m.__dict__ if k not in attrs and not _is_stowed_name(k)]
             for k in added:
                 del m.__dict__[k]
             for k, v in attrs.items():
@@ -1270,13 +1370,6 @@ def capture(
         if isinstance(error, FxgradError):
             raise error
         raise _trace_error(error) from error
-    # Constant tensors fx stowed on the root become non-persistent buffers: they follow
-    # .to()/.cuda() and stay out of state_dict(), whose keys must match the original's.
-    for node in graph.nodes:
-        name = str(node.target)
-        if node.op == "get_attr" and isinstance(root.__dict__.get(name), torch.Tensor):
-            root._buffers[name] = root.__dict__.pop(name)
-            root._non_persistent_buffers_set.add(name)
     # Built empty and given the graph afterwards: fx would copy every module the graph
     # calls into a hierarchy of its own (a third of tracing time on a model of many small
     # modules), and the graph resolves targets through the shared module tree instead, so
@@ -1286,6 +1379,8 @@ def capture(
     gm.__dict__["_modules"] = root._modules
     gm.__dict__["_parameters"] = root._parameters
     gm.__dict__["_buffers"] = root._buffers
+    gm.__dict__[ROOT_ATTR] = root
+    _place_attribute_reads(graph, root, gm)
     gm.graph = graph  # generates and compiles the code
     if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
         gm._tracer_cls = graph._tracer_cls  # as fx.GraphModule.__init__ records it
@@ -1297,6 +1392,41 @@ def capture(
         tracer.propagation_error,
         tracer.notes,
     )
+
+
+_CONSTANT_IDS = itertools.count()
+
+
+def fresh_constant_name() -> str:
+    """A process-wide unique attribute name for a constant a graph reads."""
+    return f"{STOWED_PREFIX}{next(_CONSTANT_IDS)}"
+
+
+def _place_attribute_reads(graph: fx.Graph, root: torch.nn.Module, gm: fx.GraphModule) -> None:
+    """Point each get_attr node at what the fixed module will read on every call.
+
+    Constants fx stowed on the root (a global tensor, a generator) move to the graph module
+    under names unique in the process, so fixed modules of several calls can hold them side
+    by side. A plain attribute of the root (`self.n`) is read through the root itself, so
+    the fixed module reads and writes the user's attribute, not a copy from capture time.
+    """
+    for node in graph.nodes:
+        if node.op != "get_attr":
+            continue
+        name = str(node.target)
+        first = name.split(".", 1)[0]
+        if _is_stowed_name(first) and first in root.__dict__:
+            value = root.__dict__.pop(first)
+            new = fresh_constant_name()
+            gm.__dict__[new] = value
+            node.target = new + name[len(first) :]
+        elif first in root.__dict__ and not (
+            first in root._parameters
+            or first in root._buffers
+            or first in root._modules
+            or first in ("_buffers", "_parameters", "_modules", ROOT_ATTR)
+        ):
+            node.target = f"{ROOT_ATTR}.{name}"
 
 
 def _same_items(now: dict, before: dict) -> bool:

@@ -481,7 +481,7 @@ def observe(gm: fx.GraphModule, ctx: Context) -> Observed:
     prev = torch.is_grad_enabled()
     try:
         with seeded(ctx.seed), torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
-            torch.set_grad_enabled(True)
+            torch.set_grad_enabled(ctx.grad_enabled)
             try:
                 out = probe.run(*inputs)
             except Exception as e:

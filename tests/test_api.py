@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import fxgrad
+import fxgrad.api
 from fxgrad.changes import Change
 from fxgrad.errors import EquivalenceError, FxgradError, PassError, SelectionError, TraceError
 from fxgrad.graph_utils import eliminate_dead_code, writes_to
@@ -86,15 +87,16 @@ def test_fixed_module_trains_like_the_original():
     torch.testing.assert_close(model.conv.weight, twin.conv.weight)
 
 
-def test_train_eval_do_not_leak_into_the_users_model():
+def test_train_eval_act_on_the_users_model_as_with_ddp():
+    # A fixed module is a view of the user's module, like DDP: one set of modules, one mode.
     model = Net().train()
     fixed = fxgrad.fix(model, (_x(),))
     fixed.eval()
-    assert model.training and model.bn.training
-    assert not fixed.bn.training
+    assert not model.training and not model.bn.training and not fixed.training
     x = _x()
-    model.eval()
     torch.testing.assert_close(fixed(x), model(x))
+    model.train()
+    assert fixed.training and fixed.bn.training
 
 
 def test_keyword_arguments_and_defaults():
@@ -102,8 +104,10 @@ def test_keyword_arguments_and_defaults():
     fixed = fxgrad.fix(model, (_x(),))
     x = _x()
     torch.testing.assert_close(fixed(x=x), model(x))
-    with pytest.raises(FxgradError, match="scale was 1.0"):
-        fixed(x, scale=2.0)  # captured with the default: refuses rather than ignoring it
+    # captured with the default: another value is decided on its own call, not ignored
+    torch.testing.assert_close(fixed(x, scale=2.0), model(x, scale=2.0))
+    assert "scale=2.0" in fixed.report.variant
+    torch.testing.assert_close(fixed(x, 3.0), model(x, 3.0))
 
 
 def test_to_and_deepcopy():
@@ -182,8 +186,16 @@ def test_pickling_keeps_the_fixed_program(tmp_path):
     loaded.eval()
     fixed.eval()
     assert not torch.allclose(loaded(x), fixed(x))
-    with pytest.raises(fxgrad.trace.GuardError):  # the size guard came along too
-        pickle.loads(pickle.dumps(loaded))(torch.randn(5, 4))
+    # the size guard came along too: another batch size is decided on its own call
+    again = pickle.loads(pickle.dumps(loaded))
+    x5 = torch.randn(5, 4)
+    n = len(again.reports)
+    with fxgrad.context.seeded(0):
+        got = again(x5)
+    with fxgrad.context.seeded(0):
+        want = fxgrad.fix(again._fxgrad_root, (x5,))(x5)
+    torch.testing.assert_close(got, want)
+    assert len(again.reports) == n + 1
 
 
 def test_static_mode_reports_what_only_example_inputs_can_decide():
@@ -211,12 +223,19 @@ def test_static_mode_reports_what_only_example_inputs_can_decide():
     assert {c.before for c in exact.applied} == {"first.mul_(2)", "grid.add_(1)"}
 
 
-def test_static_mode_without_example_inputs():
+def test_without_example_inputs_fix_decides_on_the_first_call():
     model = Net().eval()
     fixed = fxgrad.fix(model)
-    assert fixed.report.mode == "static"
+    assert fixed.report.mode == "pending" and "first call" in fixed.report.summary()
+    with pytest.raises(FxgradError, match="not been called yet"):
+        _ = fixed.graph_module
     x = _x()
     torch.testing.assert_close(fixed(x), model(x))
+    assert fixed.report.mode == "exact"
+    # what can be decided without running anything: fix_static (the CLI without --input)
+    static = fxgrad.api.fix_static(model)
+    assert static.report.mode == "static"
+    torch.testing.assert_close(static(x), model(x))
 
 
 def test_check_returns_the_report():
@@ -263,7 +282,7 @@ def test_autograd_metadata_calls_are_kept_but_are_not_value_writes():
 
     model = Metadata()
     for inputs in ((torch.randn(3, 4),), None):  # decided on inputs, and statically
-        fixed = fxgrad.fix(model, inputs)
+        fixed = fxgrad.fix(model, inputs) if inputs else fxgrad.api.fix_static(model)
         assert fixed.report.changes == [], fixed.report.table()
         gm = fixed.graph_module
         assert eliminate_dead_code(gm) == 0
@@ -296,8 +315,11 @@ def test_untraceable_forward_names_the_line_and_what_to_try():
 
 
 def test_untraceable_forward_without_inputs_is_a_trace_error_too():
+    fixed = fxgrad.fix(DataDependent())  # decides on the first call
     with pytest.raises(TraceError, match="test_api.py"):
-        fxgrad.fix(DataDependent())
+        fixed(torch.randn(3))
+    with pytest.raises(TraceError, match="test_api.py"):
+        fxgrad.check(DataDependent())
 
 
 def test_non_tensor_example_inputs():
@@ -320,7 +342,7 @@ def test_meta_tensors_need_real_inputs_or_a_static_fix():
     assert fxgrad.fix(meta_model).report.changes == []  # decided statically, nothing run
 
 
-def test_none_where_the_example_had_a_tensor_is_a_clear_error():
+def test_none_where_the_example_had_a_tensor_gets_its_own_variant():
     class Masked(nn.Module):
         def forward(self, x, mask=None):
             return x if mask is None else x.masked_fill(mask, 0.0)
@@ -328,8 +350,9 @@ def test_none_where_the_example_had_a_tensor_is_a_clear_error():
     x, mask = torch.randn(2, 3), torch.rand(2, 3) > 0.5
     fixed = fxgrad.fix(Masked(), (x, mask))
     torch.testing.assert_close(fixed(x, mask), x.masked_fill(mask, 0.0))
-    with pytest.raises(FxgradError, match="mask was a tensor at capture time and is None"):
-        fixed(x)
+    torch.testing.assert_close(fixed(x), x)  # decided on this call: mask is None
+    torch.testing.assert_close(fixed(x, mask=mask), x.masked_fill(mask, 0.0))
+    assert len(fixed.reports) == 3
 
 
 def test_wrong_number_of_example_inputs():
@@ -530,7 +553,7 @@ def test_a_pass_that_breaks_the_model_is_rolled_back(monkeypatch):
     torch.testing.assert_close(fixed(x), model(x))  # the graph is the captured one again
     assert "neg" not in fixed.code
     # Without example inputs nothing can be verified, so the rewrite stays, reported.
-    static = fxgrad.fix(model, select=["FXG999"])
+    static = fxgrad.api.fix_static(model, select=["FXG999"])
     assert static.report.changes[0].applied and "neg" in static.code
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fxgrad
+import fxgrad.api
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -78,7 +79,7 @@ def test_zoo_compare_uses_scaled_tolerances(zoo):
 def test_scaling_chain_fixed_equals_eager(scaling, static):
     model, (x,) = scaling.make_chain(300)
     reference, _ = scaling.make_chain(300, functional=True)
-    fixed = fxgrad.fix(model) if static else fxgrad.fix(model, (x,))
+    fixed = fxgrad.api.fix_static(model) if static else fxgrad.fix(model, (x,))
     n = len(fixed.graph_module.graph.nodes)
     assert 250 <= n <= 400
     assert len(fixed.report.applied) == 16  # 8 blocks with 2 unsafe writes each

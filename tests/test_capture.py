@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import fxgrad
+import fxgrad.api
 from fxgrad.context import clone_inputs
 from fxgrad.graph_utils import ENTER_AUTOCAST
 from fxgrad.pipeline import run_forward_backward
@@ -321,7 +322,11 @@ def test_autocast_regions_are_kept():
     # with example inputs, and silently different without them.
     model, x = MixedPrecision(), torch.randn(4, 8, requires_grad=True)
     for inputs in ((x,), None):
-        fixed = fxgrad.fix(model, inputs, select=[])
+        fixed = (
+            fxgrad.fix(model, inputs, select=[])
+            if inputs
+            else fxgrad.api.fix_static(model, select=[])
+        )
         enters = [n for n in fixed.graph_module.graph.nodes if n.target is ENTER_AUTOCAST]
         assert len(enters) == 3
         got, want = fixed(x), model(x)
@@ -381,10 +386,16 @@ def test_hooks_on_submodules_still_run():
     torch.testing.assert_close(seen[0], seen[1])
 
 
-def test_hooks_on_the_model_itself_are_reported():
-    model = Blocks()
-    model.register_forward_hook(lambda mod, args, out: out)
-    assert any("hooks registered on the model" in n for n in fxgrad.check(model).notes)
+def test_hooks_on_the_model_itself_run_when_the_fixed_module_is_called():
+    # The fixed module shares the model's hook tables: hooks registered on either run.
+    model, x = Blocks(), torch.randn(3, 4)
+    seen = []
+    model.register_forward_hook(lambda mod, args, out: seen.append("model") or out * 2)
+    fixed = fxgrad.fix(model)
+    fixed.register_forward_pre_hook(lambda mod, args: seen.append("fixed"))
+    seen.clear()
+    torch.testing.assert_close(fixed(x), model(x))
+    assert seen == ["fixed", "model", "fixed", "model"]
 
 
 # --- structured inputs and outputs ---------------------------------------------------------
@@ -494,8 +505,13 @@ def test_size_branch_is_guarded_not_silently_baked():
 
     fixed = capture(Branch(), torch.randn(2, 3))
     torch.testing.assert_close(fixed(torch.ones(4, 5)), torch.full((4, 5), 2.0))
-    with pytest.raises(GuardError, match="fxgrad.fix"):
-        fixed(torch.ones(2, 3, 4))
+    assert len(fixed.reports) == 1
+    # another rank answers the branch the other way: decided again, on this call
+    torch.testing.assert_close(fixed(torch.ones(2, 3, 4)), torch.full((2, 3, 4), 3.0))
+    assert len(fixed.reports) == 2
+    # the guard itself still checks a graph that is run on its own
+    with pytest.raises(GuardError, match="bool"):
+        fixed._fxgrad.variants[0].gm(torch.ones(2, 3, 4))
 
 
 def test_int_and_float_of_sizes_are_answered_and_guarded():
@@ -508,10 +524,14 @@ def test_int_and_float_of_sizes_are_answered_and_guarded():
     x = torch.randn(2, 6, 4, requires_grad=True)
     fixed = capture(model, x)
     assert_same(model, fixed, x)
-    same_answers = torch.randn(3, 7, 4)  # int(7 / 2) == int(6 / 2); the last size is 4
+    same_answers = torch.randn(3, 7, 4, requires_grad=True)  # int(7 / 2) == int(6 / 2)
     torch.testing.assert_close(fixed(same_answers), model(same_answers))
+    assert len(fixed.reports) == 1  # the same answers: the same variant
+    other = torch.randn(2, 8, 4, requires_grad=True)
+    assert_same(model, fixed, other)  # int(8 / 2) differs: decided on its own call
+    assert len(fixed.reports) == 2
     with pytest.raises(GuardError, match="int"):
-        fixed(torch.randn(2, 8, 4))
+        fixed._fxgrad.variants[0].gm(other)
 
 
 class MaskedAttention(nn.Module):
@@ -535,8 +555,14 @@ def test_dtype_questions_are_answered_from_the_example_and_guarded():
     assert_same(model, fixed, x, mask)
     other = torch.randn(4, 5, 8), torch.rand(4, 5, 5) > 0.3
     torch.testing.assert_close(fixed(*other), model(*other))  # other sizes: no guard hit
+    double = copy.deepcopy(fixed).double()
+    n = len(double.reports)
+    xd = x.detach().double().requires_grad_()
+    torch.testing.assert_close(double(xd, mask), copy.deepcopy(model).double()(xd, mask))
+    assert len(double.reports) == n + 1  # float64 is decided on its own call
+    assert "float64" in double.report.variant
     with pytest.raises(GuardError, match="torch.float32"):
-        copy.deepcopy(fixed).double()(x.double(), mask)
+        double._fxgrad.variants[0].gm(xd, mask)
 
 
 def test_len_and_loop_count_are_guarded():
@@ -550,8 +576,12 @@ def test_len_and_loop_count_are_guarded():
     fixed = capture(Loop(), torch.randn(3, 2))
     x = torch.randn(3, 2)
     torch.testing.assert_close(fixed(x), x.sum(0) * 3)
+    x4 = torch.randn(4, 2)
+    torch.testing.assert_close(fixed(x4), x4.sum(0) * 4)  # a last, smaller batch works too
+    torch.testing.assert_close(fixed(x), x.sum(0) * 3)  # and the first variant still serves
+    assert len(fixed.reports) == 2
     with pytest.raises(GuardError):
-        fixed(torch.randn(4, 2))
+        fixed._fxgrad.variants[0].gm(x4)
 
 
 # --- training flag ---------------------------------------------------------------------------

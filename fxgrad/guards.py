@@ -1,0 +1,314 @@
+"""What a fixed module's decisions assumed about a call, checked on every call.
+
+fxgrad decides on one call: it captures the forward on that call's inputs and the passes
+observe one run. What they learned is either generalized in the emitted code (sizes stay
+symbolic, casts follow the input's dtype, views are rebuilt with the same `chunk` call) or
+becomes part of the key below, a tuple of plain Python values read from tensor metadata
+and module flags, never from tensor data. A call whose key differs gets a variant decided
+exactly on it, as `torch.compile` recompiles on a failed guard.
+
+The key holds, per input: the call's structure and non-tensor values, each tensor's dtype,
+device, `requires_grad` and leaf-ness, which sizes are 0 or 1 (they change broadcasting
+and whether a view is contiguous), whether it is contiguous (so whether `reshape` or
+`.contiguous()` copies), and which inputs share memory; then grad mode, the `training` flag
+of every module, the dtype and device of every parameter and buffer (`.double()`,
+`.to()`), the default dtype and the autocast state. Sizes other than 0 and 1 are not in
+the key: where capture answered a Python question about a size (`if h.shape[-1] % 2`),
+the graph holds a guard, and a call with new sizes is checked against those guards once
+(on fake tensors, nothing real runs) before the variant serves it.
+"""
+
+from __future__ import annotations
+
+import collections
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx, nn
+
+from fxgrad.graph_utils import ancestors
+from fxgrad.trace import GuardError, fxgrad_guard
+
+# Positions in a key, and what each means to a person reading an error.
+STRUCTURE, TENSORS, ALIASING, GRAD, MODES, STATE, DEFAULT_DTYPE, AUTOCAST = range(8)
+_FACT_NAMES = {
+    STRUCTURE: "the arguments' structure or non-tensor values",
+    TENSORS: "the input tensors' dtype, device, requires_grad, layout or 0/1 sizes",
+    ALIASING: "which input tensors share memory",
+    GRAD: "grad mode",
+    MODES: "the train()/eval() mode of the modules",
+    STATE: "the dtype or device of the parameters and buffers",
+    DEFAULT_DTYPE: "torch's default dtype",
+    AUTOCAST: "the autocast state",
+}
+
+
+class _Unhashable:
+    """A non-tensor argument that cannot be hashed: equal only to itself."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unhashable) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __repr__(self) -> str:
+        return repr(self.obj)
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return _Unhashable(value)
+    return (type(value), value)
+
+
+def tensor_facts(t: Any) -> tuple:
+    """The facts about one input tensor that decisions may depend on."""
+    if not isinstance(t, torch.Tensor):
+        dtype = getattr(t, "dtype", None)  # a NumPy array
+        return ("array", str(dtype), getattr(t, "ndim", None))
+    shape = t.shape
+    small = tuple(d if d < 2 else 2 for d in shape) if (1 in shape or 0 in shape) else len(shape)
+    rg = t.requires_grad
+    if t.is_contiguous():
+        layout: Any = True
+    elif t.layout != torch.strided:
+        layout = str(t.layout)
+    else:  # which dims are innermost, and whether there are gaps: what view/copy depends on
+        layout = tuple(sorted(range(t.dim()), key=lambda d: (t.stride(d), d)))
+    kind = type(t) if type(t) is not torch.Tensor else None
+    return (t.dtype, t.device, rg, rg and t.is_leaf, small, layout, kind)
+
+
+def _storage_id(t: torch.Tensor) -> int | None:
+    if t.layout != torch.strided:
+        return None
+    try:
+        return t.untyped_storage().data_ptr() or None
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def aliasing(tensors: Sequence[Any]) -> tuple | None:
+    """Which input tensors share memory: for each, the first earlier one that does."""
+    if len(tensors) < 2:
+        return None
+    first: dict[int, int] = {}
+    out = []
+    shared = False
+    for i, t in enumerate(tensors):
+        sid = _storage_id(t) if isinstance(t, torch.Tensor) else None
+        if sid is None or sid not in first:
+            if sid is not None:
+                first[sid] = i
+            out.append(-1)
+        else:
+            j = first[sid]
+            out.append((j, tensors[j] is t))
+            shared = True
+    return tuple(out) if shared else None
+
+
+def structure(args: tuple, kwargs: dict) -> tuple[Any, list[Any] | None]:
+    """The call's structure key, and its leaves when they were flattened to get it."""
+    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+        return len(args), None  # the common case: tensors, positionally
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    consts = tuple(
+        (i, _hashable(v))
+        for i, v in enumerate(leaves)
+        if not isinstance(v, torch.Tensor) and not _is_array(v)
+    )
+    return (spec, consts), leaves
+
+
+def _is_array(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
+
+
+def module_state(modules: Sequence[nn.Module]) -> tuple[tuple, tuple]:
+    """The `training` flags of all modules, and dtype and device of their tensors."""
+    modes = tuple(map(operator.attrgetter("training"), modules))
+    state = []
+    for m in modules:
+        for t in m._parameters.values():
+            if t is not None:
+                state.append((t.dtype, t.device))
+        for t in m._buffers.values():
+            if t is not None:
+                state.append((t.dtype, t.device))
+    return modes, tuple(state)
+
+
+def _autocast() -> Any:
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    out = []
+    for device in ("cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(device):
+                out.append((device, torch.get_autocast_dtype(device)))
+        except (RuntimeError, TypeError):
+            pass
+    return tuple(out)
+
+
+def call_key(structure_key: Any, tensors: Sequence[Any], modules: Sequence[nn.Module]) -> tuple:
+    """The key of one call: everything a decision may depend on, in plain Python values."""
+    modes, state = module_state(modules)
+    return (
+        structure_key,
+        tuple(map(tensor_facts, tensors)),
+        aliasing(tensors),
+        torch.is_grad_enabled(),
+        modes,
+        state,
+        torch.get_default_dtype(),
+        _autocast(),
+    )
+
+
+def describe_change(old: tuple, new: tuple, names: Sequence[str] = ()) -> str:
+    """Name, in words, the facts that differ between two keys."""
+    parts = []
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a == b:
+            continue
+        what = _FACT_NAMES[i]
+        if i == TENSORS and isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+            diffs = [
+                _tensor_diff(names[k] if k < len(names) else f"input {k}", x, y)
+                for k, (x, y) in enumerate(zip(a, b))
+                if x != y
+            ]
+            what = "; ".join(diffs)
+        elif i == GRAD:
+            what = (
+                f"grad mode ({'enabled' if a else 'disabled'} -> {'enabled' if b else 'disabled'})"
+            )
+        parts.append(what)
+    return "; ".join(parts) or "nothing (the size guards failed)"
+
+
+def _tensor_diff(name: str, a: tuple, b: tuple) -> str:
+    labels = ("dtype", "device", "requires_grad", "leaf", "0/1 sizes", "layout", "type")
+    if a[0] == "array" or b[0] == "array":
+        return f"{name}: {a} -> {b}"
+    changed = [f"{label} {x} -> {y}" for label, x, y in zip(labels, a, b) if x != y]
+    return f"{name}: " + ", ".join(changed)
+
+
+# ---------------------------------------------------------------------------------------
+# Size guards, checked once per new combination of input sizes
+
+# Guards whose answer other key facts already fix: the number of dimensions of a shape
+# (`b, c, h, w = x.shape`) follows from the inputs' ranks and 0/1 sizes, a dtype or device
+# from the inputs' and parameters'. They stay in the graph as a last line of defence.
+_IMPLIED_KINDS = ("value",)
+
+
+def _implied(guard: fx.Node) -> bool:
+    kind = guard.args[2]
+    if kind in _IMPLIED_KINDS:
+        return True
+    value = guard.args[0]
+    if kind == "len" and isinstance(value, fx.Node):
+        if value.op == "call_function" and value.target is getattr and value.args[1] == "shape":
+            return True
+        if value.op == "call_method" and value.target == "size" and len(value.args) == 1:
+            return True
+    return False
+
+
+def size_guard_program(gm: fx.GraphModule) -> fx.GraphModule | None:
+    """A graph that evaluates the size guards only, or None when there are none to check."""
+    guards = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_function" and n.target is fxgrad_guard and not _implied(n)
+    ]
+    if not guards:
+        return None
+    needed = ancestors(guards)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or n in needed:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    graph.output(None)
+    program = fx.GraphModule({}, fx.Graph(), class_name="SizeGuards")
+    program.__dict__["_owner"] = gm
+    program.graph = graph
+    return program
+
+
+class _GuardRun(fx.Interpreter):
+    """Runs a size-guard program with module calls but without their hooks."""
+
+    def __init__(self, program: fx.GraphModule, owner: nn.Module) -> None:
+        super().__init__(program, garbage_collect_values=True)
+        self.owner = owner
+
+    def fetch_attr(self, target: str) -> Any:
+        obj: Any = self.owner
+        for atom in target.split("."):
+            obj = getattr(obj, atom)
+        return obj
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        return self.fetch_attr(str(target)).forward(*args, **kwargs)
+
+
+class ShapeCheck:
+    """Which combinations of input sizes a variant's size guards hold for."""
+
+    LIMIT = 512  # combinations remembered per variant
+
+    def __init__(self, program: fx.GraphModule | None) -> None:
+        self.program = program
+        self.seen: collections.OrderedDict[tuple, bool] = collections.OrderedDict()
+        self.unverifiable = False  # data-dependent sizes: only the graph's own guards check
+
+    def holds(self, owner: nn.Module, tensors: Sequence[Any]) -> bool:
+        """True when the guards hold for these inputs' sizes (checked once per sizes)."""
+        if self.program is None or self.unverifiable:
+            return True
+        sizes = tuple(t.shape if isinstance(t, torch.Tensor) else None for t in tensors)
+        hit = self.seen.get(sizes)
+        if hit is None:
+            hit = self._check(owner, tensors)
+            self.seen[sizes] = hit
+            if len(self.seen) > self.LIMIT:
+                self.seen.popitem(last=False)
+        return hit
+
+    def remember(self, tensors: Sequence[Any]) -> None:
+        """The call a variant was decided on holds its guards by construction."""
+        sizes = tuple(t.shape if isinstance(t, torch.Tensor) else None for t in tensors)
+        self.seen[sizes] = True
+
+    def _check(self, owner: nn.Module, tensors: Sequence[Any]) -> bool:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        assert self.program is not None
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                fakes = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in tensors]
+                _GuardRun(self.program, owner).run(*fakes)
+        except GuardError:
+            return False
+        except Exception:
+            # A size that depends on data (nonzero, boolean masks): fake tensors cannot
+            # tell it, so the guards in the graph check it on every call instead.
+            self.unverifiable = True
+        return True
