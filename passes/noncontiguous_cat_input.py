@@ -94,6 +94,9 @@ The decision compares per-variant medians over the rounds, so one disturbed samp
 burst of other work on the machine) can neither cause a rewrite nor prevent one.
 """
 
+MIN_ROUNDS = 3
+"""When the budget runs out after this many complete rounds, the medians so far decide."""
+
 MIN_ELEMENTS = 1 << 16
 """Sites whose non-contiguous inputs hold fewer elements in all are not timed.
 
@@ -789,9 +792,11 @@ def _measure_site(
     samples: dict[Variant, list[float]] = {v: [] for v in calls}
     order = list(calls)
     for r in range(ROUNDS):
+        if budget.left_s <= 0 and r >= MIN_ROUNDS:
+            break  # enough complete rounds for medians; the budget is spent
         # Alternate the order, so a variant is not always the one right after another.
         for v in order if r % 2 == 0 else order[::-1]:
-            if budget.left_s <= 0:
+            if budget.left_s <= 0 and r < MIN_ROUNDS:
                 return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
             t0 = time.perf_counter()
             try:

@@ -471,7 +471,7 @@ def _recording(ctx, answers):
     return asked
 
 
-def test_variants_interleave_and_one_disturbed_sample_decides_nothing():
+def test_variants_interleave_and_one_disturbed_sample_decides_nothing(roomy_budget):
     gm, ctx = _traced(Transposed(), BIG)
     # One disturbed round (the original ran slow once) must not cause a rewrite.
     answers = {
@@ -486,7 +486,7 @@ def test_variants_interleave_and_one_disturbed_sample_decides_nothing():
     assert "fwd+bwd 2.00 ms as is, 1.90 ms with .contiguous() (1.05x)" in change.note
 
 
-def test_a_gain_in_the_medians_is_taken():
+def test_a_gain_in_the_medians_is_taken(roomy_budget):
     gm, ctx = _traced(Transposed(), BIG)
     answers = {
         "cat:original": [3e-3, 2e-3, 2.5e-3, 2e-3, 9e-3],
@@ -656,3 +656,23 @@ def test_layout_fresh_tensors_match_strides():
         assert fresh.shape == t.shape and fresh.stride() == t.stride()
         assert fresh.storage_offset() == t.storage_offset()
         assert bool(torch.isfinite(fresh).all())
+
+
+def test_a_budget_spent_after_enough_rounds_decides_on_them(monkeypatch):
+    monkeypatch.setattr(fxg201, "BUDGET_FLOOR_S", 0.0)
+    gm, ctx = _traced(Transposed(), BIG)
+    ctx.step_s = 10.0
+    rounds_done = []
+
+    def measure(key, fn):
+        rounds_done.append(key)
+        if len(rounds_done) == 2 * fxg201.MIN_ROUNDS:
+            budget_spender.spent_s = 1e9
+        return 2e-3 if key.endswith("original") else 1e-3
+
+    budget_spender = fxg201.Budget(10.0)
+    monkeypatch.setattr(fxg201, "_budget", lambda gm, ctx: budget_spender)
+    ctx.measure = measure
+    (change,) = fxg201.run(gm, ctx)
+    assert len(rounds_done) == 2 * fxg201.MIN_ROUNDS
+    assert change.applied and "(2.00x; measured)" in change.note
