@@ -1,9 +1,18 @@
-"""Pass specs and selection of passes by code or code prefix."""
+"""Pass specs, selection of passes by code, code prefix or name, and their documentation.
+
+`pass_docs()` reads the passes' codes, names and docstrings without importing them (and so
+without importing torch), for `fxgrad passes` and `fxgrad explain`.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fxgrad.errors import SelectionError
@@ -34,24 +43,140 @@ class Pass:
 
     @property
     def summary(self) -> str:
-        """Return the first line of the docstring after the code/name heading."""
-        lines = [ln.strip() for ln in self.doc.strip().splitlines()]
-        for i, ln in enumerate(lines):
-            if ln.startswith("## What it does") and i + 1 < len(lines):
-                return lines[i + 1]
-        return lines[0] if lines else ""
+        """Return the first paragraph of the docstring after the code/name heading."""
+        return summary(self.doc)
+
+
+def summary(doc: str) -> str:
+    """The first sentence under `## What it does`, else the docstring's first line."""
+    lines = [ln.strip() for ln in doc.strip().splitlines()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("## What it does"):
+            paragraph = []
+            for text in lines[i + 1 :]:
+                if not text or text.startswith("#"):
+                    break
+                paragraph.append(text)
+            if paragraph:
+                return _SENTENCE_END.split(" ".join(paragraph), maxsplit=1)[0]
+    return lines[0] if lines else ""
+
+
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9`)][.!?])\s+(?=[A-Z`])")
+
+
+@dataclass(frozen=True)
+class PassDoc:
+    """What `fxgrad passes` and `fxgrad explain` show of a pass."""
+
+    code: str
+    name: str
+    doc: str
+    default: bool = True
+
+    @property
+    def summary(self) -> str:
+        return summary(self.doc)
+
+
+def pass_docs() -> list[PassDoc]:
+    """The passes' documentation, in pipeline order, without importing torch.
+
+    When `fxgrad.passes` is already imported its `ALL` is the answer; otherwise the pass
+    modules are read as source (their docstrings and `PASS = Pass(...)` lines), and imported
+    only if that reading fails.
+    """
+    loaded = sys.modules.get("fxgrad.passes")
+    if loaded is None:
+        docs = _read_pass_sources()
+        if docs is not None:
+            return docs
+        from fxgrad.passes import ALL
+    else:
+        ALL = loaded.ALL  # noqa: N806
+    return [PassDoc(p.code, p.name, p.doc, p.default) for p in ALL]
+
+
+def _literal(node: ast.expr | None, names: dict[str, object]) -> object:
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, ast.Constant):
+        return node.value
+    raise ValueError("not a literal")
+
+
+def _read_pass(path: Path) -> PassDoc:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    doc = ast.get_docstring(tree, clean=False) or ""
+    names: dict[str, object] = {"__doc__": doc}
+    spec = None
+    for stmt in tree.body:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+            continue
+        target = stmt.targets[0]
+        if not isinstance(target, ast.Name):
+            continue
+        if isinstance(stmt.value, ast.Constant):
+            names[target.id] = stmt.value.value
+        elif target.id == "PASS" and isinstance(stmt.value, ast.Call):
+            spec = {k.arg: k.value for k in stmt.value.keywords if k.arg}
+    if spec is None:
+        raise ValueError(f"no PASS = Pass(...) in {path}")
+    default = _literal(spec["default"], names) if "default" in spec else True
+    return PassDoc(
+        code=str(_literal(spec["code"], names)),
+        name=str(_literal(spec["name"], names)),
+        doc=str(_literal(spec["doc"], names)),
+        default=bool(default),
+    )
+
+
+def _read_pass_sources() -> list[PassDoc] | None:
+    try:
+        spec = importlib.util.find_spec("fxgrad.passes")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        tree = ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))
+        order = next(
+            stmt.value
+            for stmt in tree.body
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign))
+            and any(
+                isinstance(t, ast.Name) and t.id == "ALL"
+                for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+            )
+        )
+        if not isinstance(order, (ast.Tuple, ast.List)):
+            return None
+        docs = []
+        for item in order.elts:
+            if not (isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name)):
+                return None
+            docs.append(_read_pass(folder / f"{item.value.id}.py"))
+        return docs
+    except (OSError, SyntaxError, ValueError, KeyError, StopIteration, ImportError):
+        return None
 
 
 def _matches(code: str, patterns: Iterable[str]) -> bool:
     return any(code.startswith(p) for p in patterns)
 
 
-def _normalize(codes: str | Iterable[str] | None) -> list[str] | None:
+def _normalize(codes: str | Iterable[str] | None, passes: Sequence[Pass] = ()) -> list[str] | None:
+    """Upper-cased codes; a pass name (`inplace-op`) stands for its code."""
     if codes is None:
         return None
     if isinstance(codes, str):
         codes = codes.split(",")
-    return [c.strip().upper() for c in codes if c and c.strip()]
+    by_name = {p.name.lower(): p.code for p in passes}
+    out = []
+    for c in codes:
+        if not c or not c.strip():
+            continue
+        c = c.strip()
+        out.append(by_name.get(c.lower().replace("_", "-"), c.upper()))
+    return out
 
 
 def select_passes(
@@ -61,16 +186,18 @@ def select_passes(
 ) -> list[Pass]:
     """Return the passes to run, in pipeline order, for the given select/ignore codes.
 
-    A code selects every pass whose code starts with it (`FXG1` selects the 1xx family).
-    Passes that are off by default run only when selected explicitly.
+    A code selects every pass whose code starts with it (`FXG1` selects the 1xx family);
+    a pass's name (`inplace-op`) selects that pass. Passes that are off by default run
+    only when selected explicitly.
     """
-    sel, ign = _normalize(select), _normalize(ignore)
+    sel, ign = _normalize(select, passes), _normalize(ignore, passes)
     valid = ", ".join(f"{p.code} ({p.name})" for p in passes)
     for pattern in (sel or []) + (ign or []):
         if not any(p.code.startswith(pattern) for p in passes):
             raise SelectionError(
-                f"No pass has a code starting with {pattern!r}.",
-                hint=f"Valid codes are: {valid}. Prefixes such as FXG1 select a family.",
+                f"No pass has a code starting with {pattern!r}, nor that name.",
+                hint=f"Valid codes are: {valid}. Prefixes such as FXG1 select a family; "
+                "a pass's name selects that pass.",
             )
     chosen = []
     for p in passes:

@@ -56,3 +56,25 @@ def test_unknown_code_lists_the_valid_ones():
         select_passes(ALL, ["FXG7"])
     assert "FXG7" in str(info.value)
     assert all(p.code in info.value.hint for p in ALL)
+
+
+def test_select_and_ignore_by_pass_name():
+    assert select_passes(ALL, ["inplace-op"]) == [p for p in ALL if p.name == "inplace-op"]
+    assert select_passes(ALL, "Inplace-Op, FXG3") == [p for p in ALL if p.code != "FXG201"]
+    assert "numpy-round-trip" not in [p.name for p in select_passes(ALL, None, "numpy-round-trip")]
+    with pytest.raises(SelectionError, match="nor that name"):
+        select_passes(ALL, ["inplace"])
+
+
+def test_pass_docs_read_without_importing_match_the_passes(monkeypatch):
+    import sys
+
+    from fxgrad import registry
+
+    monkeypatch.delitem(sys.modules, "fxgrad.passes")  # read the sources, not ALL
+    read = registry._read_pass_sources()
+    assert read is not None
+    assert [(d.code, d.name, d.default, d.doc) for d in read] == [
+        (p.code, p.name, p.default, p.doc) for p in ALL
+    ]
+    assert [d.summary for d in read] == [p.summary for p in ALL]
