@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fxgrad.changes import Change
+from fxgrad.changes import Change, is_finding
 
 _CLEANUP = re.compile(r";\s*(\w+\s*=\s*)+None\s*$")
+
+# Notes that say something is wrong with the model or with fxgrad's result (a CI job must
+# fail on them); the others describe how the fixed module differs (a submodule kept whole
+# for its hooks, a checkpoint traced through) and need no action.
+_ACTIONABLE_NOTES = ("backward fails", "forward raises", "was rolled back")
+
+# The table wraps the reason at this width, so that a long one stays readable (code
+# columns are not wrapped: a line break inside code misleads).
+_WHY_WIDTH = 72
+
+
+# Tails torch appends to autograd errors, pointing at a backtrace or a mode the reader of
+# fxgrad's message does not have.
+_TORCH_TAILS = re.compile(
+    r"\s*Hint: enable anomaly detection to find the operation that failed to compute its "
+    r"gradient, with torch\.autograd\.set_detect_anomaly\([^)]*\)\."
+    r"|\s*Hint: the backtrace further above shows the operation that failed to compute its "
+    r"gradient\. The variable in question was changed in there or anywhere later\. Good luck!"
+)
+
+
+def clean_torch_error(text: str) -> str:
+    """Drop torch's "Hint: enable anomaly detection" / "Good luck!" tails from an error."""
+    return _TORCH_TAILS.sub("", text)
+
+
+def is_actionable_note(note: str) -> bool:
+    """Whether a report note is a finding (eager backward fails, a rewrite rolled back)."""
+    return any(p in note for p in _ACTIONABLE_NOTES)
 
 
 def normalize_code(code: str) -> str:
@@ -43,39 +73,93 @@ class Report:
         return [c for c in self.changes if c.applied]
 
     @property
+    def findings(self) -> list[Change]:
+        """The changes the user must act on: rewrites and hazards left as is.
+
+        Not: a layout pass's decision to leave code as is (measured and not worth it).
+        """
+        return [c for c in self.changes if is_finding(c)]
+
+    @property
     def exit_code(self) -> int:
-        """0 when nothing would change, else 1 (the CLI's exit code)."""
-        return 1 if self.applied else 0
+        """The CLI's exit code: 1 when there is a finding or an actionable note, else 0.
+
+        Like a linter's: a rewrite fxgrad made or would make, a hazard it left as is (a
+        NumPy call with no torch twin, a rolled-back rewrite, a write a `--ignore` skipped
+        while eager backward fails) all exit 1; 0 means nothing to do.
+        """
+        if self.findings or any(is_actionable_note(n) for n in self.notes):
+            return 1
+        return 0
 
     def summary(self) -> str:
-        """One sentence counting rewrites and findings."""
-        n, left = len(self.applied), len(self.changes) - len(self.applied)
+        """One sentence counting rewrites, findings and decisions to leave code as is."""
+        n = len(self.applied)
+        left = sum(1 for c in self.changes if not c.applied and is_finding(c))
+        kept = len(self.changes) - n - left
         if self.mode == "pending":
             return "not decided yet: fxgrad decides on the first call, with its inputs."
         decided = "on example inputs" if self.mode == "exact" else "statically"
         text = f"{n} rewrite{'s' if n != 1 else ''}"
         if left:
             text += f", {left} finding{'s' if left != 1 else ''} left as is"
+        if kept:
+            text += f", {kept} layout decision{'s' if kept != 1 else ''} to keep the code"
+        act = sum(1 for n in self.notes if is_actionable_note(n))
+        if act:
+            text += f", {act} note{'s' if act != 1 else ''} to act on"
         return f"{text} ({decided})."
 
-    def table(self) -> str:
-        """Render the changes as a table, one row each, plus a count sentence."""
+    def table(self, *, verbose: bool = False) -> str:
+        """Render the changes as a table plus a count sentence.
+
+        Identical changes in repeated blocks (the same pass, line, outcome and reason) are
+        one row with their count and the module paths they cover. Layout decisions to keep
+        the code as is are shown only when `verbose`.
+        """
         from tabulate import tabulate  # only reports that are printed need it
 
         lines = []
-        if self.changes:
-            rows = [
-                [c.where or "?", c.code, c.before, c.after if c.applied else "(left as is)", c.note]
-                for c in self.changes
-            ]
+        shown = self.changes if verbose else [c for c in self.changes if is_finding(c)]
+        if shown:
+            rows = [_row(group) for group in _groups(shown)]
             lines.append(
                 tabulate(
-                    rows, headers=["where", "code", "before", "after", "why"], tablefmt="simple"
+                    rows,
+                    headers=["where", "code", "before", "after", "why"],
+                    tablefmt="simple",
+                    maxcolwidths=[None, None, None, None, _WHY_WIDTH],
                 )
             )
-        lines.extend(f"note: {n}" for n in self.notes)
+        lines.extend(f"note: {clean_torch_error(n)}" for n in self.notes)
         lines.append(self.summary())
+        if len(shown) < len(self.changes):
+            lines.append("(-v or verbose=True shows the layout decisions; JSON has every change.)")
         return "\n".join(lines)
+
+    def with_modules(self, by_node: dict[str, str], by_where: dict[str, list[str]]) -> Report:
+        """A copy whose changes name their module path (`layers.3`) where it is known.
+
+        `by_node` maps node names to module paths, `by_where` a `file.py:line` to the module
+        paths of the nodes made there, in graph order. A change whose node is gone (it was
+        rewritten) takes the paths at its line when there are as many as such changes.
+        """
+        changes = [
+            dataclasses.replace(c, module=by_node[c.node])
+            if not c.module and c.node in by_node
+            else c
+            for c in self.changes
+        ]
+        unresolved: dict[tuple[str, str], list[int]] = {}
+        for i, c in enumerate(changes):
+            if not c.module and c.node not in by_node and c.where:
+                unresolved.setdefault((c.code, c.where), []).append(i)
+        for (_, where), indices in unresolved.items():
+            paths = by_where.get(where, [])
+            if len(indices) > 1 and len(paths) == len(indices):
+                for i, path in zip(indices, paths):
+                    changes[i] = dataclasses.replace(changes[i], module=path)
+        return dataclasses.replace(self, changes=changes)
 
     def diff(self, *, color: bool = False) -> str:
         """A unified diff of the normalized generated code before and after."""
@@ -131,8 +215,65 @@ class Report:
     def __str__(self) -> str:
         if not self.changes and not self.notes:
             return f"fxgrad: {self.summary()}"
-        lines = [c.line() for c in self.changes] + [f"note: {n}" for n in self.notes]
+        lines = [c.line() for c in self.changes]
+        lines += [f"note: {clean_torch_error(n)}" for n in self.notes]
         return "\n".join(lines + [self.summary()])
+
+
+def _group_key(c: Change) -> tuple:
+    # Instances of one block differ only in node names; "as measured at cat_3" says the
+    # verdict was shared, which the grouped row shows anyway.
+    note = re.sub(r"\b(?:as )?measured(?: at \w+)?", "measured", c.note)
+    return (c.code, c.where, c.applied, c.after if c.applied else "", note)
+
+
+def _groups(changes: list[Change]) -> list[list[Change]]:
+    groups: dict[tuple, list[Change]] = {}
+    for c in changes:
+        key = _group_key(c) if c.where else (id(c),)
+        groups.setdefault(key, []).append(c)
+    return list(groups.values())
+
+
+def _row(group: list[Change]) -> list[str]:
+    c = group[0]
+    where = c.where or "?"
+    why = c.note
+    if len(group) > 1:
+        where += f" ({len(group)}x)"
+        modules = [g.module for g in group if g.module]
+        if len(modules) == len(group):
+            why = f"{why} [in {compress_paths(modules)}]".strip()
+    return [where, c.code, c.before, c.after if c.applied else "(left as is)", why]
+
+
+def compress_paths(paths: list[str], limit: int = 8) -> str:
+    """`layers.0, layers.1, layers.2, head` -> `layers.0-2, head` (at most `limit` items)."""
+    runs: list[tuple[str, int, int]] = []  # (prefix, first, last)
+    plain: list[str] = []
+    order: list[tuple[str, int]] = []
+    for path in paths:
+        m = re.fullmatch(r"(.*\.)(\d+)", path)
+        if m is None:
+            order.append(("plain", len(plain)))
+            plain.append(path)
+            continue
+        prefix, index = m.group(1), int(m.group(2))
+        if runs and runs[-1][0] == prefix and runs[-1][2] + 1 == index:
+            runs[-1] = (prefix, runs[-1][1], index)
+            continue
+        order.append(("run", len(runs)))
+        runs.append((prefix, index, index))
+    items = []
+    for kind, i in order:
+        if kind == "plain":
+            items.append(plain[i])
+        else:
+            prefix, first, last = runs[i]
+            items.append(f"{prefix}{first}" if first == last else f"{prefix}{first}-{last}")
+    if len(items) > limit:
+        items = items[:limit] + [f"... ({len(items) - limit} more)"]
+    return ", ".join(items)
 
 
 def _colorize(line: str) -> str:

@@ -17,6 +17,7 @@ inside, because that is the code the wrapper runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import re
 import warnings
@@ -32,6 +33,7 @@ from torch import fx, nn
 import fxgrad
 from fxgrad.api import FixedModule
 from fxgrad.context import clone_inputs
+from fxgrad.export import with_module_paths
 from fxgrad.graph_utils import (
     _is_internal,
     ancestors,
@@ -42,12 +44,11 @@ from fxgrad.graph_utils import (
     writes_to,
 )
 from fxgrad.pipeline import (
-    _first_line,
     compare_outputs,
     cotangents,
     differentiable_outputs,
 )
-from fxgrad.report import Report
+from fxgrad.report import Report, clean_torch_error
 
 __all__ = [
     "AutogradCheckError",
@@ -158,11 +159,25 @@ def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Iterator[No
                 t.grad = g
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an error, without torch's tails that point at nothing here."""
+    text = str(e).strip()
+    return clean_torch_error(text.splitlines()[0]) if text else type(e).__name__
+
+
 def _fail(lines: Sequence[str], report: Report | None = None) -> AutogradCheckError:
     text = "\n".join(lines).rstrip()
     if report is not None and (report.changes or report.notes):
-        text += "\n\nfxgrad's report:\n" + report.table()
+        # A note quoting an error the sentences above already quote is said once.
+        notes = [n for n in report.notes if not _quoted_in(n, text)]
+        shown = dataclasses.replace(report, notes=notes)
+        text += "\n\nfxgrad's report:\n" + shown.table()
     return AutogradCheckError(text, report)
+
+
+def _quoted_in(note: str, text: str) -> bool:
+    _, sep, quoted = clean_torch_error(note).partition(": ")
+    return bool(sep) and len(quoted) > 20 and quoted in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -415,7 +430,7 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
         "Fix these lines, or train fxgrad.fix(model, example_inputs), which rewrites the "
         "hazards it can (see the table)."
     )
-    raise _fail(out, report)
+    raise _fail(out, with_module_paths(report, fixed.graph_module))
 
 
 def _resolve_params(module: nn.Module, params: Iterable[Any] | None) -> dict[str, torch.Tensor]:
@@ -784,6 +799,7 @@ def check_custom_functions(
     skipped = {s if isinstance(s, str) else s.__name__ for s in skip}
     checked: list[str] = []
     failures: list[str] = []
+    failing_names: list[str] = []
     for call in rec.calls:
         name = call.cls.__name__
         if name in skipped:
@@ -793,15 +809,27 @@ def check_custom_functions(
         if problem is not None:
             where = location(call.node) or "an unknown line"
             failures.append(f"- {name} at {where}: {problem}")
+            failing_names.append(name)
     if not failures:
         return checked
+    failing = ", ".join(dict.fromkeys(failing_names))
+    if skipped:
+        advice = (
+            f"skip= already leaves out {', '.join(sorted(skipped))}; the backward of "
+            f"{failing} is wrong: fix it."
+        )
+    else:
+        advice = (
+            f"Fix the backward of {failing}; if it is a deliberate surrogate (a "
+            f"straight-through estimator), pass skip=[{failing}]."
+        )
     lines = [
         f"{len(failures)} custom autograd.Function call{'s' if len(failures) != 1 else ''} in "
         f"{_name(module)} fail{'s' if len(failures) == 1 else ''} float64 gradcheck on the "
-        f"inputs {'it receives' if len(failures) == 1 else 'they receive'}: the backward disagrees with finite differences of the forward.",
+        f"inputs {'it receives' if len(failures) == 1 else 'they receive'}: the backward "
+        "disagrees with finite differences of the forward.",
         *failures,
-        "If a backward is a deliberate surrogate (a straight-through estimator), pass "
-        f"skip=[{', '.join(sorted({c.cls.__name__ for c in rec.calls}))}] for it.",
+        advice,
     ]
     raise _fail(lines)
 

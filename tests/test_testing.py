@@ -360,3 +360,57 @@ def test_helpers_accept_a_fixed_module():
     assert check_custom_functions(fixed, x8()) == []
     with pytest.raises(TypeError, match="pass the original model"):
         assert_fix_equivalent(fixed, x8())
+
+
+# --- messages that read well -----------------------------------------------------------
+
+TORCH_TAILS = ("Good luck!", "backtrace further above", "Hint: enable anomaly detection")
+
+
+@pytest.mark.parametrize("check", [assert_autograd_safe, assert_grads_flow])
+def test_messages_quote_torchs_error_once_without_its_tails(check):
+    with pytest.raises(AutogradCheckError) as info:
+        check(SigmoidThenMul(), x8())
+    message = str(info.value)
+    assert message.count("modified by an inplace operation") == 1, message
+    for tail in TORCH_TAILS:
+        assert tail not in message
+
+
+class StraightThrough(torch.autograd.Function):
+    """A deliberate surrogate: round forward, identity backward (fails gradcheck)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class QuantizedThenWrong(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        q = StraightThrough.apply(self.fc(x))
+        return WrongSquare.apply(q)
+
+
+def test_custom_functions_never_suggest_skipping_a_broken_backward_already_skipped_around():
+    with pytest.raises(AutogradCheckError) as info:
+        check_custom_functions(QuantizedThenWrong(), torch.randn(3, 4), skip=[StraightThrough])
+    message = str(info.value)
+    assert "WrongSquare at" in message and "StraightThrough at" not in message
+    assert "skip=[" not in message  # the surrogate is skipped; WrongSquare is a bug
+    assert "skip= already leaves out StraightThrough" in message
+    assert "the backward of WrongSquare is wrong" in message
+
+
+def test_custom_functions_suggest_skipping_only_the_failing_function():
+    with pytest.raises(AutogradCheckError) as info:
+        check_custom_functions(UsesFunctions(WrongSquare), torch.randn(3, 4))
+    message = str(info.value)
+    assert "skip=[WrongSquare]" in message and "Scale]" not in message
