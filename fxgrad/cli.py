@@ -4,6 +4,9 @@ A thin click layer over `fxgrad.check` and `fxgrad.fix`. It loads a TARGET
 (`path/to/model.py:NAME` or `package.module:NAME`), builds example inputs, and prints
 the Report's renderers. It catches `FxgradError` (and the loading errors it raises
 itself) only; anything else keeps its traceback, because it is a bug.
+
+torch is imported only by the commands that load a model: `fxgrad --help`, `fxgrad passes`
+and `fxgrad explain CODE` answer at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 import textwrap
 import traceback
@@ -20,26 +24,22 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
-from torch import nn
 
 import fxgrad
 from fxgrad.errors import FxgradError, SelectionError
-from fxgrad.export import (  # noqa: F401
-    _FILE_MODULES,
-    _load_instructions,
-    graph_to_dot,
-    write_dot,
-    write_folder,
-)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 EXIT_CODES = """\b
 Exit codes:
-  0  nothing would change
-  1  rewrites proposed (check, diff) or made (fix)
+  0  nothing to do
+  1  findings: rewrites proposed (check, diff) or made (fix), hazards left as
+     is, or eager backward fails
   2  usage error (bad option, --input syntax or pass code)
   3  the model cannot be loaded, built or traced"""
 
@@ -85,8 +85,61 @@ class _Command(click.Command):
             _fail(e)
 
 
+def _usage_lines(error: click.UsageError) -> tuple[str, str]:
+    """click's usage error as fxgrad's `error: ...` and `hint: ...` lines."""
+    message = error.format_message().strip()
+    suggestion = ""
+    m = re.match(r"(?s)^(.*?[.!?])\s*\(?(Did you mean .*?)\)?$", message)
+    if m is not None:
+        message, suggestion = m.group(1), m.group(2)
+    ctx = error.ctx
+    path = ctx.command_path if ctx is not None else "fxgrad"
+    if isinstance(error, click.MissingParameter) and "TARGET" in message:
+        hint = (
+            "Write path/to/model.py:NAME or package.module:NAME, e.g. "
+            f"`{path} examples/unsafe_inplace.py:Model`."
+        )
+    elif ctx is not None and isinstance(ctx.command, click.Group) and "command" in message:
+        commands = ", ".join(ctx.command.list_commands(ctx))
+        hint = f"The commands are: {commands}. Run `{path} --help` for what each does."
+    else:
+        hint = f"Run `{path} --help` for the options."
+    if suggestion:
+        hint = f"{suggestion} {hint}"
+    return message, hint
+
+
+class _UsageFailure(click.ClickException):
+    """A click usage error shown as `error: ...` and `hint: ...` (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        self.message_text, self.hint = _usage_lines(error)
+        super().__init__(self.message_text)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message_text}", err=True)
+        click.echo(f"hint: {self.hint}", err=True)
+
+
 class _Group(click.Group):
     command_class = _Command
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        return _usage_errors(super().make_context, *args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _usage_errors(super().invoke, ctx)
+
+
+def _usage_errors(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # `fxgrad` alone prints the help
+    except click.UsageError as e:
+        raise _UsageFailure(e) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,6 +154,8 @@ _INPUT_HINT = (
 
 def parse_input(spec: str) -> torch.Tensor:
     """Build a random tensor from `dtype[d0,d1,...]`; integers are 0 or 1, bools random."""
+    import torch
+
     m = _INPUT.match(spec)
     if m is None:
         raise UsageFailure(f"--input {spec!r} is not of the form dtype[shape].", hint=_INPUT_HINT)
@@ -121,8 +176,6 @@ def parse_input(spec: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------
 # Targets
-
-# modules the CLI imported from a file path: name -> file (the written folder needs them)
 
 
 @dataclass
@@ -149,13 +202,73 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+def _package_module(path: Path) -> tuple[str, Path] | None:
+    """`pkg.sub.model` and the folder holding `pkg` for a file inside a package, else None.
+
+    A package is a folder with an `__init__.py`; the name climbs while the parents are
+    packages, as `python -m pkg.sub.model` would see it.
+    """
+    parts = [] if path.name == "__init__.py" else [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return None
+    return ".".join(parts), folder
+
+
+def _import_package_file(path: Path, name: str, root: Path) -> types.ModuleType | None:
+    """Import a file inside a package as `name` (relative imports work); None if shadowed."""
+    from fxgrad.export import _FILE_MODULES
+
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded if _same_file(getattr(loaded, "__file__", None), path) else None
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None  # a parent package of that name exists elsewhere and fails
+    if found is None or not _same_file(found.origin, path):
+        return None  # another package of that name comes first on the import path
+    try:
+        module = importlib.import_module(name)
+    except Exception as e:
+        raise LoadFailure(
+            f"Importing {path.name} as {name} failed{_user_line(e)}: {_first_line(e)}",
+            hint=f"Run `python -c 'import {name}'` from {root} to see the full traceback.",
+        ) from e
+    _FILE_MODULES[name] = path
+    return module
+
+
+def _same_file(a: str | None, b: Path) -> bool:
+    try:
+        return a is not None and Path(a).resolve() == b
+    except OSError:
+        return False
+
+
 def _import_file(path: Path, spec: str) -> types.ModuleType:
+    from fxgrad.export import _FILE_MODULES
+
     if not path.is_file():
         raise LoadFailure(
             f"No such file: {path}.",
             hint=f"Check the path in {spec!r}; it is relative to the current directory.",
         )
     path = path.resolve()
+    package = _package_module(path)
+    if package is not None:
+        module = _import_package_file(path, *package)
+        if module is not None:
+            # like `python model.py` too: absolute imports of siblings still resolve
+            if str(path.parent) not in sys.path:
+                sys.path.append(str(path.parent))
+            return module
     stem = path.stem
     name = stem if stem.isidentifier() else "fxgrad_target_" + re.sub(r"\W", "_", stem)
     existing = sys.modules.get(name)
@@ -185,7 +298,7 @@ def _import_file(path: Path, spec: str) -> types.ModuleType:
 
 def _import_module(name: str, spec: str) -> types.ModuleType:
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name and name.startswith(e.name):
             raise LoadFailure(
@@ -203,6 +316,21 @@ def _import_module(name: str, spec: str) -> types.ModuleType:
             f"Importing {name} failed{_user_line(e)}: {_first_line(e)}",
             hint=f"Run `python -c 'import {name}'` to see the full traceback.",
         ) from e
+    _remember_local(module)
+    return module
+
+
+def _remember_local(module: types.ModuleType) -> None:
+    """Note a module that lives under the current directory: `fix -o` writes code that
+    imports it relative to the written folder, not from the import path."""
+    from fxgrad.export import _FILE_MODULES
+
+    file = getattr(module, "__file__", None)
+    if not file:
+        return
+    path = Path(file).resolve()
+    if Path.cwd().resolve() in path.parents:
+        _FILE_MODULES[module.__name__] = path
 
 
 def _split_target(spec: str) -> tuple[str, str]:
@@ -222,6 +350,8 @@ def _split_target(spec: str) -> tuple[str, str]:
 
 
 def _lookup(module: types.ModuleType, name: str, what: str, spec: str) -> Any:
+    from torch import nn
+
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -259,6 +389,8 @@ def _a(word: str) -> str:
 
 
 def _as_inputs(value: Any, label: str) -> tuple:
+    import torch
+
     if isinstance(value, torch.Tensor):
         return (value,)
     if isinstance(value, (tuple, list)):
@@ -275,7 +407,14 @@ def load_target(
     inputs_from: str | None = None,
     training: bool | None = None,
 ) -> Target:
-    """Import TARGET, build the model and its example inputs, and set its mode."""
+    """Import TARGET, build the model and its example inputs, and set its mode.
+
+    As with `python -m`, the current directory comes first on the import path, so
+    `package.module:NAME` finds the packages in it.
+    """
+    import torch
+    from torch import nn
+
     if input_specs and inputs_from:
         raise UsageFailure(
             "--input and --inputs-from both give example inputs.",
@@ -284,6 +423,9 @@ def load_target(
     torch.manual_seed(0)  # example inputs and initial weights are the same on every run
     explicit = tuple(parse_input(s) for s in input_specs) or None
     where, name = _split_target(spec)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     if where.endswith(".py") or "/" in where or os.sep in where:
         module = _import_file(Path(where), spec)
     else:
@@ -359,9 +501,11 @@ def _target_options(fn: Callable) -> Callable:
             help="Put the model in training or eval mode first (default: as built).",
         ),
         click.option(
-            "--select", metavar="CODES", help="Only these codes or prefixes, e.g. FXG1,FXG201."
+            "--select",
+            metavar="CODES",
+            help="Only these codes, prefixes or pass names, e.g. FXG1,FXG201 or inplace-op.",
         ),
-        click.option("--ignore", metavar="CODES", help="Skip these codes or prefixes."),
+        click.option("--ignore", metavar="CODES", help="Skip these codes, prefixes or pass names."),
         click.option(
             "--format",
             "fmt",
@@ -376,6 +520,12 @@ def _target_options(fn: Callable) -> Callable:
             type=click.Path(dir_okay=False),
             help="Write the fixed graph as Graphviz DOT, changed nodes highlighted "
             "(and an SVG when `dot` is installed).",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            is_flag=True,
+            help="Also show the layout decisions to keep code as is (FXG201's measurements).",
         ),
     ]
     for d in reversed(decorators):
@@ -401,6 +551,20 @@ def _run(
     )
 
 
+def _report(fixed: fxgrad.FixedModule) -> fxgrad.Report:
+    """The report, each change naming the block it is in (for one row per repeated block)."""
+    from fxgrad.export import with_module_paths
+
+    return with_module_paths(fixed.report, fixed.graph_module)
+
+
+def _write_dot(dot: str | None, fixed: fxgrad.FixedModule, report: fxgrad.Report) -> None:
+    if dot:
+        from fxgrad.export import write_dot
+
+        write_dot(dot, fixed.graph_module, report)
+
+
 @click.group(
     cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
 )
@@ -411,13 +575,15 @@ def main() -> None:
 
 @main.command(epilog=TARGET_HELP + "\n\n" + EXIT_CODES)
 @_target_options
-def check(target, input_specs, inputs_from, training, select, ignore, fmt, dot):
-    """Show the hazards fxgrad finds in TARGET and what it would change."""
+def check(target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose):
+    """Show the hazards fxgrad finds in TARGET and what it would change.
+
+    Exits 1 when there is anything to act on, as a linter does.
+    """
     fixed = _run(target, input_specs, inputs_from, training, select, ignore)
-    report = fixed.report
-    click.echo(report.to_json() if fmt == "json" else report.table())
-    if dot:
-        write_dot(dot, fixed.graph_module, report)
+    report = _report(fixed)
+    click.echo(report.to_json() if fmt == "json" else report.table(verbose=verbose))
+    _write_dot(dot, fixed, report)
     click.get_current_context().exit(report.exit_code)
 
 
@@ -428,13 +594,13 @@ def check(target, input_specs, inputs_from, training, select, ignore, fmt, dot):
     default=None,
     help="Colour the diff (default: when stdout is a terminal).",
 )
-def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, color):
+def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose, color):
     """Show a unified diff of TARGET's generated code before and after; writes nothing.
 
     The diff goes to stdout, the table of changes to stderr.
     """
     fixed = _run(target, input_specs, inputs_from, training, select, ignore)
-    report = fixed.report
+    report = _report(fixed)
     if fmt == "json":
         click.echo(report.to_json())
     else:
@@ -443,9 +609,8 @@ def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, c
         text = report.diff(color=color)
         if text:
             click.echo(text, nl=False, color=color)
-        click.echo(report.table(), err=True)
-    if dot:
-        write_dot(dot, fixed.graph_module, report)
+        click.echo(report.table(verbose=verbose), err=True)
+    _write_dot(dot, fixed, report)
     click.get_current_context().exit(report.exit_code)
 
 
@@ -458,38 +623,40 @@ def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, c
     type=click.Path(file_okay=False),
     help="Folder to write module.py and state_dict.pt into.",
 )
-def fix(target, input_specs, inputs_from, training, select, ignore, fmt, dot, output):
+def fix(target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose, output):
     """Write TARGET's fixed graph to a folder as importable code and weights.
 
     The folder holds module.py (the code, its imports and a class that loads the
     weights) and state_dict.pt. The report goes to stderr (stdout with --format json).
     """
+    from fxgrad.export import _load_instructions, write_folder
+
     fixed = _run(target, input_specs, inputs_from, training, select, ignore)
-    report = fixed.report
+    report = _report(fixed)
     folder = Path(output)
     class_name = write_folder(fixed, folder)
     if fmt == "json":
         click.echo(report.to_json())
     else:
-        click.echo(report.table(), err=True)
+        click.echo(report.table(verbose=verbose), err=True)
     mode = "training" if fixed.training else "eval"
     click.echo(
         f"wrote {folder / 'module.py'} and {folder / 'state_dict.pt'} ({mode} mode)", err=True
     )
     click.echo(_load_instructions(folder, class_name), err=fmt == "json")
-    if dot:
-        write_dot(dot, fixed.graph_module, report)
+    _write_dot(dot, fixed, report)
     click.get_current_context().exit(report.exit_code)
 
 
 def _find_pass(code: str) -> Any:
-    from fxgrad.passes import ALL
+    from fxgrad.registry import pass_docs
 
+    docs = pass_docs()
     wanted = code.strip()
-    for p in ALL:
+    for p in docs:
         if p.code.upper() == wanted.upper() or p.name == wanted.lower():
             return p
-    valid = ", ".join(f"{p.code} ({p.name})" for p in ALL)
+    valid = ", ".join(f"{p.code} ({p.name})" for p in docs)
     raise UsageFailure(f"No pass has the code {code!r}.", hint=f"Valid codes are: {valid}.")
 
 
@@ -514,16 +681,25 @@ def passes(fmt):
     """List the passes in the order they run, with their codes."""
     from tabulate import tabulate
 
-    from fxgrad.passes import ALL
+    from fxgrad.registry import pass_docs
 
     rows = [
-        {"code": p.code, "name": p.name, "default": p.default, "summary": p.summary} for p in ALL
+        {"code": p.code, "name": p.name, "default": p.default, "summary": p.summary}
+        for p in pass_docs()
     ]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     table = [[r["code"], r["name"], "on" if r["default"] else "off", r["summary"]] for r in rows]
-    click.echo(tabulate(table, headers=["code", "name", "default", "what it does"]))
+    fixed = sum(max(len(str(r[i])) for r in table) + 2 for i in range(3)) + 8
+    width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120) - fixed)
+    click.echo(
+        tabulate(
+            table,
+            headers=["code", "name", "default", "what it does"],
+            maxcolwidths=[None, None, None, width],
+        )
+    )
     click.echo(
         "\nRun `fxgrad explain CODE` for the full documentation of a pass, and "
         "`fxgrad explain capture` for what capture supports."

@@ -268,7 +268,7 @@ def test_help_lists_exit_codes(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Exit codes:" in result.stdout
-    for line in ("0  nothing would change", "1  rewrites", "2  usage error", "3  the model"):
+    for line in ("0  nothing to do", "1  findings", "2  usage error", "3  the model"):
         assert line in result.stdout
 
 
@@ -769,3 +769,273 @@ def test_python_dash_m():
     assert done.returncode == 0
     assert done.stdout.startswith("Usage: fxgrad")
     assert "Exit codes:" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# click's own usage errors read like fxgrad's
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["check"], ["Missing argument 'TARGET'", "path/to/model.py:NAME"]),
+        (["check", "m.py:M", "--format", "yaml"], ["'yaml' is not one of", "fxgrad check --help"]),
+        (["chek", "m.py:M"], ["No such command 'chek'", "Did you mean 'check'?"]),
+        (["check", "m.py:M", "--selct", "FXG1"], ["No such option '--selct'", "--select"]),
+        (["--bogus"], ["No such option '--bogus'", "fxgrad --help"]),
+    ],
+)
+def test_click_usage_errors_are_error_and_hint_lines(args, fragments):
+    result = CliRunner().invoke(main, args, prog_name="fxgrad")
+    assert_error(result, 2, *fragments)
+    assert "Usage:" not in result.stderr and "Try '" not in result.stderr
+    assert len(result.stderr.splitlines()) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Pass names wherever codes are accepted
+
+
+@pytest.mark.parametrize(
+    ("option", "exit_code"),
+    [(["--select", "test-sigmoid"], 1), (["--ignore", "test-sigmoid"], 0)],
+)
+def test_select_and_ignore_by_pass_name(test_pass, models, option, exit_code):
+    result = invoke("check", f"{models}:Model", *option)
+    assert result.exit_code == exit_code, result.stderr
+
+
+def test_real_pass_names_select_and_ignore():
+    ignored = invoke("check", UNSAFE, "--ignore", "inplace-op", "--format", "json")
+    assert not any(c["code"] == "FXG101" for c in json.loads(ignored.stdout)["changes"])
+    selected = invoke("check", UNSAFE, "--select", "inplace-op,numpy-round-trip")
+    assert selected.exit_code == 1 and "FXG101" in selected.stdout
+    report = fxgrad.check(
+        runpy.run_path(str(EXAMPLES / "unsafe_inplace.py"))["Model"](),
+        (torch.randn(4, 8),),
+        select=["inplace-op"],
+    )
+    assert {c.code for c in report.changes} == {"FXG101"}
+
+
+# ---------------------------------------------------------------------------------------
+# Exit codes a CI job can trust: 1 for anything to act on, 0 only for nothing to do
+
+
+def test_ignored_hazard_whose_backward_fails_still_exits_1():
+    result = invoke("check", UNSAFE, "--ignore", "FXG1")
+    assert result.exit_code == 1
+    assert "FXG101" not in result.stdout
+    assert "note: eager backward fails on the example inputs" in result.stdout
+    assert "1 note to act on" in result.stdout
+    assert (
+        json.loads(invoke("check", UNSAFE, "--ignore", "FXG1", "--format", "json").stdout)[
+            "exit_code"
+        ]
+        == 1
+    )
+
+
+NUMPY_DIAG = """
+import numpy as np
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.fc(x).detach().numpy()
+        return torch.tensor(np.diag(a)) * x.sum()
+
+
+def inputs():
+    return (torch.randn(4, 4),)
+"""
+
+
+def test_gradient_cut_left_as_is_exits_1(tmp_path):
+    path = tmp_path / "diag_model.py"
+    path.write_text(NUMPY_DIAG)
+    result = invoke("check", f"{path}:Model")
+    assert result.exit_code == 1, result.stdout
+    assert "(left as is)" in result.stdout and "np.diag" in result.stdout
+    assert "0 rewrites, 1 finding left as is" in result.stdout
+
+
+BLOCKS = """
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))
+        h.mul_(2)  # unsafe: sigmoid saved h
+        return h
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(*[Block() for _ in range(12)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
+
+
+def _kept_layout(gm: fx.GraphModule, ctx: Context) -> list[Change]:
+    """A layout pass that measured every sigmoid and kept each as it was."""
+    sigmoids = [n for n in gm.graph.nodes if n.target is torch.sigmoid]
+    return [
+        Change(
+            code="FXG290",
+            node=n.name,
+            before=f"torch.sigmoid({n.args[0]})",
+            after="",
+            where=location(n),
+            note=f"1.00x, not above the margin ({'measured' if i == 0 else 'as measured at ' + sigmoids[0].name})",
+            applied=False,
+        )
+        for i, n in enumerate(sigmoids)
+    ]
+
+
+KEPT_LAYOUT = Pass(
+    code="FXG290",
+    name="test-kept-layout",
+    run=_kept_layout,
+    doc="FXG290 test-kept-layout\n\n## What it does\nMeasures and keeps, for tests.\n",
+)
+
+
+@pytest.fixture
+def blocks(tmp_path):
+    path = tmp_path / "block_models.py"
+    path.write_text(BLOCKS)
+    return f"{path}:Model"
+
+
+@pytest.fixture
+def safe_blocks(tmp_path):
+    path = tmp_path / "block_models.py"
+    path.write_text(BLOCKS.replace("h.mul_(2)  # unsafe: sigmoid saved h", "h = h * 2"))
+    return f"{path}:Model"
+
+
+def test_layout_decisions_to_keep_code_are_no_findings_and_need_v(monkeypatch, safe_blocks):
+    blocks = safe_blocks
+    monkeypatch.setattr(fxgrad.passes, "ALL", (KEPT_LAYOUT,))
+    result = invoke("check", blocks)
+    assert result.exit_code == 0, result.stdout
+    assert "FXG290" not in result.stdout
+    assert "12 layout decisions to keep the code" in result.stdout
+    assert "-v" in result.stdout
+    verbose = invoke("check", blocks, "-v")
+    assert verbose.exit_code == 0
+    rows = [ln for ln in verbose.stdout.splitlines() if "FXG290" in ln]
+    assert len(rows) == 1, verbose.stdout  # twelve blocks, one row
+    assert rows[0].startswith("block_models.py:12 (12x)")
+    assert "[in layers.0-11]" in " ".join(verbose.stdout.split())
+    data = json.loads(invoke("check", blocks, "--format", "json").stdout)
+    assert len(data["changes"]) == 12 and data["exit_code"] == 0
+    assert [c["module"] for c in data["changes"]] == [f"layers.{i}" for i in range(12)]
+
+
+def test_a_write_repeated_in_every_block_is_one_row(blocks):
+    result = invoke("check", blocks)
+    assert result.exit_code == 1
+    rows = [ln for ln in result.stdout.splitlines() if "FXG101" in ln]
+    assert len(rows) == 1, result.stdout
+    assert rows[0].startswith("block_models.py:13 (12x)")
+    assert "12 rewrites" in result.stdout
+    data = json.loads(invoke("check", blocks, "--format", "json").stdout)
+    assert len([c for c in data["changes"] if c["code"] == "FXG101"]) == 12
+
+
+def test_passes_wraps_long_text_instead_of_cutting_it():
+    result = invoke("passes")
+    assert result.exit_code == 0
+    flat = " ".join(result.stdout.split())
+    for p in fxgrad.passes.ALL:
+        assert " ".join(p.summary.split()) in flat.replace("  ", " ")
+    assert max(len(line) for line in result.stdout.splitlines()) <= 120
+
+
+# ---------------------------------------------------------------------------------------
+# Answers without torch; models laid out as packages
+
+
+def test_help_and_passes_do_not_import_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        from fxgrad.cli import main
+
+        for args in (["--help"], ["passes"], ["passes", "--format", "json"], ["explain", "FXG101"]):
+            try:
+                main(args, prog_name="fxgrad")
+            except SystemExit as e:
+                assert e.code in (0, None), (args, e.code)
+        print("torch imported:", "torch" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "FXG101" in done.stdout and "Exit codes:" in done.stdout
+    assert done.stdout.strip().endswith("torch imported: False")
+
+
+PACKAGE_NET = """
+import torch
+from torch import nn
+
+from .layers import scale
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))
+        h.mul_(scale())
+        return h
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
+
+
+def test_console_script_loads_package_modules_like_python_dash_m(tmp_path):
+    package = tmp_path / "mymodels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text("def scale():\n    return 2.0\n")
+    (package / "net.py").write_text(PACKAGE_NET)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for target in ("mymodels.net:Net", "mymodels/net.py:Net"):
+        done = subprocess.run(
+            [_script(), "check", target],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 1, (target, done.stderr)
+        assert "net.py:15" in done.stdout and "FXG101" in done.stdout
