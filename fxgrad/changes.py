@@ -24,6 +24,7 @@ class Change:
     note: str = ""  # why: which op saved what, which leaf, what was measured
     applied: bool = True
     module: str = ""  # dotted path of the submodule whose forward made the node ("" = root)
+    source: str = ""  # the user's source line of the node, where the report could find it
 
     def line(self) -> str:
         """Render the change as one line: `model.py:42 FXG101 before -> after (note)`."""

@@ -60,8 +60,16 @@ def module_paths(gm: fx.GraphModule) -> tuple[dict[str, str], dict[str, list[str
 
 
 def with_module_paths(report: Report, gm: fx.GraphModule) -> Report:
-    """The report with each change's module path filled in from the fixed graph."""
-    return report.with_modules(*module_paths(gm))
+    """The report with each change's module path and source line filled in from the graph.
+
+    Only nodes still in the fixed graph are found by name (a change that was kept, or made
+    by adding to a node); a rewritten node is gone, and its change keeps what its pass said.
+    """
+    from fxgrad.graph_utils import source_line
+
+    wanted = {c.node for c in report.changes}
+    sources = {n.name: source_line(n) for n in gm.graph.nodes if n.name in wanted}
+    return report.with_modules(*module_paths(gm), sources={k: v for k, v in sources.items() if v})
 
 
 # ---------------------------------------------------------------------------------------

@@ -137,17 +137,26 @@ class Report:
             lines.append("(-v or verbose=True shows the layout decisions; JSON has every change.)")
         return "\n".join(lines)
 
-    def with_modules(self, by_node: dict[str, str], by_where: dict[str, list[str]]) -> Report:
+    def with_modules(
+        self,
+        by_node: dict[str, str],
+        by_where: dict[str, list[str]],
+        sources: dict[str, str] | None = None,
+    ) -> Report:
         """A copy whose changes name their module path (`layers.3`) where it is known.
 
         `by_node` maps node names to module paths, `by_where` a `file.py:line` to the module
         paths of the nodes made there, in graph order. A change whose node is gone (it was
         rewritten) takes the paths at its line when there are as many as such changes.
+        `sources` maps node names to the user's source lines.
         """
+        sources = sources or {}
         changes = [
-            dataclasses.replace(c, module=by_node[c.node])
-            if not c.module and c.node in by_node
-            else c
+            dataclasses.replace(
+                c,
+                module=c.module or by_node.get(c.node, ""),
+                source=c.source or sources.get(c.node, ""),
+            )
             for c in self.changes
         ]
         unresolved: dict[tuple[str, str], list[int]] = {}
@@ -235,6 +244,17 @@ def _groups(changes: list[Change]) -> list[list[Change]]:
     return list(groups.values())
 
 
+# Names fx makes up for values (`getitem_8`, `stage2_1_branch2_7`): a reader cannot find
+# them in their code, so the table shows the user's source line instead where it has one.
+_FX_NAME = re.compile(r"\b(?:getitem|getattr)(?:_\d+)?\b|\b[A-Za-z]\w*?_\d+(?:_\w+)?\b")
+
+
+def _before(c: Change) -> str:
+    if c.source and _FX_NAME.search(c.before) and not _FX_NAME.search(c.source):
+        return c.source
+    return c.before
+
+
 def _row(group: list[Change]) -> list[str]:
     c = group[0]
     where = c.where or "?"
@@ -244,7 +264,7 @@ def _row(group: list[Change]) -> list[str]:
         modules = [g.module for g in group if g.module]
         if len(modules) == len(group):
             why = f"{why} [in {compress_paths(modules)}]".strip()
-    return [where, c.code, c.before, c.after if c.applied else "(left as is)", why]
+    return [where, c.code, _before(c), c.after if c.applied else "(left as is)", why]
 
 
 def compress_paths(paths: list[str], limit: int = 8) -> str:

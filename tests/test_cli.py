@@ -949,9 +949,12 @@ def test_layout_decisions_to_keep_code_are_no_findings_and_need_v(monkeypatch, s
     assert len(rows) == 1, verbose.stdout  # twelve blocks, one row
     assert rows[0].startswith("block_models.py:12 (12x)")
     assert "[in layers.0-11]" in " ".join(verbose.stdout.split())
+    # the user's line, not the name fx made up for the linear layer's output
+    assert "h = torch.sigmoid(self.fc(x))" in rows[0] and "layers_0_fc" not in verbose.stdout
     data = json.loads(invoke("check", blocks, "--format", "json").stdout)
     assert len(data["changes"]) == 12 and data["exit_code"] == 0
     assert [c["module"] for c in data["changes"]] == [f"layers.{i}" for i in range(12)]
+    assert data["changes"][0]["before"] == "torch.sigmoid(layers_0_fc)"  # as the pass said
 
 
 def test_a_write_repeated_in_every_block_is_one_row(blocks):
