@@ -16,20 +16,77 @@ Measure = Callable[[str, Callable[[], Any]], float]
 
 
 def clone_inputs(inputs: list[Any]) -> list[Any]:
-    """Fresh copies of example inputs: same values, dtype, strides, requires_grad; aliasing kept."""
+    """Fresh copies of call inputs that behave as the originals do under autograd.
+
+    Same values, dtype and strides; `requires_grad` kept, and an input that requires grad
+    but is no leaf (the output of an earlier layer) is no leaf either, since autograd lets
+    a forward write into it. Inputs that share memory share it in the copies too: the same
+    tensor passed twice is one copy, and views of one storage are views of one copy.
+    """
     memo: dict[int, Any] = {}
+    bases: dict[tuple, torch.Tensor] = {}
+    groups: dict[int, list[torch.Tensor]] = {}
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            sid = _storage_id(x)
+            if sid is not None:
+                groups.setdefault(sid, [])
+                if all(y is not x for y in groups[sid]):
+                    groups[sid].append(x)
     out = []
     for x in inputs:
         if not isinstance(x, torch.Tensor):
             out.append(x)
             continue
         if id(x) not in memo:
-            with torch.no_grad():
-                c = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=x.device)
-                c.copy_(x)
-            memo[id(x)] = c.requires_grad_(x.requires_grad)
+            sid = _storage_id(x)
+            shared = groups.get(sid, []) if sid is not None else []
+            if len(shared) > 1 and all(y.dtype == x.dtype and y.device == x.device for y in shared):
+                memo[id(x)] = _view_of_shared_copy(x, sid, shared, bases)
+            else:
+                memo[id(x)] = _copy_like(x)
         out.append(memo[id(x)])
     return out
+
+
+def _storage_id(x: torch.Tensor) -> tuple | None:
+    if x.layout != torch.strided or x.is_meta:
+        return None
+    try:
+        return (x.device, x.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _copy_like(x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        c = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=x.device)
+        c.copy_(x)
+    if not x.requires_grad:
+        return c
+    c.requires_grad_(True)
+    return c if x.is_leaf else c.clone()  # no leaf, as the original is none
+
+
+def _view_of_shared_copy(
+    x: torch.Tensor, sid: tuple, shared: list[torch.Tensor], bases: dict[tuple, torch.Tensor]
+) -> torch.Tensor:
+    """`x` as a view of one copy of the storage it shares with other inputs."""
+    base = bases.get(sid)
+    if base is None:
+        n = x.untyped_storage().nbytes() // x.element_size()
+        with torch.no_grad():
+            flat = torch.empty(0, dtype=x.dtype, device=x.device)
+            flat.set_(x.untyped_storage(), 0, (n,), (1,))
+            base = flat.clone()
+        if any(y.requires_grad for y in shared):
+            base.requires_grad_(True)
+            base = base.clone()  # the views are then no leaves, as views of one tensor are
+        bases[sid] = base
+    view = base.as_strided(x.size(), x.stride(), x.storage_offset())
+    if not x.requires_grad:
+        view = view.detach()
+    return view
 
 
 def default_measure(key: str, fn: Callable[[], Any], *, min_run_time: float = 0.05) -> float:

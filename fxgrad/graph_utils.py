@@ -422,6 +422,10 @@ def render_node(node: fx.Node) -> str:
     if node.op == "output":
         return f"return {_arg(args[0])}"
     target = node.target
+    if getattr(target, "__name__", "") == "writable_piece" and len(args) == 5:
+        base, op, op_args, op_kwargs, index = args
+        name = op if isinstance(op, str) else getattr(op, "__name__", "?")
+        return f"{_arg(base)}.{name}({_call_args(tuple(op_args), dict(op_kwargs))})[{index}]"
     if target is operator.setitem:
         return f"{_arg(args[0])}[{_index(args[1])}] = {_arg(args[2])}"
     if target is operator.getitem:

@@ -86,6 +86,8 @@ from fxgrad.graph_utils import (
     writes_to,
 )
 from fxgrad.registry import Pass
+from fxgrad.runtime import writable_piece
+from fxgrad.trace import has_hooks
 
 CODE = "FXG101"
 MAX_ROUNDS = 200  # a bound against a rewrite that keeps firing
@@ -180,9 +182,20 @@ class Step:
     args: tuple
     kwargs: tuple = ()
     kind: str = "view"  # view, identity, data, multi, maybe, expand, opaque
+    index: int | None = None  # which output of a multi-view call (unbind/split/chunk)
 
-    def replay(self, graph: fx.Graph, base: fx.Node) -> fx.Node:
-        return graph.create_node(self.op, self.target, (base, *self.args), dict(self.kwargs))
+    def replay(self, graph: fx.Graph, base: fx.Node, *, writable: bool = False) -> fx.Node:
+        """Rebuild this view on `base`; `writable` for the target of an in-place write."""
+        if self.index is not None and writable:
+            # Outputs of split/chunk refuse in-place writes; the same memory as a plain view.
+            op = self.target if self.op == "call_function" else str(self.target)
+            args = (base, op, self.args, dict(self.kwargs), self.index)
+            return graph.create_node("call_function", writable_piece, args, {})
+        node = graph.create_node(self.op, self.target, (base, *self.args), dict(self.kwargs))
+        if self.index is None:
+            return node
+        with graph.inserting_after(node):
+            return graph.create_node("call_function", operator.getitem, (node, self.index))
 
     def text(self) -> str:
         return (
@@ -216,42 +229,28 @@ def _dim_arg(node: fx.Node, pos: int, default: int = 0) -> Any:
 
 
 def _multi_steps(node: fx.Node, values: dict | None) -> list[Step] | None:
-    """The single-view step equal to each output of unbind/split/chunk, or None."""
-    name = _fn_name(node)
-    base = node.args[0]
-    if name == "unbind":
-        dim = _dim_arg(node, 1)
-        n = _MAX_STATIC_PIECES
-        if values is not None and isinstance(values.get(node), (tuple, list)):
-            n = len(values[node])
-        if isinstance(dim, fx.Node):
-            return None
-        return [Step("call_method", "select", (dim, i), kind="multi") for i in range(n)]
-    if name in ("split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit"):
-        out = values.get(node) if values is not None else None
-        dim = _dim_arg(node, 2)
-        if name in ("hsplit", "vsplit") or isinstance(dim, fx.Node):
-            return None
-        if isinstance(out, (tuple, list)) and values is not None and base in values:
-            bv = values[base]
-            d = dim % bv.dim()
-            steps, start = [], 0
-            for piece in out:
-                length = piece.shape[d]
-                steps.append(Step("call_method", "narrow", (dim, start, length), kind="multi"))
-                start += length
-            return steps
-        if name == "split":  # static: split sizes are given
-            sizes = node.kwargs.get("split_size", node.args[1] if len(node.args) > 1 else None)
-            if isinstance(sizes, int):
-                return None  # the last piece's length depends on the input's size
-            if isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes):
-                steps, start = [], 0
-                for s in sizes:
-                    steps.append(Step("call_method", "narrow", (dim, start, s), kind="multi"))
-                    start += s
-                return steps
-    return None
+    """A step per output of unbind/split/chunk: the same call, then that output.
+
+    Replaying the call itself (`base.chunk(2)[0]`) rather than a `narrow` with the
+    example's offsets keeps a rewrite right for inputs of any size.
+    """
+    out = values.get(node) if values is not None else None
+    n = len(out) if isinstance(out, (tuple, list)) else _static_pieces(node)
+    if n is None:
+        return None
+    rest, kwargs = tuple(node.args[1:]), tuple(node.kwargs.items())
+    return [Step(node.op, node.target, rest, kwargs, kind="multi", index=i) for i in range(n)]
+
+
+def _static_pieces(node: fx.Node) -> int | None:
+    """How many outputs a multi-view call may have, without example inputs."""
+    if _fn_name(node) == "split":
+        sizes = node.kwargs.get(
+            "split_size_or_sections", node.args[1] if len(node.args) > 1 else None
+        )
+        if isinstance(sizes, (list, tuple)):
+            return len(sizes)
+    return _MAX_STATIC_PIECES
 
 
 _MAX_STATIC_PIECES = 64  # static mode: unbind pieces indexed by a constant below this
@@ -778,7 +777,9 @@ def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], di
             if savers:
                 s = savers[0]
                 why = f"{_saver_text(*s)}; {wt} overwrites it through `.data`, so its gradient is silently wrong"
-                out.append(Finding(w, target, "data", why, savers, state=state))
+                # Writing a parameter or buffer through `.data` (weight clipping, a manual
+                # update) is meant to change it: the write stays, the saver gets a copy.
+                out.append(Finding(w, target, "data", why, savers, state=state or leafish))
             else:
                 why = f"{wt} writes through `.data`: autograd does not see this write, so gradients treat the tensor as unchanged; nothing backward needs is overwritten"
                 out.append(Finding(w, target, "data-safe", why, state=state))
@@ -990,26 +991,15 @@ def _twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node, values: dict | None) ->
         return None
     if w.op == "call_module":
         mod = submodule(gm, str(w.target))
-        for cls, make in _MODULE_FUNCTIONAL.items():
-            if type(mod) is cls:
-                fn, kw = make(mod)
-                return graph.create_node("call_function", fn, (base,), kw)
-        # Modules whose behaviour follows train()/eval() (Dropout): an out-of-place copy.
-        new = copy.copy(mod)
-        new.__dict__["_modules"] = dict(mod._modules)
-        new.inplace = False
-        name = _free_name(gm, f"{str(w.target).replace('.', '_')}_out_of_place")
-        gm.add_submodule(name, new)
-        return graph.create_node("call_module", name, (base, *args[1:]), kwargs)
+        make = _MODULE_FUNCTIONAL.get(type(mod))
+        if make is not None and not has_hooks(mod):
+            fn, kw = make(mod)
+            return graph.create_node("call_function", fn, (base,), kw)
+        # The module itself, on a copy of its input: its hooks still run and see the
+        # module they were registered on, and Dropout follows train()/eval() as before.
+        copied = graph.call_method("clone", (base,))
+        return graph.create_node("call_module", w.target, (copied, *args[1:]), kwargs)
     return None
-
-
-def _free_name(gm: fx.GraphModule, name: str) -> str:
-    i, cand = 0, name
-    while hasattr(gm, cand):
-        i += 1
-        cand = f"{name}_{i}"
-    return cand
 
 
 def _keep_dtype(gm: fx.GraphModule, new: fx.Node, target: fx.Node, values: dict | None) -> fx.Node:
@@ -1038,8 +1028,11 @@ def _keep_dtype(gm: fx.GraphModule, new: fx.Node, target: fx.Node, values: dict 
     except Exception:
         return new
     if isinstance(res, torch.Tensor) and res.dtype != tv.dtype:
+        # Cast to the written tensor's dtype as it is on each call, not the example's.
         with gm.graph.inserting_after(new):
-            cast = gm.graph.call_method("to", (new, tv.dtype))
+            dtype = gm.graph.call_function(builtins.getattr, (target, "dtype"))
+        with gm.graph.inserting_after(dtype):
+            cast = gm.graph.call_method("to", (new, dtype))
         return cast
     return new
 
@@ -1115,7 +1108,7 @@ def rewrite(
     root = a.root
     graph = gm.graph
     if f.state or f.no_grad_write:
-        return _clone_for_savers(gm, f)
+        return _clone_for_savers(gm, f, root)
     if w.op == "call_function" and w.target is builtins.setattr:
         if w.args[1] != "data" or not isinstance(w.args[2], fx.Node):
             raise CannotRewrite("only `.data = tensor` assignments can be rewritten")
@@ -1161,7 +1154,7 @@ def rewrite(
         view = clone
         for s in steps:
             _check_replayable(s, static, "the write target")
-            view = s.replay(graph, view)
+            view = s.replay(graph, view, writable=True)
     if "out" in w.kwargs and w.kwargs["out"] is target:
         w.update_kwarg("out", view)
     elif w.op == "call_function" and w.target is builtins.getattr:
@@ -1185,26 +1178,57 @@ def _after(u: fx.Node, w: fx.Node) -> bool:
     return False
 
 
-def _clone_for_savers(gm: fx.GraphModule, f: Finding) -> Rewrite:
-    """Keep a state write and hand each op that saved the old value a clone instead."""
+def _own_tensor(saver: fx.Node, root: fx.Node) -> str | None:
+    """The name of the written parameter or buffer inside the module `saver` calls, if it is one."""
+    if saver.op != "call_module" or root.op != "get_attr":
+        return None
+    prefix = f"{saver.target}."
+    name = str(root.target)
+    return name[len(prefix) :] if name.startswith(prefix) else None
+
+
+def _clone_for_savers(gm: fx.GraphModule, f: Finding, root: fx.Node) -> Rewrite:
+    """Keep a state write and hand each op that saved the old value a clone instead.
+
+    An op given the value as an argument gets a clone of it; a module that saved one of
+    its own parameters (a weight clipped through `.data` after the layer ran) is called
+    with a clone of that parameter in its place (`torch.func.functional_call`).
+    """
     if not f.savers:
         raise CannotRewrite("the write changes state a caller observes")
-    done: dict[tuple[fx.Node, fx.Node], fx.Node] = {}
     for saver, role, arg in f.savers:
-        if role != "input" or arg is None:
+        if (role != "input" or arg is None) and _own_tensor(saver, root) is None:
             raise CannotRewrite(
                 f"`{_op_text(saver)}` saved {'its output' if role == 'output' else 'an internal tensor'} "
                 "and the write changes state a caller observes"
             )
+    done: set[tuple[fx.Node, Any]] = set()
     texts = []
-    for saver, _role, arg in f.savers:
-        if (saver, arg) in done:
+    graph = gm.graph
+    for saver, role, arg in f.savers:
+        own = _own_tensor(saver, root) if role != "input" or arg is None else None
+        if (saver, own or arg) in done:
             continue
-        with gm.graph.inserting_before(saver):
-            c = gm.graph.call_method("clone", (arg,))
-        saver.replace_input_with(arg, c)
-        done[(saver, arg)] = c
-        texts.append(f"{c.name} = {arg.name}.clone(); {render_node(saver)}")
+        done.add((saver, own or arg))
+        if own is None:
+            with graph.inserting_before(saver):
+                c = graph.call_method("clone", (arg,))
+            saver.replace_input_with(arg, c)
+            texts.append(f"{c.name} = {arg.name}.clone(); {render_node(saver)}")
+            continue
+        with graph.inserting_before(saver):
+            value = graph.create_node("get_attr", root.target, (), {})
+            c = graph.call_method("clone", (value,))
+            module = graph.create_node("get_attr", saver.target, (), {})
+            call = graph.call_function(
+                torch.func.functional_call, (module, {own: c}, saver.args, saver.kwargs)
+            )
+        saver.replace_all_uses_with(call)
+        graph.erase_node(saver)
+        texts.append(
+            f"{c.name} = self.{root.target}.clone(); functional_call(self.{module.target}, "
+            f"{{{own!r}: {c.name}}}, ...)"
+        )
     why = "the write is kept: it changes state a caller observes"
     if f.no_grad_write:
         why = "the write is kept: it runs under no_grad, where gradients treat it as unseen"
