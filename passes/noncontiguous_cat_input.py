@@ -583,6 +583,41 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
     return Consumer(user, call, leaves, key)
 
 
+VIEW_DEPTH = 3  # views followed from the cat to the ops that compute with it
+
+
+def _readers_timed(
+    gm: fx.GraphModule, src: fx.Node, seen: Observed, depth: int = 0
+) -> list[Consumer]:
+    """The ops to time with the cat: its users, and through views, the ops reading those.
+
+    A view (`transpose`, slicing) costs nothing; what a new layout changes is the speed of
+    the op that computes with it (`q @ k.transpose(-1, -2)`), so that op is timed.
+    """
+    timed = []
+    for user in src.users:
+        c = _consumer(gm, src, user, seen)
+        if c is None:
+            continue
+        if depth < VIEW_DEPTH and writes_to(user, gm) is None and _flow(gm, user) is Flow.ALIAS:
+            inner = _readers_timed(gm, user, seen, depth + 1)
+            if inner and len(inner) == sum(1 for _ in user.users):
+                timed += [_through(c, i) for i in inner]
+                continue
+        timed.append(c)
+    return timed
+
+
+def _through(view: Consumer, reader: Consumer) -> Consumer:
+    """`reader` applied to `view`'s result: one replayable call from the cat's output."""
+    return Consumer(
+        reader.node,
+        lambda value: reader.call(view.call(value)),
+        view.leaves + reader.leaves,
+        (view.key, reader.key),
+    )
+
+
 @dataclass
 class Site:
     """One cat whose rewrite may pay, with what deciding it depends on."""
@@ -782,10 +817,12 @@ def _measure_site(
         fastest = max(min(cost.values()), 1e-7)
         number = max(1, math.ceil(SAMPLE_S / fastest))
         expected = ROUNDS * number * sum(cost.values())
+        if budget.left_s <= 0:
+            return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
         if expected > budget.left_s:
             return None, (
                 f"timing it would take about {_ms(expected)}, more than the "
-                f"{_ms(max(budget.left_s, 0.0))} left of the measuring budget"
+                f"{_ms(budget.left_s)} left of the measuring budget"
             )
         measure = _Sampler(number)
 
@@ -947,7 +984,7 @@ def _site(gm: fx.GraphModule, node: fx.Node, seen: Observed) -> Site | str | Non
     if len(variants) == 1:
         return f"not timed: its output's strides matter: {blocked[0]}"
 
-    consumers = [c for u in node.users if (c := _consumer(gm, node, u, seen)) is not None]
+    consumers = _readers_timed(gm, node, seen)
     signature = (
         getattr(node.target, "__name__", ""),
         tuple(lay.key for lay in layouts),
@@ -988,7 +1025,17 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     if ctx.example_inputs is None:
         return _no_example_inputs(cats)
 
-    keep = {a for c in cats for u in c.users for a in u.all_input_nodes if a is not c}
+    # What the timed readers take besides the cat's output: their other inputs, also of
+    # ops reading views of it (a view of a view of it, at most VIEW_DEPTH deep).
+    near = {c: {c} for c in cats}
+    for c in cats:
+        frontier = {c}
+        for _ in range(VIEW_DEPTH):
+            frontier = {u for n in frontier for u in n.users}
+            near[c] |= frontier
+    keep = {a for c in cats for n in near[c] for u in n.users for a in u.all_input_nodes} - {
+        n for c in cats for n in near[c]
+    }
     keep |= {d for c in cats for d in c.all_input_nodes if d not in c.args[0]}  # a traced dim
     seen = observe(gm, ctx, keep)
     sites: list[Site] = []
@@ -1050,18 +1097,18 @@ def _decide(
     if not sites:
         return out
     cache = DecisionCache(CACHE_NAMESPACE)
-    device = device_key(sites[0].layouts[0].device)
     tag = _timer_tag(ctx)
     groups: dict[tuple, list[Site]] = {}
     for site in sites:
         groups.setdefault(site.signature, []).append(site)
 
-    def key(signature: tuple) -> str:
-        return digest(("FXG201", CACHE_FORMAT, signature, device, tag))
+    def key(group: list[Site]) -> str:
+        device = device_key(group[0].layouts[0].device)
+        return digest(("FXG201", CACHE_FORMAT, group[0].signature, device, tag))
 
     pending: list[list[Site]] = []
-    for signature, group in groups.items():
-        record = cache.lookup(key(signature))
+    for group in groups.values():
+        record = cache.lookup(key(group))
         decision = Decision.from_record(record) if record is not None else None
         if decision is not None and set(decision.times) <= set(group[0].variants):
             for site in group:
@@ -1089,7 +1136,7 @@ def _decide(
         if decision is None:
             decision = Decision(Variant.ORIGINAL, {}, why_unmeasured=why)
         # Unmeasured sites are kept too: the same model then gets the same code next time.
-        cache.store(key(first.signature), {**decision.to_record(), "site": repr(first.signature)})
+        cache.store(key(group), {**decision.to_record(), "site": repr(first.signature)})
         for site in group:
             source = "measured" if site is first else f"as measured at {first.node.name}"
             out[site.node] = (decision, source)
