@@ -1107,7 +1107,7 @@ def rewrite(
     a = aliases.get(target, Alias(target))
     root = a.root
     graph = gm.graph
-    if f.state or f.no_grad_write:
+    if f.state or f.no_grad_write or _savers_read_slices(f, aliases, root):
         return _clone_for_savers(gm, f, root)
     if w.op == "call_function" and w.target is builtins.setattr:
         if w.args[1] != "data" or not isinstance(w.args[2], fx.Node):
@@ -1178,6 +1178,27 @@ def _after(u: fx.Node, w: fx.Node) -> bool:
     return False
 
 
+def _savers_read_slices(f: Finding, aliases: dict[fx.Node, Alias], root: fx.Node) -> bool:
+    """Whether every op that saved the overwritten memory saved a view of it it was given.
+
+    Then handing each such op a copy of its slice (`cell(x[t], h[t].clone())`) is enough,
+    and far cheaper than a copy of the whole tensor at every write: a recurrence written
+    into slots of one preallocated tensor (`h[t + 1] = cell(x[t], h[t])`) keeps its writes
+    in place and copies one slot per step.
+    """
+    if f.kind != "saved" or not f.savers:
+        return False
+    for _saver, role, arg in f.savers:
+        if role != "input" or arg is None:
+            return False
+        a = aliases.get(arg)
+        if a is None or a.root is not root or not a.steps:
+            return False
+        if any(s.kind in ("opaque", "expand", "data") for s in a.steps):
+            return False
+    return True
+
+
 def _own_tensor(saver: fx.Node, root: fx.Node) -> str | None:
     """The name of the written parameter or buffer inside the module `saver` calls, if it is one."""
     if saver.op != "call_module" or root.op != "get_attr":
@@ -1230,6 +1251,8 @@ def _clone_for_savers(gm: fx.GraphModule, f: Finding, root: fx.Node) -> Rewrite:
             f"{{{own!r}: {c.name}}}, ...)"
         )
     why = "the write is kept: it changes state a caller observes"
+    if not f.state and not f.no_grad_write:
+        why = "the write is kept in place: each op that saved a slice of it gets a copy"
     if f.no_grad_write:
         why = "the write is kept: it runs under no_grad, where gradients treat it as unseen"
     return Rewrite("; ".join(texts), why)
