@@ -660,14 +660,35 @@ def _find_pass(code: str) -> Any:
     raise UsageFailure(f"No pass has the code {code!r}.", hint=f"Valid codes are: {valid}.")
 
 
+def _capture_doc() -> str:
+    """fxgrad.trace.CAPTURE_DOC, read from the source so that torch need not load."""
+    import ast
+
+    loaded = sys.modules.get("fxgrad.trace")
+    if loaded is None:
+        try:
+            tree = ast.parse(Path(__file__).with_name("trace.py").read_text(encoding="utf-8"))
+            for stmt in tree.body:
+                if (
+                    isinstance(stmt, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "CAPTURE_DOC" for t in stmt.targets)
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
+                ):
+                    return stmt.value.value
+        except (OSError, SyntaxError):
+            pass
+    from fxgrad.trace import CAPTURE_DOC
+
+    return CAPTURE_DOC
+
+
 @main.command(epilog=EXIT_CODES)
 @click.argument("code")
 def explain(code):
     """Print the documentation of a pass; CODE is its code (FXG101) or name, or `capture`."""
     if code.strip().lower() == "capture":
-        from fxgrad.trace import CAPTURE_DOC
-
-        click.echo(CAPTURE_DOC.strip())
+        click.echo(_capture_doc().strip())
         return
     p = _find_pass(code)
     click.echo(textwrap.dedent(p.doc).strip())

@@ -987,7 +987,13 @@ def test_help_and_passes_do_not_import_torch():
         import sys
         from fxgrad.cli import main
 
-        for args in (["--help"], ["passes"], ["passes", "--format", "json"], ["explain", "FXG101"]):
+        for args in (
+            ["--help"],
+            ["passes"],
+            ["passes", "--format", "json"],
+            ["explain", "FXG101"],
+            ["explain", "capture"],
+        ):
             try:
                 main(args, prog_name="fxgrad")
             except SystemExit as e:
@@ -998,6 +1004,7 @@ def test_help_and_passes_do_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "FXG101" in done.stdout and "Exit codes:" in done.stdout
+    assert "# What capture records" in done.stdout
     assert done.stdout.strip().endswith("torch imported: False")
 
 
