@@ -29,6 +29,7 @@ from fxgrad.guards import (
     describe_change,
     size_guard_program,
     structure,
+    tensor_tables,
 )
 from fxgrad.pipeline import (
     Reference,
@@ -165,17 +166,20 @@ class FixedModule(nn.Module):
             root.training = mode
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith(STOWED_PREFIX):
-            shared = self.__dict__.get("_fxgrad")
-            if shared is not None and name in shared.constants:
-                return shared.constants[name]
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            root = self.__dict__.get(ROOT_ATTR)
-            if root is None or name.startswith("__"):
-                raise
-            return getattr(root, name)  # the user's own attributes: config, num_classes...
+        # Generated code looks submodules, parameters and buffers up here on every call:
+        # nn.Module's own lookup, inlined.
+        d = self.__dict__
+        for table in ("_modules", "_parameters", "_buffers"):
+            t = d.get(table)
+            if t is not None and name in t:
+                return t[name]
+        shared = d.get("_fxgrad")
+        if shared is not None and name in shared.constants:
+            return shared.constants[name]  # a DataParallel replica reads the shared ones
+        root = d.get(ROOT_ATTR)
+        if root is None or name.startswith("__"):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return getattr(root, name)  # the user's own attributes: config, num_classes...
 
     # -- what was decided ------------------------------------------------------------------
 
@@ -238,21 +242,25 @@ class FixedModule(nn.Module):
             tensors = [x for x in leaves if _is_input(x)]
         if shared.static is not None:
             return shared.static, leaves
-        key = call_key(skey, tensors, self._modules_for_key())
+        key = call_key(skey, tensors, *self._modules_for_key())
+        v = shared.current
+        if v is not None and v.key == key and v.shapes.holds(self, tensors):
+            return v, leaves  # the common case: a call like the last one
         for v in shared.table.get(key, ()):
             if v.shapes.holds(self, tensors):
                 shared.current = v
                 return v, leaves
         return self._specialize(args, kwargs, key, tensors), leaves
 
-    def _modules_for_key(self) -> list[nn.Module]:
+    def _modules_for_key(self) -> tuple[list[nn.Module], list[dict]]:
+        """Every module of the tree (its training flag is in the key) and their tensors."""
         d = self.__dict__
         hit = d.get("_fxgrad_mods")
         if hit is None or hit[0] is not d["_modules"]:
             root = d[ROOT_ATTR]
-            mods = [root] + [m for m in _walk(d["_modules"])]
-            hit = d["_fxgrad_mods"] = (d["_modules"], mods)
-        return hit[1]
+            mods = [root, *_walk(d["_modules"])]
+            hit = d["_fxgrad_mods"] = (d["_modules"], mods, tensor_tables(mods))
+        return hit[1], hit[2]
 
     def _base(self) -> nn.Module:
         """The module to decide on: the user's module, or a replica's view of it."""
@@ -843,7 +851,7 @@ def fix(
     skey, leaves = structure(args, kwargs)
     tensors = list(args) if leaves is None else [x for x in leaves if _is_input(x)]
     with torch.enable_grad():
-        variant.key = call_key(skey, tensors, fixed._modules_for_key())
+        variant.key = call_key(skey, tensors, *fixed._modules_for_key())
     variant.shapes.remember(tensors)
     fixed._adopt(variant)
     return fixed

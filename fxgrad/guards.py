@@ -21,6 +21,7 @@ the graph holds a guard, and a call with new sizes is checked against those guar
 from __future__ import annotations
 
 import collections
+import itertools
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,9 @@ def _hashable(value: Any) -> Any:
     return (type(value), value)
 
 
+_FACTS = operator.attrgetter("dtype", "device", "requires_grad", "is_leaf")
+
+
 def tensor_facts(t: Any) -> tuple:
     """The facts about one input tensor that decisions may depend on."""
     if not isinstance(t, torch.Tensor):
@@ -79,7 +83,6 @@ def tensor_facts(t: Any) -> tuple:
         return ("array", str(dtype), getattr(t, "ndim", None))
     shape = t.shape
     small = tuple(d if d < 2 else 2 for d in shape) if (1 in shape or 0 in shape) else len(shape)
-    rg = t.requires_grad
     if t.is_contiguous():
         layout: Any = True
     elif t.layout != torch.strided:
@@ -87,7 +90,7 @@ def tensor_facts(t: Any) -> tuple:
     else:  # which dims are innermost, and whether there are gaps: what view/copy depends on
         layout = tuple(sorted(range(t.dim()), key=lambda d: (t.stride(d), d)))
     kind = type(t) if type(t) is not torch.Tensor else None
-    return (t.dtype, t.device, rg, rg and t.is_leaf, small, layout, kind)
+    return (_FACTS(t), small, layout, kind)
 
 
 def _storage_id(t: torch.Tensor) -> int | None:
@@ -119,9 +122,16 @@ def aliasing(tensors: Sequence[Any]) -> tuple | None:
     return tuple(out) if shared else None
 
 
+_TENSOR = torch.Tensor
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, _TENSOR)
+
+
 def structure(args: tuple, kwargs: dict) -> tuple[Any, list[Any] | None]:
     """The call's structure key, and its leaves when they were flattened to get it."""
-    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+    if not kwargs and all(map(_is_tensor, args)):
         return len(args), None  # the common case: tensors, positionally
     leaves, spec = pytree.tree_flatten((args, kwargs))
     consts = tuple(
@@ -136,18 +146,25 @@ def _is_array(x: Any) -> bool:
     return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
 
 
-def module_state(modules: Sequence[nn.Module]) -> tuple[tuple, tuple]:
+_TRAINING = operator.attrgetter("training")
+
+
+def tensor_tables(modules: Sequence[nn.Module]) -> list[dict]:
+    """The parameter and buffer tables of the modules that have any."""
+    return [t for m in modules for t in (m._parameters, m._buffers) if t]
+
+
+_DTYPE_DEVICE = operator.attrgetter("dtype", "device")
+
+
+def module_state(modules: Sequence[nn.Module], tables: Sequence[dict]) -> tuple[tuple, tuple]:
     """The `training` flags of all modules, and dtype and device of their tensors."""
-    modes = tuple(map(operator.attrgetter("training"), modules))
-    state = []
-    for m in modules:
-        for t in m._parameters.values():
-            if t is not None:
-                state.append((t.dtype, t.device))
-        for t in m._buffers.values():
-            if t is not None:
-                state.append((t.dtype, t.device))
-    return modes, tuple(state)
+    modes = tuple(map(_TRAINING, modules))
+    try:  # iterated in C: this runs on every call
+        state = tuple(map(_DTYPE_DEVICE, itertools.chain.from_iterable(map(dict.values, tables))))
+    except AttributeError:  # a slot holding None (`Linear(bias=False)`)
+        state = tuple([(t.dtype, t.device) for d in tables for t in d.values() if t is not None])
+    return modes, state
 
 
 def _autocast() -> Any:
@@ -163,9 +180,14 @@ def _autocast() -> Any:
     return tuple(out)
 
 
-def call_key(structure_key: Any, tensors: Sequence[Any], modules: Sequence[nn.Module]) -> tuple:
+def call_key(
+    structure_key: Any,
+    tensors: Sequence[Any],
+    modules: Sequence[nn.Module],
+    tables: Sequence[dict] | None = None,
+) -> tuple:
     """The key of one call: everything a decision may depend on, in plain Python values."""
-    modes, state = module_state(modules)
+    modes, state = module_state(modules, tensor_tables(modules) if tables is None else tables)
     return (
         structure_key,
         tuple(map(tensor_facts, tensors)),
@@ -204,6 +226,7 @@ def _tensor_diff(name: str, a: tuple, b: tuple) -> str:
     labels = ("dtype", "device", "requires_grad", "leaf", "0/1 sizes", "layout", "type")
     if a[0] == "array" or b[0] == "array":
         return f"{name}: {a} -> {b}"
+    a, b = (*a[0], *a[1:]), (*b[0], *b[1:])
     changed = [f"{label} {x} -> {y}" for label, x, y in zip(labels, a, b) if x != y]
     return f"{name}: " + ", ".join(changed)
 
