@@ -82,6 +82,13 @@ def _worker(rank: int, port: int, out: str) -> None:
         ddp = nn.parallel.DistributedDataParallel(fixed)
         _train(ddp, xs[:, part], ys[:, part])
 
+        # Without example inputs the fixed module decides on DDP's first forward.
+        torch.manual_seed(0)
+        lazy_model = Net()
+        _train(
+            nn.parallel.DistributedDataParallel(fxgrad.fix(lazy_model)), xs[:, part], ys[:, part]
+        )
+
         # fix() sees through DDP: it captures the module inside.
         rewrapped = fxgrad.fix(nn.parallel.DistributedDataParallel(Net()), (xs[0, part],))
 
@@ -100,6 +107,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             torch.save(
                 {
                     "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "lazy": {k: v.detach().clone() for k, v in lazy_model.state_dict().items()},
                     "rewrapped": rewrapped.original_class.__name__,
                     "default": default,
                     "remedy": remedy,
@@ -135,6 +143,7 @@ def test_ddp_training_of_a_fixed_module_matches_one_process(tmp_path: Path):
     _train(fxgrad.fix(model, (xs[0],)), xs, ys)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(result["params"][name], value, msg=name)
+        torch.testing.assert_close(result["lazy"][name], value, msg=name)
     assert result["rewrapped"] == "Net"
     # The remedy always works; the default either works (DDP keeps the buffers' version
     # counters during its broadcast) or raises the version-counter error of those issues.
@@ -185,8 +194,42 @@ def test_compiled_fixed_module_matches_eager():
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(grads, ref_grads)
 
+    # Without example inputs, the first call decides, outside Dynamo's trace.
+    torch._dynamo.reset()
+    lazy = torch.compile(fxgrad.fix(model), backend=_compile_backend())
+    model.load_state_dict(state)
+    out = lazy(x)
+    grads = torch.autograd.grad(out.sum(), list(model.parameters()))
+    model.load_state_dict(state)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grads, ref_grads)
+    assert lazy._orig_mod.report.mode == "exact"
+
     # fix() and the helpers see through torch.compile too, and say so when it wraps a fix.
     assert fxgrad.fix(torch.compile(model), (x,)).original_class is Block
     assert_autograd_safe(torch.compile(model), x)
     with pytest.raises(fxgrad.FxgradError, match="already fixed"):
         fxgrad.fix(compiled, (x,))
+
+
+def test_data_parallel_and_conversions_before_the_first_call():
+    torch.manual_seed(0)
+    model = Net()
+    fixed = fxgrad.fix(model)
+    dp = nn.DataParallel(fixed)  # on the CPU it calls the module itself
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(dp(x), _functional_net(model, x))
+    double = fxgrad.fix(Net()).double()  # converted before anything was decided
+    xd = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    out = double(xd)
+    assert out.dtype == torch.float64
+    (g,) = torch.autograd.grad(out.sum(), xd)
+    xr = xd.detach().requires_grad_()
+    (want,) = torch.autograd.grad(_functional_net(double, xr).sum(), xr)
+    torch.testing.assert_close(g, want)
+
+
+def _functional_net(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Net's forward with its in-place writes out of place: what the fix computes."""
+    h = torch.sigmoid(model.fc1(x).relu())
+    return model.fc2(h * 2)
