@@ -15,7 +15,7 @@ of every module, the dtype and device of every parameter and buffer (`.double()`
 `.to()`), the default dtype and the autocast state. Sizes other than 0 and 1 are not in
 the key: where capture answered a Python question about a size (`if h.shape[-1] % 2`),
 the graph holds a guard, and a call with new sizes is checked against those guards once
-(on fake tensors, nothing real runs) before the variant serves it.
+(on meta tensors: nothing real runs) before the variant serves it.
 """
 
 from __future__ import annotations
@@ -275,8 +275,17 @@ def size_guard_program(gm: fx.GraphModule) -> fx.GraphModule | None:
     return program
 
 
+def _meta(x: Any) -> Any:
+    return x.to("meta") if isinstance(x, torch.Tensor) else x
+
+
 class _GuardRun(fx.Interpreter):
-    """Runs a size-guard program with module calls but without their hooks."""
+    """Runs a size-guard program on meta tensors: shapes only, nothing real is touched.
+
+    Module calls run on a copy of the module whose tensors are meta tensors and without
+    hooks, so a BatchNorm's running statistics, a counter or a hook's side effects never
+    see this run.
+    """
 
     def __init__(self, program: fx.GraphModule, owner: nn.Module) -> None:
         super().__init__(program, garbage_collect_values=True)
@@ -286,10 +295,24 @@ class _GuardRun(fx.Interpreter):
         obj: Any = self.owner
         for atom in target.split("."):
             obj = getattr(obj, atom)
-        return obj
+        return _meta(obj)
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        return self.fetch_attr(str(target)).forward(*args, **kwargs)
+        from fxgrad.trace import twin
+
+        obj: Any = self.owner
+        for atom in str(target).split("."):
+            obj = getattr(obj, atom)
+        shadow = twin(obj)
+        for m in shadow.modules():
+            for table in (m._parameters, m._buffers):
+                for k, v in table.items():
+                    if v is not None:
+                        table[k] = _meta(v)
+            for k, v in list(m.__dict__.items()):
+                if isinstance(v, torch.Tensor):
+                    m.__dict__[k] = _meta(v)
+        return shadow.forward(*args, **kwargs)
 
 
 class ShapeCheck:
@@ -321,17 +344,14 @@ class ShapeCheck:
         self.seen[sizes] = True
 
     def _check(self, owner: nn.Module, tensors: Sequence[Any]) -> bool:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         assert self.program is not None
         try:
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                fakes = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in tensors]
-                _GuardRun(self.program, owner).run(*fakes)
+            with torch.no_grad():
+                _GuardRun(self.program, owner).run(*map(_meta, tensors))
         except GuardError:
             return False
         except Exception:
-            # A size that depends on data (nonzero, boolean masks): fake tensors cannot
+            # A size that depends on data (nonzero, boolean masks): meta tensors cannot
             # tell it, so the guards in the graph check it on every call instead.
             self.unverifiable = True
         return True
