@@ -115,7 +115,10 @@ def find_submodule(root: torch.nn.Module, target: str) -> torch.nn.Module:
     for atom in target.split("."):
         child = mod._modules.get(atom) if isinstance(mod, torch.nn.Module) else None
         if child is None:
-            return root.get_submodule(target)  # its error names what is missing
+            # a module kept as a constant of the graph (one the model calls but does not own)
+            child = mod.__dict__.get(atom) if isinstance(mod, torch.nn.Module) else None
+            if not isinstance(child, torch.nn.Module):
+                return root.get_submodule(target)  # its error names what is missing
         mod = child
     return mod
 

@@ -20,8 +20,10 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import operator
 import sys
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +178,22 @@ def ufunc_method(ufunc: Any, method: str) -> Callable:
     return wrapper
 
 
+# NumPy functions patched while tracing, recorded as calls when given a traced value.
+_NUMPY_RECORDED = (
+    "asarray",
+    "array",
+    "ascontiguousarray",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "eye",
+    "identity",
+    "arange",
+    "linspace",
+)
+
+
 def _numpy_dtype_names(tree: Any) -> Any:
     """Replace dtype-like leaves (`np.float32`, `float`, `np.dtype("int8")`) by their names.
 
@@ -251,6 +269,16 @@ _META_FUNCTIONS = {
     operator.not_,
     *(getattr(operator, n) for n in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg")),
     *(getattr(operator, n) for n in ("eq", "ne", "lt", "le", "gt", "ge", "pow", "and_", "or_")),
+    builtins.round,
+    builtins.float,
+    builtins.bool,
+    # size arithmetic: `math.ceil(x.shape[-1] / s)`, `math.sqrt(head_dim)` (fx records math
+    # functions of traced values as calls)
+    *(
+        getattr(math, n)
+        for n in dir(math)
+        if not n.startswith("_") and callable(getattr(math, n))
+    ),
 }
 
 
@@ -263,7 +291,12 @@ def _is_meta_expr(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
     if node.op == "call_method" and node.target in _META_METHODS:
         ok = True
     elif node.op == "call_function" and node.target is builtins.getattr:
-        ok = node.args[1] in _META_ATTRS
+        # `x.shape`, and any attribute of a shape, dtype or device (`x.device.type`,
+        # `x.dtype.is_floating_point`)
+        base = node.args[0]
+        ok = node.args[1] in _META_ATTRS or (
+            isinstance(base, fx.Node) and _is_meta_expr(base, memo)
+        )
     elif node.op == "call_function" and node.target in _META_FUNCTIONS:
         ok = all(
             _is_meta_expr(a, memo)
@@ -590,7 +623,17 @@ def _autocast_methods() -> dict[tuple[type, str], Callable]:
     them the change went unnoticed. From model code (a block or a decorated method) the
     region becomes enter/exit nodes; torch's own uses still switch autocast as usual.
     """
-    enter, exit_ = _Autocast.__enter__, _Autocast.__exit__
+    enter, exit_, init = _Autocast.__enter__, _Autocast.__exit__, _Autocast.__init__
+
+    def method_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        # `torch.autocast(device_type=x.device.type)`: answered from the example, guarded
+        if _ACTIVE and _has_proxy((args, kwargs)):
+            tracer = _ACTIVE[-1]
+            args, kwargs = pytree.tree_map(
+                lambda a: tracer.concretize(a, "value") if isinstance(a, fx.Proxy) else a,
+                (args, kwargs),
+            )
+        init(self, *args, **kwargs)
 
     def method_enter(self: Any) -> Any:
         if _ACTIVE and not _ACTIVE[-1].in_propagation and _called_from_user_code(2):
@@ -609,7 +652,11 @@ def _autocast_methods() -> dict[tuple[type, str], Callable]:
             _ACTIVE[-1].create_proxy("call_function", EXIT_AUTOCAST, (handle,), {})
         return False
 
-    return {(_Autocast, "__enter__"): method_enter, (_Autocast, "__exit__"): method_exit}
+    return {
+        (_Autocast, "__init__"): method_init,
+        (_Autocast, "__enter__"): method_enter,
+        (_Autocast, "__exit__"): method_exit,
+    }
 
 
 _GRAD_MODE_METHODS.update(_autocast_methods())
@@ -688,9 +735,11 @@ def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
     )
     replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
     # `np.asarray(t.detach())` reads the tensor through __array__, which a traced value
-    # cannot serve; recorded as a call, it enters the graph like `.numpy()` does.
+    # cannot serve; recorded as a call, it enters the graph like `.numpy()` does. NumPy's
+    # factories given a traced size (`np.zeros(a.shape)`, `np.eye(n)`, `np.arange(n)`) are
+    # recorded too: NumPy would read the size as the example's number, baking it in.
     np = sys.modules.get("numpy")
-    np_names = ("asarray", "array", "ascontiguousarray") if np is not None else ()
+    np_names = _NUMPY_RECORDED if np is not None else ()
     for n in np_names:
         replacements[getattr(np, n)] = _wrapped(_record_if_traced, getattr(np, n))
     undo: list[tuple[Any, str, Any]] = []
@@ -887,7 +936,7 @@ class FxgradTracer(fx.Tracer):
     def create_arg(self, a: Any) -> Any:
         try:
             return super().create_arg(a)
-        except NotImplementedError:
+        except (NotImplementedError, NameError):  # NameError: a parameter of no submodule
             # An object fx cannot spell in code (a torch.Generator, a NumPy array, a user
             # object passed to a recorded call): kept as a constant the graph reads, the
             # very object eager would use, as fx does for tensors.
@@ -931,7 +980,24 @@ class FxgradTracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
         if self.in_propagation:
             return forward(*args, **kwargs)
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return self._call_unowned(m, forward, args, kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def _call_unowned(self, m, forward, args, kwargs):  # noqa: ANN001
+        """A module that is no submodule of the model: held in a global, built inline.
+
+        torch.nn's own modules (`nn.ReLU()(x)` in a forward) and modules with hooks become
+        one call of that very module object, kept as a constant of the graph; any other
+        module's forward is traced through, as the model's own code is.
+        """
+        if super().is_leaf_module(m, "") or has_hooks(m):
+            name = self.get_fresh_qualname(STOWED_PREFIX)
+            object.__setattr__(self.root, name, m)
+            return self.create_proxy("call_module", name, args, kwargs)
+        return forward(*args, **kwargs)
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):  # noqa: ANN001
         in_spec, call = self._in_spec, self._call
@@ -948,6 +1014,12 @@ class FxgradTracer(fx.Tracer):
             if self._leaves is not None:
                 self._values[proxy.node] = self._leaves[i]
             placeholders.append(proxy)
+
+        own = self.root.__dict__.get("forward") if isinstance(self.root, torch.nn.Module) else None
+        if callable(own):  # `self.forward = self.forward_fast` in __init__ wins, as in eager
+
+            def root_fn(root: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+                return root.__dict__["forward"](*args, **kwargs)
 
         def flat_forward(root: torch.nn.Module, *_: Any) -> tuple[Any, ...]:
             args, kwargs = pytree.tree_unflatten(placeholders, in_spec)
@@ -1269,12 +1341,18 @@ def twin(
     if id(module) in memo:
         return memo[id(module)]
     cls = type(module)
-    if _plain_copy(cls):  # what copy.copy does for a module, without the generic protocol
+    new = None
+    if not _plain_copy(cls):
+        with contextlib.suppress(Exception):  # parametrized modules refuse to be copied
+            new = copy.copy(module)  # the class copies itself its own way
+    if new is None:  # what copy.copy does for a module, without the generic protocol
         new = cls.__new__(cls)
         new.__dict__.update(module.__dict__)
-    else:
-        new = copy.copy(module)  # the class copies itself its own way
     memo[id(module)] = new
+    for k, v in module.__dict__.items():
+        # `self.forward = self.forward_fast` in __init__: bound to the twin, not the user's
+        if isinstance(v, types.MethodType) and v.__self__ is module:
+            new.__dict__[k] = types.MethodType(v.__func__, new)
     # Python containers the forward may fill (a cache dict, a list of past states) are the
     # twin's own: capturing and probing write proxies and probe tensors into them, which
     # must never reach the user's module. nn.Module's own tables (hooks above all) stay
@@ -1411,7 +1489,7 @@ def _place_attribute_reads(graph: fx.Graph, root: torch.nn.Module, gm: fx.GraphM
     the fixed module reads and writes the user's attribute, not a copy from capture time.
     """
     for node in graph.nodes:
-        if node.op != "get_attr":
+        if node.op not in ("get_attr", "call_module"):
             continue
         name = str(node.target)
         first = name.split(".", 1)[0]
@@ -1420,7 +1498,7 @@ def _place_attribute_reads(graph: fx.Graph, root: torch.nn.Module, gm: fx.GraphM
             new = fresh_constant_name()
             gm.__dict__[new] = value
             node.target = new + name[len(first) :]
-        elif first in root.__dict__ and not (
+        elif node.op == "get_attr" and first in root.__dict__ and not (
             first in root._parameters
             or first in root._buffers
             or first in root._modules

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import math
 import operator
 
 import numpy as np
@@ -648,3 +649,90 @@ def test_torch_nn_code_names_its_own_lines():
     }
     assert files and all(f.endswith("transformer.py") for f in files), files
     torch.testing.assert_close(fixed(x), encoder(x))
+
+
+# --- code as model libraries write it ----------------------------------------------------
+
+_GLOBAL_ACT = nn.GELU()  # a module held in a global (a kernel hub layer, for instance)
+
+
+class _Rotate(nn.Module):
+    def forward(self, q):
+        return torch.cat([-q[..., 1::2], q[..., ::2]], dim=-1)
+
+
+_ROTATE = _Rotate()
+
+
+class LibraryIdioms(nn.Module):
+    """timm / transformers shapes: same-padding arithmetic, a device-type branch, modules
+    called that the model does not own, `self.forward` chosen in __init__, a cache dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.cache: dict = {}
+        self.forward = self.forward_padded
+
+    def forward_padded(self, x, scale: float = 1.0):
+        pad = math.ceil(x.shape[-1] / 3) * 3 - x.shape[-1]  # timm's same padding
+        h = F.pad(self.lin(x), (0, pad))
+        if x.device.type != "meta" and x.dtype.is_floating_point:
+            h = h / math.sqrt(h.shape[-1])
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = nn.ReLU()(h)  # built inline, every call
+        self.cache["last"] = h  # capture and probing write the twin's dict, never the user's
+        return _ROTATE(_GLOBAL_ACT(h)) * scale
+
+
+def test_library_idioms_capture_and_match_eager():
+    model = LibraryIdioms()
+    x = torch.randn(2, 8, requires_grad=True)
+    fixed = fxgrad.fix(model, (x,), select=[])
+    assert model.cache == {}  # fix() wrote nothing into the user's dict
+    assert_same(model, fixed, x)
+    assert_same(model, fixed, torch.randn(5, 8, requires_grad=True))  # another batch
+    torch.testing.assert_close(fixed(x, scale=2.0), model(x, scale=2.0))
+    assert all(isinstance(v, torch.Tensor) for v in model.cache.values())  # no proxies
+
+
+def test_parametrized_modules_capture():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 4)), nn.Tanh())
+    x = torch.randn(3, 4, requires_grad=True)
+    assert_same(model, capture(model, x), x)
+
+
+def test_keyword_calls_reach_a_forward_whose_decorator_fills_defaults():
+    import functools
+
+    def merge_defaults(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            kwargs.setdefault("use_cache", self.use_cache)  # transformers' config defaults
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    class Decoder(nn.Module):
+        use_cache = False
+
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        @merge_defaults
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
+            h = self.emb(input_ids)
+            if attention_mask is not None:
+                h = h * attention_mask[..., None]
+            return {"hidden": h, "cached": use_cache}
+
+    model = Decoder()
+    ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5)
+    fixed = fxgrad.fix(model, (), {"input_ids": ids, "attention_mask": mask})
+    got, want = fixed(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(got["hidden"], want["hidden"])
+    assert got["cached"] is False
+    torch.testing.assert_close(fixed(ids)["hidden"], model(ids)["hidden"])  # positional too
