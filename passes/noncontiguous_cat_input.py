@@ -206,6 +206,28 @@ class Observed:
 
     layouts: dict[fx.Node, Layout]
     values: dict[fx.Node, Any]  # detached values of the nodes the timed consumers read
+    # The forward's outputs, autograd graph alive, and the leaves it reads, until
+    # `step_seconds` times the backward; and how long the forward took.
+    outputs: Any = None
+    leaves: list[torch.Tensor] = field(default_factory=list)
+    forward_s: float = 0.0
+
+    def step_seconds(self) -> float | None:
+        """Seconds of this forward plus its backward (run now, once); None if it failed."""
+        from fxgrad.pipeline import cotangents, differentiable_outputs
+
+        outputs, self.outputs = self.outputs, None
+        if outputs is None:
+            return None
+        start = time.perf_counter()
+        diff = differentiable_outputs(pytree.tree_leaves(outputs))
+        wrt = [t for t in self.leaves if t.requires_grad]
+        if diff and wrt:
+            try:
+                torch.autograd.grad(diff, wrt, cotangents(diff, 0), allow_unused=True)
+            except RuntimeError:
+                return None
+        return self.forward_s + time.perf_counter() - start
 
 
 class _Recorder(fx.Interpreter):
@@ -230,15 +252,20 @@ def observe(gm: fx.GraphModule, ctx: Context, keep: set[fx.Node]) -> Observed:
     a forward that fails part way still leaves the layouts it reached.
     """
     recorder = _Recorder(gm, keep)
+    seen = recorder.seen
     prev = torch.is_grad_enabled()
     try:
         with seeded(ctx.seed), torch.enable_grad():
-            recorder.run(*ctx.inputs())
+            inputs = ctx.inputs()
+            start = time.perf_counter()
+            seen.outputs = recorder.run(*inputs)
+            seen.forward_s = time.perf_counter() - start
+            seen.leaves = ctx.params() + [x for x in inputs if isinstance(x, torch.Tensor)]
     except Exception:
         pass  # the pipeline reports failing forwards; cats not reached are not candidates
     finally:
         torch.set_grad_enabled(prev)
-    return recorder.seen
+    return seen
 
 
 def is_cat(node: fx.Node) -> bool:
@@ -394,7 +421,7 @@ MODULE_FLOW: dict[type, Flow] = {
 }
 
 _SCALAR_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda"}
-MAX_WALK = 512  # nodes followed downstream of one cat before giving up as "too far"
+MAX_WALK = 2048  # nodes followed downstream of one cat before giving up as "too far"
 
 
 def _flow(gm: fx.GraphModule, node: fx.Node) -> Flow | None:
@@ -428,7 +455,7 @@ class Readers:
 
     def allows(self, variant: Variant) -> str | None:
         """None when `variant` keeps every reader right; else why not, naming the reader."""
-        hazards = ["unknown", "written view or copy"]
+        hazards = ["unknown", "far", "written view or copy"]
         if variant is Variant.PERMUTED:
             hazards += ["view", "output"]
         for hazard in hazards:
@@ -440,6 +467,7 @@ class Readers:
 
 HAZARD_TEXT = {
     "unknown": "{node} ({at}) is not known to treat every layout alike",
+    "far": f"its layout reaches more than {MAX_WALK} ops, which were not all followed",
     "written view or copy": "{node} ({at}) is a view or a copy depending on strides, and "
     "one of them is written in place",
     "view": "{node} ({at}) fails on some strides",
@@ -498,7 +526,7 @@ def readers(gm: fx.GraphModule, cat: fx.Node) -> Readers:
                 union(user, n)
             if user not in seen:
                 if len(seen) >= MAX_WALK:
-                    block("unknown", user)
+                    block("far", user)
                     continue
                 seen.add(user)
                 queue.append(user)
@@ -793,6 +821,8 @@ def _measure_site(
     ctx: Context, site: Site, budget: Budget, own_timer: bool
 ) -> tuple[Decision | None, str]:
     """Time the site's variants in interleaved rounds; (None, why) when it cannot be timed."""
+    if budget.left_s <= 0:  # not even a warm-up: building and running it costs time too
+        return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
     start = time.perf_counter()
     calls, label = None, ""
     for timed in (site.consumers, []) if site.consumers else ([],):
@@ -816,7 +846,8 @@ def _measure_site(
     if own_timer:
         fastest = max(min(cost.values()), 1e-7)
         number = max(1, math.ceil(SAMPLE_S / fastest))
-        expected = ROUNDS * number * sum(cost.values())
+        # Enough for MIN_ROUNDS rounds is enough to start: later rounds run while it lasts.
+        expected = MIN_ROUNDS * number * sum(cost.values())
         if budget.left_s <= 0:
             return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
         if expected > budget.left_s:
@@ -846,19 +877,15 @@ def _measure_site(
     return decide(samples, label), ""
 
 
-def _budget(gm: fx.GraphModule, ctx: Context) -> Budget:
-    """About one forward+backward of the model, at least BUDGET_FLOOR_S, at most the cap."""
+def _budget(ctx: Context, seen: Observed) -> Budget:
+    """About one forward+backward of the model, at least BUDGET_FLOOR_S, at most the cap.
+
+    Unless the caller timed one (`Context.step_s`), the step is the observing forward
+    (interpreted node by node, so a little slower than the model's own) and its backward.
+    """
     step = ctx.step_s
     if step is None and ctx.measure_budget_s > BUDGET_FLOOR_S:
-        from fxgrad.pipeline import run_forward_backward
-
-        inputs = ctx.inputs()
-        start = time.perf_counter()
-        try:
-            run_forward_backward(gm, inputs, ctx.params(), ctx.seed)
-        except Exception:
-            pass  # a failing model: the floor is the budget
-        step = time.perf_counter() - start
+        step = seen.step_seconds()
     total = min(ctx.measure_budget_s, max(BUDGET_FLOOR_S, BUDGET_STEPS * (step or 0.0)))
     return Budget(total)
 
@@ -1052,7 +1079,8 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         elif site is not None:
             sites.append(site)
 
-    decisions = _decide(gm, ctx, sites)
+    decisions = _decide(ctx, sites, seen)
+    seen.outputs = None  # the forward's autograd graph, kept for timing its backward
     for site in sites:
         decision, source = decisions[site.node]
         node = site.node
@@ -1089,9 +1117,7 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     return changes
 
 
-def _decide(
-    gm: fx.GraphModule, ctx: Context, sites: list[Site]
-) -> dict[fx.Node, tuple[Decision, str]]:
+def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tuple[Decision, str]]:
     """A decision per site: from this run, from the cache, or timed now within the budget."""
     out: dict[fx.Node, tuple[Decision, str]] = {}
     if not sites:
@@ -1126,7 +1152,7 @@ def _decide(
                 out[site.node] = (off, "analysis only")
         return out
 
-    budget = _budget(gm, ctx)
+    budget = _budget(ctx, seen)
     own_timer = ctx.measure is default_measure
     # Most promising first: the most elements read through strides, over all its copies.
     pending.sort(key=lambda g: -sum(s.weight for s in g))

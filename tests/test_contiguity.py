@@ -671,8 +671,21 @@ def test_a_budget_spent_after_enough_rounds_decides_on_them(monkeypatch):
         return 2e-3 if key.endswith("original") else 1e-3
 
     budget_spender = fxg201.Budget(10.0)
-    monkeypatch.setattr(fxg201, "_budget", lambda gm, ctx: budget_spender)
+    monkeypatch.setattr(fxg201, "_budget", lambda ctx, seen: budget_spender)
     ctx.measure = measure
     (change,) = fxg201.run(gm, ctx)
     assert len(rounds_done) == 2 * fxg201.MIN_ROUNDS
     assert change.applied and "(2.00x; measured)" in change.note
+
+
+def test_readers_too_far_to_follow_forbid_both(monkeypatch):
+    class Long(nn.Module):
+        def forward(self, x, y):
+            return torch.cat([x, y], 1).relu().sigmoid().tanh().exp()
+
+    monkeypatch.setattr(fxg201, "MAX_WALK", 2)
+    gm, _ = _traced(Long(), ())
+    cat = next(n for n in gm.graph.nodes if n.name == "cat")
+    uses = fxg201.readers(gm, cat)
+    assert "not all followed" in uses.allows(Variant.CONTIGUOUS)
+    assert "not all followed" in uses.allows(Variant.PERMUTED)
