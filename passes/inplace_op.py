@@ -90,6 +90,8 @@ from fxgrad.runtime import writable_piece
 from fxgrad.trace import has_hooks
 
 CODE = "FXG101"
+# What a node made by a rewrite takes over from the write it replaces.
+_INHERITED_META = ("fxgrad_loc", "nn_module_stack", "stack_trace")
 MAX_ROUNDS = 200  # a bound against a rewrite that keeps firing
 
 # ---------------------------------------------------------------------------------------
@@ -1333,11 +1335,17 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
                     note += "; pass example inputs to decide"
                 round_changes.append(Change(CODE, name, before, "", where, note, applied=False))
                 continue
+            existing = set(gm.graph.nodes)
+            meta = {k: f.write.meta[k] for k in _INHERITED_META if k in f.write.meta}
             try:
                 r = rewrite(gm, f, aliases, values)
             except CannotRewrite as e:
                 failed = (f, e)
                 break
+            for n in gm.graph.nodes:  # the rewrite's nodes name the user's line and block
+                if n not in existing:
+                    for k, v in meta.items():
+                        n.meta.setdefault(k, v)
             note = f"{f.reason} ({how})"
             if r.note:
                 note += f"; {r.note}"
