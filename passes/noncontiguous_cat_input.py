@@ -843,11 +843,16 @@ def _measure_site(
         return None, "it fails when replayed on fresh tensors of the same layouts"
 
     measure: Callable[[str, Callable[[], Any]], float] = ctx.measure
+    samples: dict[Variant, list[float]] = {v: [] for v in calls}
+    first = 0
     if own_timer:
         fastest = max(min(cost.values()), 1e-7)
         number = max(1, math.ceil(SAMPLE_S / fastest))
+        if number == 1:
+            # Calls this long are samples of one call each: the warm-up was round 0.
+            samples, first = {v: [cost[v]] for v in calls}, 1
         # Enough for MIN_ROUNDS rounds is enough to start: later rounds run while it lasts.
-        expected = MIN_ROUNDS * number * sum(cost.values())
+        expected = (MIN_ROUNDS - first) * number * sum(cost.values())
         if budget.left_s <= 0:
             return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
         if expected > budget.left_s:
@@ -857,9 +862,8 @@ def _measure_site(
             )
         measure = _Sampler(number)
 
-    samples: dict[Variant, list[float]] = {v: [] for v in calls}
     order = list(calls)
-    for r in range(ROUNDS):
+    for r in range(first, ROUNDS):
         if budget.left_s <= 0 and r >= MIN_ROUNDS:
             break  # enough complete rounds for medians; the budget is spent
         # Alternate the order, so a variant is not always the one right after another.
