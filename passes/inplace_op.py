@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import enum
 import operator
 import re
 from dataclasses import dataclass, field
@@ -536,55 +537,108 @@ def first_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
 # ---------------------------------------------------------------------------------------
 # Static mode: a table of what ops save for backward
 
-_SAVES_OUTPUT = {
-    "exp", "exp_", "exp2", "expm1", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax",
-    "log_softmax", "relu", "relu_", "sqrt", "rsqrt", "reciprocal", "tan", "elu", "selu",
-    "celu", "_softmax", "logsigmoid",
+
+class Saves(enum.Flag):
+    """What an op keeps for its backward that a later in-place write could change."""
+
+    NOTHING = 0
+    INPUTS = enum.auto()  # its tensor arguments, or views of them
+    OUTPUT = enum.auto()  # its result
+    BOTH = INPUTS | OUTPUT
+
+
+_N, _I, _O, _B = Saves.NOTHING, Saves.INPUTS, Saves.OUTPUT, Saves.BOTH
+
+# What ops save, for decisions without example inputs. Each entry is checked against what
+# autograd actually saves on OpInfo samples (tests/test_static_saves.py), so a wrong entry,
+# or a torch release that changes a backward formula, fails the tests. An op not listed is
+# assumed to save both its inputs and its output. In-place variants are listed on their own
+# (`elu` saves its input, `elu_` its result).
+STATIC_SAVES: dict[str, Saves] = {
+    # derivatives computed from the result
+    **dict.fromkeys(
+        ("exp", "exp_", "exp2", "expm1", "sigmoid", "sigmoid_", "tanh", "tanh_", "relu",
+         "relu_", "sqrt", "rsqrt", "reciprocal", "tan", "softmax", "_softmax", "log_softmax",
+         "elu_", "selu_", "celu_", "leaky_relu_", "hardtanh_"),
+        _O,
+    ),
+    # derivatives computed from the arguments (masked_fill keeps its mask)
+    **dict.fromkeys(
+        ("mul", "mul_", "imul", "div", "div_", "truediv", "itruediv", "matmul", "mm", "bmm",
+         "linear", "conv1d", "conv2d", "batch_norm", "layer_norm", "sin", "cos", "log",
+         "abs", "clamp", "clamp_", "hardtanh", "leaky_relu", "gelu", "silu", "silu_", "mish",
+         "hardswish", "hardsigmoid", "sinh", "cosh", "atan", "elu", "selu", "celu",
+         "logsigmoid", "masked_fill", "masked_fill_", "pad"),
+        _I,
+    ),
+    # both: `x ** y` with a tensor exponent, max pooling (its indices are an output)
+    **dict.fromkeys(("pow", "max_pool2d"), _B),
+    # derivatives that need neither (views, sums, copies, factories, shapes)
+    **dict.fromkeys(
+        ("add", "add_", "iadd", "sub", "sub_", "isub", "neg", "clone", "cat", "concat",
+         "stack", "getitem", "contiguous", "to", "expand", "expand_as", "sum", "mean",
+         "dropout", "flatten", "reshape", "view", "view_as", "transpose", "t", "permute",
+         "unsqueeze", "squeeze", "select", "narrow", "diagonal", "detach", "zeros_like",
+         "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+         "new_empty", "unbind", "split", "chunk", "float", "double", "size", "dim", "numel",
+         "getattr", "flip", "roll", "repeat", "movedim", "unflatten", "zero_", "fill_",
+         "copy_", "setitem", "identity", "zeros", "ones", "empty", "full", "rand", "randn",
+         "randint", "randperm", "arange", "linspace", "logspace", "eye", "tril_indices",
+         "triu_indices"),
+        _N,
+    ),
 }  # fmt: skip
-_SAVES_NOTHING = {
-    "add", "add_", "sub", "sub_", "neg", "clone", "cat", "concat", "stack", "getitem",
-    "contiguous", "to", "expand", "expand_as", "sum", "mean", "dropout", "flatten",
-    "reshape", "view", "view_as", "transpose", "t", "permute", "unsqueeze", "squeeze",
-    "select", "narrow", "diagonal", "detach", "zeros_like", "ones_like", "full_like",
-    "empty_like", "new_zeros", "new_ones", "new_full", "new_empty", "unbind", "split",
-    "chunk", "float", "double", "iadd", "isub", "size", "dim", "numel", "getattr",
-    "flip", "roll", "repeat", "pad", "movedim", "unflatten", "zero_", "fill_", "copy_",
-    "setitem", "adaptive_avg_pool2d_shape", "identity", "masked_fill", "masked_fill_",
-    # factories: nothing of theirs requires grad
-    "zeros", "ones", "empty", "full", "rand", "randn", "randint", "randperm", "arange",
-    "linspace", "logspace", "eye", "tril_indices", "triu_indices",
+
+# torch.nn modules by the op they run (an in-place module runs the op's `_` variant).
+MODULE_OPS: dict[type, str] = {
+    nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softmax: "softmax",
+    nn.LogSoftmax: "log_softmax", nn.ELU: "elu", nn.SELU: "selu", nn.CELU: "celu",
+    nn.GELU: "gelu", nn.SiLU: "silu", nn.Mish: "mish", nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid", nn.LeakyReLU: "leaky_relu", nn.Hardtanh: "hardtanh",
+    nn.ReLU6: "hardtanh", nn.LogSigmoid: "logsigmoid", nn.Linear: "linear",
+    nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.BatchNorm1d: "batch_norm",
+    nn.BatchNorm2d: "batch_norm", nn.BatchNorm3d: "batch_norm", nn.LayerNorm: "layer_norm",
+    nn.MaxPool2d: "max_pool2d", nn.Dropout: "dropout", nn.Dropout1d: "dropout",
+    nn.Dropout2d: "dropout", nn.Dropout3d: "dropout", nn.AlphaDropout: "dropout",
+    nn.Identity: "identity", nn.Flatten: "flatten", nn.Unflatten: "unflatten",
 }  # fmt: skip
-_MODULE_SAVES_NOTHING = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                         nn.Identity, nn.Flatten, nn.Unflatten)  # fmt: skip
-_MODULE_SAVES_OUTPUT = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.ELU)
+
+
+def module_op(mod: nn.Module) -> str | None:
+    """The op name a torch.nn module runs, with `_` when it runs in place; None if unknown."""
+    name = MODULE_OPS.get(type(mod))
+    if name is None:
+        return None
+    inplace = mod.__dict__.get("inplace", False) is True
+    return f"{name}_" if inplace and name != "dropout" else name
+
+
+def _saves(node: fx.Node, gm: fx.GraphModule) -> Saves:
+    if node.op == "call_module":
+        try:
+            name = module_op(submodule(gm, str(node.target)))
+        except AttributeError:
+            name = None
+        return _B if name is None else STATIC_SAVES.get(name, _B)
+    if node.op not in ("call_method", "call_function"):
+        return _N
+    if _view_kind(node) is not None:
+        return _N
+    name = getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_function" and not name.endswith("_") and writes_to(node, gm) is not None:
+        name += "_"  # `F.elu(x, inplace=True)` runs elu_
+    return STATIC_SAVES.get(name, _B)
 
 
 def _static_saves(node: fx.Node, gm: fx.GraphModule) -> list[tuple[str, fx.Node | None]]:
     """(role, arg) pairs a node may save: ("output", None) or ("input", arg)."""
-    inputs = [("input", a) for a in node.all_input_nodes]
-    if node.op == "call_module":
-        try:
-            mod = submodule(gm, str(node.target))
-        except AttributeError:
-            return inputs + [("output", None)]
-        if isinstance(mod, _MODULE_SAVES_NOTHING):
-            return []
-        if isinstance(mod, _MODULE_SAVES_OUTPUT):
-            return [("output", None)]
-        return inputs
-    if node.op not in ("call_method", "call_function"):
-        return []
-    name = getattr(node.target, "__name__", str(node.target))
-    if name in _SAVES_NOTHING or _view_kind(node) is not None:
-        return []
-    if name in _SAVES_OUTPUT:
-        return [("output", None)]
-    if name in ("mul", "mul_", "imul", "div", "truediv", "itruediv", "div_", "matmul", "mm",
-                "bmm", "linear", "conv2d", "conv1d", "batch_norm", "layer_norm", "pow", "sin",
-                "cos", "log", "abs", "max_pool2d", "clamp", "clamp_", "hardtanh", "leaky_relu",
-                "gelu", "silu", "mish", "hardswish", "hardsigmoid", "sinh", "cosh", "atan"):  # fmt: skip
-        return inputs
-    return inputs + [("output", None)]  # unknown op: assume the worst
+    saves = _saves(node, gm)
+    out: list[tuple[str, fx.Node | None]] = []
+    if saves & Saves.INPUTS:
+        out.extend(("input", a) for a in node.all_input_nodes)
+    if saves & Saves.OUTPUT:
+        out.append(("output", None))
+    return out
 
 
 @dataclass
