@@ -10,6 +10,7 @@ limit past which the module raises an error naming the fact that keeps changing.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -97,6 +98,7 @@ class Variant:
 
     def __post_init__(self) -> None:
         self.single = self.out_spec.num_leaves == 1 and self.out_spec.num_children == 0
+        self._bound: tuple[Any, ...] | None = None
 
     def run(self, module: nn.Module, leaves: list[Any]) -> Any:
         """Run the graph for `module` on a call's leaves; rebuild the output structure."""
@@ -104,15 +106,72 @@ class Variant:
             leaves = [leaves[i] for i in self.leaf_index]
         prev = torch.is_grad_enabled()
         try:
-            # The generated code, called with the module as self; looked up on each call,
-            # so an edit of `graph_module` followed by recompile() takes effect, as in fx.
-            out = type(self.gm).forward(module, *leaves)
+            out = self._forward_for(module)(module, *leaves)
         except BaseException:
             torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
             raise
         if self.single:
             return out[0]  # a single tensor output: skip the pytree rebuild
         return pytree.tree_unflatten(list(out), self.out_spec)
+
+    def _forward_for(self, module: nn.Module) -> Callable[..., Any]:
+        """The generated code to run for `module`, with its submodules bound in.
+
+        fx's code looks every submodule up by attribute on every call
+        (`getattr(self.layer1, "0")`), which costs as much as a small layer; this code
+        calls the very module objects, bound once. It is made again when the module tree
+        changes (a submodule assigned anywhere bumps `_TREE_EPOCH`) or `graph_module` is
+        edited and recompiled. A DataParallel replica (its own submodules, made anew for
+        every call) runs fx's code, which looks them up.
+        """
+        plain = type(self.gm).forward
+        root = module.__dict__.get(ROOT_ATTR)
+        if root is None or root._modules is not module._modules:
+            return plain
+        hit = self._bound
+        if hit is not None and hit[0] is module and hit[1] == _TREE_EPOCH[0] and hit[2] is plain:
+            return hit[3]
+        bound = _bind_submodules(self.gm, module)
+        self._bound = (module, _TREE_EPOCH[0], plain, bound)
+        return bound
+
+
+# Bumped whenever any module anywhere gets a submodule assigned: what a fixed module bound
+# or keyed by its module tree is then looked up again.
+_TREE_EPOCH = [0]
+
+
+def _tree_changed(module: nn.Module, name: str, submodule: Any) -> None:
+    _TREE_EPOCH[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_tree_changed)
+
+
+def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> Callable[..., Any]:
+    """`gm`'s code with each call_module node calling its module object directly."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, env))
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        mod: Any = owner
+        for atom in str(node.target).split("."):
+            mod = getattr(mod, atom)
+        caller = functools.partial(mod)  # calls mod(...) from C, hooks included
+        caller.__name__ = "m_" + str(node.target).replace(".", "_")  # type: ignore[attr-defined]
+        caller.__module__ = "fxgrad_bound"  # type: ignore[attr-defined]
+        with graph.inserting_before(node):
+            call = graph.call_function(caller, node.args, node.kwargs)
+        call.meta = node.meta
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        call.name = node.name
+    runner = fx.GraphModule({}, fx.Graph(), class_name=type(gm).__name__)
+    runner.__dict__.update({k: gm.__dict__[k] for k in ("_modules", "_parameters", "_buffers")})
+    runner.graph = graph
+    return type(runner).forward
 
 
 class _Shared:
@@ -256,11 +315,11 @@ class FixedModule(nn.Module):
         """Every module of the tree (its training flag is in the key) and their tensors."""
         d = self.__dict__
         hit = d.get("_fxgrad_mods")
-        if hit is None or hit[0] is not d["_modules"]:
+        if hit is None or hit[0] is not d["_modules"] or hit[1] != _TREE_EPOCH[0]:
             root = d[ROOT_ATTR]
             mods = [root, *_walk(d["_modules"])]
-            hit = d["_fxgrad_mods"] = (d["_modules"], mods, tensor_tables(mods))
-        return hit[1], hit[2]
+            hit = d["_fxgrad_mods"] = (d["_modules"], _TREE_EPOCH[0], mods, tensor_tables(mods))
+        return hit[2], hit[3]
 
     def _base(self) -> nn.Module:
         """The module to decide on: the user's module, or a replica's view of it."""

@@ -219,3 +219,17 @@ def test_the_first_call_leaves_the_users_state_as_eager_would():
         for k, v in model.state_dict().items():
             torch.testing.assert_close(v, reference.state_dict()[k])
     assert len(fixed.reports) == 1
+
+
+def test_a_submodule_replaced_after_fixing_is_the_one_called():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    fixed = fxgrad.fix(model, (torch.randn(4, 3),))
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(fixed(x), model(x))
+    model[2] = nn.Linear(3, 2)  # a new head, as for fine-tuning
+    seen = []
+    model[0].register_forward_hook(lambda *args: seen.append(1))  # a hook added later
+    torch.testing.assert_close(fixed(x), model(x))
+    assert len(seen) == 2  # the fixed call and the eager one
+    model.eval()  # a mode switch through the user's model is seen too
+    torch.testing.assert_close(fixed(x), model(x))
