@@ -250,7 +250,7 @@ class _Imports:
         elif isinstance(obj, (str, int, float, bool)) or obj is None:
             self.lines.append(f"{name} = {obj!r}")
         elif getattr(obj, "_fxgrad_function", None) is not None:  # a custom autograd.Function
-            self.lines.append("from fxgrad.trace import function_apply")
+            self.lines.append("from fxgrad.runtime import function_apply")
             self.lines.append(f"{name} = function_apply({self._ref(obj._fxgrad_function)})")
         else:
             self.lines.append(f"{name} = {self._ref(obj)}")

@@ -31,7 +31,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from fxgrad.graph_utils import ancestors
-from fxgrad.trace import GuardError, fxgrad_guard
+from fxgrad.runtime import GuardError, fxgrad_guard
 
 # Positions in a key, and what each means to a person reading an error.
 STRUCTURE, TENSORS, ALIASING, GRAD, MODES, STATE, DEFAULT_DTYPE, AUTOCAST = range(8)

@@ -6,10 +6,14 @@ small and stable: moving one would break fixed modules saved by an earlier relea
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx
+
+from fxgrad.errors import FxgradError
 
 
 def writable_piece(
@@ -43,3 +47,87 @@ def writable_piece(
         ):
             return base.select(d, index)
     raise RuntimeError(f"cannot find output {index} of {op} as a view of its input")
+
+
+# ---------------------------------------------------------------------------------------
+# Guards: Python-level answers baked into the graph, checked on every call
+
+
+class GuardError(FxgradError, RuntimeError):
+    """A fixed module was called with inputs its captured graph was not specialised for."""
+
+
+# How a Python-level question about a traced size is answered from its example value.
+_ANSWERS: dict[str, Callable[[Any], Any]] = {
+    "bool": bool,
+    "len": len,
+    "index": operator.index,
+    "int": int,
+    "float": float,
+    "value": lambda v: v,  # a dtype or device handed to torch.finfo / torch.iinfo
+}
+
+
+def fxgrad_guard(value: Any, expected: Any, kind: str, where: str) -> None:
+    """Check that a Python-level answer baked in at capture time still holds."""
+    if isinstance(value, fx.Proxy):  # re-tracing a fixed graph: keep the guard
+        value.tracer.create_proxy("call_function", fxgrad_guard, (value, expected, kind, where), {})
+        return
+    actual = _ANSWERS[kind](value)
+    if actual != expected:
+        raise GuardError(
+            f"The captured graph assumed {kind}(...) == {expected!r} at {where}, "
+            f"but this call gives {actual!r}.",
+            hint="A fixed module decides such a call on its own; this graph (one variant, "
+            "run by itself, or a size that depends on the data) cannot serve it. Call the "
+            "fixed module, or fxgrad.fix() again with inputs like this call's.",
+        )
+
+
+fxgrad_guard._fxgrad_side_effect = True  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------
+# Custom autograd.Function calls become one opaque node
+
+_apply_wrappers: dict[type, Callable] = {}
+
+
+def function_apply(cls: type) -> Callable:
+    """Return a stable, importable-by-reference callable that runs `cls.apply`."""
+    wrapper = _apply_wrappers.get(cls)
+    if wrapper is None:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return cls.apply(*args, **kwargs)
+
+        wrapper.__name__ = f"{cls.__name__}_apply"
+        wrapper.__qualname__ = wrapper.__name__
+        wrapper.__module__ = __name__
+        wrapper._fxgrad_function = cls  # type: ignore[attr-defined]
+        _apply_wrappers[cls] = wrapper
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------
+# NumPy ufunc methods and dtype arguments, in a form generated code can hold
+
+_ufunc_method_wrappers: dict[tuple[Any, str], Callable] = {}
+
+
+def ufunc_method(ufunc: Any, method: str) -> Callable:
+    """Return a stable callable for `ufunc.method` (`np.add.reduce`); fx cannot name bound ones."""
+    key = (ufunc, method)
+    wrapper = _ufunc_method_wrappers.get(key)
+    if wrapper is None:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return getattr(ufunc, method)(*args, **kwargs)
+
+        wrapper.__name__ = f"{ufunc.__name__}_{method}"
+        wrapper.__qualname__ = wrapper.__name__
+        wrapper.__module__ = __name__
+        wrapper._fxgrad_ufunc = ufunc  # type: ignore[attr-defined]
+        wrapper._fxgrad_ufunc_method = method  # type: ignore[attr-defined]
+        _ufunc_method_wrappers[key] = wrapper
+    return wrapper

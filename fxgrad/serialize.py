@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import fx
 
-from fxgrad.trace import function_apply, ufunc_method
+from fxgrad.runtime import function_apply, ufunc_method
 
 # Node meta fxgrad reads later (the user's file and line); the rest is not needed to run.
 _KEPT_META = ("fxgrad_loc",)

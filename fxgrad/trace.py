@@ -45,6 +45,13 @@ from fxgrad.graph_utils import (
     find_submodule,
     user_frame_location,
 )
+from fxgrad.runtime import (  # noqa: F401  (re-exported: older pickles name them here)
+    _ANSWERS,
+    GuardError,
+    function_apply,
+    fxgrad_guard,
+    ufunc_method,
+)
 from fxgrad.state import plain_tensor_attributes
 
 CAPTURE_DOC = """\
@@ -95,87 +102,10 @@ def _is_stowed_name(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Guards: Python-level answers baked into the graph, checked on every call
+# What generated code calls lives in fxgrad.runtime (stable names for saved fixed modules);
+# the names stay importable from here for code and pickles that used them.
 
-
-class GuardError(FxgradError, RuntimeError):
-    """A fixed module was called with inputs its captured graph was not specialised for."""
-
-
-# How a Python-level question about a traced size is answered from its example value.
-_ANSWERS: dict[str, Callable[[Any], Any]] = {
-    "bool": bool,
-    "len": len,
-    "index": operator.index,
-    "int": int,
-    "float": float,
-    "value": lambda v: v,  # a dtype or device handed to torch.finfo / torch.iinfo
-}
-
-
-def fxgrad_guard(value: Any, expected: Any, kind: str, where: str) -> None:
-    """Check that a Python-level answer baked in at capture time still holds."""
-    if isinstance(value, fx.Proxy):  # re-tracing a fixed graph: keep the guard
-        value.tracer.create_proxy("call_function", fxgrad_guard, (value, expected, kind, where), {})
-        return
-    actual = _ANSWERS[kind](value)
-    if actual != expected:
-        raise GuardError(
-            f"The captured graph assumed {kind}(...) == {expected!r} at {where}, "
-            f"but this call gives {actual!r}.",
-            hint="Call fxgrad.fix() again with example inputs of the shapes you now use; "
-            "the forward branches or loops on a size, so one graph cannot serve both.",
-        )
-
-
-fxgrad_guard._fxgrad_side_effect = True  # type: ignore[attr-defined]
 SIDE_EFFECT_FUNCTIONS.add(fxgrad_guard)
-
-
-# ---------------------------------------------------------------------------------------
-# Custom autograd.Function calls become one opaque node
-
-_apply_wrappers: dict[type, Callable] = {}
-
-
-def function_apply(cls: type) -> Callable:
-    """Return a stable, importable-by-reference callable that runs `cls.apply`."""
-    wrapper = _apply_wrappers.get(cls)
-    if wrapper is None:
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return cls.apply(*args, **kwargs)
-
-        wrapper.__name__ = f"{cls.__name__}_apply"
-        wrapper.__qualname__ = wrapper.__name__
-        wrapper.__module__ = __name__
-        wrapper._fxgrad_function = cls  # type: ignore[attr-defined]
-        _apply_wrappers[cls] = wrapper
-    return wrapper
-
-
-# ---------------------------------------------------------------------------------------
-# NumPy ufunc methods and dtype arguments, in a form generated code can hold
-
-_ufunc_method_wrappers: dict[tuple[Any, str], Callable] = {}
-
-
-def ufunc_method(ufunc: Any, method: str) -> Callable:
-    """Return a stable callable for `ufunc.method` (`np.add.reduce`); fx cannot name bound ones."""
-    key = (ufunc, method)
-    wrapper = _ufunc_method_wrappers.get(key)
-    if wrapper is None:
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return getattr(ufunc, method)(*args, **kwargs)
-
-        wrapper.__name__ = f"{ufunc.__name__}_{method}"
-        wrapper.__qualname__ = wrapper.__name__
-        wrapper.__module__ = __name__
-        wrapper._fxgrad_ufunc = ufunc  # type: ignore[attr-defined]
-        wrapper._fxgrad_ufunc_method = method  # type: ignore[attr-defined]
-        _ufunc_method_wrappers[key] = wrapper
-    return wrapper
 
 
 # NumPy functions patched while tracing, recorded as calls when given a traced value.
@@ -274,11 +204,7 @@ _META_FUNCTIONS = {
     builtins.bool,
     # size arithmetic: `math.ceil(x.shape[-1] / s)`, `math.sqrt(head_dim)` (fx records math
     # functions of traced values as calls)
-    *(
-        getattr(math, n)
-        for n in dir(math)
-        if not n.startswith("_") and callable(getattr(math, n))
-    ),
+    *(getattr(math, n) for n in dir(math) if not n.startswith("_") and callable(getattr(math, n))),
 }
 
 
@@ -1498,11 +1424,15 @@ def _place_attribute_reads(graph: fx.Graph, root: torch.nn.Module, gm: fx.GraphM
             new = fresh_constant_name()
             gm.__dict__[new] = value
             node.target = new + name[len(first) :]
-        elif node.op == "get_attr" and first in root.__dict__ and not (
-            first in root._parameters
-            or first in root._buffers
-            or first in root._modules
-            or first in ("_buffers", "_parameters", "_modules", ROOT_ATTR)
+        elif (
+            node.op == "get_attr"
+            and first in root.__dict__
+            and not (
+                first in root._parameters
+                or first in root._buffers
+                or first in root._modules
+                or first in ("_buffers", "_parameters", "_modules", ROOT_ATTR)
+            )
         ):
             node.target = f"{ROOT_ATTR}.{name}"
 
