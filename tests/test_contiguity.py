@@ -689,3 +689,21 @@ def test_readers_too_far_to_follow_forbid_both(monkeypatch):
     uses = fxg201.readers(gm, cat)
     assert "not all followed" in uses.allows(Variant.CONTIGUOUS)
     assert "not all followed" in uses.allows(Variant.PERMUTED)
+
+
+def test_benchmark_candidates_compute_the_plain_cat():
+    """benchmarks/fxg201.py times three ways to the same values; check that they are."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "fxg201.py"
+    spec = importlib.util.spec_from_file_location("fxgrad_bench_fxg201", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    for layout in bench.LAYOUTS:
+        xs, dim, _ = layout.make(4096)
+        outs = [f() for f in bench._variants(xs, dim).values()]
+        for out in outs[1:]:
+            torch.testing.assert_close(out, outs[0], rtol=0, atol=0)
