@@ -34,18 +34,46 @@ arithmetic, comparison and logical operators), reductions (sum, mean, prod, max/
 argmax/argmin, std/var, all/any, cumsum/cumprod, `np.add.reduce` and friends) with
 `axis`/`keepdims`, shape functions (reshape, transpose, `.T`, swapaxes, moveaxis,
 expand_dims, squeeze, ravel, concatenate, stack, hstack, vstack, split, flip, tile, repeat,
-broadcast_to), basic and advanced indexing, `astype`, linear algebra (dot, matmul, einsum,
-outer, tensordot, `linalg.norm`) and `zeros_like`/`ones_like`/`full_like`.
+broadcast_to), `np.sort`, basic and advanced indexing, `astype`, linear algebra (dot,
+matmul, einsum, outer, tensordot, `linalg.norm`), `zeros_like`/`ones_like`/`full_like`, and
+factories (`np.zeros`, `ones`, `empty`, `full`, `eye`, `identity`, `arange`, `linspace`),
+made on the device of the tensor the detour starts from with NumPy's dtype (float64 unless
+told), their sizes read from the tensor on every call (`np.eye(a.shape[0])`). A constant
+array the detour reads (`a @ W`, `W` a module-level array) becomes a tensor constant of its
+dtype, moved to that device.
 
-With example inputs every translated op is run on the real values and compared with what
-NumPy computed (dtype, shape and values); a chain is rewritten only when all of them match.
+NumPy writes are translated in program order into functional torch code, so that every later
+reader of the written array, of its base and of each view of either sees the written values:
+`a[mask] = 0` becomes `masked_fill`, `a[idx] = v` with index arrays `index_put`, any other
+`a[key] = v` a written clone; `a += b` and `out=a` rebind `a` to the result, cast to `a`'s
+dtype and broadcast to its shape as NumPy stores it; `a.sort(axis)` becomes
+`torch.sort(...).values`; `a.fill`, `a.put`/`np.put`, `np.copyto`, `np.putmask`, `np.place`
+(one value) and `np.fill_diagonal` (a matrix) have functional twins too. A write through a
+view (`a[:, 0] += 1`, `a.T[0] = 0`, `np.flip(a)[0] = 1`) is written back into `a`, and a
+view read later (`v = a[:, 0]`) is taken again from `a`'s new value. Which arrays share
+memory follows what NumPy documents for each call, never the example run alone, so the
+translation holds for inputs of other sizes too.
+
+`torch.from_numpy(np.flip(a))` raises in eager PyTorch (negative strides); it is translated
+to what the code asks for, and the report says eager raised there.
+
+With example inputs every translated op and every translated write is run on the real
+values and compared with what NumPy computed (dtype, shape and values); a chain is
+rewritten only when all of them match.
 
 ## Left alone when
 - a NumPy call in the chain has no faithful torch twin (`np.fft`, `np.unique`,
-  `np.linalg.eig`, `np.sort`, `out=`, `where=`, negative slice steps, ...): the whole chain
+  `np.linalg.eig`, `where=` without `out=`, negative slice steps, ...): the whole chain
   stays and the report names the call where the gradient still stops
+- a NumPy write has none: `a.partition()` (NumPy leaves the order on each side of kth
+  unspecified), `a.resize()`, `np.place` with several values, a write through `np.split`'s
+  pieces; or it writes into memory the detour does not own (`a = t.numpy(); a[0] = 0`
+  writes into `t`, a constant array, an array passed in); or into an array whose aliasing
+  depends on strides (`r = a.reshape(-1); r[0] = 5` while `a` is read later); or into an
+  array after `torch.from_numpy` made a tensor sharing its memory
 - a NumPy value of the chain is also used outside torch (`.item()`, `.tolist()`, `float()`,
-  returned as an array) or written in place, or the tensor it came from is written in place
+  returned as an array), or the tensor it came from is written in place: the NumPy code
+  stays for that use, its writes included
 - `torch.tensor(..., requires_grad=True)` or `.requires_grad_()` makes a new leaf of a chain
   whose input does not require grad
 - NumPy works on constants or sizes only (no traced tensor flows in)
@@ -56,20 +84,30 @@ NumPy computed (dtype, shape and values); a chain is rewritten only when all of 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
+import enum
 import functools
 import inspect
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.context import Context, seeded
-from fxgrad.graph_utils import has_side_effect, location, target_name, writes_to
+from fxgrad.graph_utils import (
+    INPLACE_OPERATORS,
+    has_side_effect,
+    location,
+    source_line,
+    target_name,
+    writes_to,
+)
 from fxgrad.registry import Pass
 
 CODE = "FXG301"
@@ -97,10 +135,10 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         return []
     if not any(_is_numpy_call(n) for n in gm.graph.nodes):
         return []
-    values = _example_values(gm, ctx) if ctx.example_inputs is not None else None
-    if values is None:
+    seen = _record(gm, ctx) if ctx.example_inputs is not None else None
+    if seen is None:
         return _report_static(gm, ctx)
-    return _translate_all(gm, _find_detours(gm, values), values)
+    return _translate_all(gm, _find_detours(gm, seen.values), seen)
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,19 +172,76 @@ def _is_np_value(v: Any) -> bool:
     return isinstance(v, (tuple, list)) and bool(v) and all(isinstance(i, np.ndarray) for i in v)
 
 
+def _copy(v: Any) -> Any:
+    """A NumPy value as it is now: arrays are written in place later, their copies are not."""
+    np = _np()
+    if isinstance(v, np.ndarray):
+        return v.copy()
+    if isinstance(v, (tuple, list)) and v and all(isinstance(i, np.ndarray) for i in v):
+        copies = [i.copy() for i in v]
+        return type(v)(*copies) if hasattr(v, "_fields") else type(v)(copies)
+    return v
+
+
+@dataclass
+class _Run:
+    """What one run of the graph on the example inputs showed, node by node."""
+
+    values: dict[fx.Node, Any] = field(default_factory=dict)  # live: arrays change later
+    snap: dict[fx.Node, Any] = field(default_factory=dict)  # NumPy values as computed
+    written: dict[fx.Node, Any] = field(default_factory=dict)  # write -> its array after it
+    plain: dict[fx.Node, Any] = field(default_factory=dict)  # `a += b`, `out=`: the result
+    raised: dict[fx.Node, BaseException] = field(default_factory=dict)  # exits eager refuses
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=False)
-        self.values: dict[fx.Node, Any] = {}
+        self.seen = _Run()
 
     def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
-        self.values[n] = value
+        seen = self.seen
+        write = _numpy_write(n, seen.values)
+        if write is not None and write.kind in ("augmented", "out"):
+            with contextlib.suppress(Exception):
+                seen.plain[n] = _copy(self._without_write(n, write))
+        try:
+            value = super().run_node(n)
+        except Exception as err:
+            value = self._as_meant(n, err)
+        seen.values[n] = value
+        seen.snap[n] = _copy(value)
+        if write is not None:
+            seen.written[n] = _copy(seen.values[write.target])
         return value
 
+    def _without_write(self, n: fx.Node, write: _Write) -> Any:
+        """What `a += b` or `f(..., out=a)` computes, before it is written anywhere."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if write.kind == "augmented":
+            return INPLACE_OPERATORS[n.target](*args)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("out", "where")}
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        return n.target(*args, **kwargs)
 
-def _example_values(gm: fx.GraphModule, ctx: Context) -> dict[fx.Node, Any] | None:
-    """Every node's value on the example inputs, or None when the graph does not run."""
+    def _as_meant(self, n: fx.Node, err: Exception) -> Any:
+        """`torch.from_numpy(np.flip(a))` raises (negative strides); record what it means."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        data = args[0] if args else None
+        if not (
+            n.op == "call_function"
+            and n.target in _EXITS
+            and isinstance(data, _np().ndarray)
+            and any(s < 0 for s in data.strides)
+        ):
+            raise err
+        self.seen.raised[n] = err
+        return n.target(data.copy(), *args[1:], **kwargs)
+
+
+def _record(gm: fx.GraphModule, ctx: Context) -> _Run | None:
+    """Run the graph on the example inputs; None when it does not run."""
     rec = _Recorder(gm)
     prev = torch.is_grad_enabled()
     try:
@@ -156,14 +251,14 @@ def _example_values(gm: fx.GraphModule, ctx: Context) -> dict[fx.Node, Any] | No
         return None
     finally:
         torch.set_grad_enabled(prev)
-    return rec.values
+    return rec.seen
 
 
 @dataclass
 class _Detours:
-    """The NumPy side of a graph: NumPy-valued nodes a traced tensor flows into, and exits."""
+    """The NumPy side of a graph that a traced tensor flows into, and the ways back."""
 
-    region: list[fx.Node]  # in graph order
+    region: list[fx.Node]  # NumPy values and NumPy writes, in graph order
     entries: set[fx.Node]  # `.numpy()` (or np.asarray of a tensor) nodes
     exits: list[fx.Node]  # torch.from_numpy / tensor / as_tensor / asarray nodes
 
@@ -207,6 +302,12 @@ def _is_cpu_move(node: fx.Node) -> bool:
 
 
 def _find_detours(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> _Detours:
+    """Grow each detour from its entries: NumPy values read or written together belong to it.
+
+    Arrays that do not come from a traced tensor join where they meet one: a constant
+    (`a @ W`), a factory (`np.eye(n)`, `np.zeros(a.shape)`), an array written with traced
+    values (`z[:, 0] = a[:, 1]`). A NumPy scalar made from sizes alone stays a host number.
+    """
     entries = set()
     for n in gm.graph.nodes:
         if n.op == "call_method" and n.target == "numpy":
@@ -226,10 +327,19 @@ def _find_detours(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> _Detours:
         for u in n.users:
             if _is_exit(u, n):
                 exits.add(u)
-            elif _is_np_value(values.get(u)):
+            elif _is_np_value(values.get(u)) or _numpy_write(u, values) is not None:
                 stack.append(u)
+        if n not in entries:
+            stack.extend(a for a in n.all_input_nodes if _is_array_value(values.get(a)))
     order = list(gm.graph.nodes)
     return _Detours([n for n in order if n in region], entries, [n for n in order if n in exits])
+
+
+def _is_array_value(v: Any) -> bool:
+    np = _np()
+    return isinstance(v, np.ndarray) or (
+        isinstance(v, (tuple, list)) and bool(v) and all(isinstance(i, np.ndarray) for i in v)
+    )
 
 
 def _report_static(gm: fx.GraphModule, ctx: Context) -> list[Change]:
@@ -249,7 +359,7 @@ def _report_static(gm: fx.GraphModule, ctx: Context) -> list[Change]:
                 Change(
                     code=CODE,
                     node=n.name,
-                    before=_render(n, chain_nodes | _entry_nodes(chain_nodes)),
+                    before=_source_text(n, chain_nodes | _entry_nodes(chain_nodes)),
                     after="",
                     where=location(n),
                     note="the gradient stops here; without example inputs the dtypes NumPy "
@@ -299,6 +409,245 @@ def _entry_nodes(nodes: set[fx.Node]) -> set[fx.Node]:
 
 
 # ---------------------------------------------------------------------------------------
+# NumPy writes, and which NumPy values share memory
+#
+# A NumPy write (`a.sort()`, `a[m] = 0`, `a += 1`, `np.add(a, b, out=a)`, `np.copyto(a, b)`)
+# changes every array that shares the written memory: the array itself, its base, and each
+# view of either. The translation is functional: each write gives the written array a new
+# torch value, written back through the views that lead to it from the array that owns the
+# memory, and an array read later is rebuilt from its owner's latest value. Which arrays
+# share memory is decided by what NumPy documents for each operation, never by the example
+# run alone: `a.reshape(...)` is a view or a copy depending on strides, which can differ on
+# a call with other sizes, so a write that such an uncertain alias could see is refused.
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A NumPy call that writes into the array `target`."""
+
+    node: fx.Node
+    target: fx.Node
+    kind: str  # a key of _WRITES
+
+
+# ndarray methods NumPy documents as writing into the array itself.
+_INPLACE_METHODS = ("sort", "fill", "put", "partition", "resize", "itemset", "setfield")
+
+
+@functools.cache
+def _writing_functions() -> dict[Any, str]:
+    np = _np()
+    return {
+        np.copyto: "copyto",
+        np.put: "put",
+        np.place: "place",
+        np.putmask: "putmask",
+        np.fill_diagonal: "fill_diagonal",
+    }
+
+
+def _numpy_write(n: fx.Node, values: dict[fx.Node, Any]) -> _Write | None:
+    """The write `n` makes into a NumPy array, if it makes one."""
+    if n.op not in ("call_function", "call_method"):
+        return None
+    np = _np()
+
+    def array(a: Any) -> bool:
+        return isinstance(a, fx.Node) and isinstance(values.get(a), np.ndarray)
+
+    out = n.kwargs.get("out")
+    if out is not None and (n.op == "call_method" or _is_numpy_target(n.target)):
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if outs and array(outs[0]):
+            return _Write(n, outs[0], "out" if len(outs) == 1 else "several outputs")
+        return None
+    first = n.args[0] if n.args else None
+    if n.op == "call_method":
+        writes = n.target in _INPLACE_METHODS or (
+            n.target == "byteswap" and (n.kwargs.get("inplace") or n.args[1:2] == (True,))
+        )
+        return _Write(n, first, n.target) if writes and array(first) else None
+    if n.target is operator.setitem or n.target in INPLACE_OPERATORS:
+        kind = "setitem" if n.target is operator.setitem else "augmented"
+        return _Write(n, first, kind) if array(first) else None
+    kind = _writing_functions().get(n.target)
+    if kind is None:
+        return None
+    target = first if first is not None else next(iter(n.kwargs.values()), None)
+    return _Write(n, target, kind) if array(target) else None
+
+
+class _Kind(enum.Enum):
+    """How a NumPy array's memory relates to the arrays it was made from."""
+
+    FRESH = "fresh"  # new memory
+    VIEW = "view"  # always a view of its parent (basic indexing, transpose, `a += 1`'s result)
+    MAYBE = "maybe"  # a view or a copy depending on strides (reshape, ravel)
+    SHARED = "shared"  # memory the detour does not own: a tensor's, a constant's, an input's
+
+
+# How a view is read again from its parent's new value, and written back into it.
+_VIEW_FUNCTIONS = {
+    "transpose": "permute", "swapaxes": "permute", "moveaxis": "permute",
+    "expand_dims": "reshape", "squeeze": "reshape",
+    "flip": "flip", "fliplr": "flip", "flipud": "flip",
+    "broadcast_to": "broadcast", "split": "split", "array_split": "split",
+}  # fmt: skip
+_VIEW_METHODS = {"transpose": "permute", "swapaxes": "permute", "squeeze": "reshape"}
+# Mapped calls that may return a view, depending on strides, dtype or operands.
+_MAYBE_FUNCTIONS = ("reshape", "ravel", "asarray", "ascontiguousarray", "asanyarray", "einsum")
+_MAYBE_METHODS = ("reshape", "ravel", "view")
+_FRESH_METHODS = ("copy", "flatten", "astype")
+
+
+def _basic_index(k: Any, values: dict) -> bool:
+    """An index item NumPy reads as basic indexing (a view), not advanced (a copy)."""
+    np = _np()
+    if k is None or k is Ellipsis:
+        return True
+    if isinstance(k, slice):
+        return all(_basic_index(b, values) for b in (k.start, k.stop, k.step) if b is not None)
+    v = values.get(k) if isinstance(k, fx.Node) else k
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_basic_key(key: Any, values: dict) -> bool:
+    return all(_basic_index(k, values) for k in (key if isinstance(key, tuple) else (key,)))
+
+
+def _alias(
+    n: fx.Node, values: dict, entries: set[fx.Node], writes: dict[fx.Node, _Write]
+) -> tuple[_Kind, str | None, list[fx.Node]]:
+    """(kind, view kind, parents) of a NumPy value node of a detour."""
+    np = _np()
+    v = values.get(n)
+    parents = [a for a in n.all_input_nodes if _is_array_value(values.get(a))]
+    if n in entries:
+        copies = n.target is np.array and n.kwargs.get("copy", True) is not False
+        return (_Kind.FRESH if copies else _Kind.SHARED), None, []
+    if n.op in ("get_attr", "placeholder"):
+        return _Kind.SHARED, None, []
+    if not _is_array_value(v):
+        return _Kind.FRESH, None, []  # scalars: immutable, nothing shares them
+    w = writes.get(n)
+    if w is not None:  # `a += b` and `out=a` give back the array they wrote
+        return _Kind.VIEW, "same", [w.target]
+    target, args = n.target, n.args
+    if n.op == "call_function" and target is builtins.getattr and args[1] == "T":
+        return _Kind.VIEW, "permute", parents
+    if n.op == "call_function" and target is operator.getitem:
+        if isinstance(values.get(args[0]), (tuple, list)):
+            return _Kind.VIEW, "piece", [args[0]]  # one array of np.split's list
+        if _is_basic_key(args[1], values):
+            return _Kind.VIEW, "getitem", [args[0]]
+        return _Kind.FRESH, None, []
+    if n.op == "call_method":
+        if target in _VIEW_METHODS:
+            return _Kind.VIEW, _VIEW_METHODS[target], [args[0]]
+        if target in _FRESH_METHODS and n.kwargs.get("copy", True) is not False:
+            return _Kind.FRESH, None, []
+        if target in _MAYBE_METHODS or target in _FRESH_METHODS:
+            return _Kind.MAYBE, None, parents
+    name = getattr(target, "__name__", "")
+    module = getattr(target, "__module__", "") or ""
+    if n.op == "call_function" and module.startswith("numpy") and name in _VIEW_FUNCTIONS:
+        return _Kind.VIEW, _VIEW_FUNCTIONS[name], parents[:1]
+    if n.op == "call_function" and module.startswith("numpy") and name in _MAYBE_FUNCTIONS:
+        if name == "einsum" and len(parents) > 1:
+            return _Kind.FRESH, None, []
+        return _Kind.MAYBE, None, parents
+    if n.op == "call_function" and target is np.array:
+        copies = n.kwargs.get("copy", True) is not False
+        return (_Kind.FRESH if copies else _Kind.MAYBE), None, parents
+    specs, methods = _tables()
+    known = (n.op == "call_method" and target in methods) or (
+        n.op == "call_function" and (target in specs or hasattr(target, "_fxgrad_ufunc"))
+    )
+    # Everything the mapping table knows makes new memory; anything else might not.
+    return (_Kind.FRESH if known else _Kind.MAYBE), None, parents
+
+
+@dataclass
+class _Layout:
+    """Static facts about a detour's memory, decided once before anything is translated."""
+
+    pos: dict[fx.Node, int]  # graph order
+    writes: dict[fx.Node, _Write]
+    root: dict[fx.Node, fx.Node]  # array -> the array that owns its memory
+    chain: dict[fx.Node, tuple[fx.Node, ...]]  # views leading from the root to the array
+    parent: dict[fx.Node, fx.Node]  # view -> what it is a view of
+    view_kind: dict[fx.Node, str]
+    shared: set[fx.Node]  # roots of memory the detour does not own
+    links: list[tuple[fx.Node, fx.Node, int]]  # roots that may share memory, from a position
+    last_use: dict[fx.Node, int]  # root -> last position any array of it is used at
+    deps: dict[fx.Node, set[fx.Node]]  # node -> region nodes (reads and writes) it depends on
+    traced: set[fx.Node]  # nodes a traced tensor flows into
+
+    def linked(self, root: fx.Node, before: int) -> set[fx.Node]:
+        """Roots that may share memory with `root`, through links made before `before`."""
+        out, stack = {root}, [root]
+        while stack:
+            r = stack.pop()
+            for a, b, at in self.links:
+                if at < before and r in (a, b):
+                    other = b if r is a else a
+                    if other not in out:
+                        out.add(other)
+                        stack.append(other)
+        return out
+
+    def uncertain(self, a: fx.Node, b: fx.Node) -> fx.Node:
+        """The array whose view-or-copy question ties roots `a` and `b` together."""
+        return next((y for x, y, _ in self.links if {x, y} == {a, b}), b)
+
+    def writes_into(self, roots: set[fx.Node], lo: int, hi: int) -> list[fx.Node]:
+        """Writes into the memory of `roots` at positions in (lo, hi)."""
+        return [
+            w.node
+            for w in self.writes.values()
+            if w.target in self.root and self.root[w.target] in roots and lo < self.pos[w.node] < hi
+        ]
+
+
+def _layout(gm: fx.GraphModule, d: _Detours, seen: _Run) -> _Layout:
+    values = seen.values
+    pos = {n: i for i, n in enumerate(gm.graph.nodes)}
+    region = set(d.region)
+    writes = {n: w for n in d.region if (w := _numpy_write(n, values)) is not None}
+    lay = _Layout(pos, writes, {}, {}, {}, {}, set(), [], {}, {}, set())
+    for n in d.region:
+        if not _is_array_value(values.get(n)):
+            continue
+        kind, view, parents = _alias(n, values, d.entries, writes)
+        parents = [p for p in parents if p in lay.root]
+        if kind is _Kind.VIEW and len(parents) == 1:
+            p = parents[0]
+            lay.root[n], lay.chain[n] = lay.root[p], (*lay.chain[p], n)
+            lay.parent[n], lay.view_kind[n] = p, view or "same"
+            continue
+        lay.root[n], lay.chain[n] = n, ()
+        if kind is _Kind.SHARED:
+            lay.shared.add(n)
+        elif kind is not _Kind.FRESH:  # MAYBE, or a view of several arrays
+            lay.links.extend((lay.root[p], n, pos[n]) for p in parents)
+    for a, r in lay.root.items():
+        last = max((pos[u] for u in a.users), default=pos[a])
+        lay.last_use[r] = max(lay.last_use.get(r, -1), last)
+    order = sorted(region | set(d.exits), key=pos.__getitem__)
+    for n in order:
+        reads = [a for a in n.all_input_nodes if a in region]
+        deps = set(reads)
+        for a in reads:
+            if a in lay.root:
+                roots = lay.linked(lay.root[a], pos[n])
+                deps.update(lay.writes_into(roots, -1, pos[n]))
+        lay.deps[n] = deps
+        if n in d.entries or any(x in lay.traced for x in deps):
+            lay.traced.add(n)
+    return lay
+
+
+# ---------------------------------------------------------------------------------------
 # Emitting torch nodes, each run at once on the example values
 
 
@@ -327,13 +676,17 @@ def _torch_dtype(np_dtype: Any) -> torch.dtype:
 class _Emitter:
     """Creates torch nodes before `at` and evaluates each on the example values."""
 
-    def __init__(self, graph: fx.Graph, env: dict[fx.Node, Any]) -> None:
-        self.graph = graph
+    def __init__(self, gm: fx.GraphModule, env: dict[fx.Node, Any]) -> None:
+        self.gm = gm
+        self.graph = gm.graph
         self.env = env  # original nodes' example values, then the new nodes'
         self.created: list[fx.Node] = []
         self.tensors: set[fx.Node] = set()  # nodes holding translated NumPy values
+        self.arbitrary: set[fx.Node] = set()  # `np.empty` twins: values not to compare
         self.at: fx.Node | None = None
         self.out_dtype: torch.dtype | None = None  # NumPy's result dtype for the current node
+        self.anchor: fx.Node | None = None  # a traced tensor whose device the detour runs on
+        self._devices: dict[fx.Node, fx.Node] = {}
 
     def _value(self, a: Any) -> Any:
         return fx.node.map_arg(a, lambda n: self.env[n])
@@ -349,6 +702,8 @@ class _Emitter:
             with torch.no_grad():
                 if op == "call_method":
                     value = getattr(a[0], target)(*a[1:], **k)
+                elif op == "get_attr":
+                    value = getattr(self.gm, target)
                 else:
                     value = target(*a, **k)
         except Exception as e:
@@ -362,10 +717,38 @@ class _Emitter:
 
     def erase_since(self, mark: int) -> None:
         """Remove the nodes created after `mark` (a translation that did not work out)."""
+        gone = set(self.created[mark:])
         for node in reversed(self.created[mark:]):
             self.graph.erase_node(node)
+            if node.op == "get_attr":
+                delattr(self.gm, node.target)
             self.tensors.discard(node)
+            self.arbitrary.discard(node)
         del self.created[mark:]
+        self._devices = {k: v for k, v in self._devices.items() if v not in gone}
+
+    def device(self) -> fx.Node:
+        """`t.device` of the traced tensor the detour starts from: where its twins run."""
+        if self.anchor is None:
+            raise _Unmapped("no traced tensor tells the device to make it on")
+        node = self._devices.get(self.anchor)
+        if node is None:
+            node = self._devices[self.anchor] = self.f(builtins.getattr, self.anchor, "device")
+        return node
+
+    def constant(self, array: Any) -> fx.Node:
+        """A tensor constant of the graph holding `array` (its memory, where torch can share it)."""
+        _torch_dtype(array.dtype)
+        if array.flags.writeable and all(st >= 0 for st in array.strides):
+            tensor = torch.from_numpy(array)
+        else:  # negative strides or a read-only array: torch cannot share that memory
+            tensor = torch.from_numpy(_np().array(array, copy=True))
+        i = 0
+        while hasattr(self.gm, f"_numpy_constant{i}"):
+            i += 1
+        name = f"_numpy_constant{i}"
+        setattr(self.gm, name, tensor)
+        return self._add("get_attr", name, (), {})
 
     def f(self, target: Callable, *args: Any, **kwargs: Any) -> fx.Node:
         return self._add("call_function", target, args, kwargs)
@@ -739,6 +1122,74 @@ def _b_getitem(e: _Emitter, p: dict) -> fx.Node:
     return e.f(operator.getitem, p["a"], key)
 
 
+def _b_sort(e: _Emitter, p: dict) -> fx.Node:
+    if p.get("order") is not None:
+        raise _Unmapped("sorting by field names")
+    t, axis = p["a"], p.get("axis")
+    if axis is None:
+        t, axis = e.m("reshape", t, -1), 0
+    # Stability only orders equal values, which are indistinguishable in the result.
+    return e.f(builtins.getattr, e.f(torch.sort, t, dim=axis), "values")
+
+
+def _size_arg(e: _Emitter, shape: Any) -> Any:
+    if isinstance(shape, fx.Node) and shape in e.tensors:
+        raise _Unmapped("a shape given as an array")
+    return tuple(shape) if isinstance(shape, list) else shape
+
+
+def _number(e: _Emitter, x: Any, what: str) -> Any:
+    if isinstance(x, fx.Node) and x in e.tensors:
+        raise _Unmapped(f"{what} given as an array")
+    return x
+
+
+def _b_factory(fn: Callable, arbitrary: bool = False) -> Callable:
+    """np.zeros/ones/empty: made on the device the detour runs on, with NumPy's dtype."""
+
+    def build(e: _Emitter, p: dict) -> fx.Node:
+        node = e.f(fn, _size_arg(e, p["shape"]), dtype=e.out_dtype, device=e.device())
+        if arbitrary:  # np.empty: whatever memory held; only later writes give it values
+            e.arbitrary.add(node)
+        return node
+
+    return build
+
+
+def _b_full(e: _Emitter, p: dict) -> fx.Node:
+    fill = _number(e, p["fill_value"], "a fill value")
+    return e.f(torch.full, _size_arg(e, p["shape"]), fill, dtype=e.out_dtype, device=e.device())
+
+
+def _b_eye(e: _Emitter, p: dict) -> fx.Node:
+    if p.get("k", 0) != 0:
+        raise _Unmapped("an eye with its diagonal off the middle (k != 0)")
+    sizes = [p["N"] if "N" in p else p["n"]]
+    if p.get("M") is not None:
+        sizes.append(p["M"])
+    sizes = [_number(e, s, "a size") for s in sizes]
+    return e.f(torch.eye, *sizes, dtype=e.out_dtype, device=e.device())
+
+
+def _b_arange(e: _Emitter, p: dict) -> fx.Node:
+    bounds = [p["start_or_stop"]]
+    if p.get("stop") is not None:
+        bounds += [p["stop"], p.get("step", 1)]
+    elif p.get("step", 1) != 1:
+        raise _Unmapped("a step without a stop")
+    bounds = [_number(e, b, "a bound") for b in bounds]
+    return e.f(torch.arange, *bounds, dtype=e.out_dtype, device=e.device())
+
+
+def _b_linspace(e: _Emitter, p: dict) -> fx.Node:
+    if not p.get("endpoint", True) or p.get("retstep") or p.get("axis", 0) != 0:
+        raise _Unmapped("np.linspace with endpoint, retstep or axis set")
+    if not (e.out_dtype or torch.float64).is_floating_point:
+        raise _Unmapped("an integer np.linspace (NumPy floors, torch truncates)")
+    start, stop = _number(e, p["start"], "a bound"), _number(e, p["stop"], "a bound")
+    return e.f(torch.linspace, start, stop, p.get("num", 50), dtype=e.out_dtype, device=e.device())
+
+
 @functools.cache
 def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     np = _np()
@@ -795,6 +1246,10 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     for k, fn in ops.items():
         specs[fn] = _Spec(specs[k].build, rule="ufunc", signature=k)
     specs[operator.abs] = _Spec(specs[np.absolute].build, rule="ufunc", signature=np.absolute)
+    # `s += 1` on a NumPy scalar rebinds `s`; on an array it is a write (see _WRITES).
+    for iop, op in INPLACE_OPERATORS.items():
+        if op in specs:
+            specs[iop] = specs[op]
 
     red = ("axis", "keepdims", "dtype")
     add((np.sum,), _Spec(_reduction(torch.sum), allowed=red))
@@ -840,6 +1295,19 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     add((np.asarray, np.ascontiguousarray), _Spec(_b_same("a"), allowed=("dtype",)))
     add((np.array,), _Spec(_b_same("object"), allowed=("dtype", "copy")))
     specs[operator.getitem] = _Spec(_b_getitem, rule=None, nocast=("key",))
+    add((np.sort,), _Spec(_b_sort, rule=None, allowed=("axis", "kind", "order", "stable")))
+
+    # Factories: new arrays of sizes given (often read from `a.shape`), on the detour's device.
+    make = ("dtype", "order")
+    add((np.zeros,), _Spec(_b_factory(torch.zeros), rule=None, allowed=make))
+    add((np.ones,), _Spec(_b_factory(torch.ones), rule=None, allowed=make))
+    add((np.empty,), _Spec(_b_factory(torch.empty, arbitrary=True), rule=None, allowed=make))
+    add((np.full,), _Spec(_b_full, rule=None, allowed=make))
+    add((np.eye,), _Spec(_b_eye, rule=None, allowed=("M", "k", *make)))
+    add((np.identity,), _Spec(_b_eye, rule=None, allowed=make))
+    add((np.arange,), _Spec(_b_arange, rule=None, allowed=("stop", "step", "dtype")))
+    lin = ("num", "endpoint", "retstep", "dtype", "axis")
+    add((np.linspace,), _Spec(_b_linspace, rule=None, allowed=lin))
 
     add((np.dot,), _Spec(_b_dot))
     add((np.einsum,), _Spec(_b_einsum, allowed=("operands",)))
@@ -923,105 +1391,671 @@ def _check_allowed(p: dict, spec: _Spec, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Translating one chain
+# The torch twin of each NumPy write: the written array's new value, computed functionally
 
 
-def _translate_all(gm: fx.GraphModule, d: _Detours, values: dict) -> list[Change]:
-    """Translate every NumPy node once; rewrite each exit whose whole upstream translated."""
-    graph = gm.graph
-    region = set(d.region)
-    ups = {x: _upstream(x, region) for x in d.exits}
-    before = {
-        x: _render(x, _with_sizes(ups[x] | _entry_nodes(ups[x] & d.entries))) for x in d.exits
-    }
-    e = _Emitter(graph, dict(values))
-    tv: dict[fx.Node, Any] = {}
-    failed: dict[fx.Node, _Unmapped] = {}
-    for n in d.region:
-        bad = next((failed[a] for a in n.all_input_nodes if a in failed), None)
+def _sort_method(axis: Any = -1, kind: Any = None, order: Any = None, *, stable: Any = None):  # noqa: ANN202
+    """ndarray.sort's parameters, for binding."""
+
+
+def _put_method(ind: Any, v: Any, mode: Any = "raise"):  # noqa: ANN202
+    """ndarray.put's parameters, for binding."""
+
+
+def _fill_method(value: Any):  # noqa: ANN202
+    """ndarray.fill's parameters, for binding."""
+
+
+def _params(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    p = _bind(fn, args, kwargs)
+    p.pop("__defaults__")
+    return p
+
+
+def _advanced_item(k: Any, values: dict) -> bool:
+    """An index item index_put takes: an integer or boolean array, a list, an int."""
+    np = _np()
+    if isinstance(k, (list, int)) and not isinstance(k, bool):
+        return True
+    v = values.get(k) if isinstance(k, fx.Node) else None
+    return isinstance(v, (np.ndarray, np.integer, int)) and not isinstance(v, (bool, np.bool_))
+
+
+def _w_setitem(m: _Memory, w: _Write) -> fx.Node:
+    """`a[key] = v`: masked_fill, index_put, or a clone written through the key."""
+    e, values = m.e, m.values
+    _, key, v = w.node.args
+    cur = m.read(w.target)
+    if _is_own_view(m, w.target, key, v):
+        return cur  # `a[i] += 1` ends in `a[i] = <a[i], already written>`: nothing to do
+    key_t = m.key(key)
+    items = key if isinstance(key, tuple) else (key,)
+    if not _is_basic_key(key, values):
+        mask = values.get(items[0]) if isinstance(items[0], fx.Node) else None
+        if (
+            len(items) == 1
+            and isinstance(mask, _np().ndarray)
+            and mask.dtype == bool
+            and mask.ndim == e.ndim(cur)
+            and m.is_scalar(v)
+        ):
+            return e.m("masked_fill", cur, m.tensor(items[0], cur, torch.bool), m.scalar(v, w))
+        if all(_advanced_item(k, values) for k in items):
+            idx = tuple(_index_tensor(m, k, cur) for k in items)
+            dtype = e.env[cur].dtype
+            return e.m("index_put", cur, idx, m.tensor(m.stored(v, w), cur, dtype))
+    base = e.m("clone", cur)
+    e.f(operator.setitem, base, key_t, m.operand(m.stored(v, w)))
+    return base
+
+
+def _is_own_view(m: _Memory, a: fx.Node, key: Any, v: Any) -> bool:
+    """Whether `v` is the very view `a[key]`, so that `a[key] = v` changes nothing."""
+    lay = m.lay
+    if not isinstance(v, fx.Node) or lay.root.get(v) is not lay.root.get(a):
+        return False
+    chain = list(lay.chain[v])
+    while chain and lay.view_kind[chain[-1]] == "same":
+        chain.pop()
+    if not chain or tuple(chain[:-1]) != lay.chain[a]:
+        return False
+    last = chain[-1]
+    return lay.view_kind[last] == "getitem" and last.args[0] is a and last.args[1] == key
+
+
+def _index_tensor(m: _Memory, k: Any, like: fx.Node) -> fx.Node:
+    np = _np()
+    v = m.values.get(k) if isinstance(k, fx.Node) else np.asarray(k)
+    is_bool = getattr(v, "dtype", None) == np.dtype(bool)
+    return m.tensor(k, like, torch.bool if is_bool else torch.int64)
+
+
+def _w_augmented(m: _Memory, w: _Write) -> fx.Node:
+    """`a += b`: the result of `a + b` as NumPy computes it, stored into `a`."""
+    n = w.node
+    result = m.call(n, "call_function", INPLACE_OPERATORS[n.target], n.args, {})
+    return m.into(w, result, n.args)
+
+
+def _w_out(m: _Memory, w: _Write) -> fx.Node:
+    """`np.add(a, b, out=a)`, `a.clip(0, 1, out=a)`: the result, stored into `out`."""
+    n, e = w.node, m.e
+    kwargs = {k: v for k, v in n.kwargs.items() if k not in ("out", "where")}
+    result = m.call(n, n.op, n.target, n.args, kwargs)
+    new = m.into(w, result, (n.args, kwargs))
+    where = n.kwargs.get("where", True)
+    if where is not True:
+        cur = m.read(w.target)
+        new = e.f(torch.where, m.tensor(where, cur, torch.bool), new, cur)
+    return new
+
+
+def _w_sort(m: _Memory, w: _Write) -> fx.Node:
+    """`a.sort(axis)`: the sorted values."""
+    p = _params(_sort_method, w.node.args[1:], dict(w.node.kwargs))
+    return _b_sort(m.e, {"a": m.read(w.target), "axis": p["axis"], "order": p["order"]})
+
+
+def _filled(m: _Memory, w: _Write, v: Any) -> fx.Node:
+    """An array of w.target's shape and dtype holding `v` (broadcast), as NumPy stores it."""
+    e = m.e
+    cur = m.read(w.target)
+    v = m.stored(v, w)
+    array = isinstance(v, list) or (
+        isinstance(v, fx.Node) and (v in m.tv or isinstance(m.values.get(v), torch.Tensor))
+    )
+    if not array:
+        return e.f(torch.full_like, cur, v)
+    return e.m("expand_as", m.tensor(v, cur, e.env[cur].dtype), cur)
+
+
+def _w_fill(m: _Memory, w: _Write) -> fx.Node:
+    """`a.fill(v)`."""
+    return _filled(m, w, _params(_fill_method, w.node.args[1:], dict(w.node.kwargs))["value"])
+
+
+def _w_copyto(m: _Memory, w: _Write) -> fx.Node:
+    """`np.copyto(dst, src, where=...)`."""
+    p = _params(_np().copyto, w.node.args, dict(w.node.kwargs))
+    new = _filled(m, w, p["src"])
+    if p["where"] is not True:
+        cur = m.read(w.target)
+        new = m.e.f(torch.where, m.tensor(p["where"], cur, torch.bool), new, cur)
+    return new
+
+
+def _w_put(m: _Memory, w: _Write) -> fx.Node:
+    """`a.put(ind, v)`, `np.put(a, ind, v)`: values at flat indices."""
+    n, e = w.node, m.e
+    p = _params(_put_method, n.args[1:], {k: v for k, v in n.kwargs.items() if k != "a"})
+    if p["mode"] != "raise":
+        raise _Unmapped(f"np.put(..., mode={p['mode']!r})", n)
+    cur = m.read(w.target)
+    flat = e.m("reshape", cur, -1)
+    ind = p["ind"] if not isinstance(p["ind"], int) else [p["ind"]]
+    idx = e.m("reshape", _index_tensor(m, ind, cur), -1)
+    vals = e.m("reshape", m.tensor(m.stored(p["v"], w), cur, e.env[cur].dtype), -1)
+    # NumPy repeats `v` when it is shorter than `ind`; index_put broadcasts only a single
+    # value and raises otherwise, so a call where the two differ fails loudly.
+    put = e.m("index_put", flat, (idx,), vals)
+    return e.m("reshape", put, e.f(builtins.getattr, cur, "shape"))
+
+
+def _w_putmask(m: _Memory, w: _Write) -> fx.Node:
+    """`np.putmask(a, mask, values)`: values where mask, matched by flat position."""
+    e = m.e
+    p = _params(_np().putmask, w.node.args, dict(w.node.kwargs))
+    cur = m.read(w.target)
+    mask = m.tensor(p["mask"], cur, torch.bool)
+    if m.is_scalar(p["values"]):
+        return e.m("masked_fill", cur, mask, m.scalar(p["values"], w))
+    values = m.tensor(m.stored(p["values"], w), cur, e.env[cur].dtype)
+    # putmask pairs a.flat[i] with values.flat[i]: a reshape of equal sizes does exactly
+    # that, and raises where NumPy would repeat a shorter `values`.
+    values = e.m("reshape", values, e.f(builtins.getattr, cur, "shape"))
+    return e.f(torch.where, mask, values, cur)
+
+
+def _w_place(m: _Memory, w: _Write) -> fx.Node:
+    """`np.place(arr, mask, vals)` with one value."""
+    p = _params(_np().place, w.node.args, dict(w.node.kwargs))
+    vals = p["vals"]
+    if isinstance(vals, (list, tuple)) and len(vals) == 1:
+        vals = vals[0]
+    if not m.is_scalar(vals):
+        raise _Unmapped(
+            "np.place repeats vals over the masked positions, a count known only at run time",
+            w.node,
+        )
+    cur = m.read(w.target)
+    return m.e.m("masked_fill", cur, m.tensor(p["mask"], cur, torch.bool), m.scalar(vals, w))
+
+
+def _w_fill_diagonal(m: _Memory, w: _Write) -> fx.Node:
+    """`np.fill_diagonal(a, v)` on a matrix."""
+    e = m.e
+    p = _params(_np().fill_diagonal, w.node.args, dict(w.node.kwargs))
+    cur = m.read(w.target)
+    if e.ndim(cur) != 2 or p["wrap"]:
+        raise _Unmapped("np.fill_diagonal of more than two dimensions, or with wrap=True", w.node)
+    if not m.is_scalar(p["val"]):
+        raise _Unmapped("np.fill_diagonal with several values", w.node)
+    diagonal = e.m("diagonal", cur)
+    val = m.scalar(p["val"], w)
+    if isinstance(val, fx.Node) and val in e.tensors:
+        filled = e.m("expand_as", val, diagonal)
+    else:
+        filled = e.f(torch.full_like, diagonal, val)
+    return e.f(torch.diagonal_scatter, cur, filled)
+
+
+# Each NumPy write kind: its handler, or why it has no faithful torch twin.
+_WRITES: dict[str, Callable[[_Memory, _Write], fx.Node] | str] = {
+    "setitem": _w_setitem,
+    "augmented": _w_augmented,
+    "out": _w_out,
+    "sort": _w_sort,
+    "fill": _w_fill,
+    "put": _w_put,
+    "copyto": _w_copyto,
+    "putmask": _w_putmask,
+    "place": _w_place,
+    "fill_diagonal": _w_fill_diagonal,
+    "partition": "NumPy leaves the order on each side of kth unspecified, so no torch op "
+    "gives the same array",
+    "resize": "it changes the array's size in place",
+    "itemset": "it writes one element in place (ndarray.itemset)",
+    "setfield": "it writes a field of a structured array",
+    "byteswap": "it swaps the bytes of every element in place",
+    "several outputs": "it writes several outputs at once",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Translating a detour, in program order
+
+
+class _Memory:
+    """The torch value of each NumPy array of a detour at the point being translated.
+
+    `current[a]` is (version of a's memory, torch node); a write gives the root a new
+    version, and an array whose version is old is rebuilt from the root through its views.
+    """
+
+    def __init__(self, lay: _Layout, e: _Emitter, seen: _Run, entries: set[fx.Node]) -> None:
+        self.lay, self.e, self.seen, self.values = lay, e, seen, seen.values
+        self.entries = entries
+        self.tv: dict[fx.Node, fx.Node] = {}  # node -> its torch value when it was computed
+        self.first: dict[fx.Node, fx.Node] = {}  # node -> its first torch value (sizes read it)
+        self.version: dict[fx.Node, int] = {}
+        self.current: dict[fx.Node, tuple[int, fx.Node]] = {}
+        self.failed: dict[fx.Node, _Unmapped] = {}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, a: fx.Node) -> fx.Node:
+        """The torch value array `a` has now, every write so far included."""
+        r = self.lay.root.get(a)
+        if r is None:
+            return self.tv[a]
+        ver = self.version[r]
+        hit = self.current.get(a)
+        if hit is not None and hit[0] == ver:
+            return hit[1]
+        val = self.current[r][1]
+        for s in self.lay.chain[a]:
+            hit = self.current.get(s)
+            if hit is None or hit[0] != ver:
+                hit = self.current[s] = (ver, self._replay(s, val))
+            val = hit[1]
+        return val
+
+    def inputs(self, n: fx.Node, **given: fx.Node) -> dict[fx.Node, fx.Node]:
+        out = {a: self.read(a) for a in n.all_input_nodes if a in self.tv}
+        return out | {self.lay.parent[n]: given["parent"]} if given else out
+
+    def _replay(self, s: fx.Node, parent: fx.Node) -> fx.Node:
+        """View `s` taken again from its parent's new value."""
+        if self.lay.view_kind[s] == "same":
+            return parent
+        return _translate_node(self.e, s, self.inputs(s, parent=parent), self.values)
+
+    def key(self, key: Any) -> Any:
+        out = fx.node.map_arg(key, lambda a: self.read(a) if a in self.tv else a)
+        _check_key(self.e, out)
+        return out
+
+    def operand(self, v: Any) -> Any:
+        return self.read(v) if isinstance(v, fx.Node) and v in self.tv else v
+
+    # -- one node ----------------------------------------------------------------------------
+
+    def blocked(self, n: fx.Node) -> _Unmapped | None:
+        """The failure of the first node `n` depends on, if any did fail."""
+        pos = self.lay.pos
+        return next(
+            (self.failed[a] for a in sorted(self.lay.deps[n], key=pos.get) if a in self.failed),
+            None,
+        )
+
+    def step(self, n: fx.Node, at: fx.Node | None = None) -> None:
+        """Translate node `n` (a value or a write) before `at`; on failure leave no trace."""
+        bad = self.blocked(n)
         if bad is not None:  # downstream of a call without a twin: stays NumPy
-            failed[n] = bad
-            continue
-        e.at, mark = n, len(e.created)
+            self.failed[n] = bad
+            return
+        e = self.e
+        e.at, mark = at or n, len(e.created)
+        saved = self.snapshot()
         try:
-            t = _translate_node(e, n, tv, values)
-            _check_same(e.env[t], values[n], n)
+            write = self.lay.writes.get(n)
+            if write is not None:
+                self._write(write)
+            else:
+                t = _translate_node(e, n, self.inputs(n), self.values)
+                # An entry's twin is its tensor, whose example value a NumPy write through
+                # the shared memory may have changed since; the write itself is judged.
+                if n not in self.entries:
+                    _check_same(e.env[t], self.seen.snap[n], n, values=t not in e.arbitrary)
+                self._define(n, t)
         except _Unmapped as err:
             err.node = err.node or n
-            failed[n] = err
-            e.erase_since(mark)
-            continue
-        tv[n] = t
+            self.failed[n] = err
+            self.undo(mark, saved)
+
+    def snapshot(self) -> tuple:
+        return dict(self.version), dict(self.current), self.e.anchor
+
+    def undo(self, mark: int, saved: tuple) -> None:
+        """Forget a translation that did not work out: its nodes, and views cached from them."""
+        self.e.erase_since(mark)
+        self.version, self.current, self.e.anchor = saved
+
+    def _define(self, n: fx.Node, t: fx.Node) -> None:
+        e = self.e
+        self.tv[n] = self.first[n] = t
         if isinstance(e.env.get(t), torch.Tensor):
             e.tensors.add(t)
-    changes: list[Change] = []
-    applied: set[fx.Node] = set()
-    finals: dict[fx.Node, fx.Node] = {}
-    for x in d.exits:
-        up = ups[x]
-        entries = [n for n in d.region if n in up and n in d.entries]
-        reason = _refusal(gm, x, up, entries, values) or next(
-            (failed[n] for n in d.region if n in up and n in failed), None
-        )
-        final = None
-        if reason is None:
-            e.at, mark = x, len(e.created)
-            try:
-                final = _translate_exit(e, x, tv, entries, values)
-                _check_same(e.env[final], values[x], x)
-            except _Unmapped as err:
-                err.node = err.node or x
-                reason = err
-                e.erase_since(mark)
-        if reason is not None or final is None:
-            at = reason.node if reason is not None and reason.node is not None else x
-            changes.append(
-                Change(
-                    code=CODE,
-                    node=x.name,
-                    before=before[x],
-                    after="",
-                    where=location(at) or location(x),
-                    note=f"the gradient still stops at {_render_call_name(at)}: {reason}",
-                    applied=False,
+        if n in self.entries:
+            e.anchor = t  # twins of factories and constants are made on its device
+        r = self.lay.root.get(n)
+        if r is n:
+            self.version[n] = 0
+        if r is not None:
+            self.current[n] = (self.version[r], t)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _write(self, w: _Write) -> None:
+        how = _WRITES[w.kind]
+        if isinstance(how, str):
+            raise _Unmapped(how, w.node)
+        self._check_writable(w)
+        new = how(self, w)
+        _check_same(self.e.env[new], self.seen.written[w.node], w.node)
+        if new is not self.read(w.target):
+            self._commit(w, new)
+        if w.node in self.lay.root:  # `a += b` gives back `a`
+            self.tv[w.node] = self.first[w.node] = new
+            self.current[w.node] = self.current[w.target]
+
+    def _check_writable(self, w: _Write) -> None:
+        """Refuse a write into memory the detour does not own or cannot tell apart."""
+        lay, t = self.lay, w.target
+        r, at = lay.root[t], lay.pos[w.node]
+        if r in lay.shared:
+            raise _Unmapped(f"it writes into memory {_owner(r, self.values)} owns", w.node)
+        for g in lay.linked(r, at) - {r}:
+            if g in lay.shared:
+                raise _Unmapped(
+                    f"it may write into memory {_owner(g, self.values)} owns (whether "
+                    f"{_render_call_name(lay.uncertain(r, g))} copies depends on strides)",
+                    w.node,
                 )
-            )
-            continue
-        finals[x] = final
-        changes.append(
-            Change(
-                code=CODE,
-                node=x.name,
-                before=before[x],
-                after="",
-                where=location(x) or location(entries[0]),
-                note="gradients reach "
-                + ", ".join(sorted({_entry_source(n)[0].name for n in entries}))
-                + " again",
-            )
+            if lay.last_use.get(g, -1) > at:
+                raise _Unmapped(
+                    f"whether {_render_call_name(lay.uncertain(r, g))} gives a view or a copy "
+                    "depends on strides, and both arrays are used after this write",
+                    w.node,
+                )
+
+    def _commit(self, w: _Write, new: fx.Node) -> None:
+        """Make `new` the value of w.target, written back through the views leading to it."""
+        lay, t = self.lay, w.target
+        r = lay.root[t]
+        chain = lay.chain[t]
+        parents = [self.read(s) for s in (r, *chain[:-1])]
+        root_value = new
+        for s, parent in zip(reversed(chain), reversed(parents)):
+            root_value = self._scatter(s, parent, root_value)
+        self.version[r] += 1
+        self.current[r] = (self.version[r], root_value)
+        self.current[t] = (self.version[r], new)
+
+    def _scatter(self, s: fx.Node, parent: fx.Node, new: fx.Node) -> fx.Node:
+        """The parent's value with view `s` of it replaced by `new`."""
+        e, kind = self.e, self.lay.view_kind[s]
+        if kind == "same":
+            return new
+        if kind == "getitem":  # a clone of the base, written (DESIGN: writes into views)
+            base = e.m("clone", parent)
+            e.f(operator.setitem, base, self.key(s.args[1]), new)
+            return base
+        if kind == "permute":
+            return e.m("permute", new, _inverse_permutation(s, self.lay, self.values))
+        if kind == "reshape":
+            return e.m("reshape", new, e.f(builtins.getattr, parent, "shape"))
+        if kind == "flip":  # flipping again gives the parent's order back
+            return self._replay(s, new)
+        raise _Unmapped(
+            f"it writes through {_render_call_name(s)}, which torch cannot write back", s
         )
-        x.replace_all_uses_with(final)
-        applied.update(up)
-    # Sizes read from translated arrays (`a.shape[0]`, len() guards) now read the tensors.
-    for n in d.region:
-        if n not in applied:
+
+    def into(self, w: _Write, result: fx.Node, operands: tuple) -> fx.Node:
+        """A result stored into w.target as NumPy stores it: cast, broadcast to its shape."""
+        e = self.e
+        cur = self.read(w.target)
+        result = e.cast(result, e.env[cur].dtype)
+        if any(
+            isinstance(a, fx.Node) and a is not w.target and _is_array_value(self.values.get(a))
+            for a in pytree.tree_leaves(operands)
+        ):
+            # NumPy broadcasts into the array's shape and raises where the result would not
+            # fit; without this, torch would hand back a larger array on such a call.
+            result = e.m("expand_as", result, cur)
+        return result
+
+    def call(self, n: fx.Node, op: str, target: Any, args: tuple, kwargs: dict) -> fx.Node:
+        """The torch twin of `target(*args, **kwargs)`, checked against what NumPy computed."""
+        if n not in self.seen.plain:
+            raise _Unmapped("NumPy raises on it without the write", n)
+        want = self.seen.plain[n]
+        t = _translate_node(
+            self.e, n, self.inputs(n), self.values, call=(op, target, args, kwargs), want=want
+        )
+        _check_same(self.e.env[t], want, n)
+        return t
+
+    def stored(self, v: Any, w: _Write) -> Any:
+        """A constant operand as NumPy stores it into w.target (`a[m] = 2.7` stores 2)."""
+        if isinstance(v, fx.Node):
+            return v
+        return _np().array(v).astype(self.values[w.target].dtype).tolist()
+
+    def scalar(self, v: Any, w: _Write) -> Any:
+        """A scalar operand for `masked_fill` and friends, of w.target's dtype."""
+        if isinstance(v, fx.Node) and v in self.tv:
+            return self.e.cast(self.read(v), self.e.env[self.read(w.target)].dtype)
+        return self.stored(v, w)
+
+    def is_scalar(self, v: Any) -> bool:
+        np = _np()
+        x = self.values.get(v) if isinstance(v, fx.Node) else v
+        if isinstance(x, (np.ndarray, torch.Tensor)):
+            return x.ndim == 0
+        return isinstance(x, (bool, int, float, complex, np.generic))
+
+    def tensor(self, v: Any, like: fx.Node, dtype: torch.dtype) -> fx.Node:
+        """An operand as a tensor of `dtype` on `like`'s device."""
+        e = self.e
+        if isinstance(v, fx.Node) and v in self.tv:
+            return e.cast(self.read(v), dtype)
+        if isinstance(v, fx.Node) and isinstance(self.values.get(v), torch.Tensor):
+            return e.m("to", v, device=e.f(builtins.getattr, like, "device"), dtype=dtype)
+        return e.m("new_tensor", like, v, dtype=dtype)
+
+
+def _owner(r: fx.Node, values: dict) -> str:
+    if r.op == "get_attr":
+        return f"the constant {r.target}"
+    if r.op == "placeholder":
+        return f"input {r.target}"
+    return f"tensor {_entry_node_source(r).name}"
+
+
+def _entry_node_source(n: fx.Node) -> fx.Node:
+    return _entry_source(n)[0] if n.op == "call_method" else _entry_source_tensor(n)
+
+
+def _inverse_permutation(s: fx.Node, lay: _Layout, values: dict) -> tuple[int, ...]:
+    """How to undo a transpose-like view: run it on an array whose sizes name its axes."""
+    np = _np()
+    nd = values[lay.parent[s]].ndim
+    probe = np.empty(tuple(range(2, 2 + nd)), dtype=np.int8)
+    args = fx.node.map_arg(s.args[1:], lambda a: values[a])
+    kwargs = fx.node.map_arg(s.kwargs, lambda a: values[a])
+    if s.op == "call_method":
+        moved = getattr(probe, s.target)(*args, **kwargs)
+    elif s.target is builtins.getattr:
+        moved = probe.T
+    else:
+        moved = s.target(probe, *args, **kwargs)
+    return tuple(int(i) for i in np.argsort([d - 2 for d in moved.shape]))
+
+
+def _check_key(e: _Emitter, key: Any) -> None:
+    for k in key if isinstance(key, tuple) else (key,):
+        if (
+            isinstance(k, slice)
+            and k.step is not None
+            and not (isinstance(k.step, int) and k.step > 0)
+        ):
+            raise _Unmapped("a slice with a negative or unknown step")
+        if isinstance(k, fx.Node) and k not in e.tensors and not isinstance(e.val(k), int):
+            raise _Unmapped("an index that is not a Python int or a translated array")
+
+
+def _translate_all(gm: fx.GraphModule, d: _Detours, seen: _Run) -> list[Change]:
+    """Translate a detour in program order; rewrite each exit whose whole upstream translated."""
+    values = seen.values
+    lay = _layout(gm, d, seen)
+    e = _Emitter(gm, dict(values))
+    mem = _Memory(lay, e, seen, d.entries)
+    exits = set(d.exits)
+    ups = {x: _closure(x, lay.deps) for x in d.exits}
+    before = {x: _source_text(x, ups[x] | _entry_nodes(ups[x] & d.entries)) for x in d.exits}
+    finals: dict[fx.Node, fx.Node] = {}
+    reasons: dict[fx.Node, _Unmapped] = {}
+    pending: list[fx.Node] = []  # arrays no traced tensor flows into yet: made where one does
+    for n in sorted(set(d.region) | exits, key=lay.pos.__getitem__):
+        if n not in lay.traced:
+            if n not in exits:  # an exit of constants only is no detour
+                pending.append(n)
             continue
-        for u in list(n.users):
-            if not _is_meta_use(u, n):
-                continue
-            if u.target is builtins.getattr:
-                e.at = u
-                u.replace_all_uses_with(_translate_meta(e, u, tv[n]))
-            else:
-                u.replace_input_with(n, tv[n])
+        if pending and e.anchor is not None and n not in d.entries:
+            for p in pending:
+                mem.step(p, at=n)
+            pending = []
+        if n not in exits:
+            mem.step(n)
+            continue
+        entries = [a for a in d.region if a in ups[n] and a in d.entries]
+        reason = (
+            mem.blocked(n)
+            or _refusal(gm, n, ups[n], entries, values)
+            or _shared_exit(n, lay, values)
+        )
+        if reason is None:
+            e.at, mark, saved = n, len(e.created), mem.snapshot()
+            try:
+                final = _translate_exit(e, n, mem.inputs(n), entries, values)
+                _check_same(e.env[final], values[n], n)
+                finals[n] = final
+            except _Unmapped as err:
+                err.node = err.node or n
+                reason = err
+                mem.undo(mark, saved)
+        if reason is not None:
+            reasons[n] = reason
+    reported = [x for x in d.exits if x in finals or x in reasons]
+    changes = [_change(x, before[x], finals, reasons, ups[x], d, seen) for x in reported]
+    applied: set[fx.Node] = set()
+    for x, final in finals.items():
+        x.replace_all_uses_with(final)
+        applied |= ups[x]
+    _read_sizes_from_tensors(gm, d, mem, applied)
     shown = _with_sizes(set(e.created))
     changes = [
-        dataclasses.replace(c, after=_render(finals[x], shown)) if c.applied else c
-        for c, x in zip(changes, d.exits)
+        dataclasses.replace(c, after=_render_after(finals[x], shown)) if c.applied else c
+        for c, x in zip(changes, reported)
     ]
-    removable = set(d.region) | set(d.exits) | set(e.created) | _entry_nodes(d.entries)
+    _erase_dead(gm, d, lay, e, set(finals))
+    return changes
+
+
+def _closure(x: fx.Node, deps: dict[fx.Node, set[fx.Node]]) -> set[fx.Node]:
+    """Every region node `x` depends on, through reads and the writes before them."""
+    seen: set[fx.Node] = set()
+    stack = list(deps.get(x, ()))
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(deps.get(n, ()))
+    return seen
+
+
+def _shared_exit(x: fx.Node, lay: _Layout, values: dict) -> _Unmapped | None:
+    """`torch.from_numpy(b)` shares b's memory: a NumPy write into it later reaches the tensor."""
+    if x.target is torch.tensor:
+        return None  # copies
+    data = x.args[0] if x.args else x.kwargs.get("data", x.kwargs.get("obj"))
+    if not isinstance(data, fx.Node) or data not in lay.root:
+        return None
+    at = lay.pos[x]
+    later = lay.writes_into(lay.linked(lay.root[data], len(lay.pos)), at, len(lay.pos))
+    if later:
+        return _Unmapped(
+            f"the tensor shares the array's memory, and {_render_call_name(later[0])} "
+            "writes into it afterwards",
+            later[0],
+        )
+    return None
+
+
+def _change(
+    x: fx.Node,
+    before: str,
+    finals: dict,
+    reasons: dict,
+    up: set[fx.Node],
+    d: _Detours,
+    seen: _Run,
+) -> Change:
+    if x not in finals:
+        reason = reasons[x]
+        at = reason.node if reason.node is not None else x
+        return Change(
+            code=CODE,
+            node=x.name,
+            before=before,
+            after="",
+            where=location(at) or location(x),
+            note=f"the gradient still stops at {_render_call_name(at)}: {reason}",
+            applied=False,
+        )
+    entries = [a for a in d.region if a in up and a in d.entries]
+    note = "gradients reach " + ", ".join(sorted({_entry_source(n)[0].name for n in entries}))
+    note += " again"
+    if x in seen.raised:
+        err = seen.raised[x]
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        note += (
+            f"; eager raises {type(err).__name__} here ({first.split(',')[0]}), "
+            "the translation computes the values the code asks for"
+        )
+    return Change(
+        code=CODE,
+        node=x.name,
+        before=before,
+        after="",
+        where=location(x) or location(entries[0]),
+        note=note,
+    )
+
+
+def _read_sizes_from_tensors(
+    gm: fx.GraphModule, d: _Detours, mem: _Memory, applied: set[fx.Node]
+) -> None:
+    """Sizes read from translated arrays (`a.shape[0]`, len() guards) now read the tensors."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in d.region:
+        t = mem.first.get(n)
+        if n not in applied or t is None:
+            continue
+        for u in list(n.users):
+            # A source array made where it first met traced data is defined after its own
+            # line: a size read before that keeps reading the NumPy array.
+            if not _is_meta_use(u, n) or order[t] > order[u]:
+                continue
+            if u.target is builtins.getattr:
+                mem.e.at = u
+                u.replace_all_uses_with(_translate_meta(mem.e, u, t))
+                gm.graph.erase_node(u)
+            else:
+                u.replace_input_with(n, t)
+
+
+def _erase_dead(
+    gm: fx.GraphModule, d: _Detours, lay: _Layout, e: _Emitter, applied_exits: set[fx.Node]
+) -> None:
+    """Erase what the rewrite left unused; NumPy writes go only with the whole detour."""
+    graph = gm.graph
+    region = set(d.region)
+    done = _finished_components(d, lay, applied_exits)
+    created = set(e.created)
+    removable = region | set(d.exits) | created | _entry_nodes(d.entries)
     for node in reversed(list(graph.nodes)):
-        if node.users or has_side_effect(node, gm):
+        if node.users:
+            continue
+        if node in lay.writes:
+            if node not in done:
+                continue  # NumPy still runs here: its writes stay
+        elif node in created and node.target is operator.setitem:
+            base = node.args[0]
+            if any(u is not node and u.target is not operator.setitem for u in base.users):
+                continue  # a translated write into a clone that is read
+        elif has_side_effect(node, gm):
             continue
         if node in removable or (
             node.op == "call_function"
@@ -1029,7 +2063,37 @@ def _translate_all(gm: fx.GraphModule, d: _Detours, values: dict) -> list[Change
             and node.args[0] in removable
         ):
             graph.erase_node(node)
-    return changes
+
+
+def _inside(u: fx.Node, members: set[fx.Node]) -> bool:
+    """A use within the detour: a member, or an attribute (`a.dtype`) only members read."""
+    if u in members:
+        return True
+    return u.target is builtins.getattr and all(v in members for v in u.users)
+
+
+def _finished_components(d: _Detours, lay: _Layout, applied_exits: set[fx.Node]) -> set[fx.Node]:
+    """Region nodes of detours whose every exit was rewritten and whose values nothing else reads."""
+    region = set(d.region)
+    members = region | set(d.exits)
+    left = set(members)
+    done: set[fx.Node] = set()
+    while left:
+        start = left.pop()
+        comp, stack = {start}, [start]
+        while stack:
+            n = stack.pop()
+            for a in (*n.all_input_nodes, *n.users):
+                if a in left:
+                    left.discard(a)
+                    comp.add(a)
+                    stack.append(a)
+        finished = all(x in applied_exits for x in comp if x in d.exits) and all(
+            _inside(u, members) for n in comp & region for u in n.users
+        )
+        if finished:
+            done |= comp
+    return done
 
 
 def _with_sizes(nodes: set[fx.Node]) -> set[fx.Node]:
@@ -1069,7 +2133,10 @@ def _refusal(
     sources = {_entry_source(n)[0] for n in entries}
     watched = sources | up | {x} | set(x.users) | _entry_nodes(set(entries))
     for n in gm.graph.nodes:
-        if writes_to(n, gm) in watched:
+        target = writes_to(n, gm)
+        # NumPy writes are translated with the detour; a torch write into a tensor the
+        # detour reads or hands back changes memory both sides share.
+        if target in watched and isinstance(values.get(target), torch.Tensor):
             return _Unmapped(
                 f"{_render(n, set())} writes in place into memory the detour shares", n
             )
@@ -1116,22 +2183,32 @@ def _np_dtype_of(a: Any, values: dict) -> Any:
     raise _Unmapped(f"an operand of type {type(a).__name__}")
 
 
-def _translate_node(e: _Emitter, n: fx.Node, tv: dict, values: dict) -> Any:
+def _translate_node(
+    e: _Emitter,
+    n: fx.Node,
+    tv: dict,
+    values: dict,
+    call: tuple[str, Any, tuple, dict] | None = None,
+    want: Any = None,
+) -> Any:
+    """The torch twin of node `n`, or of `call` (op, target, args, kwargs) made at `n`.
+
+    `want` is what NumPy computed for `call`; for `n` itself it is `n`'s example value.
+    """
     np = _np()
     specs, methods = _tables()
-    out_value = values[n]
-    if n.op == "call_method" and n.target == "numpy":
-        return _entry_source(n)[0]
-    if n.op == "call_function" and n.target in _array_entries() and n.args[0] not in tv:
-        src = _entry_source_tensor(n)  # np.asarray(t, dtype=...): the tensor, cast
-        dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
-        return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
-    target, args, kwargs = n.target, n.args, dict(n.kwargs)
-    if n.op == "call_function" and target is builtins.getattr:
+    out_value = values[n] if want is None else want
+    if call is None:
+        source = _translate_source(e, n, tv)
+        if source is not None:
+            return source
+        call = (n.op, n.target, n.args, n.kwargs)
+    op, target, args, kwargs = call[0], call[1], call[2], dict(call[3])
+    if op == "call_function" and target is builtins.getattr:
         if args[1] != "T":
             raise _Unmapped(f"ndarray attribute .{args[1]}")
         target, args, kwargs = np.transpose, (args[0],), {}
-    elif n.op == "call_method":
+    elif op == "call_method":
         if target == "astype":
             spec, target = _Spec(_b_astype, rule=None), None
             args, kwargs = (args[0],), {}
@@ -1142,7 +2219,7 @@ def _translate_node(e: _Emitter, n: fx.Node, tv: dict, values: dict) -> Any:
             if target is np.reshape and "shape" not in kwargs and len(args) == 1:
                 raise _Unmapped("a reshape without shape")
         else:
-            raise _Unmapped(f"ndarray method .{n.target}() is not mapped")
+            raise _Unmapped(f"ndarray method .{target}() is not mapped")
     ufm = None
     if hasattr(target, "_fxgrad_ufunc"):
         ufm = _ufunc_method_spec(target)
@@ -1195,6 +2272,21 @@ def _translate_node(e: _Emitter, n: fx.Node, tv: dict, values: dict) -> Any:
         if e.env[result].dtype != e.out_dtype:
             result = e.m("to", result, e.out_dtype)
     return result
+
+
+def _translate_source(e: _Emitter, n: fx.Node, tv: dict) -> fx.Node | None:
+    """Where NumPy data comes from: a tensor, a constant array, an array input; else None."""
+    if n.op == "call_method" and n.target == "numpy":
+        return _entry_source(n)[0]
+    if n.op == "call_function" and n.target in _array_entries() and n.args[0] not in tv:
+        src = _entry_source_tensor(n)  # np.asarray(t, dtype=...): the tensor, cast
+        dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
+        return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
+    if n.op == "get_attr":  # a constant array (`W = np.full(...)` at module level)
+        return e.m("to", e.constant(e.env[n]), e.device())
+    if n.op == "placeholder":  # an array passed to forward
+        return e.f(torch.as_tensor, n, device=e.device())
+    return None
 
 
 def _array_entries() -> tuple[Any, ...]:
@@ -1286,14 +2378,17 @@ def _tolerance(dtype: torch.dtype) -> dict:
     return {"rtol": 1e-7, "atol": 1e-9}
 
 
-def _check_same(got: Any, want: Any, n: fx.Node) -> None:
-    """The torch twin must reproduce what NumPy computed: dtype, shape and values."""
+def _check_same(got: Any, want: Any, n: fx.Node, values: bool = True) -> None:
+    """The torch twin must reproduce what NumPy computed: dtype, shape and values.
+
+    `values=False` compares dtype and shape only (`np.empty`: whatever memory held).
+    """
     np = _np()
     if isinstance(want, (tuple, list)) and not isinstance(want, torch.Size):
         if not isinstance(got, (tuple, list)) or len(got) != len(want):
             raise _Unmapped("its torch twin gives a different number of pieces", n)
         for g, w in zip(got, want):
-            _check_same(g, w, n)
+            _check_same(g, w, n, values)
         return
     if isinstance(want, (np.ndarray, np.generic)):
         want = torch.from_numpy(np.array(want, copy=True))
@@ -1305,6 +2400,8 @@ def _check_same(got: Any, want: Any, n: fx.Node) -> None:
             f"{str(want.dtype)[6:]}{list(want.shape)}",
             n,
         )
+    if not values:
+        return
     try:
         torch.testing.assert_close(
             got.detach().cpu(), want.detach().cpu(), equal_nan=True, **_tolerance(want.dtype)
@@ -1365,6 +2462,52 @@ def _render_call_name(n: fx.Node) -> str:
     return _render_target(n.target) if n.op == "call_function" else n.name
 
 
+def _source_text(x: fx.Node, nodes: set[fx.Node]) -> str:
+    """A detour as the user wrote it: each source line once, in program order."""
+    order = {n: i for i, n in enumerate(x.graph.nodes)}
+    lines: list[str] = []
+    for n in sorted(nodes | {x}, key=order.__getitem__):
+        line = source_line(n)
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines) if lines else _render(x, _with_sizes(nodes))
+
+
+def _render_after(final: fx.Node, shown: set[fx.Node]) -> str:
+    """The translation as short statements: a value used twice, or written, gets its name."""
+    order = {n: i for i, n in enumerate(final.graph.nodes)}
+    written = {n.args[0] for n in shown if n.target is operator.setitem}
+    needed: set[fx.Node] = set()
+    stack = [final]
+    while stack:
+        n = stack.pop()
+        if n in needed or (n not in shown and n is not final):
+            continue
+        needed.add(n)
+        stack.extend(n.all_input_nodes)
+        if n in written:
+            stack.extend(u for u in n.users if u.target is operator.setitem)
+    named = written | {
+        n
+        for n in needed
+        if n is not final
+        and n.op != "get_attr"
+        and not (n.target is builtins.getattr and n.args[1] in ("shape", "device", "T"))
+        and sum(u in needed for u in n.users) > 1
+    }
+    inline = shown - named
+    lines = []
+    for n in sorted(needed, key=order.__getitem__):
+        if n is final and n not in written:
+            continue
+        if n in named:
+            lines.append(f"{n.name} = {_render(n, inline)}")
+        elif n.target is operator.setitem:
+            lines.append(_render(n, inline))
+    last = final.name if final in written else _render(final, inline)
+    return "; ".join([*lines, last])
+
+
 def _render(node: Any, inline: set[fx.Node]) -> str:
     """Render a node as one expression, with the nodes in `inline` written out in place."""
 
@@ -1412,6 +2555,8 @@ def _render(node: Any, inline: set[fx.Node]) -> str:
             return f"{operand(args[0])}.{args[1]}"
         if t is operator.getitem:
             return f"{operand(args[0])}[{index(args[1])}]"
+        if t is operator.setitem:
+            return f"{operand(args[0])}[{index(args[1])}] = {lit(args[2])}"
         if t in _SYMBOLS and len(args) == 2 and not kwargs:
             prec = _PRECEDENCE[t]
             left, right = operand(args[0], prec), operand(args[1], prec, right=True)
