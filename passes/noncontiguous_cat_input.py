@@ -395,7 +395,7 @@ FUNCTION_FLOW: dict[Any, Flow] = {
         for n in (
             "relu gelu silu sigmoid tanh softmax log_softmax dropout leaky_relu hardswish "
             "hardsigmoid elu mish conv1d conv2d conv3d batch_norm group_norm avg_pool2d "
-            "max_pool2d adaptive_avg_pool2d"
+            "max_pool2d adaptive_avg_pool2d pad"
         ).split()
     },
     **dict.fromkeys([operator.add, operator.sub, operator.mul, operator.truediv], Flow.CARRY),
