@@ -47,8 +47,10 @@ reader of the written array, of its base and of each view of either sees the wri
 `a[mask] = 0` becomes `masked_fill`, `a[idx] = v` with index arrays `index_put`, any other
 `a[key] = v` a written clone; `a += b` and `out=a` rebind `a` to the result, cast to `a`'s
 dtype and broadcast to its shape as NumPy stores it; `a.sort(axis)` becomes
-`torch.sort(...).values`; `a.fill`, `a.put`/`np.put`, `np.copyto`, `np.putmask`, `np.place`
-(one value) and `np.fill_diagonal` (a matrix) have functional twins too. A write through a
+`torch.sort(...).values`; `a.fill`, `a.put`/`np.put`, `a.flat[k] = v`, `np.copyto`,
+`np.putmask`, `np.place` (one value), `np.fill_diagonal` (a matrix), `np.put_along_axis`
+(`scatter`) and `np.add.at`/`np.subtract.at` (`index_put` accumulating) have functional
+twins too. A write through a
 view (`a[:, 0] += 1`, `a.T[0] = 0`, `np.flip(a)[0] = 1`) is written back into `a`, and a
 view read later (`v = a[:, 0]`) is taken again from `a`'s new value. Which arrays share
 memory follows what NumPy documents for each call, never the example run alone, so the
@@ -66,8 +68,8 @@ rewritten only when all of them match.
   `np.linalg.eig`, `where=` without `out=`, negative slice steps, ...): the whole chain
   stays and the report names the call where the gradient still stops
 - a NumPy write has none: `a.partition()` (NumPy leaves the order on each side of kth
-  unspecified), `a.resize()`, `np.place` with several values, a write through `np.split`'s
-  pieces; or it writes into memory the detour does not own (`a = t.numpy(); a[0] = 0`
+  unspecified), `a.resize()`, `a.shape = ...`, `np.multiply.at`, `np.place` with several
+  values, a write through `np.split`'s pieces; or it writes into memory the detour does not own (`a = t.numpy(); a[0] = 0`
   writes into `t`, a constant array, an array passed in); or into an array whose aliasing
   depends on strides (`r = a.reshape(-1); r[0] = 5` while `a` is read later); or into an
   array after `torch.from_numpy` made a tensor sharing its memory
@@ -329,6 +331,8 @@ def _find_detours(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> _Detours:
                 exits.add(u)
             elif _is_np_value(values.get(u)) or _numpy_write(u, values) is not None:
                 stack.append(u)
+            elif _flat_base(u) is n:  # `a.flat[k] = v` writes into `a`
+                stack.extend(v for v in u.users if _numpy_write(v, values) is not None)
         if n not in entries:
             stack.extend(a for a in n.all_input_nodes if _is_array_value(values.get(a)))
     order = list(gm.graph.nodes)
@@ -443,6 +447,7 @@ def _writing_functions() -> dict[Any, str]:
         np.place: "place",
         np.putmask: "putmask",
         np.fill_diagonal: "fill_diagonal",
+        np.put_along_axis: "put_along_axis",
     }
 
 
@@ -469,12 +474,33 @@ def _numpy_write(n: fx.Node, values: dict[fx.Node, Any]) -> _Write | None:
         return _Write(n, first, n.target) if writes and array(first) else None
     if n.target is operator.setitem or n.target in INPLACE_OPERATORS:
         kind = "setitem" if n.target is operator.setitem else "augmented"
-        return _Write(n, first, kind) if array(first) else None
+        if array(first):
+            return _Write(n, first, kind)
+        base = _flat_base(first)  # `a.flat[k] = v`
+        if kind == "setitem" and array(base):
+            return _Write(n, base, "flat")
+        return None
+    if n.target is builtins.setattr:  # `a.shape = ...`, `a.flat = v`: the array changes
+        return _Write(n, first, "setattr") if array(first) else None
+    if getattr(n.target, "_fxgrad_ufunc_method", None) == "at":  # `np.add.at(a, i, v)`
+        return _Write(n, first, "ufunc.at") if array(first) else None
     kind = _writing_functions().get(n.target)
     if kind is None:
         return None
     target = first if first is not None else next(iter(n.kwargs.values()), None)
     return _Write(n, target, kind) if array(target) else None
+
+
+def _flat_base(n: Any) -> fx.Node | None:
+    """The array `a` of an `a.flat` node."""
+    if (
+        isinstance(n, fx.Node)
+        and n.op == "call_function"
+        and n.target is builtins.getattr
+        and n.args[1] == "flat"
+    ):
+        return n.args[0]
+    return None
 
 
 class _Kind(enum.Enum):
@@ -1589,6 +1615,63 @@ def _w_fill_diagonal(m: _Memory, w: _Write) -> fx.Node:
     return e.f(torch.diagonal_scatter, cur, filled)
 
 
+def _w_flat(m: _Memory, w: _Write) -> fx.Node:
+    """`a.flat[k] = v`: the write on the flattened array (C order), reshaped back."""
+    e = m.e
+    _, key, v = w.node.args
+    if isinstance(key, tuple):
+        raise _Unmapped("a.flat indexed with a tuple", w.node)
+    lay = m.lay
+    if isinstance(v, fx.Node) and v in lay.root:
+        if lay.root[v] in lay.linked(lay.root[w.target], lay.pos[w.node]):
+            # a.flat assigns element by element, so a value that is a view of the array
+            # reads elements it has just written; no torch op does that.
+            raise _Unmapped("a.flat is assigned a view of the array itself", w.node)
+    cur = m.read(w.target)
+    flat = e.m("clone", e.m("reshape", cur, -1))
+    # NumPy repeats a shorter `v` over the positions; torch broadcasts only a single value
+    # and raises otherwise, so a call where the sizes differ fails loudly.
+    e.f(operator.setitem, flat, m.key(key), m.operand(m.stored(v, w)))
+    return e.m("reshape", flat, e.f(builtins.getattr, cur, "shape"))
+
+
+def _w_put_along_axis(m: _Memory, w: _Write) -> fx.Node:
+    """`np.put_along_axis(a, idx, v, axis)`: torch.scatter, negative indices wrapped first."""
+    e = m.e
+    p = _params(_np().put_along_axis, w.node.args, dict(w.node.kwargs))
+    axis = p["axis"]
+    if not isinstance(axis, int):
+        raise _Unmapped("np.put_along_axis without an integer axis", w.node)
+    cur = m.read(w.target)
+    idx = _index_tensor(m, p["indices"], cur)
+    idx = e.m("remainder", idx, e.m("size", cur, axis))
+    if m.is_scalar(p["values"]) and not isinstance(p["values"], fx.Node):
+        return e.m("scatter", cur, axis, idx, m.stored(p["values"], w))
+    values = m.tensor(m.stored(p["values"], w), cur, e.env[cur].dtype)
+    # At a repeated index NumPy does not promise which value stays (advanced assignment),
+    # and neither does scatter: where NumPy's own result is unspecified, so is the twin's.
+    return e.m("scatter", cur, axis, idx, e.m("expand_as", values, idx))
+
+
+def _w_ufunc_at(m: _Memory, w: _Write) -> fx.Node:
+    """`np.add.at(a, idx, v)`: index_put accumulating, as NumPy adds at repeated indices."""
+    e = m.e
+    ufunc = w.node.target._fxgrad_ufunc
+    np = _np()
+    if ufunc not in (np.add, np.subtract) or len(w.node.args) != 3 or w.node.kwargs:
+        raise _Unmapped(f"np.{ufunc.__name__}.at has no accumulating torch twin", w.node)
+    _, key, v = w.node.args
+    items = key if isinstance(key, tuple) else (key,)
+    if not all(_advanced_item(k, m.values) for k in items):
+        raise _Unmapped(f"np.{ufunc.__name__}.at with slices in its index", w.node)
+    cur = m.read(w.target)
+    idx = tuple(_index_tensor(m, k, cur) for k in items)
+    values = m.tensor(m.stored(v, w), cur, e.env[cur].dtype)
+    if ufunc is np.subtract:
+        values = e.f(operator.neg, values)
+    return e.m("index_put", cur, idx, values, accumulate=True)
+
+
 # Each NumPy write kind: its handler, or why it has no faithful torch twin.
 _WRITES: dict[str, Callable[[_Memory, _Write], fx.Node] | str] = {
     "setitem": _w_setitem,
@@ -1601,6 +1684,10 @@ _WRITES: dict[str, Callable[[_Memory, _Write], fx.Node] | str] = {
     "putmask": _w_putmask,
     "place": _w_place,
     "fill_diagonal": _w_fill_diagonal,
+    "flat": _w_flat,
+    "ufunc.at": _w_ufunc_at,
+    "put_along_axis": _w_put_along_axis,
+    "setattr": "it sets an attribute of the array (its shape, dtype or data) in place",
     "partition": "NumPy leaves the order on each side of kth unspecified, so no torch op "
     "gives the same array",
     "resize": "it changes the array's size in place",
@@ -2073,7 +2160,7 @@ def _inside(u: fx.Node, members: set[fx.Node]) -> bool:
 
 
 def _finished_components(d: _Detours, lay: _Layout, applied_exits: set[fx.Node]) -> set[fx.Node]:
-    """Region nodes of detours whose every exit was rewritten and whose values nothing else reads."""
+    """Nodes of detours whose every exit was rewritten and whose values nothing else reads."""
     region = set(d.region)
     members = region | set(d.exits)
     left = set(members)
@@ -2083,7 +2170,8 @@ def _finished_components(d: _Detours, lay: _Layout, applied_exits: set[fx.Node])
         comp, stack = {start}, [start]
         while stack:
             n = stack.pop()
-            for a in (*n.all_input_nodes, *n.users):
+            written = (lay.writes[n].target,) if n in lay.writes else ()  # via `a.flat`
+            for a in (*n.all_input_nodes, *n.users, *written):
                 if a in left:
                     left.discard(a)
                     comp.add(a)

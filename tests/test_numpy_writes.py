@@ -24,6 +24,7 @@ from torch import fx
 
 import fxgrad
 from fxgrad.context import Context
+from fxgrad.runtime import ufunc_method
 
 CASES = Path(__file__).parent / "cases" / "FXG301"
 F = ("float32", "float64")
@@ -230,6 +231,28 @@ def _fill_diagonal(a):
     return b
 
 
+def _flat(a):
+    b = a * 1
+    b.flat[0] = 5
+    b.flat[[1, -1]] = a[0, :2] * 2
+    return b
+
+
+def _add_at(a):
+    b = a * 1
+    np.add.at(b, ([0, 0, -1],), a[0] * 2)
+    np.subtract.at(b, (0, [1, 1]), 2)
+    return b
+
+
+def _put_along_axis(a):
+    b = a * 1
+    idx = np.argmax(b, axis=1)[:, None]
+    np.put_along_axis(b, idx, a[:, :1] * 3, axis=1)
+    np.put_along_axis(b, idx - 1, 0, axis=1)
+    return b
+
+
 def _zeros_written(a):
     z = np.zeros(a.shape)
     z[:, 0] = a[:, -1]
@@ -282,6 +305,9 @@ WRITES = [
     W("putmask_values", _putmask_values, FI),
     W("place", _place, FI),
     W("fill_diagonal", _fill_diagonal, FI),
+    W("flat", _flat, FI),
+    W("add_at", _add_at, FI),
+    W("put_along_axis", _put_along_axis, FI),
     W("zeros_written", _zeros_written, F),
     W("empty_written", _empty_written, FI),
     W("two_writes_two_arrays", _two_writes_two_arrays, FI),
@@ -379,12 +405,33 @@ def _split_piece_written(a):
     return b
 
 
+def _set_shape(a):
+    b = a * 1
+    b.shape = (-1,)
+    return b
+
+
+def _multiply_at(a):
+    b = a * 1
+    np.multiply.at(b, [0, 0], 2)
+    return b
+
+
+def _flat_from_itself(a):
+    b = a * 1
+    b.flat[[1, -1]] = b[0, :2]
+    return b
+
+
 REFUSED = [
     W("partition", _partition),
     W("into_the_tensor", _into_the_tensor),
     W("reshape_alias", _reshape_alias),
     W("place_several", _place_several),
     W("split_piece_written", _split_piece_written),
+    W("set_shape", _set_shape),
+    W("multiply_at", _multiply_at),
+    W("flat_from_itself", _flat_from_itself),
 ]
 
 
@@ -457,6 +504,11 @@ def test_numpy_writes_are_recognised() -> None:
         g.call_function(np.place, (x, x, 1.0))
         g.call_function(np.putmask, (x, x, 1.0))
         g.call_function(np.fill_diagonal, (x, 1.0))
+        g.call_function(np.put_along_axis, (x, x, 1.0, 0))
+        g.call_function(ufunc_method(np.add, "at"), (x, [0], 1.0))
+        g.call_function(ufunc_method(np.add, "reduce"), (x,))  # no write
+        g.call_function(operator.setitem, (g.call_function(getattr, (x, "flat")), 0, 1.0))
+        g.call_function(setattr, (x, "shape", (9,)))
         g.call_function(np.sort, (x,))  # returns a sorted copy: no write
         g.call_function(operator.add, (x, 1))
 
@@ -465,7 +517,8 @@ def test_numpy_writes_are_recognised() -> None:
         [
             "sort", "fill", "put", "partition", "resize", "byteswap", "out", "setitem",
             "augmented", "augmented", "out", "several outputs", "out", "copyto", "put",
-            "place", "putmask", "fill_diagonal",
+            "place", "putmask", "fill_diagonal", "put_along_axis", "ufunc.at", "flat",
+            "setattr",
         ]
     )  # fmt: skip
 
