@@ -42,9 +42,8 @@ from fxgrad.pipeline import (
 from fxgrad.registry import Pass, select_passes
 from fxgrad.report import Report
 from fxgrad.state import PrivateState, forked_rng, private_state
-from fxgrad.trace import (
+from fxgrad.tracing import (
     ROOT_ATTR,
-    STOWED_PREFIX,
     CallSpec,
     Captured,
     call_spec,
@@ -833,7 +832,7 @@ def _take_constants(gm: fx.GraphModule, base: nn.Module) -> dict[str, Any]:
         ):
             continue
         value = getattr(gm, first)
-        name = first if first.startswith(STOWED_PREFIX) else fresh_constant_name()
+        name = fresh_constant_name()  # unique among all the variants a module holds
         constants[name] = value
         node.target = name + ("." + rest if rest else "")
     return constants

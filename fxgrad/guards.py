@@ -298,7 +298,7 @@ class _GuardRun(fx.Interpreter):
         return _meta(obj)
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        from fxgrad.trace import twin
+        from fxgrad.tracing import twin
 
         obj: Any = self.owner
         for atom in str(target).split("."):

@@ -88,7 +88,7 @@ from fxgrad.graph_utils import (
 )
 from fxgrad.registry import Pass
 from fxgrad.runtime import writable_piece
-from fxgrad.trace import has_hooks
+from fxgrad.tracing import has_hooks
 
 CODE = "FXG101"
 # What a node made by a rewrite takes over from the write it replaces.

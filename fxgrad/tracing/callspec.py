@@ -1,0 +1,170 @@
+"""How a call's arguments map to graph placeholders and baked constants."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from fxgrad.errors import FxgradError
+
+# ---------------------------------------------------------------------------------------
+# Capture entry point
+
+
+@dataclass
+class CallSpec:
+    """How one call's arguments map to graph placeholders and baked constants.
+
+    It describes the call as it was made, positional and keyword arguments as the caller
+    passed them, with no default filled in: the forward is traced by calling it that way,
+    so decorators that merge defaults of their own see what eager PyTorch gives them.
+    """
+
+    signature: inspect.Signature | None
+    in_spec: pytree.TreeSpec
+    leaf_names: list[str]
+    constants: dict[int, Any] = field(default_factory=dict)
+
+    def unflatten(self, leaves: list[Any]) -> tuple[tuple, dict]:
+        """Rebuild (args, kwargs) of a call from its non-constant leaves, in order."""
+        it = iter(leaves)
+        full = [
+            self.constants[i] if i in self.constants else next(it)
+            for i in range(self.in_spec.num_leaves)
+        ]
+        return pytree.tree_unflatten(full, self.in_spec)
+
+    def flatten(self, args: tuple, kwargs: dict) -> list[Any]:
+        """The non-constant leaves of a call made with this structure, in placeholder order."""
+        leaves = pytree.tree_leaves((args, kwargs))
+        return [leaf for i, leaf in enumerate(leaves) if i not in self.constants]
+
+
+def _same_constant(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _leaf_names(
+    spec: pytree.TreeSpec, signature: inspect.Signature | None, args: tuple, n: int
+) -> list[str]:
+    """Name each input leaf after its forward parameter: `x`, `batch_image`, `xs_1`."""
+    paths, _ = pytree.tree_flatten_with_path(pytree.tree_unflatten([0] * n, spec))
+    params = list(signature.parameters.values()) if signature is not None else []
+    star = next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
+    positional_params = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+    def positional(k: int) -> str:
+        if star is not None and k >= star:
+            return f"{params[star].name}_{k - star}"
+        return positional_params[k].name if k < len(positional_params) else f"arg{k}"
+
+    names = []
+    for path, _leaf in paths:
+        parts: list[str] = []
+        for i, entry in enumerate(path[1:]):
+            key = getattr(entry, "idx", getattr(entry, "key", getattr(entry, "name", None)))
+            if i == 0 and path[0].idx == 0 and isinstance(key, int):
+                parts.append(positional(key))
+            else:
+                parts.append(str(key))
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in "_".join(parts))
+        if not name or not (name[0].isalpha() or name[0] == "_"):
+            name = f"input_{name}"
+        names.append(name)
+    return names
+
+
+def _signature(model: torch.nn.Module) -> inspect.Signature | None:
+    try:
+        return inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+
+
+def call_spec(
+    model: torch.nn.Module, args: tuple | None, kwargs: dict | None = None
+) -> tuple[CallSpec, list]:
+    """Describe a call of the forward: pytree structure, placeholder names, baked constants.
+
+    With `args` None (no example inputs) every parameter of forward without a default gets
+    a placeholder, and the others keep their defaults.
+    """
+    signature = _signature(model)
+    kwargs = dict(kwargs or {})
+    if args is None:
+        static = []
+        for p in signature.parameters.values() if signature is not None else ():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.default is p.empty:
+                static.append(_StaticLeaf(p.name))
+        args = tuple(static)
+    else:
+        _register_dataclasses((args, kwargs))
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise FxgradError(
+                    f"The example inputs do not match the model's forward signature: {e}.",
+                    hint=f"Pass one entry per argument of forward{signature}: "
+                    "fxgrad.fix(model, (x,)) or fxgrad.fix(model, (x,), {'mask': m}).",
+                ) from None
+    leaves, spec = pytree.tree_flatten((tuple(args), kwargs))
+    constants = {
+        i: leaf
+        for i, leaf in enumerate(leaves)
+        if not isinstance(leaf, (torch.Tensor, _StaticLeaf)) and not _is_array(leaf)
+    }
+    names = _dedupe(_leaf_names(spec, signature, args, len(leaves)))
+    return CallSpec(signature, spec, names, constants), leaves
+
+
+def _is_array(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
+
+
+class _StaticLeaf:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            out.append(f"{n}_{seen[n]}")
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
+
+
+def _register_dataclasses(tree: Any) -> None:
+    """Make dataclass outputs and inputs pytree nodes so they are rebuilt exactly."""
+    stack = [tree]
+    while stack:
+        obj = stack.pop()
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            cls = type(obj)
+            if cls not in pytree.SUPPORTED_NODES:
+                with contextlib.suppress(ValueError, TypeError):
+                    pytree.register_dataclass(cls)
+            stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())

@@ -1,0 +1,144 @@
+"""capture(): trace a twin of the user's module into a GraphModule, or fail clearly."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx
+
+from fxgrad.errors import FxgradError
+from fxgrad.state import plain_tensor_attributes
+from fxgrad.tracing.callspec import CallSpec
+from fxgrad.tracing.errors import _model_error, _trace_error
+from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX, _is_stowed_name
+from fxgrad.tracing.patches import _ACTIVE, _patched
+from fxgrad.tracing.tracer import FxgradTracer
+
+
+@dataclass
+class Captured:
+    """A captured graph with what is needed to call it like the original forward."""
+
+    gm: fx.GraphModule
+    call: CallSpec
+    out_spec: pytree.TreeSpec
+    leaf_index: list[int]
+    propagation_error: BaseException | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def capture(
+    root: torch.nn.Module,
+    call: CallSpec,
+    leaves: list | None,
+) -> Captured:
+    """Trace `root` (a twin of the user's module) into a GraphModule.
+
+    Raises TraceError naming the user's line when the forward cannot be captured.
+    """
+    tracer = FxgradTracer(leaves, call.in_spec, call)
+    modules = list(root.modules())
+    state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in modules]
+    # Plain tensor attributes (`self.n = torch.zeros(())` in __init__) are read as traced
+    # values, like buffers: fx would run `self.n.add_(1)` once at capture time on the real
+    # tensor and record nothing. They sit in the buffer table while tracing, and the graph
+    # reads and writes them as the plain attributes they are.
+    for m in modules:
+        for name in plain_tensor_attributes(m):
+            m._buffers[name] = m.__dict__.pop(name)
+            tracer.plain_attributes.add((id(m), name))
+    _ACTIVE.append(tracer)
+    error: Exception | None = None
+    try:
+        with _patched(modules):
+            graph = tracer.trace(root)
+    except Exception as e:
+        error = e
+    finally:
+        _ACTIVE.pop()
+        for m, buffers, attrs in state:  # undo what tracing assigned to the twin
+            if _same_items(m._buffers, buffers) and _same_items(m.__dict__, attrs):
+                continue  # most modules: nothing assigned
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            added = [k for k in m.__dict__ if k not in attrs and not _is_stowed_name(k)]
+            for k in added:
+                del m.__dict__[k]
+            for k, v in attrs.items():
+                if m.__dict__.get(k) is not v:
+                    m.__dict__[k] = v
+    if error is not None:
+        # Did the model itself fail on the example values before capture did? Then that
+        # is the error to report (the twin is restored, so the ops see the real modules).
+        with contextlib.suppress(Exception):
+            tracer.run_pending()
+    tracer._values.clear()
+    if error is not None:
+        if tracer.propagation_error is not None:
+            raise _model_error(tracer.propagation_error, tracer.propagation_node) from error
+        if isinstance(error, FxgradError):
+            raise error
+        raise _trace_error(error) from error
+    # Built empty and given the graph afterwards: fx would copy every module the graph
+    # calls into a hierarchy of its own (a third of tracing time on a model of many small
+    # modules), and the graph resolves targets through the shared module tree instead, so
+    # .to()/.cuda() on the fixed module (which replaces buffer objects) is seen by it.
+    gm = fx.GraphModule({}, fx.Graph(), class_name=type(root).__name__)
+    gm.training = root.training
+    gm.__dict__["_modules"] = root._modules
+    gm.__dict__["_parameters"] = root._parameters
+    gm.__dict__["_buffers"] = root._buffers
+    gm.__dict__[ROOT_ATTR] = root
+    _place_attribute_reads(graph, root, gm)
+    gm.graph = graph  # generates and compiles the code
+    if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
+        gm._tracer_cls = graph._tracer_cls  # as fx.GraphModule.__init__ records it
+    return Captured(
+        gm,
+        call,
+        tracer.out_spec,
+        tracer.placeholder_leaf_index,
+        tracer.propagation_error,
+        tracer.notes,
+    )
+
+
+def _place_attribute_reads(graph: fx.Graph, root: torch.nn.Module, gm: fx.GraphModule) -> None:
+    """Point each get_attr node at what the fixed module will read on every call.
+
+    Constants fx stowed on the root (a global tensor, a generator) move to the graph module,
+    numbered in graph order (the fixed module renames them once more, to names unique among
+    all its variants). A plain attribute of the root (`self.n`) is read through the root itself, so
+    the fixed module reads and writes the user's attribute, not a copy from capture time.
+    """
+    moved: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        name = str(node.target)
+        first = name.split(".", 1)[0]
+        if _is_stowed_name(first) and (first in root.__dict__ or first in moved):
+            if first not in moved:  # numbered in graph order: the report reads the same
+                moved[first] = f"{STOWED_PREFIX}{len(moved)}"  # on every run
+                gm.__dict__[moved[first]] = root.__dict__.pop(first)
+            node.target = moved[first] + name[len(first) :]
+        elif (
+            node.op == "get_attr"
+            and first in root.__dict__
+            and not (
+                first in root._parameters
+                or first in root._buffers
+                or first in root._modules
+                or first in ("_buffers", "_parameters", "_modules", ROOT_ATTR)
+            )
+        ):
+            node.target = f"{ROOT_ATTR}.{name}"
+
+
+def _same_items(now: dict, before: dict) -> bool:
+    """Whether a dict holds the very same keys and objects as its earlier copy (C speed)."""
+    return now.keys() == before.keys() and all(map(operator.is_, now.values(), before.values()))

@@ -1,0 +1,66 @@
+"""Turn what went wrong while tracing into errors that name the user's line."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from fxgrad.errors import FxgradError, TraceError
+from fxgrad.graph_utils import (
+    _is_internal,
+)
+
+
+def _trace_error(e: Exception) -> TraceError:
+    where = _innermost_user_line(e)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "symbolically traced variables cannot be used as inputs to control flow" in str(e):
+        return _control_flow_error(where, "bool")
+    if "Proxy" in msg and ("iter" in msg or "len" in msg):
+        hint = (
+            "Pass example inputs so fxgrad can tell lengths, or unpack a fixed number "
+            "of items (`a, b = x.chunk(2)`)."
+        )
+    else:
+        hint = (
+            "Make the module that does this a leaf module, wrap the function with "
+            "torch.fx.wrap, or fix the value with concrete_args; `fxgrad explain capture` "
+            "says what capture supports."
+        )
+    return TraceError(
+        f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint
+    )
+
+
+def _model_error(e: BaseException, node: fx.Node | None) -> FxgradError:
+    import os
+
+    loc = node.meta.get("fxgrad_loc") if node is not None else None
+    where = f"{os.path.basename(loc[0])}:{loc[1]}" if loc else "an unknown line"
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return FxgradError(
+        f"The model raises {type(e).__name__} in forward on the example inputs at {where}: {first}",
+        hint="Check that the example inputs have the shapes, dtypes and devices the model "
+        "expects; fxgrad needs a forward that runs in eager PyTorch.",
+    )
+
+
+def _innermost_user_line(e: BaseException) -> str:
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    for fr in reversed(frames):
+        if not _is_internal(fr.filename):
+            return f"{os.path.basename(fr.filename)}:{fr.lineno}"
+    return "an unknown line"
+
+
+def _control_flow_error(where: str, kind: str) -> TraceError:
+    return TraceError(
+        f"The forward uses the value of a tensor in Python control flow at {where} "
+        f"({kind}() of data computed by the model), which a graph cannot capture.",
+        hint="Move the data-dependent part into a function marked with torch.fx.wrap, "
+        "make its module a leaf module, fix the branch with concrete_args, or use "
+        "torch.where / masking so both branches are computed.",
+    )

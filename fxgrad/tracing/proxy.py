@@ -1,0 +1,148 @@
+"""The traced value: records item and augmented assignment, attribute writes, NumPy calls."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch.utils._pytree as pytree
+from torch import fx
+
+from fxgrad.graph_utils import (
+    INPLACE_OPERATORS,
+)
+from fxgrad.runtime import ufunc_method
+
+# ---------------------------------------------------------------------------------------
+# The proxy
+
+_META_ATTRS = {
+    "shape",
+    "ndim",
+    "dtype",
+    "device",
+    "is_cuda",
+    "layout",
+    "is_sparse",
+    "is_nested",
+    "requires_grad",
+}
+_META_METHODS = {
+    "size",
+    "dim",
+    "numel",
+    "ndimension",
+    "nelement",
+    "stride",
+    "get_device",
+    "is_floating_point",
+    "is_complex",
+    "is_signed",
+    "is_contiguous",
+    "element_size",
+}
+_META_FUNCTIONS = {
+    builtins.len,
+    builtins.min,
+    builtins.max,
+    builtins.abs,
+    builtins.int,
+    operator.getitem,
+    operator.index,
+    operator.truth,
+    operator.not_,
+    *(getattr(operator, n) for n in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg")),
+    *(getattr(operator, n) for n in ("eq", "ne", "lt", "le", "gt", "ge", "pow", "and_", "or_")),
+    builtins.round,
+    builtins.float,
+    builtins.bool,
+    # size arithmetic: `math.ceil(x.shape[-1] / s)`, `math.sqrt(head_dim)` (fx records math
+    # functions of traced values as calls)
+    *(getattr(math, n) for n in dir(math) if not n.startswith("_") and callable(getattr(math, n))),
+}
+
+
+def _is_meta_expr(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """True when the node's value depends only on shapes, dtypes and devices, not data."""
+    hit = memo.get(node)
+    if hit is not None:
+        return hit
+    ok = False
+    if node.op == "call_method" and node.target in _META_METHODS:
+        ok = True
+    elif node.op == "call_function" and node.target is builtins.getattr:
+        # `x.shape`, and any attribute of a shape, dtype or device (`x.device.type`,
+        # `x.dtype.is_floating_point`)
+        base = node.args[0]
+        ok = node.args[1] in _META_ATTRS or (
+            isinstance(base, fx.Node) and _is_meta_expr(base, memo)
+        )
+    elif node.op == "call_function" and node.target in _META_FUNCTIONS:
+        ok = all(
+            _is_meta_expr(a, memo)
+            for a in pytree.tree_leaves((node.args, node.kwargs))
+            if isinstance(a, fx.Node)
+        )
+    memo[node] = ok
+    return ok
+
+
+class FxgradProxy(fx.Proxy):
+    """An fx Proxy that records item assignment, augmented assignment and NumPy calls."""
+
+    __array_priority__ = 1000  # NumPy: defer binary operators to us
+
+    def __getattr__(self, k: str) -> FxgradAttribute:
+        if k.startswith("__array") or k in ("__len__", "__iter__"):
+            raise AttributeError(k)  # NumPy's protocol probes must not become graph nodes
+        return FxgradAttribute(self, k)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("node", "tracer", "root", "attr") or name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:  # `x.data = y`, `x.requires_grad = True`: writes the graph must keep
+            self.tracer.create_proxy("call_function", builtins.setattr, (self, name, value), {})
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __len__(self) -> int:
+        return self.tracer.proxy_len(self)
+
+    def __index__(self) -> int:
+        return self.tracer.concretize(self, "index")
+
+    def __int__(self) -> int:  # `int(x.shape[1] / 2)`
+        return self.tracer.concretize(self, "int")
+
+    def __float__(self) -> float:  # `float(x.size(-1))`
+        return self.tracer.concretize(self, "float")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a traced value cannot become a NumPy array here")
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        target = ufunc if method == "__call__" else ufunc_method(ufunc, method)
+        return self.tracer.create_proxy("call_function", target, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return self.tracer.create_proxy("call_function", func, tuple(args), dict(kwargs))
+
+
+def _inplace_operator(op: Callable) -> Callable:
+    def method(self: FxgradProxy, other: Any) -> FxgradProxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    method.__name__ = f"__{op.__name__}__"
+    return method
+
+
+for _op in INPLACE_OPERATORS:
+    setattr(FxgradProxy, f"__{_op.__name__}__", _inplace_operator(_op))
+
+
+class FxgradAttribute(FxgradProxy, fx.proxy.Attribute):
+    """`x.T`, `x.shape`, `x.data`: an attribute access that becomes a node only when used."""

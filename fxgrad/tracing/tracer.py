@@ -1,0 +1,390 @@
+"""FxgradTracer: records mutations, NumPy calls and grad modes, and answers size questions."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import operator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx
+
+from fxgrad.errors import TraceError
+from fxgrad.graph_utils import (
+    find_submodule,
+    user_frame_location,
+)
+from fxgrad.runtime import _ANSWERS, fxgrad_guard
+from fxgrad.tracing.callspec import _register_dataclasses
+from fxgrad.tracing.errors import _control_flow_error
+from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX
+from fxgrad.tracing.numpy_args import _numpy_dtype_names, _takes_numpy_dtypes
+from fxgrad.tracing.patches import (
+    _IS_GRAD_ENABLED,
+    _MODE_SWITCHES,
+    _ORIG_CHECKPOINT,
+    _RANDOM_FACTORIES,
+    _SET_GRAD_ENABLED,
+    _has_proxy,
+)
+from fxgrad.tracing.proxy import FxgradProxy, _is_meta_expr
+
+# ---------------------------------------------------------------------------------------
+# The tracer
+
+
+def has_hooks(m: torch.nn.Module) -> bool:
+    """Whether a module has forward or backward hooks of its own registered."""
+    return any(
+        getattr(m, name, None)
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
+    )
+
+
+class FxgradTracer(fx.Tracer):
+    """A Tracer that records mutations, NumPy calls and grad modes, and propagates values.
+
+    With `values` (example leaves by placeholder), recorded ops are also run on real values
+    under `no_grad`, which answers `len()`, iteration and shape branches exactly. They run
+    lazily, in recording order, when the forward first asks such a question: a forward
+    that never asks one (most models) costs no extra run of the model.
+    """
+
+    def __init__(self, leaves: list[Any] | None, in_spec: pytree.TreeSpec, sig_kinds: Any):
+        super().__init__()  # autowraps `math` functions, as plain fx does
+        self.proxy_buffer_attributes = True  # buffer reads and writes become graph nodes
+        self._leaves = leaves
+        self._in_spec = in_spec
+        self._call = sig_kinds
+        self._values: dict[fx.Node, Any] = {}
+        self._pending: list[fx.Node] = []  # recorded, not yet run on the example values
+        self._propagate = leaves is not None
+        self.in_propagation = False
+        self.propagation_error: BaseException | None = None
+        self.propagation_node: fx.Node | None = None
+        self._grad_stack: list[fx.Proxy] = []
+        self.notes: list[str] = []
+        self._meta_memo: dict[fx.Node, bool] = {}
+        self.out_spec: pytree.TreeSpec | None = None
+        self.placeholder_leaf_index: list[int] = []
+        # (id(module), name) of plain tensor attributes, held in the buffer table while
+        # tracing so that reading them gives a traced value (see capture()).
+        self.plain_attributes: set[tuple[int, str]] = set()
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return FxgradProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **kw):  # noqa: ANN001
+        if _takes_numpy_dtypes(kind, target):
+            args, kwargs = _numpy_dtype_names((args, kwargs))
+        return super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind not in ("placeholder", "output"):
+            loc = user_frame_location(2)
+            if loc is not None:
+                node.meta["fxgrad_loc"] = loc
+        if self._propagate and kind not in ("placeholder", "output"):
+            if kind == "get_attr":
+                self._run_node(node)  # read now: the forward may rebind the attribute later
+            else:
+                self._pending.append(node)
+        return node
+
+    def run_pending(self) -> None:
+        """Run the recorded ops not yet run on the example values, in recording order.
+
+        In-place ops and RNG draws happen in the order the forward made them, so every
+        value is what eager PyTorch computes at that point of the forward.
+        """
+        pending, self._pending = self._pending, []
+        for node in pending:
+            if not self._propagate:
+                break
+            self._run_node(node)
+
+    def _run_node(self, node: fx.Node) -> None:
+        def value_of(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a not in self._values:
+                    raise KeyError(a)
+                return self._values[a]
+            return a
+
+        try:
+            args = fx.node.map_aggregate(node.args, value_of)
+            kwargs = fx.node.map_aggregate(node.kwargs, value_of)
+        except KeyError:
+            return
+        self.in_propagation = True
+        # Under no_grad, switched by the C functions themselves: torch.no_grad() is patched
+        # to record, and entering it once per node was a good part of propagation's cost.
+        prev = torch._C.is_grad_enabled()
+        _SET_GRAD_ENABLED(False)
+        try:
+            if node.op == "get_attr":
+                obj: Any = self.root
+                for atom in str(node.target).removeprefix(ROOT_ATTR + ".").split("."):
+                    obj = getattr(obj, atom)
+                value = obj
+            elif node.op == "call_module":
+                value = find_submodule(self.root, node.target)(*args, **kwargs)
+            elif node.op == "call_method":
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            elif node.target in _MODE_SWITCHES:
+                value = None  # keep propagation itself under no_grad
+            else:
+                value = node.target(*args, **kwargs)
+        except Exception as e:  # the capture check reproduces this against eager
+            self._propagate = False
+            self.propagation_error = e
+            self.propagation_node = node
+            return
+        finally:
+            _SET_GRAD_ENABLED(prev)
+            self.in_propagation = False
+        self._values[node] = value
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self.in_propagation:
+            return attr_val  # running real values: modules see their real parameters
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_arg(self, a: Any) -> Any:
+        try:
+            return super().create_arg(a)
+        except (NotImplementedError, NameError):  # NameError: a parameter of no submodule
+            # An object fx cannot spell in code (a torch.Generator, a NumPy array, a user
+            # object passed to a recorded call): kept as a constant the graph reads, the
+            # very object eager would use, as fx does for tensors.
+            qualname = self.get_fresh_qualname(STOWED_PREFIX)
+            object.__setattr__(self.root, qualname, a)
+            return self.create_node("get_attr", qualname, (), {})
+
+    def record_factory(self, fn: Callable, args: tuple, kwargs: dict) -> fx.Proxy | None:
+        """Record a tensor factory called from model code; None if it cannot be recorded."""
+        try:
+            proxy = self.create_proxy("call_function", fn, args, kwargs)
+        except Exception:
+            return None  # an argument fx cannot hold: made once, as before
+        if not self._propagate and fn not in _RANDOM_FACTORIES and not _has_proxy((args, kwargs)):
+            # Without example inputs its value is still known (it depends on no input), so
+            # `len()` of it or iterating over it is answered as eager would.
+            with contextlib.suppress(Exception):
+                prev = torch._C.is_grad_enabled()
+                _SET_GRAD_ENABLED(False)
+                try:
+                    self._values[proxy.node] = fn(*args, **kwargs)
+                finally:
+                    _SET_GRAD_ENABLED(prev)
+        return proxy
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if super().is_leaf_module(m, module_qualified_name):
+            return True
+        if module_qualified_name and has_hooks(m):
+            # Traced through, its hooks would never run in the fixed module (a feature
+            # extractor's forward hook, a weight-norm pre-hook): kept as one call instead.
+            note = (
+                f"self.{module_qualified_name} has hooks, so it is kept as one call and its "
+                "hooks still run; fxgrad does not look inside it"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+            return True
+        return False
+
+    def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
+        if self.in_propagation:
+            return forward(*args, **kwargs)
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return self._call_unowned(m, forward, args, kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def _call_unowned(self, m, forward, args, kwargs):  # noqa: ANN001
+        """A module that is no submodule of the model: held in a global, built inline.
+
+        torch.nn's own modules (`nn.ReLU()(x)` in a forward) and modules with hooks become
+        one call of that very module object, kept as a constant of the graph; any other
+        module's forward is traced through, as the model's own code is.
+        """
+        if super().is_leaf_module(m, "") or has_hooks(m):
+            name = self.get_fresh_qualname(STOWED_PREFIX)
+            object.__setattr__(self.root, name, m)
+            return self.create_proxy("call_module", name, args, kwargs)
+        return forward(*args, **kwargs)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):  # noqa: ANN001
+        in_spec, call = self._in_spec, self._call
+        n_leaves = in_spec.num_leaves
+        consts = call.constants
+        placeholders: list[Any] = []
+        for i in range(n_leaves):
+            if i in consts:
+                placeholders.append(consts[i])
+                continue
+            name = call.leaf_names[i]
+            proxy = self.create_proxy("placeholder", name, (), {})
+            self.placeholder_leaf_index.append(i)
+            if self._leaves is not None:
+                self._values[proxy.node] = self._leaves[i]
+            placeholders.append(proxy)
+
+        own = self.root.__dict__.get("forward") if isinstance(self.root, torch.nn.Module) else None
+        if callable(own):  # `self.forward = self.forward_fast` in __init__ wins, as in eager
+
+            def root_fn(root: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+                return root.__dict__["forward"](*args, **kwargs)
+
+        def flat_forward(root: torch.nn.Module, *_: Any) -> tuple[Any, ...]:
+            args, kwargs = pytree.tree_unflatten(placeholders, in_spec)
+            out = root_fn(root, *args, **kwargs)
+            _register_dataclasses(out)
+            leaves, self.out_spec = pytree.tree_flatten(out)
+            return tuple(leaves)
+
+        return flat_forward, [self.root]
+
+    # -- Python-level questions ------------------------------------------------------------
+
+    def _where(self) -> str:
+        loc = user_frame_location(3)
+        if loc is None:
+            return "an unknown line"
+        import os
+
+        return f"{os.path.basename(loc[0])}:{loc[1]}"
+
+    def concretize(self, proxy: fx.Proxy, kind: str) -> Any:
+        """Answer bool()/index() of a size-like proxy from the example values, guarded."""
+        node = proxy.node
+        if not _is_meta_expr(node, self._meta_memo):
+            raise _control_flow_error(self._where(), kind)
+        self.run_pending()
+        if node not in self._values:
+            raise TraceError(
+                f"The forward needs a concrete {kind} of a shape, dtype or device at "
+                f"{self._where()}, "
+                "and without example inputs fxgrad cannot know it.",
+                hint="Pass example inputs: fxgrad.fix(model, (x,)). The graph then "
+                "checks on every call that the answer still holds.",
+            )
+        value = self._values[node]
+        answer = _ANSWERS[kind](value)
+        self.create_proxy("call_function", fxgrad_guard, (proxy, answer, kind, self._where()), {})
+        return answer
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return self.concretize(obj, "bool")
+
+    def _length(self, proxy: fx.Proxy) -> int:
+        node = proxy.node
+        self.run_pending()
+        if node in self._values:
+            try:
+                n = len(self._values[node])
+            except TypeError:
+                n = None
+            if n is not None:
+                self.create_proxy(
+                    "call_function", fxgrad_guard, (proxy, n, "len", self._where()), {}
+                )
+                return n
+        static = _static_length(node)
+        if static is not None:
+            return static
+        raise TraceError(
+            f"The forward takes len() of, or iterates over, a traced value at {self._where()} "
+            "and fxgrad cannot tell its length without example inputs.",
+            hint="Pass example inputs: fxgrad.fix(model, (x,)); or unpack a fixed number "
+            "of items (`a, b = x.chunk(2)`).",
+        )
+
+    def proxy_len(self, proxy: fx.Proxy) -> int:
+        return self._length(proxy)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        n = self._length(obj)
+        return iter([obj[i] for i in range(n)])
+
+    # -- module state written in forward -------------------------------------------------
+
+    def record_module_setattr(self, mod: torch.nn.Module, name: str, value: fx.Proxy) -> bool:
+        """Record `mod.name = value` as a graph node so the fixed module keeps the write."""
+        try:
+            path = self.path_of_module(mod)
+        except NameError:
+            return False
+        plain = (id(mod), name) in self.plain_attributes
+        if name in mod._buffers and not plain:
+            target = f"{path}._buffers" if path else "_buffers"
+            holder = self.create_proxy("get_attr", target, (), {})
+            self.create_proxy("call_function", operator.setitem, (holder, name, value), {})
+            mod._buffers[name] = value  # later reads in this forward see the new value
+            return True
+        # The module itself, as generated code reads it: a plain attribute the forward
+        # rebinds (`self.state = h.detach()`) is rebound on the user's module, as in eager.
+        owner = self.create_proxy("get_attr", path or ROOT_ATTR, (), {})
+        self.create_proxy("call_function", builtins.setattr, (owner, name, value), {})
+        if plain:
+            mod._buffers[name] = value  # read back through the buffer table while tracing
+        else:
+            mod.__dict__[name] = value
+        return True
+
+    # -- activation checkpointing -----------------------------------------------------------
+
+    def record_checkpoint(self, function: Any, args: tuple, kwargs: dict) -> Any:
+        path = None
+        if isinstance(function, torch.nn.Module):
+            with contextlib.suppress(NameError):
+                path = self.path_of_module(function)
+        if path:
+            holder = self.create_proxy("get_attr", path, (), {})
+            return self.create_proxy("call_function", _ORIG_CHECKPOINT, (holder, *args), kwargs)
+        self.notes.append(
+            f"torch.utils.checkpoint at {self._where()} was traced through: the fixed module "
+            "computes the same values and gradients but keeps the activations checkpointing "
+            "would recompute (more memory); pass a submodule to checkpoint() to keep it"
+        )
+        own = {"use_reentrant", "context_fn", "determinism_check", "debug", "preserve_rng_state"}
+        return function(*args, **{k: v for k, v in kwargs.items() if k not in own})
+
+    # -- grad-mode regions ------------------------------------------------------------------
+
+    def enter_grad_mode(self, mode: Any) -> None:
+        prev = self.create_proxy("call_function", _IS_GRAD_ENABLED, (), {})
+        self._grad_stack.append(prev)
+        self.create_proxy("call_function", _SET_GRAD_ENABLED, (mode,), {})
+
+    def exit_grad_mode(self) -> None:
+        if self._grad_stack:
+            prev = self._grad_stack.pop()
+            self.create_proxy("call_function", _SET_GRAD_ENABLED, (prev,), {})
+
+
+def _static_length(node: fx.Node) -> int | None:
+    """Length of a call result that its arguments alone determine (`x.split([2, 3])`)."""
+    target = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function"):
+        return None
+    if target in ("split", "split_with_sizes"):
+        sizes = node.kwargs.get("split_size_or_sections", node.kwargs.get("split_sizes"))
+        if sizes is None and len(node.args) > 1:
+            sizes = node.args[1]
+        if isinstance(sizes, (list, tuple)):
+            return len(sizes)
+    return None
