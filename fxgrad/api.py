@@ -73,7 +73,7 @@ _HOOK_TABLES = tuple(k for k in nn.Module().__dict__ if "hook" in k)
 class _Options:
     passes: list[Pass]
     verify: bool
-    measure: Measure | None
+    measure: Measure | bool | None  # False: measured passes use only cached decisions
     max_variants: int = MAX_VARIANTS
 
 
@@ -671,7 +671,12 @@ def _decide_on(
             if captured.gm.code == skip_if_code:
                 return None
             code = captured.gm.code
-            ctx = Context(example_inputs=None, measure=opts.measure or default_measure, module=root)
+            ctx = Context(
+                example_inputs=None,
+                measure=_timer(opts),
+                measure_enabled=opts.measure is not False,
+                module=root,
+            )
             changes, notes = run_passes(captured.gm, opts.passes, ctx, None, opts.verify)
             report.code_before, report.code_after = code, captured.gm.code
             report.changes.extend(changes)
@@ -703,7 +708,8 @@ def _decide_captured(
     state.copy_always = _writes_through_data(captured.gm)
     ctx = Context(
         example_inputs=example,
-        measure=opts.measure or default_measure,
+        measure=_timer(opts),
+        measure_enabled=opts.measure is not False,
         reset_state=state.reset,
         private_state=True,
         module=root,
@@ -861,8 +867,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _timer(opts: _Options) -> Measure:
+    return opts.measure if callable(opts.measure) else default_measure
+
+
 def _options(
-    select: Any, ignore: Any, verify: bool, measure: Measure | None, max_variants: int
+    select: Any, ignore: Any, verify: bool, measure: Measure | bool | None, max_variants: int
 ) -> _Options:
     from fxgrad.passes import ALL
 
@@ -882,7 +892,7 @@ def fix(
     select: str | Iterable[str] | None = None,
     ignore: str | Iterable[str] | None = None,
     verify: bool = True,
-    measure: Measure | None = None,
+    measure: Measure | bool | None = None,
     max_variants: int = MAX_VARIANTS,
 ) -> FixedModule:
     """Return a drop-in module that runs `model` with its autograd hazards rewritten.
@@ -894,7 +904,8 @@ def fix(
     decided on it; see `fxgrad.guards`. Every rewrite is verified against eager on the
     call it was decided on. The original model is never changed by fixing; the fixed
     module shares its submodules, parameters and buffers. `select`/`ignore` take pass
-    codes or prefixes ("FXG1"); `measure` replaces the timer measured passes use.
+    codes or prefixes ("FXG1"); `measure` replaces the timer measured passes use, and
+    `measure=False` makes them time nothing (only decisions cached earlier apply).
     """
     model = _unwrap(model)
     opts = _options(select, ignore, verify, measure, max_variants)
@@ -941,7 +952,7 @@ def check(
     *,
     select: str | Iterable[str] | None = None,
     ignore: str | Iterable[str] | None = None,
-    measure: Measure | None = None,
+    measure: Measure | bool | None = None,
 ) -> Report:
     """Return the Report of what fixing would change, in both train and eval mode.
 

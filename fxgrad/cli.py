@@ -527,6 +527,12 @@ def _target_options(fn: Callable) -> Callable:
             is_flag=True,
             help="Also show the layout decisions to keep code as is (FXG201's measurements).",
         ),
+        click.option(
+            "--no-measure",
+            "no_measure",
+            is_flag=True,
+            help="Time nothing: measured passes (FXG201) apply only decisions cached earlier.",
+        ),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -540,6 +546,7 @@ def _run(
     training: bool | None,
     select: str | None,
     ignore: str | None,
+    no_measure: bool = False,
 ) -> fxgrad.FixedModule:
     loaded = load_target(target, input_specs, inputs_from, training)
     if loaded.inputs is None:  # nothing to run the model on: decide statically
@@ -547,7 +554,11 @@ def _run(
 
         return fix_static(loaded.model, select=split_codes(select), ignore=split_codes(ignore))
     return fxgrad.fix(
-        loaded.model, loaded.inputs, select=split_codes(select), ignore=split_codes(ignore)
+        loaded.model,
+        loaded.inputs,
+        select=split_codes(select),
+        ignore=split_codes(ignore),
+        measure=False if no_measure else None,
     )
 
 
@@ -575,12 +586,14 @@ def main() -> None:
 
 @main.command(epilog=TARGET_HELP + "\n\n" + EXIT_CODES)
 @_target_options
-def check(target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose):
+def check(
+    target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose, no_measure
+):
     """Show the hazards fxgrad finds in TARGET and what it would change.
 
     Exits 1 when there is anything to act on, as a linter does.
     """
-    fixed = _run(target, input_specs, inputs_from, training, select, ignore)
+    fixed = _run(target, input_specs, inputs_from, training, select, ignore, no_measure)
     report = _report(fixed)
     click.echo(report.to_json() if fmt == "json" else report.table(verbose=verbose))
     _write_dot(dot, fixed, report)
@@ -594,12 +607,14 @@ def check(target, input_specs, inputs_from, training, select, ignore, fmt, dot, 
     default=None,
     help="Colour the diff (default: when stdout is a terminal).",
 )
-def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose, color):
+def diff(
+    target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose, no_measure, color
+):
     """Show a unified diff of TARGET's generated code before and after; writes nothing.
 
     The diff goes to stdout, the table of changes to stderr.
     """
-    fixed = _run(target, input_specs, inputs_from, training, select, ignore)
+    fixed = _run(target, input_specs, inputs_from, training, select, ignore, no_measure)
     report = _report(fixed)
     if fmt == "json":
         click.echo(report.to_json())
@@ -623,7 +638,19 @@ def diff(target, input_specs, inputs_from, training, select, ignore, fmt, dot, v
     type=click.Path(file_okay=False),
     help="Folder to write module.py and state_dict.pt into.",
 )
-def fix(target, input_specs, inputs_from, training, select, ignore, fmt, dot, verbose, output):
+def fix(
+    target,
+    input_specs,
+    inputs_from,
+    training,
+    select,
+    ignore,
+    fmt,
+    dot,
+    verbose,
+    no_measure,
+    output,
+):
     """Write TARGET's fixed graph to a folder as importable code and weights.
 
     The folder holds module.py (the code, its imports and a class that loads the
@@ -631,7 +658,7 @@ def fix(target, input_specs, inputs_from, training, select, ignore, fmt, dot, ve
     """
     from fxgrad.export import _load_instructions, write_folder
 
-    fixed = _run(target, input_specs, inputs_from, training, select, ignore)
+    fixed = _run(target, input_specs, inputs_from, training, select, ignore, no_measure)
     report = _report(fixed)
     folder = Path(output)
     class_name = write_folder(fixed, folder)

@@ -1049,3 +1049,21 @@ def test_console_script_loads_package_modules_like_python_dash_m(tmp_path):
         )
         assert done.returncode == 1, (target, done.stderr)
         assert "net.py:15" in done.stdout and "FXG101" in done.stdout
+
+
+def test_no_measure_reaches_fix(monkeypatch):
+    """--no-measure is fix(..., measure=False): FXG201 applies only cached decisions."""
+    seen = {}
+    real_fix = fxgrad.fix
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_fix(*args, **kwargs)
+
+    monkeypatch.setattr(fxgrad, "fix", spy)
+    result = CliRunner().invoke(
+        main,
+        ["check", "examples/unsafe_inplace.py:Model", "--input", "float32[4,8]", "--no-measure"],
+    )
+    assert result.exit_code == 1, result.output  # the example has an unsafe write
+    assert seen["measure"] is False

@@ -557,6 +557,14 @@ def test_measuring_off_uses_the_cache_only():
     assert change.applied and "cached" in change.note
 
 
+def test_fix_with_measure_false_times_nothing():
+    example = _heads(2, 256, 128)
+    fixed = fxgrad.fix(PrefixHeads(), example, select=["FXG201"], measure=False)
+    (change,) = fixed.report.changes
+    assert not change.applied
+    assert "not measured: measuring is off and no decision is cached" in change.note
+
+
 def test_the_key_holds_device_and_torch_version(monkeypatch):
     example = _heads(2, 256, 128)
     measure, calls = _counting(HEAD_TIMES)
