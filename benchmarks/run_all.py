@@ -93,6 +93,14 @@ BENCHES = (
         ("--quick", "--markdown", "-"),
         True,
     ),
+    Bench(
+        "per_call",
+        "per-call cost: fixed module vs eager",
+        "per_call.py",
+        ("--markdown",),
+        ("--markdown", "--quick"),
+        True,
+    ),
     Bench("inplace_memory", "in-place rewrites: memory", "inplace_memory.py", (), (), False),
     Bench("numpy", "NumPy round trips", "numpy_detour.py", (), (), False),
 )
