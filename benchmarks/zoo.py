@@ -1,102 +1,80 @@
-"""Zoo: fxgrad.fix() over every torchvision model, checked against eager PyTorch.
+"""Zoo: fxgrad.fix() over torchvision, timm and transformers models, checked against eager.
 
-    python benchmarks/zoo.py [--quick] [--models resnet18,raft_small] [--modes train,eval]
-                             [--families classification,video] [--markdown]
+    python benchmarks/zoo.py [--library torchvision,timm,transformers] [--quick]
+                             [--models resnet18,timm:test_vit,gpt2] [--modes train,eval]
+                             [--families classification,decoder] [--markdown]
 
-For every classification model (`torchvision.models.list_models(module=torchvision.models)`)
-and every video, optical-flow and segmentation model, built with random weights and small
-inputs, in train and eval mode, it prints:
+The models (zoo_models.py): every torchvision classification, video, optical-flow and
+segmentation model; the smallest variant of every timm model module plus timm's test
+models; 40 transformers architectures from tiny configs, called with keyword arguments
+(`input_ids=..., attention_mask=..., labels=...`, `pixel_values=...`, ...). All are built
+with random weights, offline, and run in train and eval mode. For each it prints:
 
-- traced: whether `fix(model, inputs)` captured the model (or the fxgrad error it gave),
-- changes: rewrites fix() made (these models are safe: it must be 0),
-- forward: the fixed model's outputs equal eager's (`torch.testing.assert_close`),
+- front-end: the capture front-end that produced the graph (fxgrad's fx tracer),
+- captured: whether `fix(model, args, kwargs)` captured the model (or the error it gave),
+- rewrites: changes fix() made. These models are autograd-safe, so an FXG101 or FXG301
+  rewrite is a problem; FXG201's `.contiguous()` before `cat`, made only where measured to
+  be faster, is listed under notes,
+- forward: the fixed model's outputs equal eager's (`torch.testing.assert_close`; the
+  output's structure too: ModelOutput fields, a DynamicCache's tensors),
 - grads: the gradients of every parameter (`torch.autograd.grad`, one random cotangent
-  per output, the same seed for both runs, so dropout draws the same mask) equal eager's,
+  per differentiable output, the same seed for both runs, so dropout draws the same mask)
+  equal eager's,
+- buffers: the module's buffers after the fixed call equal those after the eager call
+  (BatchNorm running statistics in train mode),
+- untouched: fix() left the user's module as it was: every submodule's parameters,
+  buffers, `.grad`, version counters and plain attributes compared with a deep copy taken
+  before, after fix() and again after a second fix(),
 - nodes: nodes in the captured graph,
-- fix(inputs), fix() and symbolic_trace: one timing each in seconds (this is a
-  correctness sweep; see capture.py for interleaved, repeated timings), or the error.
+- fix s, symbolic_trace s, vendor fx s: one timing each in seconds (a correctness sweep;
+  see capture.py for interleaved, repeated timings), or the error. symbolic_trace is plain
+  `torch.fx.symbolic_trace`; vendor fx is the library's own fx tracer where it has one
+  (torchvision's and timm's feature-extraction tracer with their leaf modules and
+  autowrapped functions; transformers 5 has none), with whether its graph runs and gives
+  eager's outputs. Both get the forward's unpassed arguments as `concrete_args` (their
+  defaults), as one traces a model called with keywords.
 
-Inputs are 2x3x64x64 where the model allows it. Models with a fixed input size get their
-smallest one: ViTs are built for 4x4 patches (image_size 56, 64 or 128), maxvit_t and s3d
-need 224x224, mvit 16x224x224, inception_v3 299x299 (its train-mode aux head), RAFT
-128x128. Batch 2 everywhere except the 224x224
-video models (batch 1: their BatchNorm still sees many values per channel).
-
-A "problems" section lists every model where fix() changed something, broke equality, or
-failed with anything other than a clear fxgrad error; fxgrad errors fix() gives on purpose
-(models a graph cannot capture) are listed under "not captured", with the error.
+A "problems" section lists every run where fix() changed something, broke equality,
+touched the user's module, or failed with anything other than a clear fxgrad error;
+fxgrad errors fix() gives on purpose (models a graph cannot capture) are listed under
+"not captured", with the error. Each library's summary counts captured runs and, where the
+library has an fx tracer, whether fxgrad captures every model that tracer captures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import gc
+import inspect
+import logging
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
-import torchvision
 from tabulate import tabulate
 from torch import fx, nn
 
 import fxgrad
 from fxgrad.errors import FxgradError
 
-FAMILIES = ("classification", "video", "optical_flow", "segmentation")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zoo_models  # noqa: E402
+from zoo_models import LIBRARIES, QUICK, TORCHVISION_FAMILIES, Spec, vendor_tracer  # noqa: E402
 
-# A representative subset for --quick: one or two of each family, all small.
-QUICK = (
-    "resnet18",
-    "mobilenet_v3_small",
-    "squeezenet1_0",
-    "shufflenet_v2_x0_5",
-    "regnet_x_400mf",
-    "efficientnet_b0",
-    "googlenet",
-    "vit_b_32",
-    "swin_t",
-    "r3d_18",
-    "raft_small",
-    "lraspp_mobilenet_v3_large",
-)
+__all__ = ["Spec", "Row", "run", "check_model", "compare", "table", "summary", "main"]
 
-# Build arguments and input shapes for models that cannot take the defaults.
-_VIT_PATCH = {"vit_b_16": 16, "vit_b_32": 32, "vit_l_16": 16, "vit_l_32": 32, "vit_h_14": 14}
-_SHAPES: dict[str, tuple[int, ...]] = {
-    "inception_v3": (2, 3, 299, 299),  # train mode: its aux head needs the full size
-    "maxvit_t": (2, 3, 224, 224),
-    "s3d": (1, 3, 16, 224, 224),
-    "mvit_v1_b": (1, 3, 16, 224, 224),
-    "mvit_v2_s": (1, 3, 16, 224, 224),
-}
-_DEFAULT_SHAPE = {
-    "classification": (2, 3, 64, 64),
-    "video": (2, 3, 8, 32, 32),
-    "optical_flow": (1, 3, 128, 128),
-    "segmentation": (2, 3, 64, 64),
-}
-
-
-@dataclass
-class Spec:
-    """One model to run: how to build it and its example inputs."""
-
-    name: str
-    family: str
-    build: Callable[[], nn.Module]
-    shape: tuple[int, ...]
-    n_inputs: int = 1  # optical flow takes two images
-
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        gen = torch.Generator().manual_seed(1)
-        return tuple(torch.randn(self.shape, generator=gen) for _ in range(self.n_inputs))
+FAMILIES = TORCHVISION_FAMILIES
+VENDOR_NAME = {"torchvision": "torchvision fx", "timm": "timm fx"}
 
 
 @dataclass
@@ -107,16 +85,21 @@ class Row:
     name: str
     mode: str
     shape: str
+    library: str = "torchvision"
     params_m: float = 0.0
+    frontend: str = ""
     traced: str = ""
     error: BaseException | None = None
     changes: int | None = None
     forward: str = ""
     grads: str = ""
+    buffers: str = ""
+    untouched: str = ""
     nodes: int | None = None
     fix_inputs_s: float | None = None
-    fix_static: str = ""
     fx_trace: str = ""
+    vendor: str = ""  # the vendor tracer's time, or why it failed; "" : the library has none
+    vendor_captured: bool | None = None  # its graph ran and gave eager's outputs
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -125,41 +108,8 @@ class Row:
         return not self.problems
 
 
-def specs(families: tuple[str, ...] = FAMILIES) -> list[Spec]:
-    """Every model of the requested torchvision families, with its build and input shape."""
-    from torchvision import models as M
-
-    out: list[Spec] = []
-    modules = {
-        "classification": M,
-        "video": M.video,
-        "optical_flow": M.optical_flow,
-        "segmentation": M.segmentation,
-    }
-    for family in families:
-        for name in M.list_models(module=modules[family]):
-            kwargs: dict[str, Any] = {"weights": None}
-            shape = _SHAPES.get(name, _DEFAULT_SHAPE[family])
-            if family == "segmentation":
-                kwargs["weights_backbone"] = None
-            if name in _VIT_PATCH:
-                kwargs["image_size"] = 4 * _VIT_PATCH[name]
-                shape = (2, 3, kwargs["image_size"], kwargs["image_size"])
-            if name == "inception_v3":
-                kwargs["init_weights"] = True  # silences the default-init warning
-            if name == "googlenet":
-                kwargs["init_weights"] = True
-            n_inputs = 2 if family == "optical_flow" else 1
-
-            def build(name: str = name, kwargs: dict = kwargs) -> nn.Module:
-                return torchvision.models.get_model(name, **kwargs)
-
-            out.append(Spec(name, family, build, shape, n_inputs))
-    return out
-
-
 # ---------------------------------------------------------------------------------------
-# Checks
+# Errors and timing
 
 
 def _first_line(e: BaseException) -> str:
@@ -176,21 +126,98 @@ def _describe_error(e: BaseException) -> str:
     return f"raw {type(e).__name__}{where}: {_first_line(e)}"
 
 
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, BaseException | None]:
+    start = time.perf_counter()
+    try:
+        value = fn()
+    except Exception as e:  # every failure is reported, never raised
+        return None, time.perf_counter() - start, e
+    return value, time.perf_counter() - start, None
+
+
+class ZooTimeout(Exception):
+    """One model ran past --timeout."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise ZooTimeout in the main thread after `seconds` (no-op elsewhere or when None)."""
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise ZooTimeout(f"ran past {seconds:.0f} s")
+
+    try:
+        old = signal.signal(signal.SIGALRM, alarm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs: every leaf, ModelOutput fields and cache objects included
+
+
+def output_leaves(obj: Any) -> list[tuple[str, Any]]:
+    """(path, value) for every leaf of a model's output, in a fixed order.
+
+    Tensors, lists, tuples, dicts (a transformers ModelOutput is one) and plain objects
+    such as a DynamicCache (walked through their attributes, a few levels deep).
+    """
+    out: list[tuple[str, Any]] = []
+
+    def walk(o: Any, path: str, depth: int) -> None:
+        if isinstance(o, torch.Tensor) or o is None or isinstance(o, (bool, int, float, str)):
+            out.append((path, o))
+        elif isinstance(o, dict):
+            for k in o:
+                walk(o[k], f"{path}.{k}", depth)
+        elif isinstance(o, (list, tuple)):
+            for i, x in enumerate(o):
+                walk(x, f"{path}[{i}]", depth)
+        elif hasattr(o, "__dict__") and depth < 4 and not isinstance(o, nn.Module):
+            for k, v in sorted(vars(o).items()):
+                if not callable(v) or isinstance(v, torch.Tensor):
+                    walk(v, f"{path}.{k}", depth + 1)
+        else:
+            out.append((path, f"<{type(o).__name__}>"))
+
+    walk(obj, type(obj).__name__, 0)
+    return out
+
+
 def forward_backward(
-    fn: Callable, inputs: tuple, params: list[torch.Tensor], seed: int = 0
+    fn: Callable, inputs: tuple, params: list[torch.Tensor], seed: int = 0, kwargs: Any = None
 ) -> tuple[list[Any], list[torch.Tensor | None]]:
-    """Outputs and parameter gradients of fn(*inputs) for a fixed seed and random cotangents."""
+    """Output leaves and parameter gradients of fn(*inputs, **kwargs), for a fixed seed."""
     torch.manual_seed(seed)
-    out = pytree.tree_leaves(fn(*inputs))
-    diff = [
-        o for o in out if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad
-    ]
-    if not diff:
-        return out, []
+    leaves = output_leaves(fn(*inputs, **(kwargs or {})))
+    values = [v for _, v in leaves]
+    diff, seen = [], set()
+    for v in values:
+        if (
+            isinstance(v, torch.Tensor)
+            and v.is_floating_point()
+            and v.requires_grad
+            and id(v) not in seen
+        ):
+            seen.add(id(v))
+            diff.append(v)
+    detached = [(p, v.detach() if isinstance(v, torch.Tensor) else v) for p, v in leaves]
+    if not diff or not params:
+        return detached, []
     gen = torch.Generator().manual_seed(seed + 1)
     cot = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in diff]
     grads = torch.autograd.grad(diff, params, cot, allow_unused=True)
-    return [o.detach() if isinstance(o, torch.Tensor) else o for o in out], list(grads)
+    return detached, list(grads)
 
 
 def _close(actual: Any, expected: Any, rtol: float, atol_scale: float) -> str | None:
@@ -200,7 +227,15 @@ def _close(actual: Any, expected: Any, rtol: float, atol_scale: float) -> str | 
     models with large activations or gradients are compared at their own scale.
     """
     if isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor):
-        scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+        if actual.shape != expected.shape or actual.dtype != expected.dtype:
+            return (
+                f"{actual.dtype} {tuple(actual.shape)} instead of "
+                f"{expected.dtype} {tuple(expected.shape)}"
+            )
+        if not expected.is_floating_point() and not expected.is_complex():
+            return None if torch.equal(actual, expected) else "integer values differ"
+        finite = expected.detach()[expected.detach().isfinite()]
+        scale = finite.abs().max().item() if finite.numel() else 0.0
         try:
             torch.testing.assert_close(
                 actual, expected, rtol=rtol, atol=atol_scale * max(scale, 1e-6), equal_nan=True
@@ -217,6 +252,22 @@ def _close(actual: Any, expected: Any, rtol: float, atol_scale: float) -> str | 
 
 
 def compare(actual: list, expected: list, rtol: float, atol_scale: float) -> str:
+    """ "yes", or "NO: ..." naming the first value (or output field) that differs."""
+    pairs = all(isinstance(x, tuple) and len(x) == 2 for x in (*actual, *expected))
+    if pairs and (actual or expected):
+        paths_a, paths_e = [p for p, _ in actual], [p for p, _ in expected]
+        if paths_a != paths_e:
+            missing = [p for p in paths_e if p not in paths_a]
+            extra = [p for p in paths_a if p not in paths_e]
+            what = f"missing {missing[0]}" if missing else f"extra {extra[0]}" if extra else ""
+            if not what:
+                what = f"{paths_a[0]} instead of {paths_e[0]}"
+            return f"NO: output structure differs ({what})"
+        for (path, a), (_, e) in zip(actual, expected):
+            bad = _close(a, e, rtol, atol_scale)
+            if bad is not None:
+                return f"NO: {path}: {bad}"
+        return "yes"
     if len(actual) != len(expected):
         return f"NO: {len(actual)} values instead of {len(expected)}"
     for i, (a, e) in enumerate(zip(actual, expected)):
@@ -226,36 +277,268 @@ def compare(actual: list, expected: list, rtol: float, atol_scale: float) -> str
     return "yes"
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float, BaseException | None]:
-    start = time.perf_counter()
+# ---------------------------------------------------------------------------------------
+# The user's module: a deep snapshot, compared after fix()
+
+
+class _FrozenTensor:
+    """A tensor's value, dtype, shape, requires_grad, version and `.grad`, frozen."""
+
+    def __init__(self, t: torch.Tensor, with_grad: bool = True) -> None:
+        self.meta = (t.dtype, tuple(t.shape), t.device, t.requires_grad, t._version)
+        self.value = t.detach().clone()
+        g = t.grad if with_grad and t.is_leaf else None
+        self.grad = None if g is None else _FrozenTensor(g, with_grad=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _FrozenTensor) or self.meta != other.meta:
+            return False
+        if not torch.equal(self.value, other.value):
+            nan = self.value.is_floating_point() and bool(
+                torch.isnan(self.value).any() or torch.isnan(other.value).any()
+            )
+            if not nan or not torch.allclose(self.value, other.value, 0, 0, equal_nan=True):
+                return False
+        return self.grad == other.grad
+
+    def __hash__(self) -> int:
+        return hash(self.meta)
+
+    def differs(self, other: _FrozenTensor) -> str:
+        names = ("dtype", "shape", "device", "requires_grad", "version counter")
+        for name, a, b in zip(names, self.meta, other.meta):
+            if a != b:
+                return f"{name} {a} -> {b}"
+        if (self.grad is None) != (other.grad is None):
+            return f".grad {'None' if self.grad is None else 'set'} -> " + (
+                "None" if other.grad is None else "set"
+            )
+        if self.grad is not None and self.grad != other.grad:
+            return ".grad changed"
+        return "values changed"
+
+
+_PLAIN = (bool, int, complex, str, bytes, torch.dtype, torch.device, torch.Size, type)
+_TABLES = ("_parameters", "_buffers", "_modules")
+
+
+def _freeze(v: Any, depth: int = 0) -> Any:
+    """A comparable deep copy of a plain attribute (objects by identity past 3 levels)."""
+    if isinstance(v, torch.Tensor):
+        return _FrozenTensor(v)
+    if v is None or isinstance(v, _PLAIN):
+        return v
+    if isinstance(v, float):
+        return ("float", repr(v))
+    if isinstance(v, nn.Module):
+        return ("module", id(v))
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, tuple(_freeze(x, depth + 1) for x in v))
+    if isinstance(v, dict):
+        return (type(v).__name__, tuple((_freeze(k), _freeze(x, depth + 1)) for k, x in v.items()))
+    if isinstance(v, (set, frozenset)):
+        return (type(v).__name__, tuple(sorted(repr(x) for x in v)))
+    if type(v).__module__ == "numpy" and hasattr(v, "tobytes"):
+        return ("numpy", str(getattr(v, "dtype", "")), getattr(v, "shape", ()), v.tobytes())
+    if callable(v) or depth >= 3 or not hasattr(v, "__dict__"):
+        return ("object", type(v).__qualname__, id(v))
+    return ("object", type(v).__qualname__, id(v), _freeze(vars(v), depth + 1))
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Every submodule's parameters, buffers (with .grad and version), children and attributes."""
+    state: dict[str, Any] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        prefix = path or "<root>"
+        for name, p in m._parameters.items():
+            state[f"{prefix} parameter {name}"] = None if p is None else _FrozenTensor(p)
+        for name, b in m._buffers.items():
+            state[f"{prefix} buffer {name}"] = None if b is None else _FrozenTensor(b)
+        state[f"{prefix} children"] = tuple((k, id(c)) for k, c in m._modules.items())
+        for name, v in vars(m).items():
+            if name not in _TABLES:
+                state[f"{prefix} attribute {name}"] = _freeze(v)
+    return state
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any]:
+    """The path (`.key`, `[i]`) inside two frozen values to their first difference."""
+    if isinstance(a, tuple) and isinstance(b, tuple) and a[:1] == b[:1] and len(a) == len(b):
+        if a[0] in ("dict", "OrderedDict") and len(a) == 2:
+            da, db = dict(a[1]), dict(b[1])
+            for k in list(da) + [k for k in db if k not in da]:
+                if k not in db or k not in da or da[k] != db[k]:
+                    if k in da and k in db:
+                        return _first_difference(da[k], db[k], f"{path}[{k!r}]")
+                    return f"{path}[{k!r}]", da.get(k, "<absent>"), db.get(k, "<absent>")
+        if a[0] == "object" and len(a) == 4 and a[2] == b[2] and a[3][0] == "dict":
+            da, db = dict(a[3][1]), dict(b[3][1])
+            for k in list(da) + [k for k in db if k not in da]:
+                if k not in db or k not in da or da[k] != db[k]:
+                    if k in da and k in db:
+                        return _first_difference(da[k], db[k], f"{path}.{k}")
+                    return f"{path}.{k}", da.get(k, "<absent>"), db.get(k, "<absent>")
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                if isinstance(x, tuple):
+                    return _first_difference(x, y, f"{path}[{i}]" if i else path)
+                return path, a, b
+    return path, a, b
+
+
+def _thaw(v: Any) -> Any:
+    """A frozen value, readable."""
+    if isinstance(v, _FrozenTensor):
+        return f"tensor{list(v.meta[1])}"
+    if isinstance(v, tuple) and v and v[0] in ("dict", "OrderedDict") and len(v) == 2:
+        return {_thaw(k): _thaw(x) for k, x in v[1]}
+    if isinstance(v, tuple) and v and v[0] in ("list", "tuple") and len(v) == 2:
+        return [_thaw(x) for x in v[1]]
+    if isinstance(v, tuple) and v and v[0] == "float":
+        return float(v[1])
+    if isinstance(v, tuple) and v and v[0] == "object":
+        return f"<{v[1]} object>"
+    if isinstance(v, tuple) and v and v[0] == "module":
+        return "<module>"
+    return v
+
+
+def untouched(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """ "yes", or "NO: ..." naming up to three things that changed."""
+    diffs = []
+    for key in list(before) + [k for k in after if k not in before]:
+        if key not in after:
+            diffs.append(f"{key} removed")
+        elif key not in before:
+            diffs.append(f"{key} added ({_short(after[key])})")
+        elif before[key] != after[key]:
+            a, b = before[key], after[key]
+            if isinstance(a, _FrozenTensor) and isinstance(b, _FrozenTensor):
+                diffs.append(f"{key}: {a.differs(b)}")
+            else:
+                where, x, y = _first_difference(a, b)
+                diffs.append(f"{key}{where}: {_short(_thaw(x))} -> {_short(_thaw(y))}")
+    if not diffs:
+        return "yes"
+    more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return "NO: " + "; ".join(diffs[:3]) + more
+
+
+def _buffers(model: nn.Module) -> list[tuple[str, Any]]:
+    return [(n, b.detach().clone()) for n, b in model.named_buffers()]
+
+
+def _restore(model: nn.Module, buffers: list[tuple[str, Any]]) -> None:
+    current = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in buffers:
+            if name in current and current[name].shape == value.shape:
+                current[name].copy_(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Tracers
+
+
+def _concrete_args(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """The forward's parameters the call does not pass, at their defaults."""
     try:
-        value = fn()
-    except Exception as e:  # every failure is reported, never raised
-        return None, time.perf_counter() - start, e
-    return value, time.perf_counter() - start, None
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    named = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    concrete = {
+        p.name: p.default
+        for p in named[len(args) :]
+        if p.name not in kwargs and p.default is not p.empty
+    }
+    return concrete or None
 
 
-def check_model(spec: Spec, training: bool) -> Row:
+def trace_plain(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+    return fx.symbolic_trace(model, concrete_args=_concrete_args(model, args, kwargs))
+
+
+def trace_vendor(vendor: str, model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+    tracer = vendor_tracer(vendor)
+    assert tracer is not None
+    graph = tracer.trace(model, concrete_args=_concrete_args(model, args, kwargs))
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
+
+
+def _twin(spec: Spec, model: nn.Module) -> nn.Module:
+    """A copy of the model, same weights and mode (rebuilt where it cannot be deep-copied)."""
+    try:
+        return copy.deepcopy(model)
+    except Exception:
+        torch.manual_seed(0)
+        return spec.model().train(model.training)
+
+
+def check_model(spec: Spec, training: bool, timeout: float | None = None) -> Row:
     """Build, fix and compare one model in one mode."""
     mode = "train" if training else "eval"
-    row = Row(spec.family, spec.name, mode, "x".join(map(str, spec.shape)))
+    row = Row(spec.family, spec.name, mode, spec.input_text, spec.library)
+    try:
+        with _quiet(), _deadline(timeout):
+            _check(spec, training, row)
+    except ZooTimeout as e:
+        row.problems.append(f"stopped: {e}")
+        if not row.traced:
+            row.traced = f"timeout ({e})"
+    return row
+
+
+def _check(spec: Spec, training: bool, row: Row) -> None:
     torch.manual_seed(0)
     try:
-        model = spec.build()
+        model = spec.model()
     except Exception as e:
         row.traced = "build failed"
         row.problems.append(f"cannot build: {_describe_error(e)}")
-        return row
+        return
     model.train(training)
-    inputs = spec.inputs()
     params = [p for p in model.parameters() if p.requires_grad]
-    row.params_m = sum(p.numel() for p in params) / 1e6
+    row.params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    args, kwargs = spec.call()
 
-    _, t, err = _timed(lambda: fx.symbolic_trace(model))
+    # Each tracer gets its own copy: tracing runs the forward's Python with proxies, and
+    # what it leaves behind (a Proxy in a cache dict the forward fills) must not reach fix().
+    plain = _twin(spec, model)
+    _, t, err = _timed(lambda: trace_plain(plain, args, kwargs))
     row.fx_trace = f"{t:.2f}" if err is None else f"fails ({type(err).__name__})"
+    vendor_gm = None
+    if spec.vendor:
+        vendor_model = _twin(spec, model)
+        vendor_gm, t, err = _timed(lambda: trace_vendor(spec.vendor, vendor_model, args, kwargs))
+        row.vendor = f"{t:.2f}" if err is None else f"fails ({type(err).__name__})"
+        if err is not None:
+            row.vendor_captured = False
+            row.notes.append(f"{VENDOR_NAME[spec.vendor]}: {_describe_error(err)}")
 
-    fixed, t, err = _timed(lambda: fxgrad.fix(model, inputs))
+    before = snapshot(model)
+    start_buffers = _buffers(model)
+    fixed, t, err = _timed(lambda: fxgrad.fix(model, args, kwargs))
     row.fix_inputs_s = t
+    row.frontend = "fx"
     if err is not None:
         row.error = err
         row.traced = _describe_error(err)
@@ -265,68 +548,144 @@ def check_model(spec: Spec, training: bool) -> Row:
             row.problems.append(f"fix(inputs): {row.traced}")
     else:
         row.traced = "yes"
-        row.changes = len(fixed.report.applied)
+        report = fixed.report
+        row.frontend = getattr(report, "frontend", "") or "fx"
+        row.changes = len(report.applied)
         row.nodes = len(fixed.graph_module.graph.nodes)
-        if row.changes:
-            codes = sorted({c.code for c in fixed.report.applied})
-            row.problems.append(f"fix() made {row.changes} change(s) ({', '.join(codes)})")
+        hazards = [c for c in report.applied if not c.code.startswith("FXG2")]
+        layout = [c for c in report.applied if c.code.startswith("FXG2")]
+        if hazards:  # these models are autograd-safe: a hazard rewrite is a false positive
+            codes = sorted({c.code for c in hazards})
+            row.problems.append(f"fix() made {len(hazards)} rewrite(s) ({', '.join(codes)})")
+        if layout:  # measured to be faster: a decision, not a finding
+            where = sorted({c.where for c in layout if c.where})
+            row.notes.append(
+                f"FXG201 made {len(layout)} measured cat-layout rewrite(s)"
+                + (f" ({', '.join(where[:3])})" if where else "")
+            )
+    row.untouched = untouched(before, snapshot(model))
+    if row.untouched == "yes":  # a second fix() of the same module leaves it alone too
+        _, _, err2 = _timed(lambda: fxgrad.fix(model, args, kwargs))
+        second = untouched(before, snapshot(model))
+        if second != "yes":
+            row.untouched = second.replace("NO:", "NO (second fix()):", 1)
+        elif err2 is not None and err is None:
+            row.problems.append(f"a second fix() fails: {_describe_error(err2)}")
+    if row.untouched != "yes":
+        row.problems.append(f"fix() changed the user's module: {row.untouched[4:]}")
+    del before
+
+    _restore(model, start_buffers)
+    try:
+        args_e, kwargs_e = spec.call()
+        out_e, g_e = forward_backward(model, args_e, params, kwargs=kwargs_e)
+    except Exception as e:
+        row.forward = "eager fails"
+        row.problems.append(f"eager itself fails: {_describe_error(e)}")
+        return
+    buffers_e = _buffers(model)
+
+    if fixed is not None:
+        _restore(model, start_buffers)
         try:
-            out_e, g_e = forward_backward(model, inputs, params)
-            out_f, g_f = forward_backward(fixed, inputs, params)
+            args_f, kwargs_f = spec.call()
+            out_f, g_f = forward_backward(fixed, args_f, params, kwargs=kwargs_f)
         except Exception as e:
             row.forward = "error"
             row.problems.append(f"running the fixed model: {_describe_error(e)}")
         else:
             row.forward = compare(out_f, out_e, rtol=1e-4, atol_scale=1e-5)
             row.grads = compare(g_f, g_e, rtol=1e-3, atol_scale=1e-4)
-            if row.forward != "yes":
-                row.problems.append(f"forward differs from eager: {row.forward}")
-            if row.grads != "yes":
-                row.problems.append(f"gradients differ from eager: {row.grads}")
+            row.buffers = compare(_buffers(model), buffers_e, rtol=1e-4, atol_scale=1e-5)
+            for what, value in (
+                ("forward", row.forward),
+                ("gradients", row.grads),
+                ("buffers after the call", row.buffers),
+            ):
+                if value != "yes":
+                    row.problems.append(f"{what} differ from eager: {value}")
         del fixed
 
-    static, t, err = _timed(lambda: fxgrad.fix(model))
-    if err is None:
-        row.fix_static = f"{t:.2f}"
-    else:
-        row.fix_static = f"fails ({type(err).__name__})"
-        if isinstance(err, FxgradError):
-            row.notes.append(f"fix() without inputs: {_describe_error(err)}")
+    if vendor_gm is not None:
+        try:
+            torch.manual_seed(0)
+            a, k = spec.call()
+            with torch.no_grad():
+                out_v = output_leaves(vendor_gm(*a, **k))
+        except Exception as e:
+            row.vendor_captured = False
+            row.vendor += " (run fails)"
+            row.notes.append(f"{VENDOR_NAME[spec.vendor]} graph: running it: {_describe_error(e)}")
         else:
-            row.problems.append(f"fix() without inputs: {_describe_error(err)}")
-    return row
+            same = compare(out_v, out_e, rtol=1e-4, atol_scale=1e-5)
+            row.vendor_captured = same == "yes"
+            if same != "yes":
+                row.vendor += " (differs)"
+                row.notes.append(f"{VENDOR_NAME[spec.vendor]} graph: forward differs: {same}")
+    _restore(model, start_buffers)
 
 
 # ---------------------------------------------------------------------------------------
 # Running and printing
 
 
+def _find(name: str, libraries: tuple[str, ...], cache: dict[str, list[Spec]]) -> Spec | None:
+    library, _, bare = name.rpartition(":")
+    for lib in (library,) if library else libraries:
+        if lib not in cache:
+            cache[lib] = zoo_models.specs(lib)
+        for spec in cache[lib]:
+            if spec.name == bare:
+                return spec
+    return None
+
+
+def select(
+    names: list[str] | None,
+    libraries: tuple[str, ...],
+    families: tuple[str, ...] | None = None,
+) -> list[Spec]:
+    """The named models (`library:name` or a name, first library that has it), or all."""
+    if names:
+        cache: dict[str, list[Spec]] = {}
+        chosen, unknown = [], []
+        for n in names:
+            spec = _find(n, libraries, cache)
+            if spec is None:
+                unknown.append(n)
+            else:
+                chosen.append(spec)
+        if unknown:
+            raise SystemExit(f"unknown model(s): {', '.join(unknown)}")
+        return chosen
+    out = []
+    for lib in libraries:
+        tv_families = tuple(f for f in families or () if f in TORCHVISION_FAMILIES)
+        for spec in zoo_models.specs(lib, tv_families or None):
+            if not families or spec.family in families:
+                out.append(spec)
+    return out
+
+
 def run(
     names: list[str] | None = None,
     modes: tuple[bool, ...] = (True, False),
-    families: tuple[str, ...] = FAMILIES,
+    families: tuple[str, ...] | None = None,
     progress: Callable[[Row], None] | None = None,
     size: int | None = None,
+    libraries: tuple[str, ...] = LIBRARIES,
+    timeout: float | None = None,
 ) -> list[Row]:
-    """Check the named models (all of `families` when None) in each mode; return the rows.
+    """Check the named models (all of `libraries` and `families` when None) in each mode.
 
-    `size` overrides the height and width of every input (for quick checks).
+    `size` overrides the height and width of image inputs (for quick checks).
     """
-    everything = specs(FAMILIES if names else families)
-    if names:
-        known = {s.name: s for s in everything}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise SystemExit(f"unknown model(s): {', '.join(unknown)}")
-        chosen = [known[n] for n in names]
-    else:
-        chosen = everything
     rows = []
-    for spec in chosen:
+    for spec in select(names, libraries, families):
         if size is not None:
-            spec.shape = (*spec.shape[:-2], size, size)
+            spec.resize(size)
         for training in modes:
-            row = check_model(spec, training)
+            row = check_model(spec, training, timeout)
             gc.collect()  # the model and its fixed twins are gone: free them now
             rows.append(row)
             if progress is not None:
@@ -340,33 +699,43 @@ HEADERS = [
     "mode",
     "input",
     "params (M)",
-    "traced",
-    "changes",
+    "front-end",
+    "captured",
+    "rewrites",
     "forward",
     "grads",
+    "buffers",
+    "untouched",
     "nodes",
-    "fix(inputs) s",
-    "fix() s",
+    "fix s",
     "symbolic_trace s",
+    "vendor fx s",
 ]
 
 
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _cells(r: Row) -> list[Any]:
-    traced = r.traced if len(r.traced) <= 60 else r.traced[:57] + "..."
+    vendor = r.vendor or ("none" if r.library == "transformers" else "")
     return [
         r.family,
         r.name,
         r.mode,
-        r.shape,
-        f"{r.params_m:.1f}",
-        traced,
+        _cut(r.shape, 60),
+        f"{r.params_m:.1f}" if r.params_m >= 0.1 else f"{r.params_m:.3f}",
+        r.frontend,
+        _cut(r.traced, 60),
         "" if r.changes is None else r.changes,
-        r.forward if len(r.forward) <= 40 else r.forward[:37] + "...",
-        r.grads if len(r.grads) <= 40 else r.grads[:37] + "...",
+        _cut(r.forward, 40),
+        _cut(r.grads, 40),
+        _cut(r.buffers, 40),
+        _cut(r.untouched, 40),
         "" if r.nodes is None else r.nodes,
         "" if r.fix_inputs_s is None else f"{r.fix_inputs_s:.2f}",
-        r.fix_static,
         r.fx_trace,
+        vendor,
     ]
 
 
@@ -379,15 +748,54 @@ def table(rows: list[Row], markdown: bool = False) -> str:
     )
 
 
+def _counts(rows: list[Row]) -> list[str]:
+    """Captured runs and models; the vendor tracer's, and what it captures that fxgrad does not."""
+    models = sorted({r.name for r in rows}, key=[r.name for r in rows].index)
+    by_model = {m: [r for r in rows if r.name == m] for m in models}
+    captured = sum(r.traced == "yes" for r in rows)
+    both = sum(all(r.traced == "yes" for r in rs) for rs in by_model.values())
+    clean = sum(r.traced == "yes" and r.ok for r in rows)
+    lines = [
+        f"fxgrad captured {captured}/{len(rows)} runs ({both}/{len(models)} models in every mode "
+        f"run); {clean} runs captured with every check passing; "
+        f"{sum(1 for r in rows if r.problems)} runs with problems."
+    ]
+    vendor_rows = [r for r in rows if r.vendor_captured is not None]
+    if vendor_rows:
+        lib = vendor_rows[0].library
+        v_runs = sum(bool(r.vendor_captured) for r in vendor_rows)
+        v_models = sum(
+            all(r.vendor_captured for r in rs if r.vendor_captured is not None)
+            for rs in by_model.values()
+            if any(r.vendor_captured is not None for r in rs)
+        )
+        missed = [r for r in vendor_rows if r.vendor_captured and r.traced != "yes"]
+        lines.append(
+            f"{lib}'s own fx tracer captured {v_runs}/{len(vendor_rows)} runs "
+            f"({v_models}/{len(models)} models in every mode run; captured = traced, and its "
+            f"graph gives eager's outputs)."
+        )
+        if missed:
+            lines.append(
+                f"Runs {lib}'s tracer captures and fxgrad does not: "
+                + ", ".join(f"{r.name} ({r.mode})" for r in missed)
+                + "."
+            )
+        else:
+            lines.append(f"fxgrad captures every run {lib}'s own fx tracer captures.")
+    return lines
+
+
 def summary(rows: list[Row], markdown: bool = False) -> str:
     """Counts, then the problems and the models a graph cannot capture, with reasons."""
     bullet = "- " if markdown else "  "
-    good = [r for r in rows if r.traced == "yes" and r.ok]
     lines = [
-        f"{len(rows)} runs ({len({r.name for r in rows})} models): {len(good)} captured with "
-        f"0 changes and forward and gradients equal to eager; "
+        f"{len(rows)} runs ({len({(r.library, r.name) for r in rows})} models): "
+        f"{sum(1 for r in rows if r.traced == 'yes' and r.ok)} captured with no hazard rewrite, "
+        f"forward, gradients and buffers equal to eager and the user's module untouched; "
         f"{sum(1 for r in rows if r.problems)} with problems."
     ]
+    lines += _counts(rows)
     problems = [r for r in rows if r.problems]
     lines += ["", "Problems:" if problems else "Problems: none."]
     for r in problems:
@@ -396,6 +804,11 @@ def summary(rows: list[Row], markdown: bool = False) -> str:
     if uncaptured:
         lines += ["", "Not captured (a clear fxgrad error, as designed):"]
         lines.extend(f"{bullet}{r.name} ({r.mode}): {r.traced}" for r in uncaptured)
+    also = [r for r in rows if r.traced not in ("yes", "") and r.problems and r.error is not None]
+    also = [r for r in also if not any(r.traced in p for p in r.problems)]
+    if also:
+        lines += ["", "Not captured, with other problems above (the fxgrad error):"]
+        lines.extend(f"{bullet}{r.name} ({r.mode}): {r.traced}" for r in also)
     notes = [r for r in rows if r.notes]
     if notes:
         lines += ["", "Notes:"]
@@ -403,45 +816,92 @@ def summary(rows: list[Row], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
-def header() -> str:
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return "not installed"
+
+
+def header(libraries: tuple[str, ...] = LIBRARIES) -> str:
+    versions = ", ".join(f"{lib} {_version(lib)}" for lib in libraries)
     return (
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{platform.machine()}, {torch.get_num_threads()} threads; "
-        "one timing per cell (a correctness sweep)"
+        f"torch {torch.__version__}, {versions}, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads; one timing per cell (a correctness sweep)"
     )
+
+
+def report(rows: list[Row], libraries: tuple[str, ...], markdown: bool = False) -> str:
+    """One table and summary per library."""
+    parts = [header(libraries)]
+    for lib in libraries:
+        lib_rows = [r for r in rows if r.library == lib]
+        if not lib_rows:
+            continue
+        if len(libraries) > 1:
+            parts.append(f"### {lib}" if markdown else f"== {lib} ==")
+        parts += [table(lib_rows, markdown), summary(lib_rows, markdown)]
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", help="comma-separated model names (default: all)")
-    parser.add_argument("--quick", action="store_true", help=f"{len(QUICK)} small models, train")
+    parser.add_argument(
+        "--library",
+        default=",".join(LIBRARIES),
+        help=f"comma-separated subset of {','.join(LIBRARIES)} (default: all)",
+    )
+    parser.add_argument(
+        "--models", help="comma-separated model names, or library:name (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="about 10 small models per library")
     parser.add_argument("--modes", default=None, help="train,eval (default both; --quick: train)")
     parser.add_argument(
-        "--families", default=",".join(FAMILIES), help=f"subset of {','.join(FAMILIES)}"
+        "--families",
+        default=None,
+        help="only these families: torchvision's (classification, video, ...), timm model "
+        "modules (vision_transformer, ...), transformers' (encoder, decoder, "
+        "encoder-decoder, vision, audio, vision-text)",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
-    parser.add_argument("--size", type=int, help="input height and width for every model")
+    parser.add_argument("--size", type=int, help="image height and width for every model")
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds per model and mode (default 900)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print GitHub tables")
     parser.add_argument("--quiet", action="store_true", help="no per-model progress lines")
     args = parser.parse_args(argv)
-    names = args.models.split(",") if args.models else (list(QUICK) if args.quick else None)
+    libraries = tuple(lib.strip() for lib in args.library.split(",") if lib.strip())
+    bad = [lib for lib in libraries if lib not in LIBRARIES]
+    if bad:
+        parser.error(f"unknown library {', '.join(bad)}: choose from {', '.join(LIBRARIES)}")
+    if args.models:
+        names = args.models.split(",")
+    elif args.quick:
+        names = [f"{lib}:{n}" for lib in libraries for n in QUICK[lib]]
+    else:
+        names = None
     modes_text = args.modes or ("train" if args.quick else "train,eval")
     modes = tuple(m.strip() == "train" for m in modes_text.split(","))
-    families = tuple(f for f in args.families.split(",") if f)
+    families = tuple(f for f in (args.families or "").split(",") if f) or None
     if args.threads:
         torch.set_num_threads(args.threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("timm").setLevel(logging.ERROR)
 
     def progress(r: Row) -> None:
         if not args.quiet:
             state = "ok" if r.ok else "PROBLEM"
-            print(f"[{state}] {r.name} {r.mode}: {r.traced}", file=sys.stderr, flush=True)
+            print(
+                f"[{state}] {r.library} {r.name} {r.mode}: {r.traced} "
+                f"({r.fix_inputs_s or 0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    rows = run(names, modes, families, progress, args.size)
-    print(header())
-    print()
-    print(table(rows, args.markdown))
-    print()
-    print(summary(rows, args.markdown))
+    rows = run(names, modes, families, progress, args.size, libraries, args.timeout)
+    shown = tuple(lib for lib in libraries if any(r.library == lib for r in rows))
+    print(report(rows, shown or libraries, args.markdown))
     return 1 if any(r.problems for r in rows) else 0
 
 
