@@ -180,16 +180,18 @@ def test_numpy_calls_are_recorded():
     assert_same(model, fixed, x)
 
 
-def test_numpy_on_constants_runs_at_trace_time():
+def test_numpy_factories_make_a_fresh_array_on_every_call():
     class ConstNumpy(nn.Module):
         def forward(self, x):
-            w = torch.from_numpy(np.linspace(0, 1, 4).astype(np.float32))
-            return x * w
+            w = np.linspace(0, 1, 4).astype(np.float32)
+            w += 1  # into a fresh array on every call, as eager does
+            return x * torch.from_numpy(w)
 
     x = torch.randn(2, 4)
     fixed = capture(ConstNumpy(), x)
-    assert torch.from_numpy not in targets(fixed)
-    assert_same(ConstNumpy(), fixed, x)
+    assert np.linspace in targets(fixed)
+    for _ in range(3):
+        assert_same(ConstNumpy(), fixed, x)
 
 
 # --- custom autograd.Function ------------------------------------------------------------

@@ -20,6 +20,8 @@ _NUMPY_RECORDED = (
     "arange",
     "linspace",
 )
+# Of those, the ones that take data rather than sizes: recorded only when given a traced value.
+_NUMPY_DATA_FUNCTIONS = ("asarray", "array", "ascontiguousarray")
 
 
 def _numpy_dtype_names(tree: Any) -> Any:

@@ -22,7 +22,7 @@ from fxgrad.graph_utils import (
 )
 from fxgrad.runtime import function_apply
 from fxgrad.tracing.names import _is_stowed_name
-from fxgrad.tracing.numpy_args import _NUMPY_RECORDED
+from fxgrad.tracing.numpy_args import _NUMPY_DATA_FUNCTIONS, _NUMPY_RECORDED
 
 if TYPE_CHECKING:
     from fxgrad.tracing.tracer import FxgradTracer
@@ -401,10 +401,14 @@ def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
     # cannot serve; recorded as a call, it enters the graph like `.numpy()` does. NumPy's
     # factories given a traced size (`np.zeros(a.shape)`, `np.eye(n)`, `np.arange(n)`) are
     # recorded too: NumPy would read the size as the example's number, baking it in.
+    # NumPy's factories are recorded whenever model code calls them, as torch's are: an
+    # array made once at capture time would be shared by every call (`m = np.zeros(4);
+    # m += a` would accumulate).
     np = sys.modules.get("numpy")
     np_names = _NUMPY_RECORDED if np is not None else ()
     for n in np_names:
-        replacements[getattr(np, n)] = _wrapped(_record_if_traced, getattr(np, n))
+        kind = _record_if_traced if n in _NUMPY_DATA_FUNCTIONS else _record_factory
+        replacements[getattr(np, n)] = _wrapped(kind, getattr(np, n))
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
     names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)

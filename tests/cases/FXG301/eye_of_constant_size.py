@@ -1,4 +1,4 @@
-"""`a @ np.eye(4)`: the constant becomes a float64 tensor on the input's device."""
+"""`a @ np.eye(4)`: made on every call, as `torch.eye(4, dtype=torch.float64)` on the input's device."""
 
 import numpy as np
 import torch
