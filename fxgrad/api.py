@@ -62,6 +62,8 @@ _AUTOGRAD_FORWARD_ERRORS = (
     "arguments don't support automatic differentiation",  # out= on a tensor that requires grad
     "is being modified inplace",  # views of unbind/split/chunk, views made under no_grad
     "refers to a single memory location",  # writes into overlapping (expanded) tensors
+    # torch.from_numpy(np.flip(a)): FXG301's translation is what the user meant
+    "stride in the given numpy array is negative",
 )
 
 # nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
