@@ -581,7 +581,10 @@ def _check(spec: Spec, training: bool, row: Row) -> None:
         out_e, g_e = forward_backward(model, args_e, params, kwargs=kwargs_e)
     except Exception as e:
         row.forward = "eager fails"
-        row.problems.append(f"eager itself fails: {_describe_error(e)}")
+        if row.untouched == "yes":
+            row.problems.append(f"eager itself fails: {_describe_error(e)}")
+        else:
+            row.problems.append(f"eager fails on the module fix() changed: {_describe_error(e)}")
         return
     buffers_e = _buffers(model)
 
@@ -675,15 +678,19 @@ def run(
     size: int | None = None,
     libraries: tuple[str, ...] = LIBRARIES,
     timeout: float | None = None,
+    use_cache: bool | None = None,
 ) -> list[Row]:
     """Check the named models (all of `libraries` and `families` when None) in each mode.
 
-    `size` overrides the height and width of image inputs (for quick checks).
+    `size` overrides the height and width of image inputs (for quick checks); `use_cache`,
+    where not None, is passed to every transformers decoder and encoder-decoder.
     """
     rows = []
     for spec in select(names, libraries, families):
         if size is not None:
             spec.resize(size)
+        if use_cache is not None and spec.family in ("decoder", "encoder-decoder"):
+            spec.with_kwargs(use_cache=use_cache)
         for training in modes:
             row = check_model(spec, training, timeout)
             gc.collect()  # the model and its fixed twins are gone: free them now
@@ -723,7 +730,7 @@ def _cells(r: Row) -> list[Any]:
         r.family,
         r.name,
         r.mode,
-        _cut(r.shape, 60),
+        _cut(r.shape, 80),
         f"{r.params_m:.1f}" if r.params_m >= 0.1 else f"{r.params_m:.3f}",
         r.frontend,
         _cut(r.traced, 60),
@@ -868,6 +875,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=900, help="seconds per model and mode (default 900)"
     )
+    parser.add_argument(
+        "--use-cache",
+        choices=("default", "true", "false"),
+        default="default",
+        help="use_cache= for transformers decoders and encoder-decoders (default: not passed, "
+        "the model's own default)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print GitHub tables")
     parser.add_argument("--quiet", action="store_true", help="no per-model progress lines")
     args = parser.parse_args(argv)
@@ -899,7 +913,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    rows = run(names, modes, families, progress, args.size, libraries, args.timeout)
+    use_cache = None if args.use_cache == "default" else args.use_cache == "true"
+    rows = run(names, modes, families, progress, args.size, libraries, args.timeout, use_cache)
     shown = tuple(lib for lib in libraries if any(r.library == lib for r in rows))
     print(report(rows, shown or libraries, args.markdown))
     return 1 if any(r.problems for r in rows) else 0

@@ -70,6 +70,18 @@ class Spec:
         if "img_size" in self.build_kwargs:
             self.build_kwargs["img_size"] = size
 
+    def with_kwargs(self, **extra: Any) -> None:
+        """Pass these keyword arguments too, on every call."""
+        base = self.make_call or (lambda: (self.inputs(), {}))
+
+        def call() -> tuple[tuple, dict[str, Any]]:
+            args, kwargs = base()
+            return args, {**kwargs, **extra}
+
+        self.make_call = call
+        shown = " ".join(f"{k}={v!r}" for k, v in extra.items())
+        self.describe = f"{self.input_text} {shown}"
+
     @property
     def input_text(self) -> str:
         return self.describe or "x".join(map(str, self.shape))
