@@ -13,7 +13,7 @@ import copy
 import functools
 import gc
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from fxgrad.context import Context, FirstRun, Measure, clone_inputs, default_measure, seeded
+from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
 from fxgrad.errors import FxgradError
 from fxgrad.guards import (
     ShapeCheck,
@@ -32,6 +32,7 @@ from fxgrad.guards import (
     structure,
     tensor_tables,
 )
+from fxgrad.observe import Observation
 from fxgrad.pipeline import (
     Reference,
     _first_line,
@@ -54,17 +55,6 @@ from fxgrad.tracing import (
 
 # How many variants one fixed module keeps before it refuses a call that needs another.
 MAX_VARIANTS = 8
-
-_AUTOGRAD_FORWARD_ERRORS = (
-    "in-place operation",
-    "inplace operation",
-    "a view of a leaf",
-    "arguments don't support automatic differentiation",  # out= on a tensor that requires grad
-    "is being modified inplace",  # views of unbind/split/chunk, views made under no_grad
-    "refers to a single memory location",  # writes into overlapping (expanded) tensors
-    # torch.from_numpy(np.flip(a)): FXG301's translation is what the user meant
-    "stride in the given numpy array is negative",
-)
 
 # nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
 # registered on either run when the fixed module is called.
@@ -540,7 +530,9 @@ class _ModelError(Exception):
         self.error = error
 
 
-def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Reference:
+def _eager_reference(
+    model: nn.Module, call: CallSpec, ctx: Context, passes: Sequence[Pass]
+) -> Reference:
     """Run eager forward once; eager backward is left to `Reference.gradients()`."""
     ref = Reference()
 
@@ -556,9 +548,9 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
             out = eager(*cloned)
     except Exception as e:
         ref.forward_error = e
-        if not any(s in str(e) for s in _AUTOGRAD_FORWARD_ERRORS):
-            raise _ModelError(e) from e
-        return ref
+        if not any(p.repairs(e) for p in passes):
+            raise _ModelError(e) from e  # no pass repairs it: the model's own error
+        return ref  # an error a pass repairs (selected or not: the report says if it stays)
     # Detached: holding the outputs must not hold eager's autograd graph (its activations).
     ref.outputs = [
         o.detach() if isinstance(o, torch.Tensor) else o for o in pytree.tree_leaves(out)
@@ -583,7 +575,7 @@ def _eager_reference(model: nn.Module, call: CallSpec, ctx: Context) -> Referenc
     return ref
 
 
-def _backward_note(ref: Reference, first: FirstRun) -> str:
+def _backward_note(ref: Reference, first: Observation) -> str:
     """Say why backward fails, in eager's own words (eager backward runs only for this)."""
     error = ref.backward_error
     if error is not None:
@@ -716,9 +708,10 @@ def _decide_captured(
         private_state=True,
         module=root,
         grad_enabled=torch.is_grad_enabled(),
+        extensions=[make for p in opts.passes for make in p.observes],
     )
     try:
-        ref = _eager_reference(root, call, ctx)
+        ref = _eager_reference(root, call, ctx, _all_passes())
     except _ModelError as e:
         if at_call:
             raise e.error from None  # what eager raises on this call, as eager raises it
@@ -730,7 +723,7 @@ def _decide_captured(
             hint="Check that the example inputs have the shapes, dtypes and devices the "
             "model expects; fxgrad needs a forward that runs in eager PyTorch.",
         ) from err
-    first = check_capture(captured.gm, ctx, ref, opts.passes)
+    first = check_capture(captured.gm, ctx, ref)
     if first.backward_fails:
         report.notes.append(_backward_note(ref, first))
     report.notes.extend(n for n in captured.notes if n not in report.notes)
@@ -741,6 +734,7 @@ def _decide_captured(
     report.code_before, report.code_after = before, captured.gm.code
     report.changes.extend(changes)
     report.notes.extend(n for n in notes if n not in report.notes)
+    ctx.forget_observation()  # its values hold a forward's activations
 
 
 def _decide(
@@ -867,6 +861,12 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _all_passes() -> Sequence[Pass]:
+    from fxgrad.passes import ALL
+
+    return ALL
 
 
 def _timer(opts: _Options) -> Measure:

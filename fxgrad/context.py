@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx
+
+from fxgrad.observe import ExtensionFactory, Observation
 
 Measure = Callable[[str, Callable[[], Any]], float]
 
@@ -110,29 +112,6 @@ def fake_measure(timings: dict[str, float]) -> Measure:
 
 
 @dataclass
-class FirstRun:
-    """The captured graph's first run on the example inputs, forward and backward.
-
-    The pipeline checks capture on it; when the first pass to run instruments the model
-    anyway (the in-place pass records what autograd saves), that pass makes this run and
-    keeps what it recorded in `state`, so the model is not run twice for the same graph.
-    """
-
-    outputs: list[Any] | None = None
-    forward_error: BaseException | None = None
-    # Backward raised, or would have in eager PyTorch (a saved tensor was changed before
-    # backward used it: with saved-tensor hooks autograd does not check versions itself).
-    backward_fails: bool = False
-    backward_error: BaseException | None = None  # what backward raised, if it raised
-    # A write autograd refused in forward, which the run went on past (the in-place pass
-    # runs it without grad to observe the rest): the message eager would raise.
-    refused_write: str | None = None
-    pass_code: str = ""  # the pass that made the run and may reuse `state`
-    graph_code: str = ""  # the generated code of the graph it ran: reused only on that graph
-    state: Any = None
-
-
-@dataclass
 class Context:
     """Per-graph facts for passes: example inputs (flat, by placeholder) and a measure()."""
 
@@ -154,8 +133,11 @@ class Context:
     module: torch.nn.Module | None = None
     # The grad mode of the call being decided on: decisions hold for calls in that mode.
     grad_enabled: bool = True
-    first_run: FirstRun | None = None
+    # What the passes to run record beyond the core facts in an observed run (their
+    # `Pass.observes`), so one run serves them all.
+    extensions: list[ExtensionFactory] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _observed: tuple[fx.GraphModule, str, Observation] | None = None
     _params: list[torch.Tensor] | None = None
     _measure_spent: float = 0.0
 
@@ -181,13 +163,30 @@ class Context:
             return list(self._params)
         return [] if self.module is None else list(self.module.parameters())
 
-    def take_first_run(self, code: str, gm: fx.GraphModule) -> Any:
-        """The state pass `code` kept from the first run, if it ran this very graph; once."""
-        run = self.first_run
-        if run is None or run.pass_code != code or run.graph_code != gm.code:
-            return None
-        self.first_run = None
-        return run.state
+    def observe(self, gm: fx.GraphModule, needs: Sequence[ExtensionFactory] = ()) -> Observation:
+        """The observed run of gm on the example inputs: made once per version of the graph.
+
+        The capture check, each pass and each verification ask for it; while the graph is
+        unchanged they share one run of the model. `needs` are extensions the caller reads
+        (a pass run on its own, outside the pipeline): the run is made again if an earlier
+        one lacked them.
+        """
+        missing = [make for make in needs if make not in self.extensions]
+        self.extensions.extend(missing)
+        key = str(gm.graph)  # any edit of the graph changes it
+        hit = self._observed
+        if hit is not None and hit[0] is gm and hit[1] == key and not missing:
+            return hit[2]
+        from fxgrad.observe import observe
+
+        extensions = [e for make in self.extensions if (e := make(gm)) is not None]
+        obs = observe(gm, self, extensions)
+        self._observed = (gm, key, obs)
+        return obs
+
+    def forget_observation(self) -> None:
+        """Drop the kept run (its values hold a forward's activations)."""
+        self._observed = None
 
     def timed(self, key: str, fn: Callable[[], Any]) -> float | None:
         """Measure fn within the measuring budget; None once the budget is spent."""

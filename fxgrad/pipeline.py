@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,10 @@ import torch.utils._pytree as pytree
 from torch import fx
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, FirstRun, seeded
+from fxgrad.context import Context, seeded
 from fxgrad.errors import EquivalenceError, FxgradError, PassError
 from fxgrad.graph_utils import location
+from fxgrad.observe import Observation
 from fxgrad.registry import Pass
 
 
@@ -138,25 +139,26 @@ def _max_abs_diff(a: torch.Tensor, e: torch.Tensor) -> float:
         return float("nan")
 
 
-def verify(
-    gm: fx.GraphModule, ctx: Context, ref: Reference, params: list[torch.Tensor] | None = None
-) -> str | None:
+def verify(gm: fx.GraphModule, ctx: Context, ref: Reference) -> str | None:
     """Check a rewritten graph on the example inputs; return what is wrong, or None.
 
-    Forward values must equal eager's where eager runs; backward must run; gradients must
-    be finite wherever eager's were.
+    Forward values must equal eager's where eager runs; backward must run (and must not
+    read a saved tensor a write changed); gradients must be finite wherever eager's were.
+    The run is the graph's observation, which the next pass then reads.
     """
-    try:
-        inputs = ctx.inputs()
-        flat, grads, berr = run_forward_backward(gm, inputs, ctx.params(), ctx.seed)
-    except Exception as e:
+    obs = ctx.observe(gm)
+    e = obs.forward_error
+    if e is not None:
         return f"the rewritten forward raises {type(e).__name__}: {_first_line(e)}"
-    if ref.outputs is not None:
-        bad = compare_outputs(list(flat), ref.outputs)
+    if ref.outputs is not None and obs.outputs is not None:
+        bad = compare_outputs(list(obs.outputs), ref.outputs)
         if bad is not None:
             return bad[1]
-    if berr is not None:
-        return f"backward fails: {_first_line(berr)}"
+    if obs.backward_error is not None:
+        return f"backward fails: {_first_line(obs.backward_error)}"
+    if obs.stale:
+        return "backward reads a value a write changed"
+    grads = obs.grads
     if grads and any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
         # Only a non-finite gradient needs eager's for comparison: eager backward runs
         # only then (and is computed once per fix()).
@@ -174,34 +176,13 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _plain_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
-    run = FirstRun()
-    try:
-        flat, _, berr = run_forward_backward(gm, ctx.inputs(), ctx.params(), ctx.seed)
-    except Exception as e:
-        run.forward_error = e
-        return run
-    run.outputs = list(flat)
-    run.backward_fails, run.backward_error = berr is not None, berr
-    return run
-
-
-def check_capture(
-    captured_gm: fx.GraphModule, ctx: Context, ref: Reference, passes: Sequence[Pass] = ()
-) -> FirstRun:
+def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> Observation:
     """Fail loudly when the captured graph computes something other than eager PyTorch.
 
-    Runs the graph forward and backward once. When the first pass that applies has a
-    probe (the in-place pass instruments this same run), the probe is the run, and the
-    pass finds it in `ctx.first_run` instead of running the model again.
+    Runs the graph forward and backward once: the graph's observation, which the passes
+    then read instead of running the model again.
     """
-    first = next((p for p in passes if p.applies is None or p.applies(captured_gm)), None)
-    if first is not None and first.probe is not None:
-        run = first.probe(captured_gm, ctx)
-        run.pass_code, run.graph_code = first.code, captured_gm.code
-        ctx.first_run = run
-    else:
-        run = _plain_run(captured_gm, ctx)
+    run = ctx.observe(captured_gm)
     e = run.forward_error
     if e is not None:
         if ref.forward_error is not None and type(e) is type(ref.forward_error):
@@ -213,11 +194,11 @@ def check_capture(
             hint="This is a capture bug in fxgrad; please report it with the model. "
             "Meanwhile make the offending module a leaf module.",
         ) from e
-    if run.refused_write and ref.forward_error is None and torch.is_grad_enabled():
+    if run.first_refusal and ref.forward_error is None and torch.is_grad_enabled():
         # The run went on past a write autograd refused; eager ran it without complaint.
         # (Under an outer no_grad eager refuses nothing, while the probe records grad.)
         raise EquivalenceError(
-            f"The captured graph raises RuntimeError where eager PyTorch runs: {run.refused_write}",
+            f"The captured graph raises RuntimeError where eager PyTorch runs: {run.first_refusal}",
             hint="This is a capture bug in fxgrad; please report it with the model. "
             "Meanwhile make the offending module a leaf module.",
         )
@@ -252,8 +233,7 @@ def run_passes(
     notes: list[str] = []
     can_verify = verify_results and ref is not None and ctx.example_inputs is not None
     for p in passes:
-        probed = ctx.first_run is not None and ctx.first_run.pass_code == p.code
-        if p.applies is not None and not probed and not p.applies(gm):
+        if p.applies is not None and not p.applies(gm):
             continue
         # A snapshot to roll back to is needed only where a result can be verified.
         saved = copy.deepcopy(gm.graph) if can_verify else None

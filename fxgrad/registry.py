@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from torch import fx
 
     from fxgrad.changes import Change
-    from fxgrad.context import Context, FirstRun
+    from fxgrad.context import Context
+    from fxgrad.observe import Extension
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,16 @@ class Pass:
     # A quick scan: False when the graph holds nothing the pass looks at, so the pipeline
     # skips it without snapshotting the graph or running the model for it.
     applies: Callable[[fx.GraphModule], bool] | None = None
-    # With example inputs: the instrumented forward and backward the pass starts with.
-    # When the pass is the first to run, the pipeline makes this run its capture check
-    # (fxgrad.pipeline.check_capture) instead of running the graph once more.
-    probe: Callable[[fx.GraphModule, Context], FirstRun] | None = None
+    # What the pass records beyond the core facts of an observed run (fxgrad.observe),
+    # node by node; the pipeline adds these to the one run all passes read.
+    observes: tuple[Callable[[fx.GraphModule], Extension | None], ...] = ()
+    # Errors eager PyTorch raises in forward that this pass repairs (autograd refusing a
+    # write): fix() goes on past them instead of reporting the model's own error.
+    repairs_errors: tuple[Callable[[BaseException], bool], ...] = ()
+
+    def repairs(self, error: BaseException) -> bool:
+        """Whether this pass repairs an error eager raised in forward."""
+        return any(check(error) for check in self.repairs_errors)
 
     @property
     def summary(self) -> str:

@@ -12,7 +12,8 @@ back at the end, with the RNG state as it was.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,3 +102,33 @@ def private_state(root: nn.Module) -> Iterator[PrivateState]:
             yield state
         finally:
             state.restore()
+
+
+@contextlib.contextmanager
+def restored(tensors: Iterable[Any]) -> Iterator[None]:
+    """Run on real tensors, then put their values, `.grad` and the RNG state back.
+
+    For runs that must use the user's own tensors (so gradients are gradients of those
+    parameters): BatchNorm statistics, counters and any stray write are copied back
+    afterwards, and no `.grad` is left behind.
+    """
+    seen: dict[int, torch.Tensor] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            seen.setdefault(id(t), t)
+    kept = list(seen.values())
+    with torch.no_grad():
+        saved = [(t, t.detach().clone()) for t in kept]
+    grads = [(t, t.grad) for t in kept if t.is_leaf]
+    prev = torch.is_grad_enabled()
+    with forked_rng():
+        try:
+            yield
+        finally:
+            torch.set_grad_enabled(prev)
+            with torch.no_grad():
+                for t, s in saved:
+                    if t.shape != s.shape or not torch.equal(t, s):
+                        t.copy_(s)
+            for t, g in grads:
+                t.grad = g

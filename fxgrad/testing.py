@@ -32,7 +32,7 @@ from torch import fx, nn
 
 import fxgrad
 from fxgrad.api import FixedModule
-from fxgrad.context import clone_inputs
+from fxgrad.context import Context, clone_inputs
 from fxgrad.export import with_module_paths
 from fxgrad.graph_utils import (
     _is_internal,
@@ -43,12 +43,14 @@ from fxgrad.graph_utils import (
     source_line,
     writes_to,
 )
+from fxgrad.observe import Extension, Observation, Observer, observe
 from fxgrad.pipeline import (
     compare_outputs,
     cotangents,
     differentiable_outputs,
 )
 from fxgrad.report import Report, clean_torch_error
+from fxgrad.state import restored
 
 __all__ = [
     "AutogradCheckError",
@@ -128,35 +130,9 @@ def _input_names(module: nn.Module, n: int) -> list[str]:
     return [f"input {names[i]}" if i < len(names) else f"input {i}" for i in range(n)]
 
 
-@contextlib.contextmanager
-def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Iterator[None]:
-    """Undo what a checking run does to the user's model: values, `.grad`, RNG state.
-
-    The checks run the real model forward and backward on its own parameters (so that
-    gradients are gradients of those parameters); BatchNorm statistics, counters and any
-    stray write are restored afterwards, and no `.grad` is left behind.
-    """
-    seen: dict[int, torch.Tensor] = {}
-    for t in [*module.parameters(), *module.buffers(), *extra]:
-        if isinstance(t, torch.Tensor):
-            seen.setdefault(id(t), t)
-    tensors = list(seen.values())
-    with torch.no_grad():
-        saved = [(t, t.detach().clone()) for t in tensors]
-    grads = [(t, t.grad) for t in tensors if t.is_leaf]
-    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
-    prev = torch.is_grad_enabled()
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            torch.set_grad_enabled(prev)
-            with torch.no_grad():
-                for t, s in saved:
-                    if t.shape != s.shape or not torch.equal(t, s):
-                        t.copy_(s)
-            for t, g in grads:
-                t.grad = g
+def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Any:
+    """Undo what a checking run does to the user's model: values, `.grad`, RNG state."""
+    return restored([*module.parameters(), *module.buffers(), *extra])
 
 
 def _first_line(e: BaseException) -> str:
@@ -232,21 +208,26 @@ class _Cut:
         return f"{where} `{code}`: {self.why}"
 
 
-class _GradRecorder(fx.Interpreter):
-    """Run the graph once and note, per node, whether its value carries a gradient."""
+class _GradRecorder(Extension):
+    """Note, per node of the observed run, whether its value carries a gradient."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
+    key = "carries"
+
+    def __init__(self) -> None:
         self.carries: dict[fx.Node, bool] = {}
         self.float_valued: dict[fx.Node, bool] = {}
-        self.grad_enabled: dict[fx.Node, bool] = {}
 
-    def run_node(self, n: fx.Node) -> Any:
-        self.grad_enabled[n] = torch.is_grad_enabled()
-        value = super().run_node(n)
-        self.carries[n] = _carries_grad(value)
-        self.float_valued[n] = _is_float_like(value)
-        return value
+    def after(self, run: Observer, node: fx.Node, value: Any) -> None:
+        self.carries[node] = _carries_grad(value)
+        self.float_valued[node] = _is_float_like(value)
+
+
+def _observe(fixed: FixedModule, leaves: list[Any], extension: Extension) -> Observation:
+    """One observed run of the fixed graph on the user's own tensors, restored afterwards."""
+    gm = fixed.graph_module
+    ctx = Context(example_inputs=leaves, private_state=True, module=fixed)
+    with preserved_state(fixed, leaves):
+        return observe(gm, ctx, [extension])
 
 
 def _why_cut(node: fx.Node, grad_enabled: bool) -> str:
@@ -278,13 +259,8 @@ def _find_cuts(fixed: FixedModule, inputs: tuple) -> tuple[fx.GraphModule, list[
         else t
         for t in clone_inputs(_leaves(fixed, inputs))
     ]
-    rec = _GradRecorder(gm)
-    with preserved_state(fixed, leaves):
-        prev = torch.is_grad_enabled()
-        try:
-            rec.run(*leaves)
-        finally:
-            torch.set_grad_enabled(prev)
+    rec = _GradRecorder()
+    grad_enabled = _observe(fixed, leaves, rec).grad_on
     reaches = ancestors([gm.graph.output_node()])
     cuts = []
     for n in gm.graph.nodes:
@@ -297,7 +273,7 @@ def _find_cuts(fixed: FixedModule, inputs: tuple) -> tuple[fx.GraphModule, list[
         float_valued = rec.float_valued.get(n, False)
         if not float_valued and n.op == "call_function" and n.target is getattr:
             continue  # `.shape`, `.dtype`: reading metadata is no cut
-        cuts.append(_Cut(n, _why_cut(n, rec.grad_enabled.get(n, True)), float_valued))
+        cuts.append(_Cut(n, _why_cut(n, grad_enabled.get(n, True)), float_valued))
     return gm, cuts, reaches
 
 
@@ -678,27 +654,28 @@ class _FunctionCall:
     kwargs: dict
 
 
-class _FunctionRecorder(fx.Interpreter):
-    """Run the graph and keep a detached copy of what each custom Function receives."""
+class _FunctionRecorder(Extension):
+    """Keep a detached copy of what each custom Function receives in the observed run."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
+    key = "functions"
+
+    def __init__(self) -> None:
         self.calls: list[_FunctionCall] = []
 
-    def run_node(self, n: fx.Node) -> Any:
-        cls = getattr(n.target, "_fxgrad_function", None) if n.op == "call_function" else None
-        if cls is not None:
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
+    def before(self, run: Observer, node: fx.Node) -> None:
+        cls = getattr(node.target, "_fxgrad_function", None) if node.op == "call_function" else None
+        if cls is None:
+            return
+        args, kwargs = run.fetch_args_kwargs_from_env(node)
 
-            def keep(x: Any) -> Any:
-                if isinstance(x, torch.Tensor):
-                    return x.detach().clone().requires_grad_(x.requires_grad)
-                return x
+        def keep(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x.detach().clone().requires_grad_(x.requires_grad)
+            return x
 
-            self.calls.append(
-                _FunctionCall(n, cls, pytree.tree_map(keep, args), pytree.tree_map(keep, kwargs))
-            )
-        return super().run_node(n)
+        self.calls.append(
+            _FunctionCall(node, cls, pytree.tree_map(keep, args), pytree.tree_map(keep, kwargs))
+        )
 
 
 @contextlib.contextmanager
@@ -789,13 +766,8 @@ def check_custom_functions(
     module = _inner(model)
     fixed = _capture(module, inputs)
     leaves = clone_inputs(_leaves(fixed, tuple(inputs)))
-    rec = _FunctionRecorder(fixed.graph_module)
-    with preserved_state(fixed, leaves):
-        prev = torch.is_grad_enabled()
-        try:
-            rec.run(*leaves)
-        finally:
-            torch.set_grad_enabled(prev)
+    rec = _FunctionRecorder()
+    _observe(fixed, leaves, rec)
     skipped = {s if isinstance(s, str) else s.__name__ for s in skip}
     checked: list[str] = []
     failures: list[str] = []

@@ -70,11 +70,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, FirstRun, seeded
+from fxgrad.context import Context
 from fxgrad.graph_utils import (
     ENTER_INFERENCE_MODE,
     EXIT_INFERENCE_MODE,
@@ -86,6 +85,7 @@ from fxgrad.graph_utils import (
     submodule,
     writes_to,
 )
+from fxgrad.observe import Observation, storage_of
 from fxgrad.registry import Pass
 from fxgrad.runtime import writable_piece
 from fxgrad.tracing import has_hooks
@@ -259,14 +259,7 @@ def _static_pieces(node: fx.Node) -> int | None:
 _MAX_STATIC_PIECES = 64  # static mode: unbind pieces indexed by a constant below this
 
 
-def _storage(t: Any) -> int | None:
-    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-        return None
-    try:
-        st = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):
-        return None
-    return st.data_ptr() if st.nbytes() else None
+_storage = storage_of
 
 
 def alias_map(gm: fx.GraphModule, values: dict | None) -> dict[fx.Node, Alias]:
@@ -345,193 +338,6 @@ def _opaque_alias(node: fx.Node, values: dict, aliases: dict) -> Alias:
                 parent.root, parent.steps + (Step(node.op, node.target, (), kind="opaque"),)
             )
     return Alias(node)
-
-
-# ---------------------------------------------------------------------------------------
-# Exact mode: one instrumented run
-
-
-@dataclass
-class Saved:
-    node: fx.Node
-    tensor: torch.Tensor
-    version: int
-    storage: int | None
-    role: str = "internal"  # "output", "input" or "internal"
-    arg: fx.Node | None = None
-
-
-@dataclass
-class Observed:
-    values: dict[fx.Node, Any]
-    saved: list[Saved]
-    needed: set[int]
-    bumped: dict[fx.Node, list[int]]  # write -> saved entries it changed
-    errors: dict[fx.Node, str]  # write -> the error eager raised
-    grad_on: dict[fx.Node, bool]
-    saved_before: dict[fx.Node, int]
-    complete: bool = True
-    outputs: list[Any] | None = None  # the graph's flat outputs
-    forward_error: BaseException | None = None  # what stopped the run, if anything did
-    backward_error: BaseException | None = None
-    stale: bool = False  # backward used a saved tensor a write had changed (eager raises)
-
-
-def _same_view(a: torch.Tensor, b: Any) -> bool:
-    return (
-        isinstance(b, torch.Tensor)
-        and _storage(a) is not None
-        and _storage(a) == _storage(b)
-        and a.storage_offset() == b.storage_offset()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-    )
-
-
-class _Probe(fx.Interpreter):
-    """Run the graph once, recording what autograd saves and what each write changes."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm, garbage_collect_values=False)
-        self.obs = Observed({}, [], set(), {}, {}, {}, {})
-        self.current: fx.Node | None = None
-        self.writes = {n: t for n in gm.graph.nodes if (t := writes_to(n, gm)) is not None}
-        self.by_storage: dict[int | None, list[int]] = {}  # saved entries by storage
-
-    def pack(self, t: torch.Tensor) -> int:
-        st = _storage(t)
-        self.obs.saved.append(Saved(self.current, t, t._version, st))
-        i = len(self.obs.saved) - 1
-        self.by_storage.setdefault(st, []).append(i)
-        return i
-
-    def unpack(self, i: int) -> torch.Tensor:
-        self.obs.needed.add(i)
-        s = self.obs.saved[i]
-        if s.tensor._version != s.version or _storage(s.tensor) != s.storage:
-            self.obs.stale = True  # eager's own unpack would refuse this tensor
-        return s.tensor
-
-    def run_node(self, n: fx.Node) -> Any:
-        self.current = n
-        obs = self.obs
-        obs.grad_on[n] = torch.is_grad_enabled()
-        first = len(obs.saved)
-        if n not in self.writes:
-            out = super().run_node(n)
-            self._classify(n, first, out)
-            return out
-        obs.saved_before[n] = first
-        # A write can only change saved tensors that share its target's storage (views
-        # share storage; `.data` shares storage too), so only those are compared: checking
-        # every saved tensor at every write made the run quadratic in graph size.
-        st = _storage(self.env.get(self.writes[n]))
-        candidates = list(self.by_storage.get(st, ())) if st is not None else range(len(obs.saved))
-        before = [
-            (i, obs.saved[i].tensor._version, _storage(obs.saved[i].tensor)) for i in candidates
-        ]
-        try:
-            out = super().run_node(n)
-        except RuntimeError as e:
-            obs.errors[n] = str(e).strip().splitlines()[0]
-            try:
-                with torch.no_grad():  # eager refuses; run it anyway to observe the rest
-                    out = super().run_node(n)
-            except RuntimeError:
-                if "more than one element" not in obs.errors[n]:
-                    raise
-                # An expanded target whose elements overlap: write a clone, as PyTorch's
-                # message suggests, and as the rewrite will.
-                args, kwargs = self.fetch_args_kwargs_from_env(n)
-                args = (args[0].clone(), *args[1:])
-                out = getattr(self, n.op)(n.target, args, kwargs)
-        obs.bumped[n] = [
-            i
-            for i, ver, st in before
-            if obs.saved[i].tensor._version != ver or _storage(obs.saved[i].tensor) != st
-        ]
-        self._classify(n, first, out)
-        return out
-
-    def _classify(self, n: fx.Node, first: int, out: Any) -> None:
-        for s in self.obs.saved[first:]:
-            outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-            if any(_same_view(s.tensor, o) for o in outs):
-                s.role = "output"
-                continue
-            for a in n.all_input_nodes:
-                if _same_view(s.tensor, self.env.get(a)):
-                    s.role, s.arg = "input", a
-                    break
-            else:
-                for a in n.all_input_nodes:
-                    av = self.env.get(a)
-                    if isinstance(av, torch.Tensor) and _storage(av) == s.storage:
-                        s.role, s.arg = "input", a
-                        break
-
-
-def observe(gm: fx.GraphModule, ctx: Context) -> Observed:
-    """Run gm on fresh example inputs and backward once, leaving module state as it was."""
-    # Inside fix() parameters and buffers are private copies reset before every run;
-    # called on its own, the pass puts back whatever the probing run wrote.
-    state = [] if ctx.private_state else list(gm.parameters()) + list(gm.buffers())
-    with torch.no_grad():
-        snapshot = [t.detach().clone() for t in state]
-    probe = _Probe(gm)
-    inputs = ctx.inputs()
-    prev = torch.is_grad_enabled()
-    try:
-        with seeded(ctx.seed), torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
-            torch.set_grad_enabled(ctx.grad_enabled)
-            try:
-                out = probe.run(*inputs)
-            except Exception as e:
-                probe.obs.complete = False
-                probe.obs.forward_error = e
-                out = None
-            finally:
-                torch.set_grad_enabled(prev)
-        probe.obs.values = dict(probe.env)
-        if out is not None:
-            probe.obs.outputs = list(out)
-            params = ctx.params() if ctx.module is not None else list(gm.parameters())
-            _backward(probe.obs, out, params, inputs, ctx.seed)
-    finally:
-        with torch.no_grad():
-            for t, s in zip(state, snapshot):
-                if t.shape == s.shape and not torch.equal(t, s):
-                    t.copy_(s)
-    return probe.obs
-
-
-def _backward(obs: Observed, out: Any, params: list, inputs: list, seed: int) -> None:
-    from fxgrad.pipeline import cotangents, differentiable_outputs
-
-    wrt = [p for p in params if p.requires_grad] + [
-        t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
-    ]
-    diff = differentiable_outputs(pytree.tree_leaves(out))
-    if not diff or not wrt:
-        return
-    try:
-        torch.autograd.grad(diff, wrt, cotangents(diff, seed), allow_unused=True)
-    except RuntimeError as e:
-        obs.backward_error = e
-        obs.needed = set(range(len(obs.saved)))  # be conservative: all saved may be needed
-
-
-def first_run(gm: fx.GraphModule, ctx: Context) -> FirstRun:
-    """The pass's first observation, made as the pipeline's capture check (see Pass.probe)."""
-    obs = observe(gm, ctx)
-    return FirstRun(
-        outputs=obs.outputs,
-        forward_error=obs.forward_error,
-        backward_fails=obs.backward_error is not None or obs.stale,
-        backward_error=obs.backward_error,
-        refused_write=next(iter(obs.errors.values()), None),
-        state=obs,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -751,7 +557,7 @@ def _multi_views_by_root(aliases: dict) -> dict[fx.Node, list[fx.Node]]:
 
 
 def _stale_multi_views(
-    w: fx.Node, pieces: list[fx.Node], obs: Observed, order: dict
+    w: fx.Node, pieces: list[fx.Node], obs: Observation, order: dict
 ) -> fx.Node | None:
     """The unbind/split/chunk node whose outputs, read after `w`, alias what `w` writes."""
     pos = order[w]
@@ -769,7 +575,7 @@ def _stale_multi_views(
     return None
 
 
-def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], dict]:
+def exact_findings(gm: fx.GraphModule, obs: Observation) -> tuple[list[Finding], dict]:
     aliases = alias_map(gm, obs.values)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     pieces = _multi_views_by_root(aliases)
@@ -791,8 +597,8 @@ def exact_findings(gm: fx.GraphModule, obs: Observed) -> tuple[list[Finding], di
             w.op == "call_function" and w.target is builtins.setattr
         )
         wt = f"{_q(_write_text(w))}{_at(w)}"
-        if w in obs.errors:
-            msg = obs.errors[w]
+        if w in obs.refused:
+            msg = obs.refused[w]
             if "leaf Variable" in msg:
                 kind, why = (
                     "leaf",
@@ -1357,7 +1163,7 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     todo: list[Finding] = []
     for _ in range(MAX_ROUNDS):
         if exact:
-            obs = ctx.take_first_run(CODE, gm) or observe(gm, ctx)
+            obs = ctx.observe(gm)
             findings, aliases = exact_findings(gm, obs)
             values: dict | None = obs.values
         else:
@@ -1428,7 +1234,7 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         changes.extend(round_changes)
     else:
         if exact:
-            findings, _ = exact_findings(gm, observe(gm, ctx))
+            findings, _ = exact_findings(gm, ctx.observe(gm))
         else:
             findings, _ = static_findings(gm)
         for f in [f for f in findings if f.write.name not in done]:
@@ -1453,6 +1259,28 @@ def applies(gm: fx.GraphModule) -> bool:
     return any(writes_to(n, gm) is not None for n in gm.graph.nodes)
 
 
+# What autograd raises in forward when it refuses a write (all RuntimeError; the message
+# is what tells them apart).
+_REFUSALS = (
+    "in-place operation",
+    "inplace operation",
+    "a view of a leaf",
+    "arguments don't support automatic differentiation",  # out= on a tensor that requires grad
+    "is being modified inplace",  # views of unbind/split/chunk, views made under no_grad
+    "refers to a single memory location",  # writes into overlapping (expanded) tensors
+)
+
+
+def refused_write(error: BaseException) -> bool:
+    """Whether autograd refused an in-place write: the errors this pass repairs."""
+    return isinstance(error, RuntimeError) and any(s in str(error) for s in _REFUSALS)
+
+
 PASS = Pass(
-    code="FXG101", name="inplace-op", run=run, doc=__doc__, applies=applies, probe=first_run
+    code="FXG101",
+    name="inplace-op",
+    run=run,
+    doc=__doc__,
+    applies=applies,
+    repairs_errors=(refused_write,),
 )

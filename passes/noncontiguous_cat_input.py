@@ -70,7 +70,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, default_measure, seeded
+from fxgrad.context import Context, default_measure
 from fxgrad.decision_cache import DecisionCache, device_key, digest
 from fxgrad.graph_utils import (
     has_side_effect,
@@ -205,70 +205,31 @@ class Layout:
 
 @dataclass
 class Observed:
-    """What one run of the graph on the example inputs showed."""
+    """What the graph's observed run (fxgrad.observe) showed, as this pass reads it."""
 
     layouts: dict[fx.Node, Layout]
     values: dict[fx.Node, Any]  # detached values of the nodes the timed consumers read
-    # The forward's outputs, autograd graph alive, and the leaves it reads, until
-    # `step_seconds` times the backward; and how long the forward took.
-    outputs: Any = None
-    leaves: list[torch.Tensor] = field(default_factory=list)
-    forward_s: float = 0.0
+    step_s: float | None = None  # the observed forward plus its backward
 
     def step_seconds(self) -> float | None:
-        """Seconds of this forward plus its backward (run now, once); None if it failed."""
-        from fxgrad.pipeline import cotangents, differentiable_outputs
-
-        outputs, self.outputs = self.outputs, None
-        if outputs is None:
-            return None
-        start = time.perf_counter()
-        diff = differentiable_outputs(pytree.tree_leaves(outputs))
-        wrt = [t for t in self.leaves if t.requires_grad]
-        if diff and wrt:
-            try:
-                torch.autograd.grad(diff, wrt, cotangents(diff, 0), allow_unused=True)
-            except RuntimeError:
-                return None
-        return self.forward_s + time.perf_counter() - start
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]) -> None:
-        super().__init__(gm)
-        self.keep = keep
-        self.seen = Observed({}, {})
-
-    def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
-        if isinstance(value, torch.Tensor):
-            self.seen.layouts[n] = Layout.of(value)
-        if n in self.keep:
-            self.seen.values[n] = value.detach() if isinstance(value, torch.Tensor) else value
-        return value
+        """Seconds of the observed forward plus its backward; None if either failed."""
+        return self.step_s
 
 
 def observe(gm: fx.GraphModule, ctx: Context, keep: set[fx.Node]) -> Observed:
-    """Run the graph once on fresh example inputs, recording every tensor's layout.
+    """Every tensor's layout in the graph's observed run, and the values of `keep`.
 
-    Runs with gradients on, as training does, so `requires_grad` is what backward will see;
-    a forward that fails part way still leaves the layouts it reached.
+    The run is made with gradients on, as training does, so `requires_grad` is what
+    backward will see; a forward that fails part way still leaves the layouts it reached.
     """
-    recorder = _Recorder(gm, keep)
-    seen = recorder.seen
-    prev = torch.is_grad_enabled()
-    try:
-        with seeded(ctx.seed), torch.enable_grad():
-            inputs = ctx.inputs()
-            start = time.perf_counter()
-            seen.outputs = recorder.run(*inputs)
-            seen.forward_s = time.perf_counter() - start
-            seen.leaves = ctx.params() + [x for x in inputs if isinstance(x, torch.Tensor)]
-    except Exception:
-        pass  # the pipeline reports failing forwards; cats not reached are not candidates
-    finally:
-        torch.set_grad_enabled(prev)
-    return seen
+    obs = ctx.observe(gm)
+    layouts = {n: Layout.of(v) for n, v in obs.values.items() if isinstance(v, torch.Tensor)}
+    values = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in obs.values.items()
+        if n in keep
+    }
+    return Observed(layouts, values, obs.step_seconds())
 
 
 def is_cat(node: fx.Node) -> bool:
@@ -1087,7 +1048,6 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
             sites.append(site)
 
     decisions = _decide(ctx, sites, seen)
-    seen.outputs = None  # the forward's autograd graph, kept for timing its backward
     for site in sites:
         decision, source = decisions[site.node]
         node = site.node

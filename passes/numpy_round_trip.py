@@ -101,7 +101,7 @@ import torch.utils._pytree as pytree
 from torch import fx
 
 from fxgrad.changes import Change
-from fxgrad.context import Context, seeded
+from fxgrad.context import Context
 from fxgrad.graph_utils import (
     INPLACE_OPERATORS,
     has_side_effect,
@@ -110,6 +110,7 @@ from fxgrad.graph_utils import (
     target_name,
     writes_to,
 )
+from fxgrad.observe import Extension, Observer
 from fxgrad.registry import Pass
 
 CODE = "FXG301"
@@ -196,64 +197,79 @@ class _Run:
     raised: dict[fx.Node, BaseException] = field(default_factory=dict)  # exits eager refuses
 
 
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm, garbage_collect_values=False)
-        self.seen = _Run()
+class _Recorder(Extension):
+    """What this pass records in the graph's observed run: NumPy values as they were."""
 
-    def run_node(self, n: fx.Node) -> Any:
-        seen = self.seen
-        write = _numpy_write(n, seen.values)
+    key = CODE
+
+    def __init__(self) -> None:
+        self.seen = _Run()
+        self._write: _Write | None = None
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return _np().errstate(all="ignore")
+
+    def before(self, run: Observer, node: fx.Node) -> None:
+        self._write = write = _numpy_write(node, run.env)
         if write is not None and write.kind in ("augmented", "out"):
             with contextlib.suppress(Exception):
-                seen.plain[n] = _copy(self._without_write(n, write))
-        try:
-            value = super().run_node(n)
-        except Exception as err:
-            value = self._as_meant(n, err)
-        seen.values[n] = value
-        seen.snap[n] = _copy(value)
-        if write is not None:
-            seen.written[n] = _copy(seen.values[write.target])
-        return value
+                self.seen.plain[node] = _copy(_without_write(run, node, write))
 
-    def _without_write(self, n: fx.Node, write: _Write) -> Any:
-        """What `a += b` or `f(..., out=a)` computes, before it is written anywhere."""
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        if write.kind == "augmented":
-            return INPLACE_OPERATORS[n.target](*args)
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("out", "where")}
-        if n.op == "call_method":
-            return getattr(args[0], n.target)(*args[1:], **kwargs)
-        return n.target(*args, **kwargs)
+    def after(self, run: Observer, node: fx.Node, value: Any) -> None:
+        seen = self.seen
+        seen.values[node] = value
+        seen.snap[node] = _copy(value)
+        if self._write is not None:
+            seen.written[node] = _copy(run.env.get(self._write.target))
 
-    def _as_meant(self, n: fx.Node, err: Exception) -> Any:
+    def failed(self, run: Observer, node: fx.Node, error: Exception) -> Any:
         """`torch.from_numpy(np.flip(a))` raises (negative strides); record what it means."""
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        args, kwargs = run.fetch_args_kwargs_from_env(node)
         data = args[0] if args else None
         if not (
-            n.op == "call_function"
-            and n.target in _EXITS
+            node.op == "call_function"
+            and node.target in _EXITS
             and isinstance(data, _np().ndarray)
             and any(s < 0 for s in data.strides)
         ):
-            raise err
-        self.seen.raised[n] = err
-        return n.target(data.copy(), *args[1:], **kwargs)
+            raise error
+        self.seen.raised[node] = error
+        return node.target(data.copy(), *args[1:], **kwargs)
+
+    def result(self) -> _Run:
+        return self.seen
+
+
+def _without_write(run: Observer, n: fx.Node, write: _Write) -> Any:
+    """What `a += b` or `f(..., out=a)` computes, before it is written anywhere."""
+    args, kwargs = run.fetch_args_kwargs_from_env(n)
+    if write.kind == "augmented":
+        return INPLACE_OPERATORS[n.target](*args)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("out", "where")}
+    if n.op == "call_method":
+        return getattr(args[0], n.target)(*args[1:], **kwargs)
+    return n.target(*args, **kwargs)
+
+
+def _negative_strides(error: BaseException) -> bool:
+    """`torch.from_numpy(np.flip(a))` raises; the translation is what the code meant."""
+    return isinstance(error, ValueError) and "stride in the given numpy array is negative" in str(
+        error
+    )
+
+
+def _recorder(gm: fx.GraphModule) -> _Recorder | None:
+    """This pass's part of the observed run, for graphs that call NumPy at all."""
+    if not any(_is_numpy_call(n) for n in gm.graph.nodes):
+        return None
+    return _Recorder()
 
 
 def _record(gm: fx.GraphModule, ctx: Context) -> _Run | None:
-    """Run the graph on the example inputs; None when it does not run."""
-    rec = _Recorder(gm)
-    prev = torch.is_grad_enabled()
-    try:
-        with seeded(ctx.seed), _np().errstate(all="ignore"):
-            rec.run(*ctx.inputs())
-    except Exception:  # the pipeline's capture check already ran it; be safe anyway
-        return None
-    finally:
-        torch.set_grad_enabled(prev)
-    return rec.seen
+    """What the graph's observed run showed; None when it does not run."""
+    obs = ctx.observe(gm, needs=[_recorder])
+    seen = obs.extras.get(CODE)
+    return seen if obs.complete and seen is not None else None
 
 
 @dataclass
@@ -2663,5 +2679,7 @@ PASS = Pass(
     name="numpy-round-trip",
     run=run,
     doc=__doc__,
+    observes=(_recorder,),
+    repairs_errors=(_negative_strides,),
     applies=lambda gm: any(_is_numpy_call(n) for n in gm.graph.nodes),
 )

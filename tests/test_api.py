@@ -591,3 +591,55 @@ def test_a_crashing_pass_is_a_pass_error_naming_it(monkeypatch):
     with pytest.raises(PassError, match="FXG998 \\(crashes\\) crashed: ValueError: boom") as e:
         fxgrad.fix(Small(), (torch.randn(3, 4),), select=["FXG998"])
     assert "ignore=['FXG998']" in e.value.hint
+
+
+# --- how many times fix() runs the model -----------------------------------------------
+
+
+class _Counted(torch.autograd.Function):
+    """Identity that counts the forwards and backwards it takes part in."""
+
+    counts = {"forward": 0, "backward": 0}
+
+    @staticmethod
+    def forward(ctx, x):
+        _Counted.counts["forward"] += 1
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        _Counted.counts["backward"] += 1
+        return g
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self, unsafe: bool):
+        super().__init__()
+        self.fc1, self.fc2, self.unsafe = nn.Linear(4, 8), nn.Linear(8, 2), unsafe
+
+    def forward(self, x):
+        h = torch.sigmoid(_Counted.apply(self.fc1(x)))
+        if self.unsafe:
+            h.mul_(2)  # sigmoid saved h
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize(
+    ("unsafe", "forwards", "backwards"),
+    [
+        # eager forward; one forward and backward of the captured graph, which the capture
+        # check and every pass read
+        (False, 2, 1),
+        # and one more of the rewritten graph, which verifies the rewrite; eager's forward
+        # and backward once more, to quote eager's own error in the report (that backward
+        # stops at the error, before it reaches the counter)
+        (True, 4, 2),
+    ],
+    ids=["nothing-to-rewrite", "one-unsafe-write"],
+)
+def test_fix_runs_the_model_as_few_times_as_it_can(unsafe, forwards, backwards):
+    model, x = _TwoLayers(unsafe), torch.randn(3, 4)
+    _Counted.counts.update(forward=0, backward=0)
+    fixed = fxgrad.fix(model, (x,))
+    assert len(fixed.report.applied) == (1 if unsafe else 0)
+    assert _Counted.counts == {"forward": forwards, "backward": backwards}

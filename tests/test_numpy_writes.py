@@ -602,7 +602,10 @@ def test_case_at_other_batch_sizes(path: Path) -> None:
             torch.manual_seed(batch)
             xs = case.inputs(batch=batch)
             got = fixed(*[x.clone() for x in xs])
-            want = model(*[x.clone() for x in xs])
+            try:
+                want = model(*[x.clone() for x in xs])
+            except ValueError:  # eager refuses (negative strides): the Reference says
+                want = reference(*[x.clone() for x in xs])
             torch.testing.assert_close(got, want, msg=f"{path.stem}: fixed on {fix_batch}")
             if reference is None:
                 continue
