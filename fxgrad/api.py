@@ -132,7 +132,7 @@ class Variant:
 _TREE_EPOCH = [0]
 
 
-def _tree_changed(module: nn.Module, name: str, submodule: Any) -> None:
+def _tree_changed(*_: Any) -> None:
     _TREE_EPOCH[0] += 1
 
 

@@ -43,14 +43,7 @@ def capture(
     tracer = FxgradTracer(leaves, call.in_spec, call)
     modules = list(root.modules())
     state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in modules]
-    # Plain tensor attributes (`self.n = torch.zeros(())` in __init__) are read as traced
-    # values, like buffers: fx would run `self.n.add_(1)` once at capture time on the real
-    # tensor and record nothing. They sit in the buffer table while tracing, and the graph
-    # reads and writes them as the plain attributes they are.
-    for m in modules:
-        for name in plain_tensor_attributes(m):
-            m._buffers[name] = m.__dict__.pop(name)
-            tracer.plain_attributes.add((id(m), name))
+    _plain_attributes_as_buffers(modules, tracer)
     _ACTIVE.append(tracer)
     error: Exception | None = None
     try:
@@ -60,33 +53,68 @@ def capture(
         error = e
     finally:
         _ACTIVE.pop()
-        for m, buffers, attrs in state:  # undo what tracing assigned to the twin
-            if _same_items(m._buffers, buffers) and _same_items(m.__dict__, attrs):
-                continue  # most modules: nothing assigned
-            m._buffers.clear()
-            m._buffers.update(buffers)
-            added = [k for k in m.__dict__ if k not in attrs and not _is_stowed_name(k)]
-            for k in added:
-                del m.__dict__[k]
-            for k, v in attrs.items():
-                if m.__dict__.get(k) is not v:
-                    m.__dict__[k] = v
+        _restore(state)
     if error is not None:
-        # Did the model itself fail on the example values before capture did? Then that
-        # is the error to report (the twin is restored, so the ops see the real modules).
-        with contextlib.suppress(Exception):
-            tracer.run_pending()
+        raise _capture_error(tracer, error) from error
     tracer._values.clear()
-    if error is not None:
-        if tracer.propagation_error is not None:
-            raise _model_error(tracer.propagation_error, tracer.propagation_node) from error
-        if isinstance(error, FxgradError):
-            raise error
-        raise _trace_error(error) from error
-    # Built empty and given the graph afterwards: fx would copy every module the graph
-    # calls into a hierarchy of its own (a third of tracing time on a model of many small
-    # modules), and the graph resolves targets through the shared module tree instead, so
-    # .to()/.cuda() on the fixed module (which replaces buffer objects) is seen by it.
+    return Captured(
+        _graph_module(graph, root),
+        call,
+        tracer.out_spec,
+        tracer.placeholder_leaf_index,
+        tracer.propagation_error,
+        tracer.notes,
+    )
+
+
+def _plain_attributes_as_buffers(modules: list[torch.nn.Module], tracer: FxgradTracer) -> None:
+    """Plain tensor attributes (`self.n = torch.zeros(())` in __init__) are read as traced
+    values, like buffers: fx would run `self.n.add_(1)` once at capture time on the real
+    tensor and record nothing. They sit in the buffer table while tracing, and the graph
+    reads and writes them as the plain attributes they are."""
+    for m in modules:
+        for name in plain_tensor_attributes(m):
+            m._buffers[name] = m.__dict__.pop(name)
+            tracer.plain_attributes.add((id(m), name))
+
+
+def _restore(state: list[tuple[torch.nn.Module, dict, dict]]) -> None:
+    """Undo what tracing assigned to the twin's modules (buffers, attributes)."""
+    for m, buffers, attrs in state:
+        if _same_items(m._buffers, buffers) and _same_items(m.__dict__, attrs):
+            continue  # most modules: nothing assigned
+        m._buffers.clear()
+        m._buffers.update(buffers)
+        added = [k for k in m.__dict__ if k not in attrs and not _is_stowed_name(k)]
+        for k in added:
+            del m.__dict__[k]
+        for k, v in attrs.items():
+            if m.__dict__.get(k) is not v:
+                m.__dict__[k] = v
+
+
+def _capture_error(tracer: FxgradTracer, error: Exception) -> Exception:
+    """The error to raise: the model's own, if it failed on the example values first."""
+    # Did the model itself fail on the example values before capture did? Then that is
+    # the error to report (the twin is restored, so the ops see the real modules).
+    with contextlib.suppress(Exception):
+        tracer.run_pending()
+    tracer._values.clear()
+    if tracer.propagation_error is not None:
+        return _model_error(tracer.propagation_error, tracer.propagation_node)
+    if isinstance(error, FxgradError):
+        return error
+    return _trace_error(error)
+
+
+def _graph_module(graph: fx.Graph, root: torch.nn.Module) -> fx.GraphModule:
+    """A GraphModule that runs `graph` on root's own module tree.
+
+    Built empty and given the graph afterwards: fx would copy every module the graph calls
+    into a hierarchy of its own (a third of tracing time on a model of many small
+    modules), and the graph resolves targets through the shared module tree instead, so
+    .to()/.cuda() on the fixed module (which replaces buffer objects) is seen by it.
+    """
     gm = fx.GraphModule({}, fx.Graph(), class_name=type(root).__name__)
     gm.training = root.training
     gm.__dict__["_modules"] = root._modules
@@ -97,14 +125,7 @@ def capture(
     gm.graph = graph  # generates and compiles the code
     if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
         gm._tracer_cls = graph._tracer_cls  # as fx.GraphModule.__init__ records it
-    return Captured(
-        gm,
-        call,
-        tracer.out_spec,
-        tracer.placeholder_leaf_index,
-        tracer.propagation_error,
-        tracer.notes,
-    )
+    return gm
 
 
 def _place_attribute_reads(graph: fx.Graph, root: torch.nn.Module, gm: fx.GraphModule) -> None:

@@ -382,9 +382,8 @@ def _wrapped(kind: Callable[[Callable], Callable], orig: Callable) -> Callable:
     return hit[1]
 
 
-@contextlib.contextmanager
-def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
-    """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
+def _replacements() -> tuple[dict[Any, Any], list[tuple[Any, str, Any]]]:
+    """What each patched function is replaced by, and where it lives (module, name, value)."""
     replacements: dict[Any, Any] = {
         getattr(torch, n): _wrapped(_record_factory, getattr(torch, n))
         for n in _RECORDED_FUNCTIONS
@@ -399,60 +398,82 @@ def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
     replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
     # `np.asarray(t.detach())` reads the tensor through __array__, which a traced value
     # cannot serve; recorded as a call, it enters the graph like `.numpy()` does. NumPy's
-    # factories given a traced size (`np.zeros(a.shape)`, `np.eye(n)`, `np.arange(n)`) are
-    # recorded too: NumPy would read the size as the example's number, baking it in.
-    # NumPy's factories are recorded whenever model code calls them, as torch's are: an
-    # array made once at capture time would be shared by every call (`m = np.zeros(4);
-    # m += a` would accumulate).
+    # factories are recorded whenever model code calls them, as torch's are: an array made
+    # once at capture time would be shared by every call (`m = np.zeros(4); m += a` would
+    # accumulate), and a traced size (`np.zeros(a.shape)`) would be baked in.
     np = sys.modules.get("numpy")
     np_names = _NUMPY_RECORDED if np is not None else ()
     for n in np_names:
         kind = _record_if_traced if n in _NUMPY_DATA_FUNCTIONS else _record_factory
         replacements[getattr(np, n)] = _wrapped(kind, getattr(np, n))
-    undo: list[tuple[Any, str, Any]] = []
-    originals: list[tuple[type, str, Any]] = []
     names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
-    targets = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
-    targets.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
-    targets.extend((np, n, getattr(np, n)) for n in np_names)
-    # Model code may have imported them by name (`from torch import tensor`).
+    places = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
+    places.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
+    places.extend((np, n, getattr(np, n)) for n in np_names)
+    return replacements, places
+
+
+def _imported_by_name(
+    modules: list[torch.nn.Module], replacements: dict[Any, Any]
+) -> list[tuple[Any, str, Any]]:
+    """Patched functions model code imported by name (`from torch import tensor`)."""
+    places = []
     seen: set[int] = set()
     for mod in modules:
         if type(mod).__module__.startswith("torch."):
             continue  # torch.nn modules are leaves: their code is not traced
         g = getattr(getattr(type(mod), "forward", None), "__globals__", None)
-        if g is not None and id(g) not in seen:
-            seen.add(id(g))
-            for name, value in g.items():
-                if callable(value) and not isinstance(value, type(torch)):
-                    with contextlib.suppress(TypeError):
-                        if value in replacements:
-                            targets.append((g, name, value))
+        if g is None or id(g) in seen:
+            continue
+        seen.add(id(g))
+        for name, value in g.items():
+            if callable(value) and not isinstance(value, type(torch)):
+                with contextlib.suppress(TypeError):
+                    if value in replacements:
+                        places.append((g, name, value))
+    return places
+
+
+def _assign(ns: Any, name: str, value: Any) -> None:
+    if isinstance(ns, dict):
+        ns[name] = value
+    else:
+        setattr(ns, name, value)
+
+
+def _patch_classes(modules: list[torch.nn.Module]) -> list[tuple[type, str, Any]]:
+    """Patch the model's classes and torch's grad-mode classes; return what to put back."""
+    originals: list[tuple[type, str, Any]] = []
+    # Patched on the classes in the model, not on nn.Module: assigning to nn.Module
+    # invalidates the attribute caches of its hundreds of subclasses, which cost more
+    # than the rest of capturing a small model.
+    for cls in dict.fromkeys(type(m) for m in modules):
+        originals.append((cls, "__setattr__", cls.__dict__.get("__setattr__")))
+        cls.__setattr__ = _traced_module_setattr(cls.__setattr__)
+    for (cls, name), method in _GRAD_MODE_METHODS.items():
+        originals.append((cls, name, cls.__dict__[name]))
+        setattr(cls, name, method)
+    return originals
+
+
+@contextlib.contextmanager
+def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
+    replacements, places = _replacements()
+    places += _imported_by_name(modules, replacements)
+    undo: list[tuple[Any, str, Any]] = []
+    originals: list[tuple[type, str, Any]] = []
     try:
-        for ns, name, value in targets:
+        for ns, name, value in places:
             new = replacements.get(value)
-            if new is None:
-                continue
-            undo.append((ns, name, value))
-            if isinstance(ns, dict):
-                ns[name] = new
-            else:
-                setattr(ns, name, new)
+            if new is not None:
+                undo.append((ns, name, value))
+                _assign(ns, name, new)
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
-        # Patched on the classes in the model, not on nn.Module: assigning to nn.Module
-        # invalidates the attribute caches of its hundreds of subclasses, which cost more
-        # than the rest of capturing a small model.
-        classes = list(dict.fromkeys(type(m) for m in modules))
-        setattrs = [(cls, cls.__dict__.get("__setattr__"), cls.__setattr__) for cls in classes]
-        for cls, _own, resolved in setattrs:
-            originals.append((cls, "__setattr__", _own))
-            cls.__setattr__ = _traced_module_setattr(resolved)
+        originals = _patch_classes(modules)
         torch.is_grad_enabled = _traced_is_grad_enabled
         torch._C._set_grad_enabled = _traced_set_grad_enabled
         torch._C._InferenceMode = _TracedInferenceMode
-        for (cls, name), method in _GRAD_MODE_METHODS.items():
-            originals.append((cls, name, cls.__dict__[name]))
-            setattr(cls, name, method)
         yield
     finally:
         for cls, name, method in reversed(originals):
@@ -465,7 +486,4 @@ def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
         torch._C._set_grad_enabled = _SET_GRAD_ENABLED
         torch.autograd.function.Function.apply = _ORIG_APPLY
         for ns, name, value in reversed(undo):
-            if isinstance(ns, dict):
-                ns[name] = value
-            else:
-                setattr(ns, name, value)
+            _assign(ns, name, value)

@@ -227,7 +227,7 @@ class FxgradTracer(fx.Tracer):
             return self.create_proxy("call_module", name, args, kwargs)
         return forward(*args, **kwargs)
 
-    def create_args_for_root(self, root_fn, is_module, concrete_args=None):  # noqa: ANN001
+    def create_args_for_root(self, root_fn, _is_module, _concrete_args=None):  # noqa: ANN001
         in_spec, call = self._in_spec, self._call
         n_leaves = in_spec.num_leaves
         consts = call.constants
