@@ -2,11 +2,12 @@
 
     python benchmarks/zoo.py [--library torchvision,timm,transformers] [--quick]
                              [--models resnet18,timm:test_vit,gpt2] [--modes train,eval]
-                             [--families classification,decoder] [--markdown]
+                             [--families classification,decoder] [--use-cache false]
+                             [--threads 1] [--timeout 900] [--markdown]
 
 The models (zoo_models.py): every torchvision classification, video, optical-flow and
 segmentation model; the smallest variant of every timm model module plus timm's test
-models; 40 transformers architectures from tiny configs, called with keyword arguments
+models; 48 transformers architectures from tiny configs, called with keyword arguments
 (`input_ids=..., attention_mask=..., labels=...`, `pixel_values=...`, ...). All are built
 with random weights, offline, and run in train and eval mode. For each it prints:
 

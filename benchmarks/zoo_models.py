@@ -12,7 +12,7 @@ library ships.
   samvit) are built at depth 2, width 64; inputs are 2x3x64x64 where the model accepts
   them, otherwise the smallest size it does (`TIMM_MODELS` says which). `smallest_timm_models()`
   recomputes the choice for another timm release.
-- transformers: 40 architectures (encoders, decoders, encoder-decoders, vision, audio,
+- transformers: 48 architectures (encoders, decoders, encoder-decoders, vision, audio,
   vision-text) from tiny configs (hidden size 32, 2 layers, 2 heads, vocabulary 128),
   called with keyword arguments (`input_ids`, `attention_mask` with padding in the second
   sample, `labels`, `decoder_input_ids`, `pixel_values`, `input_features`, `input_values`),
