@@ -118,7 +118,7 @@ class _UsageFailure(click.ClickException):
         self.message_text, self.hint = _usage_lines(error)
         super().__init__(self.message_text)
 
-    def show(self, file: Any = None) -> None:
+    def show(self, _file: Any = None) -> None:
         click.echo(f"error: {self.message_text}", err=True)
         click.echo(f"hint: {self.hint}", err=True)
 

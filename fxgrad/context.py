@@ -91,7 +91,7 @@ def _view_of_shared_copy(
     return view
 
 
-def default_measure(key: str, fn: Callable[[], Any], *, min_run_time: float = 0.05) -> float:
+def default_measure(_key: str, fn: Callable[[], Any], *, min_run_time: float = 0.05) -> float:
     """Median seconds per call of fn, from torch.utils.benchmark's blocked autorange."""
     from torch.utils import benchmark
 
@@ -103,7 +103,7 @@ def default_measure(key: str, fn: Callable[[], Any], *, min_run_time: float = 0.
 def fake_measure(timings: dict[str, float]) -> Measure:
     """A measure() that answers from a table, for deterministic tests of measured passes."""
 
-    def measure(key: str, fn: Callable[[], Any]) -> float:
+    def measure(key: str, _fn: Callable[[], Any]) -> float:
         if key not in timings:
             raise KeyError(f"no pinned timing for {key!r}; pinned: {sorted(timings)}")
         return timings[key]

@@ -125,7 +125,7 @@ class Extension:
     def after(self, run: Observer, node: fx.Node, value: Any) -> None:
         """Called with a node's value once it ran."""
 
-    def failed(self, run: Observer, node: fx.Node, error: Exception) -> Any:
+    def failed(self, _run: Observer, _node: fx.Node, error: Exception) -> Any:
         """A node raised: return what stands in for its value, or raise (the default)."""
         raise error
 

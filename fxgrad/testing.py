@@ -217,7 +217,7 @@ class _GradRecorder(Extension):
         self.carries: dict[fx.Node, bool] = {}
         self.float_valued: dict[fx.Node, bool] = {}
 
-    def after(self, run: Observer, node: fx.Node, value: Any) -> None:
+    def after(self, _run: Observer, node: fx.Node, value: Any) -> None:
         self.carries[node] = _carries_grad(value)
         self.float_valued[node] = _is_float_like(value)
 
