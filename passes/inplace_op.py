@@ -65,6 +65,7 @@ import copy
 import enum
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ from fxgrad.graph_utils import (
     ENTER_INFERENCE_MODE,
     EXIT_INFERENCE_MODE,
     INPLACE_OPERATORS,
+    _inplace_param_index,
     has_side_effect,
     location,
     render_node,
@@ -98,6 +100,17 @@ MAX_ROUNDS = 200  # a bound against a rewrite that keeps firing
 # ---------------------------------------------------------------------------------------
 # Which ops make views of their first argument
 
+
+class ViewOp(enum.Enum):
+    """What a node of the shape f(x, ...) makes of x, as far as its op tells."""
+
+    VIEW = "view"  # a view, whatever x is (transpose, select, `.T`)
+    MAYBE = "maybe"  # a view or a copy, depending on x (reshape, contiguous, to)
+    MULTI = "multi"  # several views (unbind, split, chunk)
+    DATA = "data"  # `.data`: the same memory, outside autograd
+    GETITEM = "getitem"  # indexing: a view, a copy, or one output of a MULTI call
+
+
 _VIEW_METHODS = {
     "view", "view_as", "transpose", "t", "permute", "unsqueeze", "squeeze", "select",
     "narrow", "diagonal", "expand", "expand_as", "unflatten", "movedim", "moveaxis",
@@ -111,6 +124,14 @@ _MAYBE_VIEW_METHODS = {
 }  # fmt: skip
 _MULTI_VIEW = {"unbind", "split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit"}
 _VIEW_ATTRS = {"T", "mT", "H", "mH", "real", "imag"}
+# Each view op by name (a method, or a torch function of the same name).
+_VIEW_OPS: dict[str, ViewOp] = {
+    **dict.fromkeys(_VIEW_METHODS, ViewOp.VIEW),
+    **dict.fromkeys(_MAYBE_VIEW_METHODS, ViewOp.MAYBE),
+    **dict.fromkeys(_MULTI_VIEW, ViewOp.MULTI),
+}
+# Attributes that are views: `x.T`, `x.real`, and `x.data` outside autograd.
+_VIEW_ATTR_OPS: dict[str, ViewOp] = {**dict.fromkeys(_VIEW_ATTRS, ViewOp.VIEW), "data": ViewOp.DATA}
 # Random in-place fills: rewritten as the same fill on a clone, so the RNG stream is kept.
 _NO_TWIN = {
     "copy_", "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_",
@@ -129,27 +150,17 @@ def _fn_name(node: fx.Node) -> str | None:
     return None
 
 
-def _view_kind(node: fx.Node) -> str | None:
-    """ "view", "maybe", "multi", "data", "attr" or None for a node of the shape f(x, ...)."""
+def _view_kind(node: fx.Node) -> ViewOp | None:
+    """What a node of the shape f(x, ...) makes of x; None when it is no view op."""
     if node.op not in ("call_method", "call_function") or not node.args:
         return None
     if not isinstance(node.args[0], fx.Node):
         return None
     if node.op == "call_function" and node.target is builtins.getattr:
-        attr = node.args[1]
-        if attr == "data":
-            return "data"
-        return "view" if attr in _VIEW_ATTRS else None
+        return _VIEW_ATTR_OPS.get(node.args[1])
     if node.op == "call_function" and node.target is operator.getitem:
-        return "getitem"
-    name = _fn_name(node)
-    if name in _VIEW_METHODS:
-        return "view"
-    if name in _MAYBE_VIEW_METHODS:
-        return "maybe"
-    if name in _MULTI_VIEW:
-        return "multi"
-    return None
+        return ViewOp.GETITEM
+    return _VIEW_OPS.get(_fn_name(node))
 
 
 def _basic_index(index: Any) -> bool | None:
@@ -176,6 +187,17 @@ def _basic_index(index: Any) -> bool | None:
 # Aliases: each tensor node is a root or a chain of view steps from a root
 
 
+class StepKind(enum.Enum):
+    """How one step of an alias chain relates to its base, which decides how it replays."""
+
+    VIEW = "view"  # a view on every input: replayed as written
+    MAYBE = "maybe"  # a view or a copy depending on the input: replayed once proven a view
+    MULTI = "multi"  # one output of unbind/split/chunk, which autograd refuses to write into
+    EXPAND = "expand"  # expand/expand_as: its elements may overlap
+    DATA = "data"  # `.data`: the same memory outside autograd; nothing to replay
+    OPAQUE = "opaque"  # memory shared through an op fxgrad cannot replay
+
+
 @dataclass(frozen=True)
 class Step:
     """One view op to replay on a new base: `base.<target>(*args, **kwargs)`."""
@@ -184,7 +206,7 @@ class Step:
     target: Any
     args: tuple
     kwargs: tuple = ()
-    kind: str = "view"  # view, identity, data, multi, maybe, expand, opaque
+    kind: StepKind = StepKind.VIEW
     index: int | None = None  # which output of a multi-view call (unbind/split/chunk)
 
     def replay(self, graph: fx.Graph, base: fx.Node, *, writable: bool = False) -> fx.Node:
@@ -211,15 +233,18 @@ class Alias:
     root: fx.Node
     steps: tuple[Step, ...] = ()
 
+    def has(self, kind: StepKind) -> bool:
+        """Whether a step of this chain is of `kind`."""
+        return any(s.kind is kind for s in self.steps)
 
-def _step_of(node: fx.Node, kind: str) -> Step:
-    name = _fn_name(node)
-    if kind == "data":
-        return Step("call_function", builtins.getattr, ("data",), kind="data")
+
+def _step_of(node: fx.Node, kind: StepKind) -> Step:
+    if kind is StepKind.DATA:
+        return Step("call_function", builtins.getattr, ("data",), kind=StepKind.DATA)
     if node.target is operator.getitem or node.target is builtins.getattr:
-        return Step("call_function", node.target, tuple(node.args[1:]), kind="view")
-    if name in ("expand", "expand_as"):
-        kind = "expand"
+        return Step("call_function", node.target, tuple(node.args[1:]), kind=StepKind.VIEW)
+    if _fn_name(node) in ("expand", "expand_as"):
+        kind = StepKind.EXPAND
     return Step(node.op, node.target, tuple(node.args[1:]), tuple(node.kwargs.items()), kind)
 
 
@@ -242,7 +267,9 @@ def _multi_steps(node: fx.Node, values: dict | None) -> list[Step] | None:
     if n is None:
         return None
     rest, kwargs = tuple(node.args[1:]), tuple(node.kwargs.items())
-    return [Step(node.op, node.target, rest, kwargs, kind="multi", index=i) for i in range(n)]
+    return [
+        Step(node.op, node.target, rest, kwargs, kind=StepKind.MULTI, index=i) for i in range(n)
+    ]
 
 
 def _static_pieces(node: fx.Node) -> int | None:
@@ -264,59 +291,96 @@ _storage = storage_of
 
 def alias_map(gm: fx.GraphModule, values: dict | None) -> dict[fx.Node, Alias]:
     """Map every node to its root and view chain; exact when `values` are known."""
-    aliases: dict[fx.Node, Alias] = {}
-    multi: dict[fx.Node, list[Alias | None]] = {}
+    aliases = _Aliases(gm, values)
     for node in gm.graph.nodes:
-        aliases[node] = Alias(node)
-        target = writes_to(node, gm)
+        aliases.add(node)
+    return aliases.of
+
+
+class _Aliases:
+    """alias_map's answer, built in graph order: each node's alias from its inputs' aliases."""
+
+    def __init__(self, gm: fx.GraphModule, values: dict | None) -> None:
+        self.gm, self.values = gm, values
+        self.of: dict[fx.Node, Alias] = {}
+        # The aliases of each output of an unbind/split/chunk call (or a slice of them),
+        # by the node holding them; None where one cannot be told.
+        self.pieces: dict[fx.Node, list[Alias | None]] = {}
+
+    def get(self, node: fx.Node) -> Alias:
+        return self.of.get(node, Alias(node))
+
+    def add(self, node: fx.Node) -> None:
+        target = writes_to(node, self.gm)
         if target is not None and not (
             node.op == "call_function" and node.target in (operator.setitem, builtins.setattr)
         ):
-            aliases[node] = aliases.get(target, Alias(target))  # returns its target
-            continue
-        kind = _view_kind(node)
-        if kind is None:
-            if values is not None:
-                aliases[node] = _opaque_alias(node, values, aliases)
-            continue
+            self.of[node] = self.get(target)  # an in-place op returns its target
+            return
+        op = _view_kind(node)
+        if op is not None:
+            self.of[node] = _ALIAS_RULES[op](self, node)
+        elif self.values is not None:
+            self.of[node] = _opaque_alias(node, self.values, self.of)
+        else:
+            self.of[node] = Alias(node)
+
+    def view(self, node: fx.Node, kind: StepKind) -> Alias:
+        """`node` as one more step on its base's chain, unless the observed run shows a copy."""
         base = node.args[0]
-        parent = aliases.get(base, Alias(base))
-        if kind == "getitem" and base in multi:
-            idx = node.args[1]
-            pieces = multi[base]
-            if isinstance(idx, int) and 0 <= idx < len(pieces):
-                if pieces[idx] is not None:
-                    aliases[node] = pieces[idx]
-            elif isinstance(idx, slice):
-                multi[node] = pieces[idx]
-            continue
-        if kind == "multi":
-            steps = _multi_steps(node, values)
-            n = len(steps) if steps else (len(values[node]) if values and node in values else 0)
-            opaque = Step("call_method", "?", (), kind="opaque")
-            multi[node] = [
-                Alias(parent.root, parent.steps + ((steps[i],) if steps else (opaque,)))
-                for i in range(n)
-            ]
-            continue
-        if kind == "getitem":
-            basic = _basic_index(node.args[1])
-            if basic is False:
-                continue
-            kind = "view" if basic else "maybe"
-        if values is not None:
-            v, b = values.get(node), values.get(base)
+        parent = self.get(base)
+        if self.values is not None:
+            v, b = self.values.get(node), self.values.get(base)
             if not isinstance(v, torch.Tensor) or not isinstance(b, torch.Tensor):
-                continue
+                return Alias(node)
             if v is b:
-                aliases[node] = parent  # the op returned its input itself
-                continue
+                return parent  # the op returned its input itself
             if _storage(v) is None or _storage(v) != _storage(b):
-                continue  # it copied
-            if kind == "maybe":
-                kind = "view"
-        aliases[node] = Alias(parent.root, parent.steps + (_step_of(node, kind),))
-    return aliases
+                return Alias(node)  # it copied
+            if kind is StepKind.MAYBE:
+                kind = StepKind.VIEW
+        return Alias(parent.root, parent.steps + (_step_of(node, kind),))
+
+    def getitem(self, node: fx.Node) -> Alias:
+        """`x[i]`: one output of a multi-view call, a view, or a copy (advanced indexing)."""
+        base, index = node.args[0], node.args[1]
+        if base in self.pieces:
+            return self._piece(node, self.pieces[base], index)
+        basic = _basic_index(index)
+        if basic is False:
+            return Alias(node)
+        return self.view(node, StepKind.VIEW if basic else StepKind.MAYBE)
+
+    def _piece(self, node: fx.Node, pieces: list[Alias | None], index: Any) -> Alias:
+        if isinstance(index, int) and 0 <= index < len(pieces):
+            piece = pieces[index]
+            return piece if piece is not None else Alias(node)
+        if isinstance(index, slice):
+            self.pieces[node] = pieces[index]
+        return Alias(node)
+
+    def multi(self, node: fx.Node) -> Alias:
+        """unbind/split/chunk: the node holds several views, aliased one by one at getitem."""
+        parent = self.get(node.args[0])
+        values = self.values
+        steps = _multi_steps(node, values)
+        n = len(steps) if steps else (len(values[node]) if values and node in values else 0)
+        opaque = Step("call_method", "?", (), kind=StepKind.OPAQUE)
+        self.pieces[node] = [
+            Alias(parent.root, parent.steps + ((steps[i],) if steps else (opaque,)))
+            for i in range(n)
+        ]
+        return Alias(node)
+
+
+# How each kind of view op extends its base's alias chain.
+_ALIAS_RULES: dict[ViewOp, Callable[[_Aliases, fx.Node], Alias]] = {
+    ViewOp.VIEW: lambda aliases, node: aliases.view(node, StepKind.VIEW),
+    ViewOp.MAYBE: lambda aliases, node: aliases.view(node, StepKind.MAYBE),
+    ViewOp.DATA: lambda aliases, node: aliases.view(node, StepKind.DATA),
+    ViewOp.GETITEM: _Aliases.getitem,
+    ViewOp.MULTI: _Aliases.multi,
+}
 
 
 def _opaque_alias(node: fx.Node, values: dict, aliases: dict) -> Alias:
@@ -494,11 +558,22 @@ def _fetch(gm: fx.GraphModule, node: fx.Node) -> Any:
 # Findings: which writes are unsafe, and why
 
 
+class FindingKind(enum.Enum):
+    """Why a write is reported."""
+
+    SAVED = "saved"  # it overwrites a value an op saved for backward
+    LEAF = "leaf"  # it writes into a leaf that requires grad, or through `out=` into one
+    VIEW = "view"  # it writes into a view autograd refuses to write through
+    DATA = "data"  # through `.data`, it overwrites a value backward needs
+    DATA_SAFE = "data-safe"  # through `.data`, overwriting nothing backward needs
+    INPUT_STATIC = "input-static"  # without example inputs: unsafe if an input requires grad
+
+
 @dataclass
 class Finding:
     write: fx.Node
     target: fx.Node
-    kind: str  # saved, leaf, view, data, data-safe, input-static
+    kind: FindingKind
     reason: str
     savers: list[tuple[fx.Node, str, fx.Node | None]] = field(default_factory=list)
     state: bool = False  # the written memory is state a caller observes
@@ -551,7 +626,7 @@ def _multi_views_by_root(aliases: dict) -> dict[fx.Node, list[fx.Node]]:
     """Nodes that are pieces of unbind/split/chunk outputs, grouped by the memory they view."""
     out: dict[fx.Node, list[fx.Node]] = {}
     for x, a in aliases.items():
-        if any(s.kind == "multi" for s in a.steps):
+        if a.has(StepKind.MULTI):
             out.setdefault(a.root, []).append(x)
     return out
 
@@ -575,6 +650,81 @@ def _stale_multi_views(
     return None
 
 
+@dataclass(frozen=True)
+class _Site:
+    """One in-place write, with what every decision about it reads."""
+
+    write: fx.Node
+    target: fx.Node
+    alias: Alias  # of the written tensor
+    grad_on: bool  # grad mode at the write
+    text: str  # "`h.mul_(2)` at model.py:3"
+
+    @classmethod
+    def of(cls, w: fx.Node, target: fx.Node, aliases: dict, grad_on: bool, **more: Any) -> Any:
+        alias = aliases.get(target, Alias(target))
+        return cls(w, target, alias, grad_on, f"{_q(_write_text(w))}{_at(w)}", **more)
+
+    @property
+    def root(self) -> fx.Node:
+        return self.alias.root
+
+    @property
+    def through_data(self) -> bool:
+        """Whether it writes through `.data` (a view of it, or `x.data = ...`)."""
+        return self.alias.has(StepKind.DATA) or self.write.target is builtins.setattr
+
+    def finding(self, kind: FindingKind, why: str, *args: Any, **kwargs: Any) -> Finding:
+        return Finding(self.write, self.target, kind, why, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Exact mode: what the observed run shows
+
+_VIEW_REFUSED = "is a view|view was created"
+_LEAF_WRITE = "a leaf that requires grad, while grad mode is on"
+# How autograd's refusal of a write reads as a finding: the patterns that must all occur in
+# its message (first match wins) -> the kind, and the reason from the write's text and its
+# root. A message none matches is no autograd refusal: eager fails the same way, and the
+# write is not reported.
+_REFUSED: dict[tuple[str, ...], tuple[FindingKind, Callable[[str, fx.Node], str]]] = {
+    ("leaf Variable", "view of a leaf"): (
+        FindingKind.LEAF,
+        lambda wt, root: f"{wt} writes into a view of {_leaf_text(root)}, {_LEAF_WRITE}",
+    ),
+    ("leaf Variable",): (
+        FindingKind.LEAF,
+        lambda wt, root: f"{wt} writes into {_leaf_text(root)}, {_LEAF_WRITE}",
+    ),
+    ("out=",): (
+        FindingKind.LEAF,
+        lambda wt, _root: (
+            f"{wt} writes through `out=` while an argument requires grad, "
+            "which autograd does not support"
+        ),
+    ),
+    ("more than one element",): (
+        FindingKind.VIEW,
+        lambda wt, _root: f"{wt} writes into an expanded tensor whose elements overlap",
+    ),
+    (_VIEW_REFUSED, "multiple"): (
+        FindingKind.VIEW,
+        lambda wt, _root: (
+            f"{wt} writes into an output of a function that returns several "
+            "views (`unbind`/`split`/`chunk`)"
+        ),
+    ),
+    (_VIEW_REFUSED, "no grad|no_grad"): (
+        FindingKind.VIEW,
+        lambda wt, _root: f"{wt} writes into a view created in no_grad mode",
+    ),
+    (_VIEW_REFUSED,): (
+        FindingKind.VIEW,
+        lambda wt, _root: f"{wt} writes into a view autograd refuses to write through",
+    ),
+}
+
+
 def exact_findings(gm: fx.GraphModule, obs: Observation) -> tuple[list[Finding], dict]:
     aliases = alias_map(gm, obs.values)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -586,92 +736,89 @@ def exact_findings(gm: fx.GraphModule, obs: Observation) -> tuple[list[Finding],
         target = writes_to(w, gm)
         if not isinstance(obs.values.get(target), torch.Tensor):
             continue  # `n += 1` on a Python number
-        a = aliases.get(target, Alias(target))
-        root = a.root
-        rv = obs.values.get(root)
-        grad_on = obs.grad_on.get(w, True)
-        leafish = root.op in ("placeholder", "get_attr")
-        rg = isinstance(rv, torch.Tensor) and rv.requires_grad
-        state = leafish and not (rg and grad_on)
-        through_data = any(s.kind == "data" for s in a.steps) or (
-            w.op == "call_function" and w.target is builtins.setattr
-        )
-        wt = f"{_q(_write_text(w))}{_at(w)}"
-        if w in obs.refused:
-            msg = obs.refused[w]
-            if "leaf Variable" in msg:
-                kind, why = (
-                    "leaf",
-                    f"{wt} writes into {_leaf_text(root)}, a leaf that requires grad, while grad mode is on",
-                )
-                if "view of a leaf" in msg:
-                    why = f"{wt} writes into a view of {_leaf_text(root)}, a leaf that requires grad, while grad mode is on"
-            elif "out=" in msg:
-                kind, why = (
-                    "leaf",
-                    f"{wt} writes through `out=` while an argument requires grad, which autograd does not support",
-                )
-            elif "more than one element" in msg:
-                kind, why = "view", f"{wt} writes into an expanded tensor whose elements overlap"
-            elif "is a view" in msg or "view was created" in msg:
-                kind = "view"
-                src = "a view autograd refuses to write through"
-                if "multiple" in msg:
-                    src = "an output of a function that returns several views (`unbind`/`split`/`chunk`)"
-                elif "no grad" in msg or "no_grad" in msg:
-                    src = "a view created in no_grad mode"
-                why = f"{wt} writes into {src}"
-            else:
-                continue  # not an autograd refusal; eager fails the same way
-            out.append(Finding(w, target, kind, why, state=False))
-            continue
-        if through_data:
-            first = obs.saved_before.get(w, 0)
-            tv = (
-                obs.values.get(target)
-                if w.target is not builtins.setattr
-                else obs.values.get(w.args[0])
-            )
-            clobbered = [
-                i for i in range(first) if i in obs.needed and obs.saved[i].storage == _storage(tv)
-            ] + [i for i in obs.bumped[w] if i in obs.needed]
-            savers = [(obs.saved[i].node, obs.saved[i].role, obs.saved[i].arg) for i in clobbered]
-            if savers:
-                s = savers[0]
-                why = f"{_saver_text(*s)}; {wt} overwrites it through `.data`, so its gradient is silently wrong"
-                # Writing a parameter or buffer through `.data` (weight clipping, a manual
-                # update) is meant to change it: the write stays, the saver gets a copy.
-                out.append(Finding(w, target, "data", why, savers, state=state or leafish))
-            else:
-                why = f"{wt} writes through `.data`: autograd does not see this write, so gradients treat the tensor as unchanged; nothing backward needs is overwritten"
-                out.append(Finding(w, target, "data-safe", why, state=state))
-            continue
-        stale = _stale_multi_views(w, pieces.get(root, []), obs, order)
-        if stale is not None and grad_on:
-            why = (
-                f"{wt} writes into memory that {_q(_fn_name(stale) or stale.name)}{_at(stale)} "
-                "split into several views, and those views are read after the write, "
-                "which autograd refuses"
-            )
-            out.append(Finding(w, target, "view", why, state=state))
-            continue
-        hit = [i for i in obs.bumped[w] if i in obs.needed]
-        if not hit:
-            continue  # nothing backward unpacks was changed: eager is right and saves memory
-        savers = []
-        for i in hit:
-            s = obs.saved[i]
-            key = (s.node, s.role, s.arg)
-            if key not in savers:
-                savers.append(key)
-        why = f"{_saver_text(*savers[0])}; {wt} overwrites it"
-        if len(savers) > 1:
-            why += f" (and {len(savers) - 1} more saved value{'s' if len(savers) > 2 else ''})"
-        no_grad_write = not grad_on and rg
-        out.append(
-            Finding(w, target, "saved", why, savers, state=state, no_grad_write=no_grad_write)
-        )
+        site = _Site.of(w, target, aliases, obs.grad_on.get(w, True))
+        finding = _exact_finding(site, obs, pieces.get(site.root, []), order)
+        if finding is not None:
+            out.append(finding)
     return out, aliases
+
+
+def _exact_finding(
+    site: _Site, obs: Observation, pieces: list[fx.Node], order: dict
+) -> Finding | None:
+    """Why the write makes eager autograd fail or go wrong on the observed run; None if safe."""
+    if site.write in obs.refused:
+        return _refused(site, obs.refused[site.write])
+    rv = obs.values.get(site.root)
+    leafish = site.root.op in ("placeholder", "get_attr")
+    rg = isinstance(rv, torch.Tensor) and rv.requires_grad
+    state = leafish and not (rg and site.grad_on)
+    if site.through_data:
+        return _exact_data(site, obs, state=state, leafish=leafish)
+    stale = _stale_multi_views(site.write, pieces, obs, order)
+    if stale is not None and site.grad_on:
+        why = (
+            f"{site.text} writes into memory that {_q(_fn_name(stale) or stale.name)}"
+            f"{_at(stale)} split into several views, and those views are read after the "
+            "write, which autograd refuses"
+        )
+        return site.finding(FindingKind.VIEW, why, state=state)
+    return _exact_saved(site, obs, state=state, no_grad_write=not site.grad_on and rg)
+
+
+def _refused(site: _Site, message: str) -> Finding | None:
+    """The finding for a write autograd refused, told apart by the refusal's message."""
+    for patterns, (kind, why) in _REFUSED.items():
+        if all(re.search(p, message) for p in patterns):
+            return site.finding(kind, why(site.text, site.root), state=False)
+    return None  # not an autograd refusal; eager fails the same way
+
+
+def _exact_data(site: _Site, obs: Observation, *, state: bool, leafish: bool) -> Finding:
+    """A write through `.data`: wrong gradients if it overwrites what backward unpacks."""
+    w = site.write
+    first = obs.saved_before.get(w, 0)
+    tv = obs.values.get(site.target if w.target is not builtins.setattr else w.args[0])
+    clobbered = [
+        i for i in range(first) if i in obs.needed and obs.saved[i].storage == _storage(tv)
+    ] + [i for i in obs.bumped[w] if i in obs.needed]
+    savers = [(obs.saved[i].node, obs.saved[i].role, obs.saved[i].arg) for i in clobbered]
+    if not savers:
+        why = (
+            f"{site.text} writes through `.data`: autograd does not see this write, so "
+            "gradients treat the tensor as unchanged; nothing backward needs is overwritten"
+        )
+        return site.finding(FindingKind.DATA_SAFE, why, state=state)
+    why = (
+        f"{_saver_text(*savers[0])}; {site.text} overwrites it through `.data`, so its "
+        "gradient is silently wrong"
+    )
+    # Writing a parameter or buffer through `.data` (weight clipping, a manual update) is
+    # meant to change it: the write stays, the saver gets a copy.
+    return site.finding(FindingKind.DATA, why, savers, state=state or leafish)
+
+
+def _exact_saved(
+    site: _Site, obs: Observation, *, state: bool, no_grad_write: bool
+) -> Finding | None:
+    """A write that bumps a saved value backward unpacks."""
+    hit = [i for i in obs.bumped[site.write] if i in obs.needed]
+    if not hit:
+        return None  # nothing backward unpacks was changed: eager is right and saves memory
+    savers: list[tuple[fx.Node, str, fx.Node | None]] = []
+    for i in hit:
+        s = obs.saved[i]
+        key = (s.node, s.role, s.arg)
+        if key not in savers:
+            savers.append(key)
+    why = f"{_saver_text(*savers[0])}; {site.text} overwrites it"
+    if len(savers) > 1:
+        why += f" (and {len(savers) - 1} more saved value{'s' if len(savers) > 2 else ''})"
+    return site.finding(FindingKind.SAVED, why, savers, state=state, no_grad_write=no_grad_write)
+
+
+# ---------------------------------------------------------------------------------------
+# Static findings: from the graph alone, conservatively
 
 
 def _made_under_no_grad(target: fx.Node, root: fx.Node, facts: StaticFacts) -> bool:
@@ -684,87 +831,140 @@ def _made_under_no_grad(target: fx.Node, root: fx.Node, facts: StaticFacts) -> b
     return False
 
 
+# An op that may have saved a value, before a write: (op, role, arg, root of the value).
+_Saved = tuple[fx.Node, str, fx.Node | None, fx.Node]
+
+
+@dataclass(frozen=True)
+class _StaticSite(_Site):
+    """A write without example inputs, with the ops before it that may have saved its memory."""
+
+    hit: tuple[_Saved, ...] = ()
+    facts: StaticFacts = field(default_factory=StaticFacts)
+
+    @property
+    def savers(self) -> list[tuple[fx.Node, str, fx.Node | None]]:
+        return [h[:3] for h in self.hit]
+
+    @property
+    def saver_text(self) -> str:
+        return _saver_text(*self.hit[0][:3])
+
+    @property
+    def into_param(self) -> bool:
+        return self.root.op == "get_attr" and self.facts.requires_grad.get(self.root, False)
+
+
+def _static_data(s: _StaticSite) -> Finding:
+    if s.hit:
+        why = (
+            f"{s.saver_text}; {s.text} may overwrite it through `.data`, so its gradient "
+            "would be silently wrong"
+        )
+        state = s.root.op in ("placeholder", "get_attr")
+        return s.finding(FindingKind.DATA, why, s.savers, state=state)
+    why = (
+        f"{s.text} writes through `.data`: autograd does not see this write, so gradients "
+        "treat the tensor as unchanged"
+    )
+    return s.finding(FindingKind.DATA_SAFE, why)
+
+
+def _static_input(s: _StaticSite) -> Finding:
+    why = f"{s.text} writes into {_leaf_text(s.root)}: unsafe if it requires grad"
+    if s.hit:
+        why = f"{s.saver_text}; {s.text} overwrites it"
+    return s.finding(FindingKind.INPUT_STATIC, why)
+
+
+# Without example inputs, the first rule whose test holds decides a write: (test, finding).
+_STATIC_RULES: tuple[
+    tuple[Callable[[_StaticSite], bool], Callable[[_StaticSite], Finding]], ...
+] = (
+    (lambda s: s.through_data, _static_data),
+    (
+        lambda s: s.into_param and s.grad_on,
+        lambda s: s.finding(
+            FindingKind.LEAF, f"{s.text} writes into {_leaf_text(s.root)}, {_LEAF_WRITE}"
+        ),
+    ),
+    (lambda s: s.root.op == "placeholder" and (bool(s.hit) or s.grad_on), _static_input),
+    (
+        lambda s: s.grad_on and _made_under_no_grad(s.target, s.root, s.facts),
+        lambda s: s.finding(
+            FindingKind.INPUT_STATIC,
+            f"{s.text} writes into a view made under no_grad: eager refuses it if "
+            f"{_q(s.root.name)} requires grad",
+        ),
+    ),
+    (
+        # Eager refuses a write into overlapping elements, in any grad mode; whether this
+        # expand overlaps depends on sizes only example inputs show.
+        lambda s: s.alias.has(StepKind.EXPAND),
+        lambda s: s.finding(
+            FindingKind.INPUT_STATIC,
+            f"{s.text} writes into an expanded tensor: eager refuses it if elements overlap",
+        ),
+    ),
+    (
+        lambda s: (
+            s.alias.has(StepKind.MULTI) and s.grad_on and s.facts.requires_grad.get(s.root, True)
+        ),
+        lambda s: s.finding(
+            FindingKind.VIEW,
+            f"{s.text} writes into an output of a function that returns several views "
+            "(`unbind`/`split`/`chunk`)",
+        ),
+    ),
+    (
+        lambda s: bool(s.hit) and s.grad_on,
+        lambda s: s.finding(
+            FindingKind.SAVED,
+            f"{s.saver_text}; {s.text} overwrites it",
+            s.savers,
+            state=s.root.op == "get_attr",
+        ),
+    ),
+)
+
+
 def static_findings(gm: fx.GraphModule) -> tuple[list[Finding], dict]:
     aliases = alias_map(gm, None)
     facts = _static_facts(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     out: list[Finding] = []
-    saves: dict[fx.Node, list[tuple[fx.Node, str, fx.Node | None, fx.Node]]] = {}  # by root
+    saves: dict[fx.Node, list[_Saved]] = {}  # by root
     for w in gm.graph.nodes:
         target = writes_to(w, gm)
-        if target is not None and not _maybe_tensor(target):
-            target = None
-        if target is not None:
-            a = aliases.get(target, Alias(target))
-            root = a.root
-            grad_on = facts.grad_on[w]
-            wt = f"{_q(_write_text(w))}{_at(w)}"
-            through_data = any(s.kind == "data" for s in a.steps) or w.target is builtins.setattr
-            hit = [s for s in saves.get(root, ()) if order[s[0]] < order[w]]
-            param = root.op == "get_attr" and facts.requires_grad.get(root, False)
-            finding = None
-            if through_data:
-                if hit:
-                    why = f"{_saver_text(*hit[0][:3])}; {wt} may overwrite it through `.data`, so its gradient would be silently wrong"
-                    finding = Finding(
-                        w,
-                        target,
-                        "data",
-                        why,
-                        [h[:3] for h in hit],
-                        state=root.op != "call_module" and root.op in ("placeholder", "get_attr"),
-                    )
-                else:
-                    why = f"{wt} writes through `.data`: autograd does not see this write, so gradients treat the tensor as unchanged"
-                    finding = Finding(w, target, "data-safe", why)
-            elif param and grad_on:
-                finding = Finding(
-                    w,
-                    target,
-                    "leaf",
-                    f"{wt} writes into {_leaf_text(root)}, a leaf that requires grad, while grad mode is on",
-                )
-            elif root.op == "placeholder" and (hit or grad_on):
-                why = f"{wt} writes into {_leaf_text(root)}: unsafe if it requires grad"
-                if hit:
-                    why = f"{_saver_text(*hit[0][:3])}; {wt} overwrites it"
-                finding = Finding(w, target, "input-static", why)
-            elif grad_on and _made_under_no_grad(target, root, facts):
-                why = (
-                    f"{wt} writes into a view made under no_grad: eager refuses it if "
-                    f"{_q(root.name)} requires grad"
-                )
-                finding = Finding(w, target, "input-static", why)
-            elif any(s.kind == "expand" for s in a.steps):
-                # Eager refuses a write into overlapping elements, in any grad mode; whether
-                # this expand overlaps depends on sizes only example inputs show.
-                why = f"{wt} writes into an expanded tensor: eager refuses it if elements overlap"
-                finding = Finding(w, target, "input-static", why)
-            elif (
-                any(s.kind == "multi" for s in a.steps)
-                and grad_on
-                and facts.requires_grad.get(root, True)
-            ):
-                finding = Finding(
-                    w,
-                    target,
-                    "view",
-                    f"{wt} writes into an output of a function that returns several views (`unbind`/`split`/`chunk`)",
-                )
-            elif hit and grad_on:
-                why = f"{_saver_text(*hit[0][:3])}; {wt} overwrites it"
-                state = root.op == "get_attr"
-                finding = Finding(w, target, "saved", why, [h[:3] for h in hit], state=state)
+        if target is not None and _maybe_tensor(target):
+            root = aliases.get(target, Alias(target)).root
+            hit = tuple(s for s in saves.get(root, ()) if order[s[0]] < order[w])
+            site = _StaticSite.of(w, target, aliases, facts.grad_on[w], hit=hit, facts=facts)
+            finding = _static_finding(site)
             if finding is not None:
                 out.append(finding)
         if facts.requires_grad.get(w, False):
-            for role, arg in _static_saves(w, gm):
-                node = w if role == "output" else arg
-                if node is None or not _maybe_tensor(node):
-                    continue
-                root = aliases.get(node, Alias(node)).root
-                saves.setdefault(root, []).append((w, role, arg, root))
+            _note_static_saves(gm, w, aliases, saves)
     return out, aliases
+
+
+def _static_finding(s: _StaticSite) -> Finding | None:
+    for applies, finding in _STATIC_RULES:
+        if applies(s):
+            return finding(s)
+    return None
+
+
+def _note_static_saves(
+    gm: fx.GraphModule, w: fx.Node, aliases: dict, saves: dict[fx.Node, list[_Saved]]
+) -> None:
+    """Record, by the root of its memory, each value `w` may save for backward."""
+    for role, arg in _static_saves(w, gm):
+        node = w if role == "output" else arg
+        if node is None or not _maybe_tensor(node):
+            continue
+        root = aliases.get(node, Alias(node)).root
+        saves.setdefault(root, []).append((w, role, arg, root))
 
 
 def _maybe_tensor(node: fx.Node) -> bool:
@@ -788,80 +988,100 @@ class CannotRewrite(Exception):
     """A rewrite that cannot be proven; the message says why."""
 
 
-_MODULE_FUNCTIONAL = {
-    nn.ReLU: lambda m: (F.relu, {}),
-    nn.ReLU6: lambda m: (F.relu6, {}),
+# The functional op an in-place activation module runs, with its settings, from the module.
+_MODULE_FUNCTIONAL: dict[type, Callable[[nn.Module], tuple[Callable, dict]]] = {
+    nn.ReLU: lambda _m: (F.relu, {}),
+    nn.ReLU6: lambda _m: (F.relu6, {}),
     nn.LeakyReLU: lambda m: (F.leaky_relu, {"negative_slope": m.negative_slope}),
     nn.Hardtanh: lambda m: (F.hardtanh, {"min_val": m.min_val, "max_val": m.max_val}),
     nn.ELU: lambda m: (F.elu, {"alpha": m.alpha}),
     nn.CELU: lambda m: (F.celu, {"alpha": m.alpha}),
-    nn.SELU: lambda m: (F.selu, {}),
-    nn.SiLU: lambda m: (F.silu, {}),
-    nn.Hardswish: lambda m: (F.hardswish, {}),
-    nn.Hardsigmoid: lambda m: (F.hardsigmoid, {}),
-    nn.Mish: lambda m: (F.mish, {}),
+    nn.SELU: lambda _m: (F.selu, {}),
+    nn.SiLU: lambda _m: (F.silu, {}),
+    nn.Hardswish: lambda _m: (F.hardswish, {}),
+    nn.Hardsigmoid: lambda _m: (F.hardsigmoid, {}),
+    nn.Mish: lambda _m: (F.mish, {}),
     nn.Threshold: lambda m: (F.threshold, {"threshold": m.threshold, "value": m.value}),
 }
 
 
-def _twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node, values: dict | None) -> fx.Node | None:
+def _twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | None:
     """Insert (before w) the out-of-place op computing w's result from `base`, or None."""
-    graph = gm.graph
-    args, kwargs = list(w.args), dict(w.kwargs)
+    kwargs = dict(w.kwargs)
     if "out" in kwargs and isinstance(kwargs["out"], fx.Node):
         del kwargs["out"]
-        return graph.create_node(w.op, w.target, tuple(args), kwargs)
-    if w.op == "call_method":
-        name = str(w.target)
-        if name in _NO_TWIN:
-            return None
-        rest = tuple(args[1:])
-        if name == "zero_":
-            return graph.create_node("call_function", torch.zeros_like, (base,), {})
-        if name == "fill_":
-            if rest and isinstance(rest[0], (int, float, bool)):
-                return graph.create_node("call_function", torch.full_like, (base, rest[0]), {})
-            return None
-        plain = name[:-1]
-        if not hasattr(torch.Tensor, plain):
-            return None
-        return graph.create_node("call_method", plain, (base, *rest), kwargs)
-    if w.op == "call_function":
-        if w.target in INPLACE_OPERATORS:
-            return graph.create_node(
-                "call_function", INPLACE_OPERATORS[w.target], (base, *args[1:]), kwargs
-            )
-        if w.target in (operator.setitem, builtins.setattr):
-            return None
-        name = getattr(w.target, "__name__", "")
-        if "inplace" in kwargs:
-            kwargs.pop("inplace")
-            return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
-        if name.endswith("_"):
-            mod = getattr(w.target, "__module__", None) or "torch"
-            for ns in (F, torch) if mod.startswith("torch.nn") else (torch, F):
-                fn = getattr(ns, name[:-1], None)
-                if callable(fn):
-                    return graph.create_node("call_function", fn, (base, *args[1:]), kwargs)
-            return None
-        from fxgrad.graph_utils import _inplace_param_index
+        return gm.graph.create_node(w.op, w.target, tuple(w.args), kwargs)
+    twin = _TWINS.get(w.op)
+    return twin(gm, w, base) if twin is not None else None
 
-        index = _inplace_param_index(w.target)
-        if index is not None and index < len(args):
-            args[index] = False
-            return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
+
+def _method_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | None:
+    """`x.mul_(2)` -> `base.mul(2)`; `zero_`, `fill_` -> a new tensor like base."""
+    graph = gm.graph
+    name = str(w.target)
+    if name in _NO_TWIN:
         return None
-    if w.op == "call_module":
-        mod = submodule(gm, str(w.target))
-        make = _MODULE_FUNCTIONAL.get(type(mod))
-        if make is not None and not has_hooks(mod):
-            fn, kw = make(mod)
-            return graph.create_node("call_function", fn, (base,), kw)
-        # The module itself, on a copy of its input: its hooks still run and see the
-        # module they were registered on, and Dropout follows train()/eval() as before.
-        copied = graph.call_method("clone", (base,))
-        return graph.create_node("call_module", w.target, (copied, *args[1:]), kwargs)
+    rest = tuple(w.args[1:])
+    if name == "zero_":
+        return graph.create_node("call_function", torch.zeros_like, (base,), {})
+    if name == "fill_":
+        if rest and isinstance(rest[0], (int, float, bool)):
+            return graph.create_node("call_function", torch.full_like, (base, rest[0]), {})
+        return None
+    plain = name[:-1]
+    if not hasattr(torch.Tensor, plain):
+        return None
+    return graph.create_node("call_method", plain, (base, *rest), dict(w.kwargs))
+
+
+def _function_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | None:
+    """`x += 1`, `F.relu(x, inplace=True)`, `torch.relu_(x)` -> the out-of-place call."""
+    graph = gm.graph
+    args, kwargs = list(w.args), dict(w.kwargs)
+    if w.target in INPLACE_OPERATORS:
+        return graph.create_node(
+            "call_function", INPLACE_OPERATORS[w.target], (base, *args[1:]), kwargs
+        )
+    if w.target in (operator.setitem, builtins.setattr):
+        return None
+    name = getattr(w.target, "__name__", "")
+    if "inplace" in kwargs:
+        kwargs.pop("inplace")
+        return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
+    if name.endswith("_"):
+        mod = getattr(w.target, "__module__", None) or "torch"
+        for ns in (F, torch) if mod.startswith("torch.nn") else (torch, F):
+            fn = getattr(ns, name[:-1], None)
+            if callable(fn):
+                return graph.create_node("call_function", fn, (base, *args[1:]), kwargs)
+        return None
+    index = _inplace_param_index(w.target)
+    if index is not None and index < len(args):
+        args[index] = False
+        return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
     return None
+
+
+def _module_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node:
+    """`nn.ReLU(inplace=True)` -> `F.relu`; any other module runs on a copy of its input."""
+    graph = gm.graph
+    mod = submodule(gm, str(w.target))
+    make = _MODULE_FUNCTIONAL.get(type(mod))
+    if make is not None and not has_hooks(mod):
+        fn, kw = make(mod)
+        return graph.create_node("call_function", fn, (base,), kw)
+    # The module itself, on a copy of its input: its hooks still run and see the
+    # module they were registered on, and Dropout follows train()/eval() as before.
+    copied = graph.call_method("clone", (base,))
+    return graph.create_node("call_module", w.target, (copied, *w.args[1:]), dict(w.kwargs))
+
+
+# The out-of-place twin of an in-place write, by how the write is called.
+_TWINS: dict[str, Callable[[fx.GraphModule, fx.Node, fx.Node], fx.Node | None]] = {
+    "call_method": _method_twin,
+    "call_function": _function_twin,
+    "call_module": _module_twin,
+}
 
 
 def _keep_dtype(gm: fx.GraphModule, new: fx.Node, target: fx.Node, values: dict | None) -> fx.Node:
@@ -907,9 +1127,9 @@ class Rewrite:
 
 def _check_replayable(s: Step, static: bool, what: str) -> None:
     """Refuse a view step that cannot be rebuilt on a new base (or not proven to be a view)."""
-    if s.kind == "opaque":
+    if s.kind is StepKind.OPAQUE:
         raise CannotRewrite(f"{what} shares the written memory through an op fxgrad cannot rebuild")
-    if s.kind == "maybe" and static:
+    if s.kind is StepKind.MAYBE and static:
         raise CannotRewrite(
             f"without example inputs fxgrad cannot tell whether `{s.text()}` copies or makes a view"
         )
@@ -941,7 +1161,7 @@ def _repoint(
         users = _users_after(x, pos, order)
         if not users:
             continue
-        steps = tuple(s for s in aliases[x].steps if s.kind != "data")
+        steps = tuple(s for s in aliases[x].steps if s.kind is not StepKind.DATA)
         if x in direct:
             repl = direct[x]
         elif not steps:
@@ -964,53 +1184,102 @@ def rewrite(
     gm: fx.GraphModule, f: Finding, aliases: dict[fx.Node, Alias], values: dict | None
 ) -> Rewrite:
     """Make finding f's write functional, or give its saver a clone (state writes)."""
-    static = values is None
     w, target = f.write, f.target
     a = aliases.get(target, Alias(target))
-    root = a.root
-    graph = gm.graph
-    if f.state or f.no_grad_write or _savers_read_slices(f, aliases, root):
-        return _clone_for_savers(gm, f, root)
+    if f.state or f.no_grad_write or _savers_read_slices(f, aliases, a.root):
+        return _clone_for_savers(gm, f, a.root)
     if w.op == "call_function" and w.target is builtins.setattr:
-        if w.args[1] != "data" or not isinstance(w.args[2], fx.Node):
-            raise CannotRewrite("only `.data = tensor` assignments can be rewritten")
-        if a.steps:
-            raise CannotRewrite("the tensor whose `.data` is replaced is itself a view")
-        new = w.args[2]
-        _repoint(gm, w, root, aliases, new, w, static, set(), {})
-        graph.erase_node(w)
-        return Rewrite(f"{root.name} = {new.name}", "gradients now flow to the assigned tensor")
-    steps = tuple(s for s in a.steps if s.kind != "data")
-    if any(s.kind == "expand" for s in steps):
-        if values is None or w not in (values or {}):
-            raise CannotRewrite("the write goes into an expanded view")
-        with graph.inserting_before(w):
-            new = _twin(gm, w, target, values)
-        if new is None:
-            raise CannotRewrite("the write into an expanded view has no out-of-place form")
-        for u in list(w.users) + [u for u in target.users if u is not w and _after(u, w)]:
-            u.replace_input_with(w if w in u.all_input_nodes else target, new)
-        graph.erase_node(w)
-        return Rewrite(
-            f"{new.name} = {render_node(new)}", "the base is not updated: eager refuses this write"
-        )
+        return _rewrite_data_assignment(gm, f, aliases, static=values is None)
+    steps = tuple(s for s in a.steps if s.kind is not StepKind.DATA)
+    if any(s.kind is StepKind.EXPAND for s in steps):
+        return _rewrite_expanded(gm, f, values)
     if not steps:
-        with graph.inserting_before(w):
-            new = _twin(gm, w, root, values)
-        if new is not None:
-            new = _keep_dtype(gm, new, target, values)
-            _repoint(gm, w, root, aliases, new, new, static, set(), {})
-            for u in list(w.users):
-                u.replace_input_with(w, new)
-            if not w.users:
-                graph.erase_node(w)
-            note = ""
-            if f.kind == "leaf" and root.op in ("placeholder", "get_attr"):
-                note = f"{_leaf_text(root)} itself is no longer changed (eager refused the write)"
-            elif f.kind == "data":
-                note = "gradients now see the write"
-            return Rewrite(_plain_after(w, new), note)
-    # A clone of the base, the same write on the clone's view, readers moved to the clone.
+        done = _rewrite_plain(gm, f, aliases, values)
+        if done is not None:
+            return done
+    return _rewrite_on_clone(gm, f, aliases, steps, static=values is None)
+
+
+def _rewrite_data_assignment(
+    gm: fx.GraphModule, f: Finding, aliases: dict[fx.Node, Alias], *, static: bool
+) -> Rewrite:
+    """`x.data = t`: later readers of x read t, which gradients then reach."""
+    w = f.write
+    a = aliases.get(f.target, Alias(f.target))
+    if w.args[1] != "data" or not isinstance(w.args[2], fx.Node):
+        raise CannotRewrite("only `.data = tensor` assignments can be rewritten")
+    if a.steps:
+        raise CannotRewrite("the tensor whose `.data` is replaced is itself a view")
+    new = w.args[2]
+    _repoint(gm, w, a.root, aliases, new, w, static, set(), {})
+    gm.graph.erase_node(w)
+    return Rewrite(f"{a.root.name} = {new.name}", "gradients now flow to the assigned tensor")
+
+
+def _rewrite_expanded(gm: fx.GraphModule, f: Finding, values: dict | None) -> Rewrite:
+    """A write into an expanded view: its out-of-place twin, and the base left as it is."""
+    w, target = f.write, f.target
+    graph = gm.graph
+    if values is None or w not in values:
+        raise CannotRewrite("the write goes into an expanded view")
+    with graph.inserting_before(w):
+        new = _twin(gm, w, target)
+    if new is None:
+        raise CannotRewrite("the write into an expanded view has no out-of-place form")
+    for u in list(w.users) + [u for u in target.users if u is not w and _after(u, w)]:
+        u.replace_input_with(w if w in u.all_input_nodes else target, new)
+    graph.erase_node(w)
+    return Rewrite(
+        f"{new.name} = {render_node(new)}", "the base is not updated: eager refuses this write"
+    )
+
+
+def _leaf_note(root: fx.Node) -> str:
+    if root.op not in ("placeholder", "get_attr"):
+        return ""
+    return f"{_leaf_text(root)} itself is no longer changed (eager refused the write)"
+
+
+# What a plain rewrite adds to the report, by the kind of finding it repairs.
+_PLAIN_NOTES: dict[FindingKind, Callable[[fx.Node], str]] = {
+    FindingKind.LEAF: _leaf_note,
+    FindingKind.DATA: lambda _root: "gradients now see the write",
+}
+
+
+def _rewrite_plain(
+    gm: fx.GraphModule, f: Finding, aliases: dict[fx.Node, Alias], values: dict | None
+) -> Rewrite | None:
+    """A write into a whole tensor: `h = h.mul(2)`; None when it has no out-of-place twin."""
+    w, target = f.write, f.target
+    root = aliases.get(target, Alias(target)).root
+    graph = gm.graph
+    with graph.inserting_before(w):
+        new = _twin(gm, w, root)
+    if new is None:
+        return None
+    new = _keep_dtype(gm, new, target, values)
+    _repoint(gm, w, root, aliases, new, new, values is None, set(), {})
+    for u in list(w.users):
+        u.replace_input_with(w, new)
+    if not w.users:
+        graph.erase_node(w)
+    note = _PLAIN_NOTES[f.kind](root) if f.kind in _PLAIN_NOTES else ""
+    return Rewrite(_plain_after(w, new), note)
+
+
+def _rewrite_on_clone(
+    gm: fx.GraphModule,
+    f: Finding,
+    aliases: dict[fx.Node, Alias],
+    steps: tuple[Step, ...],
+    *,
+    static: bool,
+) -> Rewrite:
+    """A clone of the base, the same write on the clone's view, readers moved to the clone."""
+    w, target = f.write, f.target
+    root = aliases.get(target, Alias(target)).root
+    graph = gm.graph
     with graph.inserting_before(w):
         clone = graph.call_method("clone", (root,))
         view = clone
@@ -1040,6 +1309,10 @@ def _after(u: fx.Node, w: fx.Node) -> bool:
     return False
 
 
+# Steps after which a saved value is no plain slice of the written tensor.
+_NOT_SLICES = frozenset({StepKind.OPAQUE, StepKind.EXPAND, StepKind.DATA})
+
+
 def _savers_read_slices(f: Finding, aliases: dict[fx.Node, Alias], root: fx.Node) -> bool:
     """Whether every op that saved the overwritten memory saved a view of it it was given.
 
@@ -1048,7 +1321,7 @@ def _savers_read_slices(f: Finding, aliases: dict[fx.Node, Alias], root: fx.Node
     into slots of one preallocated tensor (`h[t + 1] = cell(x[t], h[t])`) keeps its writes
     in place and copies one slot per step.
     """
-    if f.kind != "saved" or not f.savers:
+    if f.kind is not FindingKind.SAVED or not f.savers:
         return False
     for _saver, role, arg in f.savers:
         if role != "input" or arg is None:
@@ -1056,7 +1329,7 @@ def _savers_read_slices(f: Finding, aliases: dict[fx.Node, Alias], root: fx.Node
         a = aliases.get(arg)
         if a is None or a.root is not root or not a.steps:
             return False
-        if any(s.kind in ("opaque", "expand", "data") for s in a.steps):
+        if any(s.kind in _NOT_SLICES for s in a.steps):
             return False
     return True
 
@@ -1158,100 +1431,110 @@ def _drop_dead(gm: fx.GraphModule, had_users: set[fx.Node]) -> None:
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
     changes: list[Change] = []
     done: set[str] = set()
-    exact = ctx.example_inputs is not None
-    how = "decided on example inputs" if exact else "decided statically"
-    todo: list[Finding] = []
+    how = "decided on example inputs" if ctx.example_inputs is not None else "decided statically"
     for _ in range(MAX_ROUNDS):
-        if exact:
-            obs = ctx.observe(gm)
-            findings, aliases = exact_findings(gm, obs)
-            values: dict | None = obs.values
-        else:
-            findings, aliases = static_findings(gm)
-            values = None
+        findings, aliases, values = _findings(gm, ctx)
         todo = [f for f in findings if f.write.name not in done]
         if not todo:
-            break
-        # Earliest write first, and one per written tensor (alias root) per round: rewriting
-        # it may make later writes into the same memory safe (they then target a fresh
-        # tensor nobody saved), and the next round re-decides them on the new graph. Writes
-        # into different memory do not affect each other's rewrite, so they share a round.
-        batch: list[Finding] = []
-        roots: set[fx.Node] = set()
-        for f in todo:
-            root = aliases.get(f.target, Alias(f.target)).root
-            if root not in roots:
-                roots.add(root)
-                batch.append(f)
+            return changes
+        batch = _one_write_per_root(todo, aliases)
         saved_graph = copy.deepcopy(gm.graph)
         had_users = {n for n in gm.graph.nodes if n.users}
-        round_changes: list[Change] = []
-        failed: tuple[Finding, CannotRewrite] | None = None
-        for f in batch:
-            before, where, name = _write_text(f.write), location(f.write), f.write.name
-            if f.kind in ("data-safe", "input-static"):
-                note = f"{f.reason} ({how})"
-                if f.kind == "input-static":
-                    note += "; pass example inputs to decide"
-                round_changes.append(Change(CODE, name, before, "", where, note, applied=False))
-                continue
-            existing = set(gm.graph.nodes)
-            meta = {k: f.write.meta[k] for k in _INHERITED_META if k in f.write.meta}
-            try:
-                r = rewrite(gm, f, aliases, values)
-            except CannotRewrite as e:
-                failed = (f, e)
-                break
-            for n in gm.graph.nodes:  # the rewrite's nodes name the user's line and block
-                if n not in existing:
-                    for k, v in meta.items():
-                        n.meta.setdefault(k, v)
-            note = f"{f.reason} ({how})"
-            if r.note:
-                note += f"; {r.note}"
-            round_changes.append(Change(CODE, name, before, r.after, where, note))
+        round_changes, failed = _rewrite_round(gm, batch, aliases, values, how)
         if failed is not None:
             # A rewrite may fail half-way: undo the whole round, record the failure, and
             # let the next round redo the others on the restored graph.
             gm.graph = saved_graph
             f, e = failed
             done.add(f.write.name)
-            note = f"{f.reason} ({how}); left as is: {e}"
-            changes.append(
-                Change(
-                    CODE,
-                    f.write.name,
-                    _write_text(f.write),
-                    "",
-                    location(f.write),
-                    note,
-                    applied=False,
-                )
-            )
+            changes.append(_left_as_is(f, how, str(e)))
             continue
         _drop_dead(gm, had_users)
         done.update(c.node for c in round_changes)
         changes.extend(round_changes)
-    else:
-        if exact:
-            findings, _ = exact_findings(gm, ctx.observe(gm))
-        else:
-            findings, _ = static_findings(gm)
-        for f in [f for f in findings if f.write.name not in done]:
-            # never silently: say which writes were not reached
-            changes.append(
-                Change(
-                    CODE,
-                    f.write.name,
-                    _write_text(f.write),
-                    "",
-                    location(f.write),
-                    f"{f.reason} ({how}); left as is: fxgrad stopped after {MAX_ROUNDS} rounds "
-                    "of rewrites",
-                    applied=False,
-                )
-            )
+    findings, _, _ = _findings(gm, ctx)
+    for f in [f for f in findings if f.write.name not in done]:
+        # never silently: say which writes were not reached
+        why = f"fxgrad stopped after {MAX_ROUNDS} rounds of rewrites"
+        changes.append(_left_as_is(f, how, why))
     return changes
+
+
+def _findings(gm: fx.GraphModule, ctx: Context) -> tuple[list[Finding], dict, dict | None]:
+    """The unsafe writes of the graph as it is now, its aliases, and the observed values."""
+    if ctx.example_inputs is None:
+        findings, aliases = static_findings(gm)
+        return findings, aliases, None
+    obs = ctx.observe(gm)
+    findings, aliases = exact_findings(gm, obs)
+    return findings, aliases, obs.values
+
+
+def _one_write_per_root(todo: list[Finding], aliases: dict) -> list[Finding]:
+    """The earliest write into each written tensor (alias root): one round's rewrites.
+
+    Rewriting a write may make later writes into the same memory safe (they then target a
+    fresh tensor nobody saved), and the next round re-decides them on the new graph. Writes
+    into different memory do not affect each other's rewrite, so they share a round.
+    """
+    batch: list[Finding] = []
+    roots: set[fx.Node] = set()
+    for f in todo:
+        root = aliases.get(f.target, Alias(f.target)).root
+        if root not in roots:
+            roots.add(root)
+            batch.append(f)
+    return batch
+
+
+# Findings that are reported, never rewritten, and what their note adds.
+_REPORTED_ONLY: dict[FindingKind, str] = {
+    FindingKind.DATA_SAFE: "",
+    FindingKind.INPUT_STATIC: "; pass example inputs to decide",
+}
+
+
+def _rewrite_round(
+    gm: fx.GraphModule, batch: list[Finding], aliases: dict, values: dict | None, how: str
+) -> tuple[list[Change], tuple[Finding, CannotRewrite] | None]:
+    """Rewrite each finding of the batch in turn; stop at the first that cannot be."""
+    changes: list[Change] = []
+    for f in batch:
+        if f.kind in _REPORTED_ONLY:
+            note = f"{f.reason} ({how}){_REPORTED_ONLY[f.kind]}"
+            where = location(f.write)
+            changes.append(
+                Change(CODE, f.write.name, _write_text(f.write), "", where, note, applied=False)
+            )
+            continue
+        try:
+            changes.append(_rewrite_one(gm, f, aliases, values, how))
+        except CannotRewrite as e:
+            return changes, (f, e)
+    return changes, None
+
+
+def _rewrite_one(
+    gm: fx.GraphModule, f: Finding, aliases: dict, values: dict | None, how: str
+) -> Change:
+    before, where, name = _write_text(f.write), location(f.write), f.write.name
+    existing = set(gm.graph.nodes)
+    meta = {k: f.write.meta[k] for k in _INHERITED_META if k in f.write.meta}
+    r = rewrite(gm, f, aliases, values)
+    for n in gm.graph.nodes:  # the rewrite's nodes name the user's line and block
+        if n not in existing:
+            for k, v in meta.items():
+                n.meta.setdefault(k, v)
+    note = f"{f.reason} ({how})"
+    if r.note:
+        note += f"; {r.note}"
+    return Change(CODE, name, before, r.after, where, note)
+
+
+def _left_as_is(f: Finding, how: str, why: str) -> Change:
+    note = f"{f.reason} ({how}); left as is: {why}"
+    w = f.write
+    return Change(CODE, w.name, _write_text(w), "", location(w), note, applied=False)
 
 
 def applies(gm: fx.GraphModule) -> bool:
