@@ -37,6 +37,7 @@ from fxgrad.pipeline import (
     Reference,
     _first_line,
     check_capture,
+    flat_outputs,
     run_forward_backward,
     run_passes,
 )
@@ -342,7 +343,7 @@ class FixedModule(nn.Module):
                     at_call=True,
                 )
             variant.key = key
-            variant.shapes.remember(tensors)
+            variant.shapes.remember(self, tensors)
             self._adopt(variant)
             return variant
 
@@ -552,9 +553,7 @@ def _eager_reference(
             raise _ModelError(e) from e  # no pass repairs it: the model's own error
         return ref  # an error a pass repairs (selected or not: the report says if it stays)
     # Detached: holding the outputs must not hold eager's autograd graph (its activations).
-    ref.outputs = [
-        o.detach() if isinstance(o, torch.Tensor) else o for o in pytree.tree_leaves(out)
-    ]
+    ref.outputs = [o.detach() if isinstance(o, torch.Tensor) else o for o in flat_outputs(out)]
     del out
 
     def load_gradients() -> tuple[list[torch.Tensor | None] | None, BaseException | None]:
@@ -923,7 +922,7 @@ def fix(
     tensors = list(args) if leaves is None else [x for x in leaves if _is_input(x)]
     with torch.enable_grad():
         variant.key = call_key(skey, tensors, *fixed._modules_for_key())
-    variant.shapes.remember(tensors)
+    variant.shapes.remember(fixed, tensors)
     fixed._adopt(variant)
     return fixed
 

@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from fxgrad.graph_utils import ancestors
 from fxgrad.runtime import GuardError, fxgrad_guard
+from fxgrad.tracing.callspec import box_objects
 
 # Positions in a key, and what each means to a person reading an error.
 STRUCTURE, TENSORS, ALIASING, GRAD, MODES, STATE, DEFAULT_DTYPE, AUTOCAST = range(8)
@@ -133,7 +134,7 @@ def structure(args: tuple, kwargs: dict) -> tuple[Any, list[Any] | None]:
     """The call's structure key, and its leaves when they were flattened to get it."""
     if not kwargs and all(map(_is_tensor, args)):
         return len(args), None  # the common case: tensors, positionally
-    leaves, spec = pytree.tree_flatten((args, kwargs))
+    leaves, spec = pytree.tree_flatten(box_objects((args, kwargs)))
     consts = tuple(
         (i, _hashable(v))
         for i, v in enumerate(leaves)
@@ -324,12 +325,31 @@ class ShapeCheck:
         self.program = program
         self.seen: collections.OrderedDict[tuple, bool] = collections.OrderedDict()
         self.unverifiable = False  # data-dependent sizes: only the graph's own guards check
+        # Module tensors the guards read (a buffer the forward re-makes at another size,
+        # as timm's ConViT does): their sizes are part of what a check holds for.
+        self.attrs = (
+            [str(n.target) for n in program.graph.nodes if n.op == "get_attr"]
+            if program is not None
+            else []
+        )
+
+    def _sizes(self, owner: nn.Module, tensors: Sequence[Any]) -> tuple:
+        sizes = tuple(t.shape if isinstance(t, torch.Tensor) else None for t in tensors)
+        if not self.attrs:
+            return sizes
+        state = []
+        for target in self.attrs:
+            obj: Any = owner
+            for atom in target.split("."):
+                obj = getattr(obj, atom, None)
+            state.append(obj.shape if isinstance(obj, torch.Tensor) else None)
+        return sizes, tuple(state)
 
     def holds(self, owner: nn.Module, tensors: Sequence[Any]) -> bool:
         """True when the guards hold for these inputs' sizes (checked once per sizes)."""
         if self.program is None or self.unverifiable:
             return True
-        sizes = tuple(t.shape if isinstance(t, torch.Tensor) else None for t in tensors)
+        sizes = self._sizes(owner, tensors)
         hit = self.seen.get(sizes)
         if hit is None:
             hit = self._check(owner, tensors)
@@ -338,10 +358,10 @@ class ShapeCheck:
                 self.seen.popitem(last=False)
         return hit
 
-    def remember(self, tensors: Sequence[Any]) -> None:
+    def remember(self, owner: nn.Module, tensors: Sequence[Any]) -> None:
         """The call a variant was decided on holds its guards by construction."""
-        sizes = tuple(t.shape if isinstance(t, torch.Tensor) else None for t in tensors)
-        self.seen[sizes] = True
+        if self.program is not None:
+            self.seen[self._sizes(owner, tensors)] = True
 
     def _check(self, owner: nn.Module, tensors: Sequence[Any]) -> bool:
         assert self.program is not None

@@ -19,6 +19,7 @@ from fxgrad.errors import EquivalenceError, FxgradError, PassError
 from fxgrad.graph_utils import location
 from fxgrad.observe import Observation
 from fxgrad.registry import Pass
+from fxgrad.tracing.callspec import box_objects
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Reference:
         return self.gradients()[1]
 
 
+def flat_outputs(out: Any) -> list[Any]:
+    """A forward's outputs as a flat list, tensors inside plain objects (a cache) included."""
+    return pytree.tree_leaves(box_objects(out))
+
+
 def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
     """Floating-point tensor outputs that carry a gradient."""
     return [
@@ -93,7 +99,7 @@ def run_forward_backward(
         fn = fn.forward  # gm() would print fx's own traceback for errors we expect
     with seeded(seed):
         out = fn(*inputs)
-    flat = pytree.tree_leaves(out)
+    flat = flat_outputs(out)
     wrt = [t for t in params if t.requires_grad] + [
         t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
     ]

@@ -48,6 +48,7 @@ from fxgrad.pipeline import (
     compare_outputs,
     cotangents,
     differentiable_outputs,
+    flat_outputs,
 )
 from fxgrad.report import Report, clean_torch_error
 from fxgrad.state import restored
@@ -328,7 +329,7 @@ def _eager_failure(module: nn.Module, inputs: tuple) -> tuple[str, str] | None:
         try:
             torch.manual_seed(_SEED)
             out = module(*args)
-            diff = differentiable_outputs(pytree.tree_leaves(out))
+            diff = differentiable_outputs(flat_outputs(out))
             wrt = params + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
             if diff and wrt:
                 torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
@@ -569,7 +570,7 @@ def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tu
             out = module(*args)
         except RuntimeError as e:
             return None, None, e, None
-        flat = pytree.tree_leaves(out)
+        flat = flat_outputs(out)
         wrt = wrt_params + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
         diff = differentiable_outputs(flat)
         if not diff or not wrt:

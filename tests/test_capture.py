@@ -738,3 +738,145 @@ def test_keyword_calls_reach_a_forward_whose_decorator_fills_defaults():
     torch.testing.assert_close(got["hidden"], want["hidden"])
     assert got["cached"] is False
     torch.testing.assert_close(fixed(ids)["hidden"], model(ids)["hidden"])  # positional too
+
+
+class _Layer:
+    def __init__(self):
+        self.keys = None
+
+
+class _Cache:
+    """Like transformers' DynamicCache: a plain object holding a tensor per layer."""
+
+    def __init__(self, n=2):
+        self.layers = [_Layer() for _ in range(n)]
+
+    def update(self, k, i):
+        layer = self.layers[i]
+        layer.keys = k if layer.keys is None else torch.cat([layer.keys, k], 1)
+        return layer.keys
+
+
+class _Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x, past=None):
+        cache = past if past is not None else _Cache()
+        h = self.lin(x)
+        for i in range(2):
+            h = cache.update(h, i).sum(1, keepdim=True) + h
+        return h, cache
+
+
+def test_objects_holding_tensors_are_inputs_and_outputs():
+    model, x = _Decoder(), torch.randn(2, 3, 8)
+    fixed = fxgrad.fix(model)
+    got, cache = fixed(x)
+    want, eager_cache = model(x)
+    torch.testing.assert_close(got, want)
+    assert type(cache) is _Cache and cache.layers[1].keys.shape == (2, 3, 8)
+    for _ in range(3):  # fed back, as generation does: one variant serves every step
+        got, cache = fixed(x, past=cache)
+        want, eager_cache = model(x, past=eager_cache)
+        torch.testing.assert_close(got, want)
+        assert [layer.keys.shape for layer in cache.layers] == [
+            layer.keys.shape for layer in eager_cache.layers
+        ]
+    assert len(fixed.reports) == 2  # without and with a cache
+
+
+class _Config:
+    problem_type = None
+
+
+def test_the_forward_setting_a_shared_objects_attribute_leaves_the_users_alone():
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = _Config()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x, labels):
+            logits = self.fc(x)
+            if self.config.problem_type is None:
+                self.config.problem_type = "single_label_classification"
+            return F.cross_entropy(logits, labels), logits
+
+    model = Classifier()
+    fxgrad.fix(model, (), {"x": torch.randn(2, 4), "labels": torch.tensor([0, 2])})
+    assert model.config.problem_type is None
+
+
+_collected = None
+
+
+def _collect(mod, args, out):
+    if _collected is not None:
+        _collected.append(out)
+
+
+def test_hooks_the_forward_installs_are_traced_with_it():
+    class Net(nn.Module):  # transformers' output capturing installs hooks on first call
+        def __init__(self):
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            global _collected
+            if not getattr(self, "_hooks_installed", False):
+                for s in self.stages:
+                    s.register_forward_hook(_collect)
+                self._hooks_installed = True
+            _collected = []
+            for s in self.stages:
+                x = s(x)
+            hidden, _collected = _collected, None
+            return self.head(torch.cat(hidden, -1))
+
+    model, x = Net(), torch.randn(2, 4, requires_grad=True)
+    fixed = fxgrad.fix(model, (x,))
+    assert not any(m._forward_hooks for m in model.modules())  # nothing left on the model
+    assert "_hooks_installed" not in model.__dict__
+    for _ in range(2):
+        assert_same(model, fixed, x)  # eager installs its hooks on the first call
+
+
+def test_a_buffer_remade_at_another_size_in_forward():
+    class PosAttn(nn.Module):  # timm's ConViT keeps relative indices for the last size
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3, 4)
+            self.register_buffer("rel", torch.zeros(1, 1, 1, 3), persistent=False)
+
+        def forward(self, x):
+            _, n, _ = x.shape
+            if self.rel.shape[1] != n:
+                self.rel = torch.ones(1, n, n, 3)
+            return x + self.proj(self.rel).mean()
+
+    model = PosAttn()
+    reference = copy.deepcopy(model)
+    fixed = fxgrad.fix(model, (torch.randn(2, 5, 4),))
+    for n in (5, 5, 6, 6, 5):
+        x = torch.randn(2, n, 4)
+        torch.testing.assert_close(fixed(x), reference(x))
+        assert model.rel.shape == reference.rel.shape
+
+
+def test_a_proxy_left_by_an_earlier_trace_is_a_clear_error():
+    class Cached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cache = {}
+
+        def forward(self, x):
+            self.cache["last"] = x * 2
+            return self.cache["last"]
+
+    model = Cached()
+    torch.fx.symbolic_trace(model)  # plain fx leaves its Proxy in model.cache
+    with pytest.raises(fxgrad.FxgradError, match="Proxy in self.cache"):
+        fxgrad.fix(model, (torch.randn(3),))

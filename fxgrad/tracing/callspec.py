@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import inspect
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from torch import fx
 
 from fxgrad.errors import FxgradError
 
@@ -42,7 +45,7 @@ class CallSpec:
 
     def flatten(self, args: tuple, kwargs: dict) -> list[Any]:
         """The non-constant leaves of a call made with this structure, in placeholder order."""
-        leaves = pytree.tree_leaves((args, kwargs))
+        leaves = pytree.tree_leaves(box_objects((args, kwargs)))
         return [leaf for i, leaf in enumerate(leaves) if i not in self.constants]
 
 
@@ -55,7 +58,7 @@ def _same_constant(a: Any, b: Any) -> bool:
 
 def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature | None, n: int) -> list[str]:
     """Name each input leaf after its forward parameter: `x`, `batch_image`, `xs_1`."""
-    paths, _ = pytree.tree_flatten_with_path(pytree.tree_unflatten([0] * n, spec))
+    paths = _spec_paths(spec)
     params = list(signature.parameters.values()) if signature is not None else []
     star = next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
     positional_params = [
@@ -68,11 +71,10 @@ def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature | None, n: i
         return positional_params[k].name if k < len(positional_params) else f"arg{k}"
 
     names = []
-    for path, _leaf in paths:
+    for path in paths:
         parts: list[str] = []
-        for i, entry in enumerate(path[1:]):
-            key = getattr(entry, "idx", getattr(entry, "key", getattr(entry, "name", None)))
-            if i == 0 and path[0].idx == 0 and isinstance(key, int):
+        for i, key in enumerate(path[1:]):
+            if i == 0 and path[0] == 0 and isinstance(key, int):
                 parts.append(positional(key))
             else:
                 parts.append(str(key))
@@ -81,6 +83,30 @@ def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature | None, n: i
             name = f"input_{name}"
         names.append(name)
     return names
+
+
+def _children(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
+    children = getattr(spec, "children", None)
+    return list(children()) if callable(children) else list(spec.children_specs)
+
+
+def _spec_paths(spec: pytree.TreeSpec, prefix: tuple = ()) -> list[tuple]:
+    """The path of keys to each leaf of a TreeSpec (list index, dict key, attribute name)."""
+    if spec.is_leaf():
+        return [prefix]
+    if spec.type is ObjectBox:  # an object's attributes: named by attribute, not by "state"
+        return _spec_paths(_children(spec)[0], prefix)
+    keys = spec.context if isinstance(spec.context, (list, tuple)) else None
+    if spec.type in (dict, collections.OrderedDict) and keys is not None:
+        labels = list(keys)
+    elif spec.type is not None and hasattr(spec.type, "_fields"):  # namedtuple
+        labels = list(spec.type._fields)
+    else:
+        labels = list(range(spec.num_children))
+    out: list[tuple] = []
+    for label, child in zip(labels, _children(spec)):
+        out.extend(_spec_paths(child, (*prefix, label)))
+    return out
 
 
 def _signature(model: torch.nn.Module) -> inspect.Signature | None:
@@ -119,7 +145,7 @@ def call_spec(
                     hint=f"Pass one entry per argument of forward{signature}: "
                     "fxgrad.fix(model, (x,)) or fxgrad.fix(model, (x,), {'mask': m}).",
                 ) from None
-    leaves, spec = pytree.tree_flatten((tuple(args), kwargs))
+    leaves, spec = pytree.tree_flatten(box_objects((tuple(args), kwargs)))
     constants = {
         i: leaf
         for i, leaf in enumerate(leaves)
@@ -166,3 +192,85 @@ def _register_dataclasses(tree: Any) -> None:
             stack.extend(obj)
         elif isinstance(obj, dict):
             stack.extend(obj.values())
+
+
+# ---------------------------------------------------------------------------------------
+# Objects that hold tensors (transformers' DynamicCache): flattened through their attributes
+
+
+class ObjectBox:
+    """An object of a class pytree does not know, standing for it while it is flattened.
+
+    Its attributes are flattened in its place, so the tensors an object holds (a key/value
+    cache's layers) are graph inputs or outputs like any other, and unflattening makes an
+    object of the same class with the same attributes, holding this call's tensors.
+    """
+
+    __slots__ = ("cls", "state")
+
+    def __init__(self, cls: type, state: dict) -> None:
+        self.cls, self.state = cls, state
+
+
+def _box_flatten(box: ObjectBox) -> tuple[list[Any], Any]:
+    return [box.state], box.cls
+
+
+def _box_unflatten(children: list[Any], cls: type) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(children[0])
+    return obj
+
+
+pytree.register_pytree_node(ObjectBox, _box_flatten, _box_unflatten)
+
+_BOX_DEPTH = 6  # how deep objects inside objects are followed
+
+
+def box_objects(tree: Any) -> Any:
+    """`tree` with every object that holds tensors (or traced values) as an ObjectBox."""
+    return _box(tree, _BOX_DEPTH, set())
+
+
+def _box(x: Any, depth: int, seen: set[int]) -> Any:
+    if depth == 0 or isinstance(x, (torch.Tensor, fx.Proxy, str, bytes, int, float, bool)):
+        return x
+    if id(x) in seen:
+        return x
+    if isinstance(x, (list, tuple)) and type(x) in (list, tuple):
+        seen.add(id(x))
+        return type(x)(_box(v, depth, seen) for v in x)
+    if type(x) is dict:
+        seen.add(id(x))
+        return {k: _box(v, depth, seen) for k, v in x.items()}
+    if _boxable(x) and _holds_tensors(x, depth, set()):
+        seen.add(id(x))
+        return ObjectBox(type(x), {k: _box(v, depth - 1, seen) for k, v in vars(x).items()})
+    return x
+
+
+def _boxable(x: Any) -> bool:
+    cls = type(x)
+    return (
+        hasattr(x, "__dict__")
+        and cls not in pytree.SUPPORTED_NODES
+        and not isinstance(x, (torch.nn.Module, type, types.FunctionType, types.MethodType))
+        and not dataclasses.is_dataclass(x)
+        and not hasattr(cls, "__slots__")
+    )
+
+
+def _holds_tensors(x: Any, depth: int, seen: set[int]) -> bool:
+    """Whether an object holds a tensor or a traced value, directly or inside it."""
+    if isinstance(x, (torch.Tensor, fx.Proxy)):
+        return True
+    if depth == 0 or id(x) in seen:
+        return False
+    seen.add(id(x))
+    if isinstance(x, (list, tuple)):
+        return any(_holds_tensors(v, depth, seen) for v in x)
+    if isinstance(x, dict):
+        return any(_holds_tensors(v, depth, seen) for v in x.values())
+    if hasattr(x, "__dict__") and not isinstance(x, (torch.nn.Module, type)):
+        return any(_holds_tensors(v, depth - 1, seen) for v in vars(x).values())
+    return False

@@ -16,7 +16,7 @@ from fxgrad.tracing.callspec import CallSpec
 from fxgrad.tracing.errors import _model_error, _trace_error
 from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX, _is_stowed_name
 from fxgrad.tracing.patches import _ACTIVE, _patched
-from fxgrad.tracing.tracer import FxgradTracer
+from fxgrad.tracing.tracer import FxgradTracer, hook_ids
 
 
 @dataclass
@@ -43,6 +43,8 @@ def capture(
     tracer = FxgradTracer(leaves, call.in_spec, call)
     modules = list(root.modules())
     state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in modules]
+    hooks = [(table, table.copy()) for m in modules for table in _hook_tables(m)]
+    tracer.initial_hooks = {id(m): hook_ids(m) for m in modules}
     _plain_attributes_as_buffers(modules, tracer)
     _ACTIVE.append(tracer)
     error: Exception | None = None
@@ -54,6 +56,10 @@ def capture(
     finally:
         _ACTIVE.pop()
         _restore(state)
+        for table, before in hooks:  # hooks the forward installed while traced
+            if table.keys() != before.keys():
+                table.clear()
+                table.update(before)
     if error is not None:
         raise _capture_error(tracer, error) from error
     tracer._values.clear()
@@ -65,6 +71,10 @@ def capture(
         tracer.propagation_error,
         tracer.notes,
     )
+
+
+def _hook_tables(m: torch.nn.Module) -> list[dict]:
+    return [t for k, t in m.__dict__.items() if "hook" in k and isinstance(t, dict)]
 
 
 def _plain_attributes_as_buffers(modules: list[torch.nn.Module], tracer: FxgradTracer) -> None:

@@ -11,9 +11,7 @@ import types
 import torch
 
 
-def twin(
-    module: torch.nn.Module, memo: dict[int, torch.nn.Module] | None = None
-) -> torch.nn.Module:
+def twin(module: torch.nn.Module, memo: dict[int, object] | None = None) -> torch.nn.Module:
     """Shallow-copy a module tree: new module objects, the same parameter and buffer tensors.
 
     The copy's `train()`/`eval()` and attribute changes never reach the user's module, while
@@ -38,13 +36,21 @@ def twin(
         # `self.forward = self.forward_fast` in __init__: bound to the twin, not the user's
         if isinstance(v, types.MethodType) and v.__self__ is module:
             new.__dict__[k] = types.MethodType(v.__func__, new)
-    # Python containers the forward may fill (a cache dict, a list of past states) are the
-    # twin's own: capturing and probing write proxies and probe tensors into them, which
-    # must never reach the user's module. nn.Module's own tables (hooks above all) stay
-    # shared, so hooks registered later still run.
+    # What the forward may change in Python is the twin's own: containers it fills (a cache
+    # dict, a list of past states), plain objects whose attributes it sets (a config's
+    # `problem_type`), and the hook tables (a forward that installs hooks on first call).
+    # Capturing and probing write proxies and probe tensors into them, which must never
+    # reach the user's module. (The fixed module runs the user's own modules.)
     for k, v in module.__dict__.items():
-        if type(v) in _CONTAINERS and k not in _MODULE_INTERNALS:
+        if k in _HOOK_TABLES:
             new.__dict__[k] = copy.copy(v)
+        elif k in _MODULE_INTERNALS:
+            continue
+        elif type(v) in _CONTAINERS:
+            _refuse_proxies(v, k)
+            new.__dict__[k] = copy.copy(v)
+        elif _plain_object(v):
+            new.__dict__[k] = _object_twin(v, memo)
     new.__dict__["_parameters"] = module._parameters.copy()
     new.__dict__["_buffers"] = module._buffers.copy()
     new.__dict__["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
@@ -56,6 +62,53 @@ def twin(
 
 _CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)
 _MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__)
+_HOOK_TABLES = frozenset(k for k in _MODULE_INTERNALS if "hook" in k)
+_NOT_PLAIN = (
+    torch.nn.Module,
+    torch.Tensor,
+    type,
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.ModuleType,
+    functools.partial,
+)
+
+
+def _plain_object(v: object) -> bool:
+    """An instance of a user class holding attributes (a config), not a module or tensor."""
+    return hasattr(v, "__dict__") and not isinstance(v, _NOT_PLAIN) and not callable(v)
+
+
+def _object_twin(v: object, memo: dict) -> object:
+    """A shallow copy of a plain object, one per object however many modules share it."""
+    hit = memo.get(id(v))
+    if hit is None:
+        try:
+            hit = copy.copy(v)
+        except Exception:
+            hit = v  # it refuses to be copied: shared, as before
+        memo[id(v)] = hit
+    return hit
+
+
+def _refuse_proxies(container: object, name: str) -> None:
+    """An earlier torch.fx trace left a Proxy in the model's state: say so, plainly."""
+    from torch import fx
+
+    from fxgrad.errors import FxgradError
+
+    items = container.values() if isinstance(container, dict) else container
+    try:
+        found = any(isinstance(x, fx.Proxy) for x in items)
+    except Exception:
+        return
+    if found:
+        raise FxgradError(
+            f"The model holds a torch.fx Proxy in self.{name}, left there by an earlier "
+            "torch.fx trace of it; running the model would fail on it.",
+            hint=f"Build the model again, or clear self.{name}, before fixing it.",
+        )
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from fxgrad.graph_utils import (
     user_frame_location,
 )
 from fxgrad.runtime import _ANSWERS, fxgrad_guard
-from fxgrad.tracing.callspec import _register_dataclasses
+from fxgrad.tracing.callspec import _register_dataclasses, box_objects
 from fxgrad.tracing.errors import _control_flow_error
 from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX
 from fxgrad.tracing.numpy_args import _numpy_dtype_names, _takes_numpy_dtypes
@@ -36,17 +36,17 @@ from fxgrad.tracing.proxy import FxgradProxy, _is_meta_expr
 # The tracer
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def has_hooks(m: torch.nn.Module) -> bool:
     """Whether a module has forward or backward hooks of its own registered."""
-    return any(
-        getattr(m, name, None)
-        for name in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-        )
-    )
+    return any(getattr(m, name, None) for name in _HOOKS)
+
+
+def hook_ids(m: torch.nn.Module) -> frozenset:
+    """The handles of the hooks a module has now, to tell them from ones added later."""
+    return frozenset(k for name in _HOOKS for k in (getattr(m, name, None) or ()))
 
 
 class FxgradTracer(fx.Tracer):
@@ -78,6 +78,8 @@ class FxgradTracer(fx.Tracer):
         # (id(module), name) of plain tensor attributes, held in the buffer table while
         # tracing so that reading them gives a traced value (see capture()).
         self.plain_attributes: set[tuple[int, str]] = set()
+        # Hook handles each module had when tracing began, by id(module) (see capture()).
+        self.initial_hooks: dict[int, frozenset] = {}
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -193,9 +195,10 @@ class FxgradTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if super().is_leaf_module(m, module_qualified_name):
             return True
-        if module_qualified_name and has_hooks(m):
+        if module_qualified_name and self.initial_hooks.get(id(m), frozenset()):
             # Traced through, its hooks would never run in the fixed module (a feature
             # extractor's forward hook, a weight-norm pre-hook): kept as one call instead.
+            # (Hooks the forward itself installs are traced with it: see call_module.)
             note = (
                 f"self.{module_qualified_name} has hooks, so it is kept as one call and its "
                 "hooks still run; fxgrad does not look inside it"
@@ -208,11 +211,53 @@ class FxgradTracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
         if self.in_propagation:
             return forward(*args, **kwargs)
+        added = hook_ids(m) - self.initial_hooks.get(id(m), frozenset())
+        if added:
+            return self._call_with_added_hooks(m, forward, args, kwargs, added)
         try:
             self.path_of_module(m)
         except NameError:
             return self._call_unowned(m, forward, args, kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def _call_with_added_hooks(self, m, forward, args, kwargs, added):  # noqa: ANN001
+        """Hooks the forward installed while it ran (transformers' output capturing) are
+        part of what it computes: they run here, on traced values, and what they pass on
+        (a list of layer outputs the forward reads back) becomes graph data flow."""
+        for key, hook in list(m._forward_pre_hooks.items()):
+            if key in added:
+                if key in m._forward_pre_hooks_with_kwargs:
+                    res = hook(m, args, kwargs)
+                    if res is not None:
+                        args, kwargs = res
+                else:
+                    res = hook(m, args)
+                    if res is not None:
+                        args = res if isinstance(res, tuple) else (res,)
+        out = self.call_module_unhooked(m, forward, args, kwargs)
+        for key, hook in list(m._forward_hooks.items()):
+            if key in added:
+                if key in m._forward_hooks_with_kwargs:
+                    res = hook(m, args, kwargs, out)
+                else:
+                    res = hook(m, args, out)
+                if res is not None:
+                    out = res
+        return out
+
+    def call_module_unhooked(self, m, forward, args, kwargs):  # noqa: ANN001
+        saved = {name: getattr(m, name) for name in ("_forward_hooks", "_forward_pre_hooks")}
+        kept = self.initial_hooks.get(id(m), frozenset())
+        for name, table in saved.items():  # the module call sees only its earlier hooks
+            m.__dict__[name] = type(table)((k, v) for k, v in table.items() if k in kept)
+        try:
+            try:
+                self.path_of_module(m)
+            except NameError:
+                return self._call_unowned(m, forward, args, kwargs)
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            m.__dict__.update(saved)
 
     def _call_unowned(self, m, forward, args, kwargs):  # noqa: ANN001
         """A module that is no submodule of the model: held in a global, built inline.
@@ -253,7 +298,7 @@ class FxgradTracer(fx.Tracer):
             args, kwargs = pytree.tree_unflatten(placeholders, in_spec)
             out = root_fn(root, *args, **kwargs)
             _register_dataclasses(out)
-            leaves, self.out_spec = pytree.tree_flatten(out)
+            leaves, self.out_spec = pytree.tree_flatten(box_objects(out))
             return tuple(leaves)
 
         return flat_forward, [self.root]
