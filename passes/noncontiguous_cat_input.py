@@ -411,32 +411,44 @@ def _flow(gm: fx.GraphModule, node: fx.Node) -> Flow | None:
         return None  # an unhashable target
 
 
+class Blocker(enum.Enum):
+    """A reader of the cat's output that could tell its strides, so a new layout could show."""
+
+    UNKNOWN = "{node} ({at}) is not known to treat every layout alike"
+    FAR = f"its layout reaches more than {MAX_WALK} ops, which were not all followed"
+    WRITTEN_VIEW_OR_COPY = (
+        "{node} ({at}) is a view or a copy depending on strides, and "
+        "one of them is written in place"
+    )
+    VIEW = "{node} ({at}) fails on some strides"
+    OUTPUT = "it would reach the model's callers in other strides"
+
+    def text(self, node: fx.Node) -> str:
+        return self.value.format(node=node.name, at=location(node) or "?")
+
+
+# What keeps each variant from being tried, in the order a reason is given. Every variant
+# changes the layout `reshape`/`flatten`/`contiguous` and unknown ops see; the permuted cat
+# also changes the output's strides, which `view` and the model's callers see.
+_ANY_LAYOUT = (Blocker.UNKNOWN, Blocker.FAR, Blocker.WRITTEN_VIEW_OR_COPY)
+BLOCKED_BY: dict[Variant, tuple[Blocker, ...]] = {
+    Variant.CONTIGUOUS: _ANY_LAYOUT,
+    Variant.PERMUTED: (*_ANY_LAYOUT, Blocker.VIEW, Blocker.OUTPUT),
+}
+
+
 @dataclass
 class Readers:
     """What reads the cat's output, directly or through ops that keep its layout."""
 
-    blockers: dict[str, fx.Node] = field(default_factory=dict)  # hazard -> first node
+    blockers: dict[Blocker, fx.Node] = field(default_factory=dict)  # the first node of each
 
     def allows(self, variant: Variant) -> str | None:
         """None when `variant` keeps every reader right; else why not, naming the reader."""
-        hazards = ["unknown", "far", "written view or copy"]
-        if variant is Variant.PERMUTED:
-            hazards += ["view", "output"]
-        for hazard in hazards:
-            if hazard in self.blockers:
-                node = self.blockers[hazard]
-                return HAZARD_TEXT[hazard].format(node=node.name, at=location(node) or "?")
+        for blocker in BLOCKED_BY.get(variant, _ANY_LAYOUT):
+            if blocker in self.blockers:
+                return blocker.text(self.blockers[blocker])
         return None
-
-
-HAZARD_TEXT = {
-    "unknown": "{node} ({at}) is not known to treat every layout alike",
-    "far": f"its layout reaches more than {MAX_WALK} ops, which were not all followed",
-    "written view or copy": "{node} ({at}) is a view or a copy depending on strides, and "
-    "one of them is written in place",
-    "view": "{node} ({at}) fails on some strides",
-    "output": "it would reach the model's callers in other strides",
-}
 
 
 def readers(gm: fx.GraphModule, cat: fx.Node) -> Readers:
@@ -448,57 +460,83 @@ def readers(gm: fx.GraphModule, cat: fx.Node) -> Readers:
     groups (union-find over views and in-place writes) tell which writes can reach such
     a result.
     """
-    found = Readers()
-    parent: dict[fx.Node, fx.Node] = {}
+    walk = _ReaderWalk(gm, cat)
+    while walk.queue:
+        n = walk.queue.pop()
+        for user in n.users:
+            walk.visit(n, user)
+    written = {walk.groups.find(w) for w in walk.writes}
+    for n in walk.view_or_copy:
+        if walk.groups.find(n) in written:
+            walk.block(Blocker.WRITTEN_VIEW_OR_COPY, n)
+    return walk.found
 
-    def find(n: fx.Node) -> fx.Node:
-        while parent.get(n, n) is not n:
-            n = parent[n]
+
+class _StorageGroups:
+    """Union-find over nodes: those in one group may share storage."""
+
+    def __init__(self) -> None:
+        self.parent: dict[fx.Node, fx.Node] = {}
+
+    def find(self, n: fx.Node) -> fx.Node:
+        while self.parent.get(n, n) is not n:
+            n = self.parent[n]
         return n
 
-    def union(a: fx.Node, b: fx.Node) -> None:
-        parent[find(a)] = find(b)
+    def union(self, a: fx.Node, b: fx.Node) -> None:
+        self.parent[self.find(a)] = self.find(b)
 
-    def block(hazard: str, node: fx.Node) -> None:
-        found.blockers.setdefault(hazard, node)
 
-    seen = {cat}
-    queue = [cat]
-    writes: list[fx.Node] = []
-    view_or_copy: list[fx.Node] = []
-    while queue:
-        n = queue.pop()
-        for user in n.users:
-            if user.op == "output":
-                block("output", user)
-                continue
-            written = writes_to(user, gm)
-            flow = Flow.ALIAS if written is not None else _flow(gm, user)
-            if flow is None:
-                block("unknown", user)
-                continue
-            if flow in (Flow.SCALAR, Flow.FRESH):
-                continue
-            if written is not None:
-                writes.append(user)
-                union(user, written)
-            if flow is Flow.VIEW:
-                block("view", user)
-            if flow is Flow.VIEW_OR_COPY:
-                view_or_copy.append(user)
-            if flow in (Flow.ALIAS, Flow.VIEW, Flow.VIEW_OR_COPY):
-                union(user, n)
-            if user not in seen:
-                if len(seen) >= MAX_WALK:
-                    block("far", user)
-                    continue
-                seen.add(user)
-                queue.append(user)
-    written_groups = {find(w) for w in writes}
-    for n in view_or_copy:
-        if find(n) in written_groups:
-            block("written view or copy", n)
-    return found
+# Flows whose result shares the storage of the tensor it reads.
+_SHARING = (Flow.ALIAS, Flow.VIEW, Flow.VIEW_OR_COPY)
+
+
+class _ReaderWalk:
+    """The state of `readers`' walk downstream of one cat."""
+
+    def __init__(self, gm: fx.GraphModule, cat: fx.Node) -> None:
+        self.gm = gm
+        self.found = Readers()
+        self.groups = _StorageGroups()
+        self.seen = {cat}
+        self.queue = [cat]
+        self.writes: list[fx.Node] = []
+        self.view_or_copy: list[fx.Node] = []
+
+    def block(self, blocker: Blocker, node: fx.Node) -> None:
+        self.found.blockers.setdefault(blocker, node)
+
+    def visit(self, n: fx.Node, user: fx.Node) -> None:
+        """Note what `user`, reading `n`, does with its layout, and follow it if it keeps it."""
+        if user.op == "output":
+            self.block(Blocker.OUTPUT, user)
+            return
+        written = writes_to(user, self.gm)
+        flow = Flow.ALIAS if written is not None else _flow(self.gm, user)
+        if flow is None:
+            self.block(Blocker.UNKNOWN, user)
+            return
+        if flow in (Flow.SCALAR, Flow.FRESH):
+            return
+        if written is not None:
+            self.writes.append(user)
+            self.groups.union(user, written)
+        if flow is Flow.VIEW:
+            self.block(Blocker.VIEW, user)
+        if flow is Flow.VIEW_OR_COPY:
+            self.view_or_copy.append(user)
+        if flow in _SHARING:
+            self.groups.union(user, n)
+        self._follow(user)
+
+    def _follow(self, user: fx.Node) -> None:
+        if user in self.seen:
+            return
+        if len(self.seen) >= MAX_WALK:
+            self.block(Blocker.FAR, user)
+            return
+        self.seen.add(user)
+        self.queue.append(user)
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,20 +560,43 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
     out = seen.layouts.get(user)
     if out is None:
         return None  # not a tensor (a size, a tuple): nothing of it to time
-    module = None
-    if user.op == "call_module":
-        if inplace_module(gm, user) is not None:
-            return None
-        module = submodule(gm, str(user.target))
-        if any(True for _ in module.buffers()):
-            # Timing runs it many times; a copy keeps running statistics untouched.
-            module = copy.deepcopy(module)
-    elif has_side_effect(user, gm):
-        return None  # replaying it would write into memory or module state
-
+    if not _safe_to_replay(gm, user):
+        return None
+    module = _module_to_time(gm, user)
     others = [a for a in user.all_input_nodes if a is not cat]
     if any(a not in seen.values for a in others):
         return None
+    fixed, leaves = _own_inputs(others, seen)
+    if module is not None:
+        leaves.extend(p for p in module.parameters() if p.requires_grad)
+    if out.requires_grad != (seen.layouts[cat].requires_grad or bool(leaves)):
+        return None  # it runs under another grad mode than the replay would
+    key = _consumer_key(cat, user, module, fixed, seen)
+    return Consumer(user, _replay(cat, user, module, fixed), leaves, key)
+
+
+def _safe_to_replay(gm: fx.GraphModule, user: fx.Node) -> bool:
+    """Whether running `user` again changes nothing: no in-place module, no side effect."""
+    if user.op == "call_module":
+        return inplace_module(gm, user) is None
+    return not has_side_effect(user, gm)  # replaying it would write into memory or module state
+
+
+def _module_to_time(gm: fx.GraphModule, user: fx.Node) -> nn.Module | None:
+    """The module `user` calls, copied when it has buffers; None for other ops."""
+    if user.op != "call_module":
+        return None
+    module = submodule(gm, str(user.target))
+    if any(True for _ in module.buffers()):
+        # Timing runs it many times; a copy keeps running statistics untouched.
+        module = copy.deepcopy(module)
+    return module
+
+
+def _own_inputs(
+    others: list[fx.Node], seen: Observed
+) -> tuple[dict[fx.Node, Any], list[torch.Tensor]]:
+    """The consumer's other inputs as observed, and which of them get gradients."""
     leaves: list[torch.Tensor] = []
     fixed: dict[fx.Node, Any] = {}
     for a in others:
@@ -544,10 +605,13 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
             v = v.detach().requires_grad_()
             leaves.append(v)
         fixed[a] = v
-    if module is not None:
-        leaves.extend(p for p in module.parameters() if p.requires_grad)
-    if out.requires_grad != (seen.layouts[cat].requires_grad or bool(leaves)):
-        return None  # it runs under another grad mode than the replay would
+    return fixed, leaves
+
+
+def _consumer_key(
+    cat: fx.Node, user: fx.Node, module: nn.Module | None, fixed: dict, seen: Observed
+) -> tuple:
+    """What the consumer's timing depends on: its op, and the layouts or values it reads."""
 
     def describe(a: Any) -> Any:
         if a is cat:
@@ -558,7 +622,13 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
 
     args_key = tuple(describe(a) for a in pytree.tree_leaves((user.args, user.kwargs)))
     what = repr(module) if module is not None else str(user.target)
-    key = (user.op, what, args_key)
+    return (user.op, what, args_key)
+
+
+def _replay(
+    cat: fx.Node, user: fx.Node, module: nn.Module | None, fixed: dict
+) -> Callable[[torch.Tensor], Any]:
+    """`user` as a call on a fresh cat output, its other inputs as observed."""
 
     def call(value: torch.Tensor) -> Any:
         def pick(a: fx.Node) -> Any:
@@ -572,7 +642,7 @@ def _consumer(gm: fx.GraphModule, cat: fx.Node, user: fx.Node, seen: Observed) -
             return getattr(args[0], str(user.target))(*args[1:], **kwargs)
         return user.target(*args, **kwargs)
 
-    return Consumer(user, call, leaves, key)
+    return call
 
 
 VIEW_DEPTH = 3  # views followed from the cat to the ops that compute with it
@@ -781,51 +851,87 @@ class Budget:
         return self.total_s - self.spent_s
 
 
+def _spent(budget: Budget) -> str:
+    return f"the measuring budget ({budget.total_s:.3g} s) was spent"
+
+
 def _measure_site(
     ctx: Context, site: Site, budget: Budget, own_timer: bool
 ) -> tuple[Decision | None, str]:
     """Time the site's variants in interleaved rounds; (None, why) when it cannot be timed."""
     if budget.left_s <= 0:  # not even a warm-up: building and running it costs time too
-        return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
+        return None, _spent(budget)
     start = time.perf_counter()
-    calls, label = None, ""
+    warm = _warm_up(site)
+    if own_timer:
+        budget.spent_s += time.perf_counter() - start
+    if warm is None:
+        return None, "it fails when replayed on fresh tensors of the same layouts"
+    calls, label, cost = warm
+    measure: Callable[[str, Callable[[], Any]], float] = ctx.measure
+    samples: dict[Variant, list[float]] = {v: [] for v in calls}
+    first = 0
+    if own_timer:
+        plan = _sample_plan(cost, budget)
+        if isinstance(plan, str):
+            return None, plan
+        number, first = plan
+        if first:  # calls this long are samples of one call each: the warm-up was round 0
+            samples = {v: [cost[v]] for v in calls}
+        measure = _Sampler(number)
+    why = _time_rounds(site, calls, measure, samples, first, budget)
+    if why:
+        return None, why
+    return decide(samples, label), ""
+
+
+def _warm_up(
+    site: Site,
+) -> tuple[dict[Variant, Callable[[], Any]], str, dict[Variant, float]] | None:
+    """The site's variants as calls, each run once: (calls, label, seconds of that run).
+
+    With the consumers when they replay, else the cat alone; None when neither runs.
+    """
     for timed in (site.consumers, []) if site.consumers else ([],):
         try:
-            candidate_calls, candidate_label = _bench(site, timed)
+            calls, label = _bench(site, timed)
             cost = {}
-            for v, call in candidate_calls.items():  # warm up, and fail here, not in a timer
+            for v, call in calls.items():  # warm up, and fail here, not in a timer
                 t0 = time.perf_counter()
                 call()
                 cost[v] = time.perf_counter() - t0
         except Exception:
             continue
-        calls, label = candidate_calls, candidate_label
-        break
-    if own_timer:
-        budget.spent_s += time.perf_counter() - start
-    if calls is None:
-        return None, "it fails when replayed on fresh tensors of the same layouts"
+        return calls, label, cost
+    return None
 
-    measure: Callable[[str, Callable[[], Any]], float] = ctx.measure
-    samples: dict[Variant, list[float]] = {v: [] for v in calls}
-    first = 0
-    if own_timer:
-        fastest = max(min(cost.values()), 1e-7)
-        number = max(1, math.ceil(SAMPLE_S / fastest))
-        if number == 1:
-            # Calls this long are samples of one call each: the warm-up was round 0.
-            samples, first = {v: [cost[v]] for v in calls}, 1
-        # Enough for MIN_ROUNDS rounds is enough to start: later rounds run while it lasts.
-        expected = (MIN_ROUNDS - first) * number * sum(cost.values())
-        if budget.left_s <= 0:
-            return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
-        if expected > budget.left_s:
-            return None, (
-                f"timing it would take about {_ms(expected)}, more than the "
-                f"{_ms(budget.left_s)} left of the measuring budget"
-            )
-        measure = _Sampler(number)
 
+def _sample_plan(cost: dict[Variant, float], budget: Budget) -> tuple[int, int] | str:
+    """fix()'s own timer: (calls per sample, first round), or why the site is not timed."""
+    fastest = max(min(cost.values()), 1e-7)
+    number = max(1, math.ceil(SAMPLE_S / fastest))
+    first = 1 if number == 1 else 0
+    # Enough for MIN_ROUNDS rounds is enough to start: later rounds run while it lasts.
+    expected = (MIN_ROUNDS - first) * number * sum(cost.values())
+    if budget.left_s <= 0:
+        return _spent(budget)
+    if expected > budget.left_s:
+        return (
+            f"timing it would take about {_ms(expected)}, more than the "
+            f"{_ms(budget.left_s)} left of the measuring budget"
+        )
+    return number, first
+
+
+def _time_rounds(
+    site: Site,
+    calls: dict[Variant, Callable[[], Any]],
+    measure: Callable[[str, Callable[[], Any]], float],
+    samples: dict[Variant, list[float]],
+    first: int,
+    budget: Budget,
+) -> str:
+    """Add each round's sample of each variant to `samples`; why it stopped short, or ""."""
     order = list(calls)
     for r in range(first, ROUNDS):
         if budget.left_s <= 0 and r >= MIN_ROUNDS:
@@ -833,16 +939,16 @@ def _measure_site(
         # Alternate the order, so a variant is not always the one right after another.
         for v in order if r % 2 == 0 else order[::-1]:
             if budget.left_s <= 0 and r < MIN_ROUNDS:
-                return None, f"the measuring budget ({budget.total_s:.3g} s) was spent"
+                return _spent(budget)
             t0 = time.perf_counter()
             try:
                 seconds = measure(f"{site.node.name}:{v.value}", calls[v])
             finally:
                 budget.spent_s += time.perf_counter() - t0
             if seconds is None:  # a timer that keeps its own budget says it is spent
-                return None, "the timer's budget was spent"
+                return "the timer's budget was spent"
             samples[v].append(seconds)
-    return decide(samples, label), ""
+    return ""
 
 
 def _budget(ctx: Context, seen: Observed) -> Budget:
@@ -1019,9 +1125,20 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         return []
     if ctx.example_inputs is None:
         return _no_example_inputs(cats)
+    seen = observe(gm, ctx, _values_to_keep(cats))
+    sites, changes, small = _classify(gm, cats, seen)
+    decisions = _decide(ctx, sites, seen)
+    changes += [_apply(gm, site, *decisions[site.node]) for site in sites]
+    if small:
+        changes.append(_small_change(small))
+    position = {n.name: i for i, n in enumerate(cats)}
+    changes.sort(key=lambda c: position[c.node])  # stable: in graph order, as written
+    return changes
 
-    # What the timed readers take besides the cat's output: their other inputs, also of
-    # ops reading views of it (a view of a view of it, at most VIEW_DEPTH deep).
+
+def _values_to_keep(cats: list[fx.Node]) -> set[fx.Node]:
+    """What the timed readers take besides the cat's output: their other inputs, also of
+    ops reading views of it (a view of a view of it, at most VIEW_DEPTH deep)."""
     near = {c: {c} for c in cats}
     for c in cats:
         frontier = {c}
@@ -1032,7 +1149,13 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         n for c in cats for n in near[c]
     }
     keep |= {d for c in cats for d in c.all_input_nodes if d not in c.args[0]}  # a traced dim
-    seen = observe(gm, ctx, keep)
+    return keep
+
+
+def _classify(
+    gm: fx.GraphModule, cats: list[fx.Node], seen: Observed
+) -> tuple[list[Site], list[Change], list[fx.Node]]:
+    """Sites to decide, changes for cats the analysis leaves as is, and cats too small."""
     sites: list[Site] = []
     changes: list[Change] = []
     small: list[fx.Node] = []
@@ -1046,42 +1169,34 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
             )
         elif site is not None:
             sites.append(site)
+    return sites, changes, small
 
-    decisions = _decide(ctx, sites, seen)
-    for site in sites:
-        decision, source = decisions[site.node]
-        node = site.node
-        before, after = render(node), render(node, decision.choice, site)
-        if decision.choice is Variant.ORIGINAL:
-            changes.append(
-                Change(
-                    "FXG201", node.name, before, "", location(node), decision.note(source), False
-                )
-            )
-            continue
-        REWRITES[decision.choice](gm.graph, site)
-        changes.append(
-            Change("FXG201", node.name, before, after, location(node), decision.note(source))
-        )
-    if small:
-        first = small[0]
-        n = len(small)
-        changes.append(
-            Change(
-                "FXG201",
-                first.name,
-                render(first),
-                "",
-                location(first),
-                f"{n} cat call{'s' if n != 1 else ''} with non-contiguous inputs not timed: "
-                f"under {MIN_ELEMENTS} elements read through strides, too few for a rewrite "
-                "to pay",
-                applied=False,
-            )
-        )
-    position = {n.name: i for i, n in enumerate(cats)}
-    changes.sort(key=lambda c: position[c.node])  # stable: in graph order, as written
-    return changes
+
+def _apply(gm: fx.GraphModule, site: Site, decision: Decision, source: str) -> Change:
+    """Rewrite the site as decided; the change says what was timed, either way."""
+    node = site.node
+    before, after = render(node), render(node, decision.choice, site)
+    if decision.choice is Variant.ORIGINAL:
+        note = decision.note(source)
+        return Change("FXG201", node.name, before, "", location(node), note, False)
+    REWRITES[decision.choice](gm.graph, site)
+    return Change("FXG201", node.name, before, after, location(node), decision.note(source))
+
+
+def _small_change(small: list[fx.Node]) -> Change:
+    first = small[0]
+    n = len(small)
+    return Change(
+        "FXG201",
+        first.name,
+        render(first),
+        "",
+        location(first),
+        f"{n} cat call{'s' if n != 1 else ''} with non-contiguous inputs not timed: "
+        f"under {MIN_ELEMENTS} elements read through strides, too few for a rewrite "
+        "to pay",
+        applied=False,
+    )
 
 
 def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tuple[Decision, str]]:
