@@ -140,7 +140,7 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         return []
     seen = _record(gm, ctx) if ctx.example_inputs is not None else None
     if seen is None:
-        return _report_static(gm, ctx)
+        return _report_static(gm)
     return _translate_all(gm, _find_detours(gm, seen.values), seen)
 
 
@@ -362,7 +362,7 @@ def _is_array_value(v: Any) -> bool:
     )
 
 
-def _report_static(gm: fx.GraphModule, ctx: Context) -> list[Change]:
+def _report_static(gm: fx.GraphModule) -> list[Change]:
     """Without example inputs, name the detours; dtypes NumPy picks are unknown, so no rewrite."""
     held: set[fx.Node] = set()
     changes = []
@@ -528,14 +528,27 @@ class _Kind(enum.Enum):
     SHARED = "shared"  # memory the detour does not own: a tensor's, a constant's, an input's
 
 
-# How a view is read again from its parent's new value, and written back into it.
+class _View(enum.Enum):
+    """How a view is read again from its parent's new value, and written back into it."""
+
+    SAME = "same"  # the array itself (`a += b` gives back `a`)
+    GETITEM = "getitem"  # basic indexing: written back into a clone of the parent
+    PIECE = "piece"  # one array of np.split's list
+    PERMUTE = "permute"  # transpose, swapaxes, moveaxis, `.T`
+    RESHAPE = "reshape"  # expand_dims, squeeze
+    FLIP = "flip"  # flip, fliplr, flipud
+    BROADCAST = "broadcast"  # broadcast_to
+    SPLIT = "split"  # split, array_split
+
+
+_V = _View
 _VIEW_FUNCTIONS = {
-    "transpose": "permute", "swapaxes": "permute", "moveaxis": "permute",
-    "expand_dims": "reshape", "squeeze": "reshape",
-    "flip": "flip", "fliplr": "flip", "flipud": "flip",
-    "broadcast_to": "broadcast", "split": "split", "array_split": "split",
+    "transpose": _V.PERMUTE, "swapaxes": _V.PERMUTE, "moveaxis": _V.PERMUTE,
+    "expand_dims": _V.RESHAPE, "squeeze": _V.RESHAPE,
+    "flip": _V.FLIP, "fliplr": _V.FLIP, "flipud": _V.FLIP,
+    "broadcast_to": _V.BROADCAST, "split": _V.SPLIT, "array_split": _V.SPLIT,
 }  # fmt: skip
-_VIEW_METHODS = {"transpose": "permute", "swapaxes": "permute", "squeeze": "reshape"}
+_VIEW_METHODS = {"transpose": _V.PERMUTE, "swapaxes": _V.PERMUTE, "squeeze": _V.RESHAPE}
 # Mapped calls that may return a view, depending on strides, dtype or operands.
 _MAYBE_FUNCTIONS = ("reshape", "ravel", "asarray", "ascontiguousarray", "asanyarray", "einsum")
 _MAYBE_METHODS = ("reshape", "ravel", "view")
@@ -559,54 +572,77 @@ def _is_basic_key(key: Any, values: dict) -> bool:
 
 def _alias(
     n: fx.Node, values: dict, entries: set[fx.Node], writes: dict[fx.Node, _Write]
-) -> tuple[_Kind, str | None, list[fx.Node]]:
+) -> tuple[_Kind, _View | None, list[fx.Node]]:
     """(kind, view kind, parents) of a NumPy value node of a detour."""
     np = _np()
-    v = values.get(n)
     parents = [a for a in n.all_input_nodes if _is_array_value(values.get(a))]
     if n in entries:
         copies = n.target is np.array and n.kwargs.get("copy", True) is not False
         return (_Kind.FRESH if copies else _Kind.SHARED), None, []
     if n.op in ("get_attr", "placeholder"):
         return _Kind.SHARED, None, []
-    if not _is_array_value(v):
+    if not _is_array_value(values.get(n)):
         return _Kind.FRESH, None, []  # scalars: immutable, nothing shares them
     w = writes.get(n)
     if w is not None:  # `a += b` and `out=a` give back the array they wrote
-        return _Kind.VIEW, "same", [w.target]
-    target, args = n.target, n.args
-    if n.op == "call_function" and target is builtins.getattr and args[1] == "T":
-        return _Kind.VIEW, "permute", parents
-    if n.op == "call_function" and target is operator.getitem:
-        if isinstance(values.get(args[0]), (tuple, list)):
-            return _Kind.VIEW, "piece", [args[0]]  # one array of np.split's list
-        if _is_basic_key(args[1], values):
-            return _Kind.VIEW, "getitem", [args[0]]
-        return _Kind.FRESH, None, []
-    if n.op == "call_method":
-        if target in _VIEW_METHODS:
-            return _Kind.VIEW, _VIEW_METHODS[target], [args[0]]
-        if target in _FRESH_METHODS and n.kwargs.get("copy", True) is not False:
-            return _Kind.FRESH, None, []
-        if target in _MAYBE_METHODS or target in _FRESH_METHODS:
-            return _Kind.MAYBE, None, parents
-    name = getattr(target, "__name__", "")
-    module = getattr(target, "__module__", "") or ""
-    if n.op == "call_function" and module.startswith("numpy") and name in _VIEW_FUNCTIONS:
-        return _Kind.VIEW, _VIEW_FUNCTIONS[name], parents[:1]
-    if n.op == "call_function" and module.startswith("numpy") and name in _MAYBE_FUNCTIONS:
-        if name == "einsum" and len(parents) > 1:
-            return _Kind.FRESH, None, []
-        return _Kind.MAYBE, None, parents
-    if n.op == "call_function" and target is np.array:
-        copies = n.kwargs.get("copy", True) is not False
-        return (_Kind.FRESH if copies else _Kind.MAYBE), None, parents
+        return _Kind.VIEW, _View.SAME, [w.target]
+    by_form = _ALIAS_FORMS.get(n.op)
+    found = by_form(n, values, parents) if by_form is not None else None
+    if found is not None:
+        return found
     specs, methods = _tables()
-    known = (n.op == "call_method" and target in methods) or (
-        n.op == "call_function" and (target in specs or hasattr(target, "_fxgrad_ufunc"))
+    known = (n.op == "call_method" and n.target in methods) or (
+        n.op == "call_function" and (n.target in specs or hasattr(n.target, "_fxgrad_ufunc"))
     )
     # Everything the mapping table knows makes new memory; anything else might not.
     return (_Kind.FRESH if known else _Kind.MAYBE), None, parents
+
+
+_Aliasing = tuple[_Kind, _View | None, list[fx.Node]]
+
+
+def _method_alias(n: fx.Node, _values: dict, parents: list[fx.Node]) -> _Aliasing | None:
+    """What NumPy documents for `a.transpose()`, `a.copy()`, `a.reshape()`; None if unlisted."""
+    target = n.target
+    if target in _VIEW_METHODS:
+        return _Kind.VIEW, _VIEW_METHODS[target], [n.args[0]]
+    if target in _FRESH_METHODS and n.kwargs.get("copy", True) is not False:
+        return _Kind.FRESH, None, []
+    if target in _MAYBE_METHODS or target in _FRESH_METHODS:
+        return _Kind.MAYBE, None, parents
+    return None
+
+
+def _function_alias(n: fx.Node, values: dict, parents: list[fx.Node]) -> _Aliasing | None:
+    """What NumPy documents for `a.T`, `a[i]`, `np.flip(a)`, `np.reshape(a)`; None if unlisted."""
+    np = _np()
+    target, args = n.target, n.args
+    if target is builtins.getattr and args[1] == "T":
+        return _Kind.VIEW, _View.PERMUTE, parents
+    if target is operator.getitem:
+        if isinstance(values.get(args[0]), (tuple, list)):
+            return _Kind.VIEW, _View.PIECE, [args[0]]  # one array of np.split's list
+        if _is_basic_key(args[1], values):
+            return _Kind.VIEW, _View.GETITEM, [args[0]]
+        return _Kind.FRESH, None, []
+    name = getattr(target, "__name__", "")
+    numpy_function = (getattr(target, "__module__", "") or "").startswith("numpy")
+    if numpy_function and name in _VIEW_FUNCTIONS:
+        return _Kind.VIEW, _VIEW_FUNCTIONS[name], parents[:1]
+    if numpy_function and name in _MAYBE_FUNCTIONS:
+        if name == "einsum" and len(parents) > 1:
+            return _Kind.FRESH, None, []
+        return _Kind.MAYBE, None, parents
+    if target is np.array:
+        copies = n.kwargs.get("copy", True) is not False
+        return (_Kind.FRESH if copies else _Kind.MAYBE), None, parents
+    return None
+
+
+_ALIAS_FORMS: dict[str, Callable[[fx.Node, dict, list[fx.Node]], _Aliasing | None]] = {
+    "call_method": _method_alias,
+    "call_function": _function_alias,
+}
 
 
 @dataclass
@@ -618,7 +654,7 @@ class _Layout:
     root: dict[fx.Node, fx.Node]  # array -> the array that owns its memory
     chain: dict[fx.Node, tuple[fx.Node, ...]]  # views leading from the root to the array
     parent: dict[fx.Node, fx.Node]  # view -> what it is a view of
-    view_kind: dict[fx.Node, str]
+    view_kind: dict[fx.Node, _View]
     shared: set[fx.Node]  # roots of memory the detour does not own
     links: list[tuple[fx.Node, fx.Node, int]]  # roots that may share memory, from a position
     last_use: dict[fx.Node, int]  # root -> last position any array of it is used at
@@ -665,7 +701,7 @@ def _layout(gm: fx.GraphModule, d: _Detours, seen: _Run) -> _Layout:
         if kind is _Kind.VIEW and len(parents) == 1:
             p = parents[0]
             lay.root[n], lay.chain[n] = lay.root[p], (*lay.chain[p], n)
-            lay.parent[n], lay.view_kind[n] = p, view or "same"
+            lay.parent[n], lay.view_kind[n] = p, view or _View.SAME
             continue
         lay.root[n], lay.chain[n] = n, ()
         if kind is _Kind.SHARED:
@@ -814,19 +850,26 @@ class _Emitter:
 # ---------------------------------------------------------------------------------------
 # The mapping table: NumPy callable -> (torch builder, dtype rule)
 #
-# dtype rules, applied before the builder runs:
-#   "ufunc": cast array inputs to the loop dtypes NumPy itself resolves (`ufunc.resolve_dtypes`,
-#            Python scalars weak as in NEP 50), so `int / int` and `sqrt(int)` compute in float64
-#   "out":   cast array inputs to the dtype NumPy's result has (sum of int32 -> int64, mean of
-#            int -> float64, concatenate of float32 and int64 -> float64)
-#   None:    no cast (shape functions, max/min, argmax, all/any, indexing)
 # After the builder, a result whose dtype still differs from NumPy's is cast to it.
+
+
+class _Rule(enum.Enum):
+    """How a mapped call's array inputs are cast before its builder runs."""
+
+    # To the loop dtypes NumPy itself resolves (`ufunc.resolve_dtypes`, Python scalars weak
+    # as in NEP 50), so `int / int` and `sqrt(int)` compute in float64.
+    UFUNC = "ufunc"
+    # To the dtype NumPy's result has (sum of int32 -> int64, mean of int -> float64,
+    # concatenate of float32 and int64 -> float64).
+    OUT = "out"
+    # Not at all (shape functions, max/min, argmax, all/any, indexing).
+    NONE = "none"
 
 
 @dataclass(frozen=True)
 class _Spec:
     build: Callable[[_Emitter, dict[str, Any]], Any]
-    rule: str | None = "out"
+    rule: _Rule = _Rule.OUT
     # Parameters that may take a non-default value; any other non-default one is unmapped.
     allowed: tuple[str, ...] = ()
     nocast: tuple[str, ...] = ()
@@ -1077,7 +1120,7 @@ def _b_ravel(e: _Emitter, p: dict) -> fx.Node:
 
 
 def _b_same(name: str) -> Callable:
-    return lambda e, p: p[name]
+    return lambda _e, p: p[name]
 
 
 def _b_dot(e: _Emitter, p: dict) -> fx.Node:
@@ -1242,7 +1285,7 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
             specs[t] = spec
 
     def uf(build: Callable) -> _Spec:
-        return _Spec(build, rule="ufunc")
+        return _Spec(build, rule=_Rule.UFUNC)
 
     unary = {
         np.sin: torch.sin, np.cos: torch.cos, np.tan: torch.tan,
@@ -1286,8 +1329,8 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
         add(k, uf(_binary(fn)))
     # Python operators on ndarrays resolve to the same ufuncs.
     for k, fn in ops.items():
-        specs[fn] = _Spec(specs[k].build, rule="ufunc", signature=k)
-    specs[operator.abs] = _Spec(specs[np.absolute].build, rule="ufunc", signature=np.absolute)
+        specs[fn] = _Spec(specs[k].build, rule=_Rule.UFUNC, signature=k)
+    specs[operator.abs] = _Spec(specs[np.absolute].build, rule=_Rule.UFUNC, signature=np.absolute)
     # `s += 1` on a NumPy scalar rebinds `s`; on an array it is a write (see _WRITES).
     for iop, op in INPLACE_OPERATORS.items():
         if op in specs:
@@ -1297,59 +1340,59 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     add((np.sum,), _Spec(_reduction(torch.sum), allowed=red))
     add((np.mean,), _Spec(_reduction(torch.mean), allowed=red))
     add((np.prod,), _Spec(_reduction(torch.prod, multi_dim=False), allowed=red))
-    add((np.max, np.amax), _Spec(_reduction(torch.amax), rule=None, allowed=red))
-    add((np.min, np.amin), _Spec(_reduction(torch.amin), rule=None, allowed=red))
-    add((np.all,), _Spec(_reduction(torch.all), rule=None, allowed=red))
-    add((np.any,), _Spec(_reduction(torch.any), rule=None, allowed=red))
-    add((np.argmax,), _Spec(_b_arg(torch.argmax), rule=None, allowed=red))
-    add((np.argmin,), _Spec(_b_arg(torch.argmin), rule=None, allowed=red))
+    add((np.max, np.amax), _Spec(_reduction(torch.amax), rule=_Rule.NONE, allowed=red))
+    add((np.min, np.amin), _Spec(_reduction(torch.amin), rule=_Rule.NONE, allowed=red))
+    add((np.all,), _Spec(_reduction(torch.all), rule=_Rule.NONE, allowed=red))
+    add((np.any,), _Spec(_reduction(torch.any), rule=_Rule.NONE, allowed=red))
+    add((np.argmax,), _Spec(_b_arg(torch.argmax), rule=_Rule.NONE, allowed=red))
+    add((np.argmin,), _Spec(_b_arg(torch.argmin), rule=_Rule.NONE, allowed=red))
     std = ("axis", "keepdims", "dtype", "ddof", "correction")
     add((np.std,), _Spec(_b_std(torch.std), allowed=std))
     add((np.var,), _Spec(_b_std(torch.var), allowed=std))
     add((np.cumsum,), _Spec(_b_cumulative(torch.cumsum), allowed=("axis", "dtype")))
     add((np.cumprod,), _Spec(_b_cumulative(torch.cumprod), allowed=("axis", "dtype")))
 
-    add((np.round, np.around), _Spec(_b_round, rule=None, allowed=("decimals",)))
+    add((np.round, np.around), _Spec(_b_round, rule=_Rule.NONE, allowed=("decimals",)))
     add((np.clip,), _Spec(_b_clip, allowed=("a_min", "a_max", "min", "max")))
     add((np.where,), _Spec(_b_where, allowed=("x", "y"), nocast=("condition",)))
 
-    add((np.reshape,), _Spec(_b_reshape, rule=None, allowed=("shape", "newshape", "order")))
-    add((np.transpose,), _Spec(_b_transpose, rule=None, allowed=("axes",)))
+    add((np.reshape,), _Spec(_b_reshape, rule=_Rule.NONE, allowed=("shape", "newshape", "order")))
+    add((np.transpose,), _Spec(_b_transpose, rule=_Rule.NONE, allowed=("axes",)))
     sw = lambda e, p: e.f(torch.swapaxes, p["a"], p["axis1"], p["axis2"])  # noqa: E731
-    add((np.swapaxes,), _Spec(sw, rule=None))
+    add((np.swapaxes,), _Spec(sw, rule=_Rule.NONE))
     mv = lambda e, p: e.f(torch.moveaxis, p["a"], p["source"], p["destination"])  # noqa: E731
-    add((np.moveaxis,), _Spec(mv, rule=None))
-    add((np.expand_dims,), _Spec(_b_expand_dims, rule=None))
-    add((np.squeeze,), _Spec(_b_squeeze, rule=None, allowed=("axis",)))
-    add((np.ravel,), _Spec(_b_ravel, rule=None, allowed=("order",)))
+    add((np.moveaxis,), _Spec(mv, rule=_Rule.NONE))
+    add((np.expand_dims,), _Spec(_b_expand_dims, rule=_Rule.NONE))
+    add((np.squeeze,), _Spec(_b_squeeze, rule=_Rule.NONE, allowed=("axis",)))
+    add((np.ravel,), _Spec(_b_ravel, rule=_Rule.NONE, allowed=("order",)))
     add((np.concatenate,), _Spec(_b_concatenate, allowed=("axis", "dtype")))
     add((np.stack,), _Spec(_b_stack, allowed=("axis", "dtype")))
     add((np.hstack,), _Spec(_seq_fn(torch.hstack), allowed=("dtype",)))
     add((np.vstack,), _Spec(_seq_fn(torch.vstack), allowed=("dtype",)))
-    add((np.split, np.array_split), _Spec(_b_split, rule=None, allowed=("axis",)))
-    add((np.flip,), _Spec(_b_flip, rule=None, allowed=("axis",)))
-    add((np.fliplr,), _Spec(lambda e, p: e.f(torch.fliplr, p["m"]), rule=None))
-    add((np.flipud,), _Spec(lambda e, p: e.f(torch.flipud, p["m"]), rule=None))
-    add((np.tile,), _Spec(_b_tile, rule=None))
-    add((np.repeat,), _Spec(_b_repeat, rule=None, allowed=("axis",)))
-    add((np.broadcast_to,), _Spec(_b_broadcast_to, rule=None))
-    add((np.copy,), _Spec(_b_same("a"), rule=None))
+    add((np.split, np.array_split), _Spec(_b_split, rule=_Rule.NONE, allowed=("axis",)))
+    add((np.flip,), _Spec(_b_flip, rule=_Rule.NONE, allowed=("axis",)))
+    add((np.fliplr,), _Spec(lambda e, p: e.f(torch.fliplr, p["m"]), rule=_Rule.NONE))
+    add((np.flipud,), _Spec(lambda e, p: e.f(torch.flipud, p["m"]), rule=_Rule.NONE))
+    add((np.tile,), _Spec(_b_tile, rule=_Rule.NONE))
+    add((np.repeat,), _Spec(_b_repeat, rule=_Rule.NONE, allowed=("axis",)))
+    add((np.broadcast_to,), _Spec(_b_broadcast_to, rule=_Rule.NONE))
+    add((np.copy,), _Spec(_b_same("a"), rule=_Rule.NONE))
     add((np.asarray, np.ascontiguousarray), _Spec(_b_same("a"), allowed=("dtype",)))
     add((np.array,), _Spec(_b_same("object"), allowed=("dtype", "copy")))
-    specs[operator.getitem] = _Spec(_b_getitem, rule=None, nocast=("key",))
-    add((np.sort,), _Spec(_b_sort, rule=None, allowed=("axis", "kind", "order", "stable")))
+    specs[operator.getitem] = _Spec(_b_getitem, rule=_Rule.NONE, nocast=("key",))
+    add((np.sort,), _Spec(_b_sort, rule=_Rule.NONE, allowed=("axis", "kind", "order", "stable")))
 
     # Factories: new arrays of sizes given (often read from `a.shape`), on the detour's device.
     make = ("dtype", "order")
-    add((np.zeros,), _Spec(_b_factory(torch.zeros), rule=None, allowed=make))
-    add((np.ones,), _Spec(_b_factory(torch.ones), rule=None, allowed=make))
-    add((np.empty,), _Spec(_b_factory(torch.empty, arbitrary=True), rule=None, allowed=make))
-    add((np.full,), _Spec(_b_full, rule=None, allowed=make))
-    add((np.eye,), _Spec(_b_eye, rule=None, allowed=("M", "k", *make)))
-    add((np.identity,), _Spec(_b_eye, rule=None, allowed=make))
-    add((np.arange,), _Spec(_b_arange, rule=None, allowed=("stop", "step", "dtype")))
+    add((np.zeros,), _Spec(_b_factory(torch.zeros), rule=_Rule.NONE, allowed=make))
+    add((np.ones,), _Spec(_b_factory(torch.ones), rule=_Rule.NONE, allowed=make))
+    add((np.empty,), _Spec(_b_factory(torch.empty, arbitrary=True), rule=_Rule.NONE, allowed=make))
+    add((np.full,), _Spec(_b_full, rule=_Rule.NONE, allowed=make))
+    add((np.eye,), _Spec(_b_eye, rule=_Rule.NONE, allowed=("M", "k", *make)))
+    add((np.identity,), _Spec(_b_eye, rule=_Rule.NONE, allowed=make))
+    add((np.arange,), _Spec(_b_arange, rule=_Rule.NONE, allowed=("stop", "step", "dtype")))
     lin = ("num", "endpoint", "retstep", "dtype", "axis")
-    add((np.linspace,), _Spec(_b_linspace, rule=None, allowed=lin))
+    add((np.linspace,), _Spec(_b_linspace, rule=_Rule.NONE, allowed=lin))
 
     add((np.dot,), _Spec(_b_dot))
     add((np.einsum,), _Spec(_b_einsum, allowed=("operands",)))
@@ -1357,9 +1400,9 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     add((np.tensordot,), _Spec(_b_tensordot, allowed=("axes",)))
     add((np.linalg.norm,), _Spec(_b_norm, allowed=("ord", "axis", "keepdims")))
     like = ("dtype",)
-    add((np.zeros_like,), _Spec(_b_like(torch.zeros_like), rule=None, allowed=like))
-    add((np.ones_like,), _Spec(_b_like(torch.ones_like), rule=None, allowed=like))
-    add((np.full_like,), _Spec(_b_like(torch.full_like, fill=True), rule=None, allowed=like))
+    add((np.zeros_like,), _Spec(_b_like(torch.zeros_like), rule=_Rule.NONE, allowed=like))
+    add((np.ones_like,), _Spec(_b_like(torch.ones_like), rule=_Rule.NONE, allowed=like))
+    add((np.full_like,), _Spec(_b_like(torch.full_like, fill=True), rule=_Rule.NONE, allowed=like))
 
     # ndarray methods: the function of the same meaning, with the array as first argument.
     methods = {
@@ -1497,12 +1540,12 @@ def _is_own_view(m: _Memory, a: fx.Node, key: Any, v: Any) -> bool:
     if not isinstance(v, fx.Node) or lay.root.get(v) is not lay.root.get(a):
         return False
     chain = list(lay.chain[v])
-    while chain and lay.view_kind[chain[-1]] == "same":
+    while chain and lay.view_kind[chain[-1]] is _View.SAME:
         chain.pop()
     if not chain or tuple(chain[:-1]) != lay.chain[a]:
         return False
     last = chain[-1]
-    return lay.view_kind[last] == "getitem" and last.args[0] is a and last.args[1] == key
+    return lay.view_kind[last] is _View.GETITEM and last.args[0] is a and last.args[1] == key
 
 
 def _index_tensor(m: _Memory, k: Any, like: fx.Node) -> fx.Node:
@@ -1749,7 +1792,7 @@ class _Memory:
         for s in self.lay.chain[a]:
             hit = self.current.get(s)
             if hit is None or hit[0] != ver:
-                hit = self.current[s] = (ver, self._replay(s, val))
+                hit = self.current[s] = (ver, self.replay(s, val))
             val = hit[1]
         return val
 
@@ -1757,9 +1800,9 @@ class _Memory:
         out = {a: self.read(a) for a in n.all_input_nodes if a in self.tv}
         return out | {self.lay.parent[n]: given["parent"]} if given else out
 
-    def _replay(self, s: fx.Node, parent: fx.Node) -> fx.Node:
+    def replay(self, s: fx.Node, parent: fx.Node) -> fx.Node:
         """View `s` taken again from its parent's new value."""
-        if self.lay.view_kind[s] == "same":
+        if self.lay.view_kind[s] is _View.SAME:
             return parent
         return _translate_node(self.e, s, self.inputs(s, parent=parent), self.values)
 
@@ -1847,11 +1890,11 @@ class _Memory:
         lay, t = self.lay, w.target
         r, at = lay.root[t], lay.pos[w.node]
         if r in lay.shared:
-            raise _Unmapped(f"it writes into memory {_owner(r, self.values)} owns", w.node)
+            raise _Unmapped(f"it writes into memory {_owner(r)} owns", w.node)
         for g in lay.linked(r, at) - {r}:
             if g in lay.shared:
                 raise _Unmapped(
-                    f"it may write into memory {_owner(g, self.values)} owns (whether "
+                    f"it may write into memory {_owner(g)} owns (whether "
                     f"{_render_call_name(lay.uncertain(r, g))} copies depends on strides)",
                     w.node,
                 )
@@ -1877,22 +1920,12 @@ class _Memory:
 
     def _scatter(self, s: fx.Node, parent: fx.Node, new: fx.Node) -> fx.Node:
         """The parent's value with view `s` of it replaced by `new`."""
-        e, kind = self.e, self.lay.view_kind[s]
-        if kind == "same":
-            return new
-        if kind == "getitem":  # a clone of the base, written (DESIGN: writes into views)
-            base = e.m("clone", parent)
-            e.f(operator.setitem, base, self.key(s.args[1]), new)
-            return base
-        if kind == "permute":
-            return e.m("permute", new, _inverse_permutation(s, self.lay, self.values))
-        if kind == "reshape":
-            return e.m("reshape", new, e.f(builtins.getattr, parent, "shape"))
-        if kind == "flip":  # flipping again gives the parent's order back
-            return self._replay(s, new)
-        raise _Unmapped(
-            f"it writes through {_render_call_name(s)}, which torch cannot write back", s
-        )
+        scatter = _SCATTERS.get(self.lay.view_kind[s])
+        if scatter is None:
+            raise _Unmapped(
+                f"it writes through {_render_call_name(s)}, which torch cannot write back", s
+            )
+        return scatter(self, s, parent, new)
 
     def into(self, w: _Write, result: fx.Node, operands: tuple) -> fx.Node:
         """A result stored into w.target as NumPy stores it: cast, broadcast to its shape."""
@@ -1948,7 +1981,29 @@ class _Memory:
         return e.m("new_tensor", like, v, dtype=dtype)
 
 
-def _owner(r: fx.Node, values: dict) -> str:
+def _scatter_item(m: _Memory, s: fx.Node, parent: fx.Node, new: fx.Node) -> fx.Node:
+    """A clone of the parent, written through the index (DESIGN: writes into views)."""
+    base = m.e.m("clone", parent)
+    m.e.f(operator.setitem, base, m.key(s.args[1]), new)
+    return base
+
+
+# How a new value of a view is written back into its parent, by the kind of view.
+_SCATTERS: dict[_View, Callable[[_Memory, fx.Node, fx.Node, fx.Node], fx.Node]] = {
+    _View.SAME: lambda _m, _s, _parent, new: new,
+    _View.GETITEM: _scatter_item,
+    _View.PERMUTE: lambda m, s, _parent, new: m.e.m(
+        "permute", new, _inverse_permutation(s, m.lay, m.values)
+    ),
+    _View.RESHAPE: lambda m, _s, parent, new: m.e.m(
+        "reshape", new, m.e.f(builtins.getattr, parent, "shape")
+    ),
+    # Flipping again gives the parent's order back.
+    _View.FLIP: lambda m, s, _parent, new: m.replay(s, new),
+}
+
+
+def _owner(r: fx.Node) -> str:
     if r.op == "get_attr":
         return f"the constant {r.target}"
     if r.op == "placeholder":
@@ -2013,11 +2068,7 @@ def _translate_all(gm: fx.GraphModule, d: _Detours, seen: _Run) -> list[Change]:
             mem.step(n)
             continue
         entries = [a for a in d.region if a in ups[n] and a in d.entries]
-        reason = (
-            mem.blocked(n)
-            or _refusal(gm, n, ups[n], entries, values)
-            or _shared_exit(n, lay, values)
-        )
+        reason = mem.blocked(n) or _refusal(gm, n, ups[n], entries, values) or _shared_exit(n, lay)
         if reason is None:
             e.at, mark, saved = n, len(e.created), mem.snapshot()
             try:
@@ -2058,7 +2109,7 @@ def _closure(x: fx.Node, deps: dict[fx.Node, set[fx.Node]]) -> set[fx.Node]:
     return seen
 
 
-def _shared_exit(x: fx.Node, lay: _Layout, values: dict) -> _Unmapped | None:
+def _shared_exit(x: fx.Node, lay: _Layout) -> _Unmapped | None:
     """`torch.from_numpy(b)` shares b's memory: a NumPy write into it later reaches the tensor."""
     if x.target is torch.tensor:
         return None  # copies
@@ -2255,7 +2306,7 @@ def _refusal(
     return None
 
 
-def _map_args(e: _Emitter, a: Any, tv: dict, values: dict) -> Any:
+def _map_args(a: Any, tv: dict, values: dict) -> Any:
     np = _np()
 
     def one(n: fx.Node) -> Any:
@@ -2287,6 +2338,18 @@ def _np_dtype_of(a: Any, values: dict) -> Any:
     raise _Unmapped(f"an operand of type {type(a).__name__}")
 
 
+@dataclass
+class _Call:
+    """A NumPy call as its mapping spec reads it."""
+
+    spec: _Spec
+    target: Any  # the NumPy function whose parameters the call binds to; None for `.astype`
+    args: tuple  # as NumPy got them: their dtypes pick a ufunc's loop
+    kwargs: dict
+    mapped_args: tuple = ()  # with torch nodes for the arrays
+    mapped_kwargs: dict = field(default_factory=dict)
+
+
 def _translate_node(
     e: _Emitter,
     n: fx.Node,
@@ -2299,8 +2362,6 @@ def _translate_node(
 
     `want` is what NumPy computed for `call`; for `n` itself it is `n`'s example value.
     """
-    np = _np()
-    specs, methods = _tables()
     out_value = values[n] if want is None else want
     if call is None:
         source = _translate_source(e, n, tv)
@@ -2308,23 +2369,32 @@ def _translate_node(
             return source
         call = (n.op, n.target, n.args, n.kwargs)
     op, target, args, kwargs = call[0], call[1], call[2], dict(call[3])
-    if op == "call_function" and target is builtins.getattr:
+    c = _CALL_FORMS.get(op, _function_call)(target, args, kwargs)
+    c.mapped_args = _map_args(c.args, tv, values)
+    c.mapped_kwargs = _map_args(c.kwargs, tv, values)
+    e.out_dtype = (  # type: ignore[attr-defined]
+        _torch_dtype(out_value.dtype) if hasattr(out_value, "dtype") else None
+    )
+    result = c.spec.build(e, _PARAMETERS[c.spec.rule](e, c, values))
+    if e.out_dtype is not None and isinstance(e.env.get(result), torch.Tensor):
+        if e.env[result].dtype != e.out_dtype:
+            result = e.m("to", result, e.out_dtype)
+    return result
+
+
+def _table_call(target: Any, args: tuple, kwargs: dict) -> _Call:
+    spec = _tables()[0].get(target)
+    if spec is None:
+        raise _Unmapped("it has no torch twin in the mapping table")
+    return _Call(spec, target, args, kwargs)
+
+
+def _function_call(target: Any, args: tuple, kwargs: dict) -> _Call:
+    """`np.sum(a)`, `a + b`, `a.T`, `np.add.reduce(a)`: the spec of the function it calls."""
+    if target is builtins.getattr:
         if args[1] != "T":
             raise _Unmapped(f"ndarray attribute .{args[1]}")
-        target, args, kwargs = np.transpose, (args[0],), {}
-    elif op == "call_method":
-        if target == "astype":
-            spec, target = _Spec(_b_astype, rule=None), None
-            args, kwargs = (args[0],), {}
-        elif target in methods:
-            target = methods[target]
-            if target in (np.reshape, np.transpose) and len(args) > 2:
-                args = (args[0], tuple(args[1:]))
-            if target is np.reshape and "shape" not in kwargs and len(args) == 1:
-                raise _Unmapped("a reshape without shape")
-        else:
-            raise _Unmapped(f"ndarray method .{target}() is not mapped")
-    ufm = None
+        return _table_call(_np().transpose, (args[0],), {})
     if hasattr(target, "_fxgrad_ufunc"):
         ufm = _ufunc_method_spec(target)
         if ufm is None:
@@ -2332,50 +2402,83 @@ def _translate_node(
         spec, target = ufm
         if len(args) < 2 and "axis" not in kwargs:
             kwargs["axis"] = 0  # ufunc.reduce/accumulate default to the first axis
-    elif target is not None:
-        spec = specs.get(target)
-        if spec is None:
-            raise _Unmapped("it has no torch twin in the mapping table")
-    mapped_args = _map_args(e, args, tv, values)
-    mapped_kwargs = _map_args(e, kwargs, tv, values)
-    e.out_dtype = (  # type: ignore[attr-defined]
-        _torch_dtype(out_value.dtype) if hasattr(out_value, "dtype") else None
-    )
-    ufunc = spec.signature or target
-    if spec.rule == "ufunc":
-        if mapped_kwargs:
-            raise _Unmapped(f"ufunc keyword arguments {sorted(mapped_kwargs)}")
-        if not hasattr(ufunc, "resolve_dtypes") or ufunc.nout != 1:
-            raise _Unmapped("a ufunc with more than one output")
-        try:
-            loop = ufunc.resolve_dtypes(tuple(_np_dtype_of(a, values) for a in args) + (None,))
-        except (TypeError, ValueError) as err:
-            raise _Unmapped(f"NumPy resolves no loop for these dtypes ({err})") from None
-        p = {}
-        for i, (a, dt) in enumerate(zip(mapped_args, loop)):
-            p[f"x{i}"] = e.cast(a, _torch_dtype(dt))
-    else:
-        if target is None:
-            p = {"a": mapped_args[0]}
-        elif target is operator.getitem:
-            p = {"a": mapped_args[0], "key": mapped_args[1]}
+        return _Call(spec, target, args, kwargs)
+    return _table_call(target, args, kwargs)
+
+
+def _method_call(target: Any, args: tuple, kwargs: dict) -> _Call:
+    """`a.sum(1)`, `a.reshape(2, 3)`, `a.astype(t)`: the NumPy function of the same meaning."""
+    np = _np()
+    if target == "astype":
+        return _Call(_Spec(_b_astype, rule=_Rule.NONE), None, (args[0],), {})
+    methods = _tables()[1]
+    if target not in methods:
+        raise _Unmapped(f"ndarray method .{target}() is not mapped")
+    target = methods[target]
+    if target in (np.reshape, np.transpose) and len(args) > 2:
+        args = (args[0], tuple(args[1:]))
+    if target is np.reshape and "shape" not in kwargs and len(args) == 1:
+        raise _Unmapped("a reshape without shape")
+    return _table_call(target, args, kwargs)
+
+
+# How a NumPy call is resolved to its mapping spec, by how the graph calls it.
+_CALL_FORMS: dict[str, Callable[[Any, tuple, dict], _Call]] = {
+    "call_function": _function_call,
+    "call_method": _method_call,
+}
+
+
+def _ufunc_parameters(e: _Emitter, c: _Call, values: dict) -> dict[str, Any]:
+    """x0, x1, ... cast to the loop dtypes NumPy resolves for the operands' dtypes."""
+    ufunc = c.spec.signature or c.target
+    if c.mapped_kwargs:
+        raise _Unmapped(f"ufunc keyword arguments {sorted(c.mapped_kwargs)}")
+    if not hasattr(ufunc, "resolve_dtypes") or ufunc.nout != 1:
+        raise _Unmapped("a ufunc with more than one output")
+    try:
+        loop = ufunc.resolve_dtypes(tuple(_np_dtype_of(a, values) for a in c.args) + (None,))
+    except (TypeError, ValueError) as err:
+        raise _Unmapped(f"NumPy resolves no loop for these dtypes ({err})") from None
+    p = {}
+    for i, (a, dt) in enumerate(zip(c.mapped_args, loop)):
+        p[f"x{i}"] = e.cast(a, _torch_dtype(dt))
+    return p
+
+
+def _bound_parameters(_e: _Emitter, c: _Call, _values: dict) -> dict[str, Any]:
+    """The call bound to its NumPy function's parameter names, uncast."""
+    if c.target is None:
+        return {"a": c.mapped_args[0]}
+    if c.target is operator.getitem:
+        return {"a": c.mapped_args[0], "key": c.mapped_args[1]}
+    p = _bind(c.target, c.mapped_args, c.mapped_kwargs)
+    _check_allowed(p, c.spec, _render_target(c.target))
+    return p
+
+
+def _out_parameters(e: _Emitter, c: _Call, values: dict) -> dict[str, Any]:
+    """The bound parameters, arrays cast to the dtype of NumPy's result."""
+    p = _bound_parameters(e, c, values)
+    if e.out_dtype is None:
+        return p
+    dt = e.out_dtype
+    for k, v in p.items():
+        if k in c.spec.nocast:
+            continue
+        if isinstance(v, (list, tuple)):
+            p[k] = type(v)(e.cast(x, dt) for x in v)
         else:
-            p = _bind(target, mapped_args, mapped_kwargs)
-            _check_allowed(p, spec, _render_target(target))
-        if spec.rule == "out" and e.out_dtype is not None:
-            dt = e.out_dtype
-            for k, v in p.items():
-                if k in spec.nocast:
-                    continue
-                if isinstance(v, (list, tuple)):
-                    p[k] = type(v)(e.cast(x, dt) for x in v)
-                else:
-                    p[k] = e.cast(v, dt)
-    result = spec.build(e, p)
-    if e.out_dtype is not None and isinstance(e.env.get(result), torch.Tensor):
-        if e.env[result].dtype != e.out_dtype:
-            result = e.m("to", result, e.out_dtype)
-    return result
+            p[k] = e.cast(v, dt)
+    return p
+
+
+# The builder's parameters, by the spec's dtype rule.
+_PARAMETERS: dict[_Rule, Callable[[_Emitter, _Call, dict], dict[str, Any]]] = {
+    _Rule.UFUNC: _ufunc_parameters,
+    _Rule.OUT: _out_parameters,
+    _Rule.NONE: _bound_parameters,
+}
 
 
 def _translate_source(e: _Emitter, n: fx.Node, tv: dict) -> fx.Node | None:
@@ -2614,64 +2717,90 @@ def _render_after(final: fx.Node, shown: set[fx.Node]) -> str:
 
 def _render(node: Any, inline: set[fx.Node]) -> str:
     """Render a node as one expression, with the nodes in `inline` written out in place."""
+    r = _Renderer(inline)
+    return r.expr(node) if isinstance(node, fx.Node) else r.lit(node)
 
-    def lit(a: Any) -> str:
+
+class _Renderer:
+    """Python text for nodes and their arguments; nodes in `inline` are written out in place."""
+
+    def __init__(self, inline: set[fx.Node]) -> None:
+        self.inline = inline
+
+    def lit(self, a: Any) -> str:
         if isinstance(a, fx.Node):
-            return expr(a) if a in inline else a.name
+            return self.expr(a) if a in self.inline else a.name
         if isinstance(a, tuple):
-            inner = ", ".join(lit(x) for x in a)
+            inner = ", ".join(self.lit(x) for x in a)
             return f"({inner},)" if len(a) == 1 else f"({inner})"
         if isinstance(a, list):
-            return "[" + ", ".join(lit(x) for x in a) + "]"
+            return "[" + ", ".join(self.lit(x) for x in a) + "]"
         if isinstance(a, slice):
-            parts = ["" if a.start is None else lit(a.start), "" if a.stop is None else lit(a.stop)]
+            parts = [
+                "" if a.start is None else self.lit(a.start),
+                "" if a.stop is None else self.lit(a.stop),
+            ]
             if a.step is not None:
-                parts.append(lit(a.step))
+                parts.append(self.lit(a.step))
             return ":".join(parts)
         if a is Ellipsis:
             return "..."
         return repr(a)
 
-    def operand(a: Any, outer: int = 9, right: bool = False) -> str:
-        text = lit(a)
-        if isinstance(a, fx.Node) and a in inline and a.op == "call_function":
+    def operand(self, a: Any, outer: int = 9, right: bool = False) -> str:
+        """`a` as an operand of an operator of precedence `outer`, parenthesized if need be."""
+        text = self.lit(a)
+        if isinstance(a, fx.Node) and a in self.inline and a.op == "call_function":
             inner = _PRECEDENCE.get(a.target, 9)
             if inner < outer or (inner == outer and (right or outer == 6)):
                 return f"({text})"
         return text
 
-    def call(args: tuple, kwargs: dict) -> str:
-        return ", ".join([lit(a) for a in args] + [f"{k}={lit(v)}" for k, v in kwargs.items()])
+    def call(self, args: tuple, kwargs: dict) -> str:
+        return ", ".join(
+            [self.lit(a) for a in args] + [f"{k}={self.lit(v)}" for k, v in kwargs.items()]
+        )
 
-    def index(a: Any) -> str:
+    def index(self, a: Any) -> str:
         if isinstance(a, tuple):
-            return ", ".join(lit(x) for x in a) if a else "()"
-        return lit(a)
+            return ", ".join(self.lit(x) for x in a) if a else "()"
+        return self.lit(a)
 
-    def expr(n: fx.Node) -> str:
+    def expr(self, n: fx.Node) -> str:
         args, kwargs = n.args, n.kwargs
         if n.op == "call_method":
-            return f"{operand(args[0])}.{n.target}({call(args[1:], kwargs)})"
+            return f"{self.operand(args[0])}.{n.target}({self.call(args[1:], kwargs)})"
         if n.op != "call_function":
             return n.name
-        t = n.target
-        if t is builtins.getattr:
-            return f"{operand(args[0])}.{args[1]}"
-        if t is operator.getitem:
-            return f"{operand(args[0])}[{index(args[1])}]"
-        if t is operator.setitem:
-            return f"{operand(args[0])}[{index(args[1])}] = {lit(args[2])}"
-        if t in _SYMBOLS and len(args) == 2 and not kwargs:
-            prec = _PRECEDENCE[t]
-            left, right = operand(args[0], prec), operand(args[1], prec, right=True)
-            return f"{left} {_SYMBOLS[t]} {right}"
-        if t in _UNARY and len(args) == 1:
-            return f"{_UNARY[t]}{operand(args[0], 5)}"
-        if t is operator.abs:
-            return f"abs({lit(args[0])})"
-        return f"{_render_target(t)}({call(args, kwargs)})"
+        special = _SPELLINGS.get(n.target)
+        text = special(self, args, kwargs, n.target) if special is not None else None
+        if text is not None:
+            return text
+        return f"{_render_target(n.target)}({self.call(args, kwargs)})"
 
-    return expr(node) if isinstance(node, fx.Node) else lit(node)
+    def binary(self, args: tuple, kwargs: dict, target: Any) -> str | None:
+        if len(args) != 2 or kwargs:
+            return None
+        prec = _PRECEDENCE[target]
+        left, right = self.operand(args[0], prec), self.operand(args[1], prec, right=True)
+        return f"{left} {_SYMBOLS[target]} {right}"
+
+    def unary(self, args: tuple, _kwargs: dict, target: Any) -> str | None:
+        return f"{_UNARY[target]}{self.operand(args[0], 5)}" if len(args) == 1 else None
+
+
+# Functions written as Python syntax rather than as calls: (renderer, args, kwargs, target)
+# -> the text, or None to write the call.
+_SPELLINGS: dict[Any, Callable[[_Renderer, tuple, dict, Any], str | None]] = {
+    builtins.getattr: lambda r, args, _kw, _t: f"{r.operand(args[0])}.{args[1]}",
+    operator.getitem: lambda r, args, _kw, _t: f"{r.operand(args[0])}[{r.index(args[1])}]",
+    operator.setitem: lambda r, args, _kw, _t: (
+        f"{r.operand(args[0])}[{r.index(args[1])}] = {r.lit(args[2])}"
+    ),
+    **dict.fromkeys(_SYMBOLS, _Renderer.binary),
+    **dict.fromkeys(_UNARY, _Renderer.unary),
+    operator.abs: lambda r, args, _kw, _t: f"abs({r.lit(args[0])})",
+}
 
 
 PASS = Pass(
