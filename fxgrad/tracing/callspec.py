@@ -228,25 +228,24 @@ _BOX_DEPTH = 6  # how deep objects inside objects are followed
 
 
 def box_objects(tree: Any) -> Any:
-    """`tree` with every object that holds tensors (or traced values) as an ObjectBox."""
-    return _box(tree, _BOX_DEPTH, set())
+    """`tree` with every object that holds tensors (or traced values) as an ObjectBox.
+
+    Containers pytree knows (lists, dicts, transformers' ModelOutput...) are walked as
+    pytree walks them; an object pytree sees as a leaf is boxed when it holds tensors.
+    """
+    return _box(tree, _BOX_DEPTH)
 
 
-def _box(x: Any, depth: int, seen: set[int]) -> Any:
-    if depth == 0 or isinstance(x, (torch.Tensor, fx.Proxy, str, bytes, int, float, bool)):
+def _box(tree: Any, depth: int) -> Any:
+    if depth == 0:
+        return tree
+
+    def leaf(x: Any) -> Any:
+        if _boxable(x) and _holds_tensors(x, depth, set()):
+            return ObjectBox(type(x), {k: _box(v, depth - 1) for k, v in vars(x).items()})
         return x
-    if id(x) in seen:
-        return x
-    if isinstance(x, (list, tuple)) and type(x) in (list, tuple):
-        seen.add(id(x))
-        return type(x)(_box(v, depth, seen) for v in x)
-    if type(x) is dict:
-        seen.add(id(x))
-        return {k: _box(v, depth, seen) for k, v in x.items()}
-    if _boxable(x) and _holds_tensors(x, depth, set()):
-        seen.add(id(x))
-        return ObjectBox(type(x), {k: _box(v, depth - 1, seen) for k, v in vars(x).items()})
-    return x
+
+    return pytree.tree_map(leaf, tree)
 
 
 def _boxable(x: Any) -> bool:
@@ -254,10 +253,23 @@ def _boxable(x: Any) -> bool:
     return (
         hasattr(x, "__dict__")
         and cls not in pytree.SUPPORTED_NODES
-        and not isinstance(x, (torch.nn.Module, type, types.FunctionType, types.MethodType))
+        and not isinstance(
+            x, (torch.Tensor, fx.Proxy, torch.nn.Module, type, types.FunctionType, types.MethodType)
+        )
         and not dataclasses.is_dataclass(x)
-        and not hasattr(cls, "__slots__")
+        and not _slot_attributes(cls)
     )
+
+
+def _slot_attributes(cls: type) -> list[str]:
+    """Attributes a class keeps in slots, outside its instances' __dict__."""
+    out = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                out.append(name)
+    return out
 
 
 def _holds_tensors(x: Any, depth: int, seen: set[int]) -> bool:
