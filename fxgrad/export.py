@@ -10,10 +10,12 @@ import importlib
 import os
 import re
 import shutil
+import string
 import subprocess
 import sys
 import textwrap
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,24 @@ def write_dot(path: str, gm: fx.GraphModule, report: Report) -> None:
 # ---------------------------------------------------------------------------------------
 # fix -o DIR: the fixed graph as importable code and a state dict
 
-_HELPERS = '''
+# The written module.py: fx's code for the graph (graph_forward), inside a module that
+# rebuilds the submodules and tensors it reads and loads their weights.
+_MODULE = string.Template('''\
+"""${class_name}: ${model} with fxgrad's rewrites applied.
+
+Written by `fxgrad fix`. forward takes the tensors the model was captured with, in
+this order: ${params}. Weights are in state_dict.pt next to this file.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import torch
+import torch.utils._pytree as _fxgrad_pytree
+
+
 def _install(root, target, value):
     """Set root.<target> (a dotted path), creating plain modules on the way."""
     *path, leaf = target.split(".")
@@ -177,7 +196,32 @@ def _source(name, relpath, root=None):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-'''
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+${statements}
+
+class ${class_name}(torch.nn.Module):
+    def __init__(self, map_location=None):
+        super().__init__()
+${install}\
+        state = torch.load(os.path.join(_HERE, 'state_dict.pt'), map_location=map_location)
+        self.load_state_dict(state)
+        self.train(${training})
+
+${forward}
+${graph_forward}''')
+
+# forward: the graph's flat outputs, rebuilt into the model's output structure.
+_FORWARD = string.Template("""\
+    def forward(${signature}):
+        out = self.graph_forward(${params})
+        return _fxgrad_pytree.tree_unflatten(list(out), _OUT_SPEC)
+""")
+# forward for outputs whose structure pytree cannot write: the flat tuple.
+_FORWARD_FLAT = string.Template("""\
+    def forward(${signature}):
+        return self.graph_forward(${params})
+""")
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
@@ -300,73 +344,19 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
     code = gm.graph.python_code(root_module="self")
     for name, obj in code.globals.items():
         imports.add(name, obj)
-    # fx puts module-level statements before the function (`wrap("math_sqrt")` for wrapped
-    # functions such as math.sqrt); in a class body they raise, so they go to the top level.
-    prologue, sep, rest = code.src.partition("def forward(self")
-    src = "def graph_forward(self" + rest if sep else code.src
-    top_level = [ln.strip() for ln in prologue.splitlines() if ln.strip()] if sep else []
-
-    body: list[str] = []
-    state: dict[str, torch.Tensor] = {}
-    blobs: dict[str, nn.Module] = {}
-    modules: list[str] = []
-    for node in gm.graph.nodes:
-        if node.target in modules:
-            continue
-        if node.op == "call_module" or (  # a module passed as a value: `checkpoint(block, x)`
-            node.op == "get_attr"
-            and isinstance(fx.graph_module._get_attr(gm, node.target), nn.Module)
-        ):
-            modules.append(node.target)
-    for target in modules:
-        sub = gm.get_submodule(target)
-        expr = _module_expr(sub)
-        if expr is None:  # not rebuildable from its repr: pickle it, as to_folder does
-            blobs[target] = sub
-            expr = f"torch.load(os.path.join(_HERE, {target + '.pt'!r}), weights_only=False)"
-        body.append(f"_install(self, {target!r}, {expr})")
-        state.update({f"{target}.{k}": v for k, v in sub.state_dict().items()})
-    for node in gm.graph.nodes:
-        if node.op != "get_attr" or node.target in state:
-            continue
-        if any(node.target.startswith(m + ".") for m in modules):
-            continue  # part of a module written above
-        value = fx.graph_module._get_attr(gm, node.target)
-        if isinstance(value, torch.Tensor):
-            if isinstance(value, nn.Parameter):
-                init = f"torch.nn.Parameter(torch.empty({list(value.shape)}, dtype={value.dtype}), requires_grad={value.requires_grad})"
-            else:
-                init = f"torch.empty({list(value.shape)}, dtype={value.dtype})"
-            body.append(f"_install(self, {node.target!r}, {init})")
-            state[node.target] = value
-        else:
-            blobs[node.target] = value
-            body.append(
-                f"setattr(self, {node.target!r}, torch.load(os.path.join(_HERE, "
-                f"{node.target + '.pt'!r}), weights_only=False))"
-            )
-
+    top_level, graph_forward = _split_prologue(code.src)
+    contents = _Contents()
+    modules = _module_targets(gm)
+    _install_modules(gm, modules, contents)
+    _install_attributes(gm, modules, contents)
     try:
         out_spec = pytree.treespec_dumps(captured.out_spec)
     except Exception:  # an output structure pytree cannot serialize: return the flat tuple
         out_spec = None
     params = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    signature = ", ".join(["self", *params])
-    if out_spec is not None:
-        forward = (
-            f"    def forward({signature}):\n"
-            f"        out = self.graph_forward({', '.join(params)})\n"
-            "        return _fxgrad_pytree.tree_unflatten(list(out), _OUT_SPEC)\n"
-        )
-    else:
-        forward = f"    def forward({signature}):\n        return self.graph_forward({', '.join(params)})\n"
-
-    header = f'''"""{class_name}: {fixed.report.model or "the model"} with fxgrad's rewrites applied.
-
-Written by `fxgrad fix`. forward takes the tensors the model was captured with, in
-this order: {", ".join(params) or "(none)"}. Weights are in state_dict.pt next to this file.
-"""
-'''
+    forward = (_FORWARD if out_spec is not None else _FORWARD_FLAT).substitute(
+        signature=", ".join(["self", *params]), params=", ".join(params)
+    )
     seen: set[str] = set()
     import_lines = [ln for ln in imports.lines if not (ln in seen or seen.add(ln))]
     out_line = (
@@ -374,35 +364,93 @@ this order: {", ".join(params) or "(none)"}. Weights are in state_dict.pt next t
         if out_spec
         else "_OUT_SPEC = None"
     )
-    init = "".join(f"        {ln}\n" for ln in body)
-    text = "\n".join(
-        [
-            header,
-            "import importlib\nimport importlib.util\nimport os\nimport sys\n",
-            "import torch\nimport torch.utils._pytree as _fxgrad_pytree\n",
-            _HELPERS,
-            "_HERE = os.path.dirname(os.path.abspath(__file__))",
-            *import_lines,
-            *top_level,
-            out_line,
-            "",
-            f"class {class_name}(torch.nn.Module):",
-            "    def __init__(self, map_location=None):",
-            "        super().__init__()",
-            init + "        state = torch.load(os.path.join(_HERE, 'state_dict.pt'), "
-            "map_location=map_location)",
-            "        self.load_state_dict(state)",
-            f"        self.train({fixed.training})\n",
-            forward,
-            textwrap.indent(src.strip("\n"), "    ").rstrip() + "\n",
-        ]
+    text = _MODULE.substitute(
+        class_name=class_name,
+        model=fixed.report.model or "the model",
+        params=", ".join(params) or "(none)",
+        statements="\n".join([*import_lines, *top_level, out_line]),
+        install="".join(f"        {ln}\n" for ln in contents.install),
+        training=fixed.training,
+        forward=forward,
+        graph_forward=textwrap.indent(graph_forward.strip("\n"), "    ").rstrip() + "\n",
     )
     (folder / "module.py").write_text(text)
     (folder / "__init__.py").write_text(f"from .module import {class_name}\n")
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "state_dict.pt")
-    for target, obj in blobs.items():
+    torch.save({k: v.detach().cpu() for k, v in contents.state.items()}, folder / "state_dict.pt")
+    for target, obj in contents.blobs.items():
         torch.save(obj, folder / f"{target}.pt")
     return class_name
+
+
+def _split_prologue(src: str) -> tuple[list[str], str]:
+    """fx's code as (module-level statements, the forward renamed `graph_forward`).
+
+    fx puts module-level statements before the function (`wrap("math_sqrt")` for wrapped
+    functions such as math.sqrt); in a class body they raise, so they go to the top level.
+    """
+    prologue, sep, rest = src.partition("def forward(self")
+    if not sep:
+        return [], src
+    top_level = [ln.strip() for ln in prologue.splitlines() if ln.strip()]
+    return top_level, "def graph_forward(self" + rest
+
+
+@dataclass
+class _Contents:
+    """What the written module installs in __init__, and the files that hold it."""
+
+    install: list[str] = field(default_factory=list)  # lines of __init__
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # into state_dict.pt
+    blobs: dict[str, Any] = field(default_factory=dict)  # pickled, one `<target>.pt` each
+
+
+def _module_targets(gm: fx.GraphModule) -> list[str]:
+    """The submodules the graph calls, or passes as values (`checkpoint(block, x)`)."""
+    modules: list[str] = []
+    for node in gm.graph.nodes:
+        if node.target in modules:
+            continue
+        if node.op == "call_module" or (
+            node.op == "get_attr"
+            and isinstance(fx.graph_module._get_attr(gm, node.target), nn.Module)
+        ):
+            modules.append(node.target)
+    return modules
+
+
+def _install_modules(gm: fx.GraphModule, modules: list[str], contents: _Contents) -> None:
+    """Rebuild each submodule from its repr, or unpickle it; its weights go to the state."""
+    for target in modules:
+        sub = gm.get_submodule(target)
+        expr = _module_expr(sub)
+        if expr is None:  # not rebuildable from its repr: pickle it, as to_folder does
+            contents.blobs[target] = sub
+            expr = f"torch.load(os.path.join(_HERE, {target + '.pt'!r}), weights_only=False)"
+        contents.install.append(f"_install(self, {target!r}, {expr})")
+        contents.state.update({f"{target}.{k}": v for k, v in sub.state_dict().items()})
+
+
+def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Contents) -> None:
+    """Tensors the graph reads outside those modules: empty, loaded from the state; other
+    values unpickled."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or node.target in contents.state:
+            continue
+        if any(node.target.startswith(m + ".") for m in modules):
+            continue  # part of a module written above
+        value = fx.graph_module._get_attr(gm, node.target)
+        if not isinstance(value, torch.Tensor):
+            contents.blobs[node.target] = value
+            contents.install.append(
+                f"setattr(self, {node.target!r}, torch.load(os.path.join(_HERE, "
+                f"{node.target + '.pt'!r}), weights_only=False))"
+            )
+            continue
+        init = f"torch.empty({list(value.shape)}, dtype={value.dtype})"
+        if isinstance(value, nn.Parameter):
+            init = f"torch.nn.Parameter({init}, requires_grad={value.requires_grad})"
+        contents.install.append(f"_install(self, {node.target!r}, {init})")
+        contents.state[node.target] = value
 
 
 def _load_instructions(folder: Path, class_name: str) -> str:
