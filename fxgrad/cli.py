@@ -413,7 +413,6 @@ def load_target(
     `package.module:NAME` finds the packages in it.
     """
     import torch
-    from torch import nn
 
     if input_specs and inputs_from:
         raise UsageFailure(
@@ -422,48 +421,68 @@ def load_target(
         )
     torch.manual_seed(0)  # example inputs and initial weights are the same on every run
     explicit = tuple(parse_input(s) for s in input_specs) or None
+    module, name = _import_target(spec)
+    model, built_inputs = _build(_lookup(module, name, "NAME", spec), name)
+    inputs = _example_inputs(module, spec, explicit, inputs_from, built_inputs)
+    if training is not None:
+        model.train(training)
+    return Target(model, inputs, module, spec)
+
+
+def _import_target(spec: str) -> tuple[types.ModuleType, str]:
+    """The file or module TARGET names, imported, and the NAME in it."""
     where, name = _split_target(spec)
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
     if where.endswith(".py") or "/" in where or os.sep in where:
-        module = _import_file(Path(where), spec)
-    else:
-        module = _import_module(where, spec)
-    obj = _lookup(module, name, "NAME", spec)
-    inputs = None
+        return _import_file(Path(where), spec), name
+    return _import_module(where, spec), name
+
+
+def _build(obj: Any, name: str) -> tuple[Any, tuple | None]:
+    """The model NAME gives (an instance, a class, or a function building one), and the
+    example inputs a function returned beside it."""
+    from torch import nn
+
     if isinstance(obj, nn.Module):
-        model = obj
-    elif isinstance(obj, type) and issubclass(obj, nn.Module):
-        model = _call(obj, f"{name}()")
-    elif callable(obj) and not isinstance(obj, type):
+        return obj, None
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        return _call(obj, f"{name}()"), None
+    if callable(obj) and not isinstance(obj, type):
         built = _call(obj, f"{name}()")
         if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
-            model, inputs = built[0], _as_inputs(built[1], f"{name}()")
-        else:
-            model = built
-        if not isinstance(model, nn.Module):
+            return built[0], _as_inputs(built[1], f"{name}()")
+        if not isinstance(built, nn.Module):
             raise LoadFailure(
-                f"{name}() returned {_a(type(model).__name__)}, not an nn.Module.",
+                f"{name}() returned {_a(type(built).__name__)}, not an nn.Module.",
                 hint="Return the model, or (model, example_inputs).",
             )
-    else:
-        kind = "a class" if isinstance(obj, type) else _a(type(obj).__name__)
-        raise LoadFailure(
-            f"{name} is {kind}, not an nn.Module.",
-            hint="NAME must be an nn.Module subclass, an instance, or a function returning one.",
-        )
+        return built, None
+    kind = "a class" if isinstance(obj, type) else _a(type(obj).__name__)
+    raise LoadFailure(
+        f"{name} is {kind}, not an nn.Module.",
+        hint="NAME must be an nn.Module subclass, an instance, or a function returning one.",
+    )
+
+
+def _example_inputs(
+    module: types.ModuleType,
+    spec: str,
+    explicit: tuple | None,
+    inputs_from: str | None,
+    built: tuple | None,
+) -> tuple | None:
+    """--input, else --inputs-from, else what NAME() returned, else the file's inputs()."""
     if explicit is not None:
-        inputs = explicit
-    elif inputs_from:
+        return explicit
+    if inputs_from:
         source = _lookup(module, inputs_from, "--inputs-from", spec)
         value = _call(source, f"{inputs_from}()") if callable(source) else source
-        inputs = _as_inputs(value, f"--inputs-from {inputs_from}")
-    elif inputs is None and callable(getattr(module, "inputs", None)):
-        inputs = _as_inputs(_call(module.inputs, "inputs()"), "inputs()")
-    if training is not None:
-        model.train(training)
-    return Target(model, inputs, module, spec)
+        return _as_inputs(value, f"--inputs-from {inputs_from}")
+    if built is None and callable(getattr(module, "inputs", None)):
+        return _as_inputs(_call(module.inputs, "inputs()"), "inputs()")
+    return built
 
 
 def split_codes(value: str | None) -> list[str] | None:
