@@ -23,7 +23,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
-from fxgrad.errors import FxgradError
+from fxgrad.errors import FxgradError, TraceError
 from fxgrad.guards import (
     ShapeCheck,
     call_key,
@@ -68,6 +68,7 @@ class _Options:
     verify: bool
     measure: Measure | bool | None  # False: measured passes use only cached decisions
     max_variants: int = MAX_VARIANTS
+    frontend: str = "auto"  # "fx", "dynamo", or "auto": fx, then Dynamo where fx refuses
 
 
 @dataclass
@@ -177,6 +178,11 @@ class _Shared:
         self.constants: dict[str, Any] = {}
         self.current: Variant | None = None
         self.lock = threading.RLock()
+        # The Dynamo front-end, once in use: the compiled module, its backend, and why fx
+        # could not capture the forward.
+        self.dynamo: Callable[..., Any] | None = None
+        self.backend: Any = None
+        self.fx_refusal = ""
 
 
 class FixedModule(nn.Module):
@@ -252,6 +258,8 @@ class FixedModule(nn.Module):
     def report(self) -> Report:
         """The report of the variant used last (before the first call: nothing decided)."""
         shared = self._fxgrad
+        if shared.backend is not None:
+            return shared.backend.report(shared.fx_refusal)
         if shared.current is None and shared.static is None and not shared.variants:
             return Report(mode="pending", model=self.original_class.__name__)
         return self._variant().report
@@ -277,10 +285,18 @@ class FixedModule(nn.Module):
     # -- calling -------------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            variant, leaves = _dispatch_outside_dynamo()(self, args, kwargs)
-        else:
-            variant, leaves = self._dispatch(args, kwargs)
+        dynamo = self._fxgrad.dynamo
+        if dynamo is not None:
+            return dynamo(*args, **kwargs)
+        if self._fxgrad.options.frontend == "dynamo":
+            return self._use_dynamo("")(*args, **kwargs)
+        try:
+            if torch.compiler.is_compiling():
+                variant, leaves = _dispatch_outside_dynamo()(self, args, kwargs)
+            else:
+                variant, leaves = self._dispatch(args, kwargs)
+        except _UseDynamo as e:  # fxgrad's tracer refused this forward
+            return self._use_dynamo(e.refusal)(*args, **kwargs)
         return variant.run(self, leaves)
 
     def _dispatch(self, args: tuple, kwargs: dict) -> tuple[Variant, list[Any]]:
@@ -333,19 +349,40 @@ class FixedModule(nn.Module):
                     return v
             if len(shared.variants) >= shared.options.max_variants:
                 raise _too_many_variants(shared, key)
-            with _gc_paused():
-                variant = _decide(
-                    self._base(),
-                    args,
-                    kwargs,
-                    shared.options,
-                    grad_enabled=torch.is_grad_enabled(),
-                    at_call=True,
-                )
+            try:
+                with _gc_paused():
+                    variant = _decide(
+                        self._base(),
+                        args,
+                        kwargs,
+                        shared.options,
+                        grad_enabled=torch.is_grad_enabled(),
+                        at_call=True,
+                    )
+            except TraceError as e:
+                if shared.options.frontend != "auto" or shared.variants:
+                    raise
+                raise _UseDynamo(e.message) from e
             variant.key = key
             variant.shapes.remember(self, tensors)
             self._adopt(variant)
             return variant
+
+    def _use_dynamo(self, refusal: str) -> Callable[..., Any]:
+        """Switch to the Dynamo front-end: the user's module compiled with fxgrad's backend."""
+        from fxgrad.dynamo import Backend, compile_module
+
+        shared = self._fxgrad
+        with shared.lock:
+            if shared.dynamo is None:
+                opts = shared.options
+                root = self.__dict__[ROOT_ATTR]
+                shared.backend = Backend(
+                    type(root).__name__, opts.passes, opts.verify, opts.measure
+                )
+                shared.dynamo = compile_module(root, shared.backend)
+                shared.fx_refusal = refusal
+        return shared.dynamo
 
     def _adopt(self, variant: Variant) -> None:
         shared = self._fxgrad
@@ -521,6 +558,14 @@ def _mode(module: nn.Module, training: bool) -> Iterator[None]:
     finally:
         for m, f in flags:
             m.training = f
+
+
+class _UseDynamo(Exception):
+    """fxgrad's tracer refused the forward; the Dynamo front-end is to take over."""
+
+    def __init__(self, refusal: str) -> None:
+        super().__init__(refusal)
+        self.refusal = refusal
 
 
 class _ModelError(Exception):
@@ -872,17 +917,31 @@ def _timer(opts: _Options) -> Measure:
     return opts.measure if callable(opts.measure) else default_measure
 
 
+_FRONTENDS = ("auto", "fx", "dynamo")
+
+
 def _options(
-    select: Any, ignore: Any, verify: bool, measure: Measure | bool | None, max_variants: int
+    select: Any,
+    ignore: Any,
+    verify: bool,
+    measure: Measure | bool | None,
+    max_variants: int,
+    frontend: str = "auto",
 ) -> _Options:
     from fxgrad.passes import ALL
 
+    if frontend not in _FRONTENDS:
+        raise FxgradError(
+            f"frontend must be one of {', '.join(_FRONTENDS)}, got {frontend!r}.",
+            hint="'auto' (the default) captures with fxgrad's tracer and hands what it "
+            "refuses to Dynamo.",
+        )
     if max_variants < 1:
         raise FxgradError(
             f"max_variants must be at least 1, got {max_variants}.",
             hint="Leave it at its default (8) unless calls keep changing.",
         )
-    return _Options(select_passes(ALL, select, ignore), verify, measure, max_variants)
+    return _Options(select_passes(ALL, select, ignore), verify, measure, max_variants, frontend)
 
 
 def fix(
@@ -895,6 +954,7 @@ def fix(
     verify: bool = True,
     measure: Measure | bool | None = None,
     max_variants: int = MAX_VARIANTS,
+    frontend: str = "auto",
 ) -> FixedModule:
     """Return a drop-in module that runs `model` with its autograd hazards rewritten.
 
@@ -907,16 +967,25 @@ def fix(
     module shares its submodules, parameters and buffers. `select`/`ignore` take pass
     codes or prefixes ("FXG1"); `measure` replaces the timer measured passes use, and
     `measure=False` makes them time nothing (only decisions cached earlier apply).
+    `frontend="auto"` captures with fxgrad's tracer and hands a forward it cannot capture
+    (data-dependent control flow) to Dynamo, whose graphs get the same passes (see
+    fxgrad.dynamo); "fx" and "dynamo" use one of them only.
     """
     model = _unwrap(model)
-    opts = _options(select, ignore, verify, measure, max_variants)
+    opts = _options(select, ignore, verify, measure, max_variants, frontend)
     inputs = _normalize_inputs(example_inputs)
     fixed = FixedModule(model, opts)
-    if inputs is None and example_kwargs is None:
+    if (inputs is None and example_kwargs is None) or frontend == "dynamo":
+        return fixed  # Dynamo decides each graph on its first call
+    try:
+        with _gc_paused():
+            # An explicit fix() decides for training: grad on, whatever the caller's mode.
+            variant = _decide(model, inputs or (), example_kwargs, opts, grad_enabled=True)
+    except TraceError as e:
+        if frontend != "auto":
+            raise
+        fixed._use_dynamo(e.message)  # decided on the first call, graph by graph
         return fixed
-    with _gc_paused():
-        # An explicit fix() decides for training: grad on, whatever the caller's mode.
-        variant = _decide(model, inputs or (), example_kwargs, opts, grad_enabled=True)
     args, kwargs = inputs or (), dict(example_kwargs or {})
     skey, leaves = structure(args, kwargs)
     tensors = list(args) if leaves is None else [x for x in leaves if _is_input(x)]

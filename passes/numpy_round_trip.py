@@ -98,6 +98,7 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from fxgrad.passes import _dynamo_numpy
 from torch import fx
 
 from fxgrad.changes import Change
@@ -136,6 +137,8 @@ def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
         import numpy as np  # noqa: F401
     except ImportError:  # without NumPy no graph can hold a NumPy call
         return []
+    if _dynamo_numpy.has_wrapped_numpy(gm):  # a graph Dynamo captured: its NumPy is torch's
+        return _dynamo_numpy.run(gm)
     if not any(_is_numpy_call(n) for n in gm.graph.nodes):
         return []
     seen = _record(gm, ctx) if ctx.example_inputs is not None else None
@@ -2810,5 +2813,7 @@ PASS = Pass(
     doc=__doc__,
     observes=(_recorder,),
     repairs_errors=(_negative_strides,),
-    applies=lambda gm: any(_is_numpy_call(n) for n in gm.graph.nodes),
+    applies=lambda gm: any(
+        _is_numpy_call(n) or _dynamo_numpy.is_wrapped_numpy(n) for n in gm.graph.nodes
+    ),
 )

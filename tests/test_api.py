@@ -307,7 +307,7 @@ class DataDependent(nn.Module):
 
 def test_untraceable_forward_names_the_line_and_what_to_try():
     with pytest.raises(TraceError) as info:
-        fxgrad.fix(DataDependent(), (torch.randn(3),))
+        fxgrad.fix(DataDependent(), (torch.randn(3),), frontend="fx")
     message = str(info.value)
     assert "test_api.py:" in message
     assert "control flow" in message
@@ -315,11 +315,23 @@ def test_untraceable_forward_names_the_line_and_what_to_try():
 
 
 def test_untraceable_forward_without_inputs_is_a_trace_error_too():
-    fixed = fxgrad.fix(DataDependent())  # decides on the first call
+    fixed = fxgrad.fix(DataDependent(), frontend="fx")  # decides on the first call
     with pytest.raises(TraceError, match="test_api.py"):
         fixed(torch.randn(3))
     with pytest.raises(TraceError, match="test_api.py"):
         fxgrad.check(DataDependent())
+
+
+def test_what_fx_cannot_capture_goes_to_dynamo():
+    model = DataDependent()
+    fixed = fxgrad.fix(model, (torch.randn(3),))  # frontend="auto"
+    for _ in range(2):
+        for x in (torch.rand(3) + 1, -torch.rand(3) - 1):  # both branches
+            torch.testing.assert_close(fixed(x), model(x))
+    assert "captured by Dynamo" in fixed.report.variant
+    assert any("fxgrad's tracer could not" in n and "test_api.py" in n for n in fixed.report.notes)
+    with pytest.raises(FxgradError, match="frontend must be one of"):
+        fxgrad.fix(model, frontend="jit")
 
 
 def test_non_tensor_example_inputs():

@@ -1,0 +1,180 @@
+"""The Dynamo front-end: the same passes on the graphs torch.compile hands fxgrad's backend.
+
+A forward fxgrad's tracer refuses (data-dependent control flow) is captured by Dynamo in
+pieces; each piece is decided on its first call. These tests run the in-place and NumPy
+case files through `frontend="dynamo"` (values and gradients against eager or the case's
+hand-corrected Reference), and a model with a data-dependent branch and an unsafe write
+end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import fxgrad
+from fxgrad.context import clone_inputs
+from fxgrad.pipeline import run_forward_backward
+
+CASES = Path(__file__).parent / "cases"
+
+# Dynamo's own tracing refuses these forwards: its fake tensors run the write that autograd
+# refuses (a leaf, an output of split/chunk/unbind, a view made under no_grad, `out=`), or
+# its NumPy support lacks the call. The test checks that plain torch.compile refuses too.
+DYNAMO_REFUSES = {
+    "FXG101/chunk_write",
+    "FXG101/input_leaf_written",
+    "FXG101/input_view_written",
+    "FXG101/nograd_view_write",
+    "FXG101/out_argument",
+    "FXG101/param_written",
+    "FXG101/split_write",
+    "FXG101/unbind_base_written",
+    "FXG101/unbind_write",
+    "FXG301/write_partition_refused",
+    "FXG301/write_put_copyto_putmask",
+}
+
+
+# Dynamo runs this NumPy code as torch ops (torch._numpy), so once the detach() is dropped
+# the gradient flows where fxgrad's own tracer leaves the detour alone. The reference is
+# the same forward written in torch by hand.
+def _fft_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = model.lin(x)
+    return torch.fft.rfft(h, dim=-1).abs().float() + h.sum()
+
+
+DYNAMO_TRANSLATES = {"FXG301/unmapped_fft": _fft_reference}
+
+
+def _cases() -> list[Path]:
+    return sorted(p for p in CASES.glob("FXG[13]01/*.py") if not p.name.startswith("_"))
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"dyn_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seeded(fn, inputs):
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return fn(*clone_inputs(list(inputs)))
+
+
+@pytest.mark.parametrize("path", _cases(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_case_files_through_dynamo(path: Path) -> None:
+    name = f"{path.parent.name}/{path.stem}"
+    case = _load(path)
+    torch.manual_seed(0)
+    model, example = case.Model(), case.inputs()
+    torch._dynamo.reset()
+    if name in DYNAMO_REFUSES:
+        with pytest.raises(Exception):  # noqa: B017 (Dynamo's own error, whichever it is)
+            torch.compile(copy.deepcopy(model), backend="eager")(*clone_inputs(list(example)))
+        return
+    if name in DYNAMO_TRANSLATES:
+        _check_translated(model, example, DYNAMO_TRANSLATES[name])
+        return
+    eager = copy.deepcopy(model)
+    fixed = fxgrad.fix(model, frontend="dynamo")
+    got = _seeded(fixed, example)
+    try:
+        want = _seeded(eager, example)
+    except (RuntimeError, ValueError):
+        want = None  # eager refuses the forward; the Reference decides below
+    if want is not None:
+        torch.testing.assert_close(got, want, equal_nan=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    _, grads, err = run_forward_backward(fixed, clone_inputs(list(example)), params, 0)
+    assert err is None, f"backward fails: {err}"
+    if hasattr(case, "Reference"):
+        reference = case.Reference()
+        reference.load_state_dict(model.state_dict())
+        ref_params = [p for p in reference.parameters() if p.requires_grad]
+        _, want_grads, _ = run_forward_backward(
+            reference, clone_inputs(list(example)), ref_params, 0
+        )
+    else:
+        _, want_grads, berr = run_forward_backward(
+            eager, clone_inputs(list(example)), [p for p in eager.parameters()], 0
+        )
+        if berr is not None:
+            return  # eager's backward fails and there is no Reference to compare with
+    for g, w in zip(grads, want_grads):
+        if w is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, w)
+
+
+def _check_translated(model: nn.Module, example, reference) -> None:
+    """Values and parameter gradients against the hand-written torch forward, on the
+    example call and on a call of another batch size."""
+    fixed = fxgrad.fix(model, frontend="dynamo")
+    (x,) = example
+    for xx in (x, torch.randn(x.shape[0] + 2, *x.shape[1:]), x):
+        got = fixed(xx.clone())
+        want = reference(model, xx.clone())
+        torch.testing.assert_close(got, want)
+        params = list(model.parameters())
+        g = torch.autograd.grad(got.sum(), params)
+        w = torch.autograd.grad(want.sum(), params)
+        torch.testing.assert_close(g, w)
+    assert [c.code for c in fixed.report.applied] == ["FXG301"]
+
+
+class Branchy(nn.Module):
+    """A data-dependent branch (fxgrad's tracer refuses it) after an unsafe write's saver."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))  # sigmoid saves h
+        if h.sum() > 6:  # data-dependent: a graph break in Dynamo
+            h.mul_(2)  # in the next graph: overwrites what sigmoid saved
+        else:
+            h.add_(1)
+        return h * 3
+
+
+class BranchyReference(Branchy):
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))
+        h = h * 2 if h.sum() > 6 else h + 1
+        return h * 3
+
+
+def test_a_data_dependent_branch_with_an_unsafe_write_end_to_end():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, reference = Branchy(), BranchyReference()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        model(x).sum().backward()  # the premise: eager's backward fails
+    fixed = fxgrad.fix(model)  # fxgrad's tracer refuses the branch: Dynamo captures
+    for scale in (1.0, -3.0, 1.0):  # both branches, and back
+        x = (torch.randn(3, 4) + scale).requires_grad_()
+        got = fixed(x)
+        (g, *pg) = torch.autograd.grad(got.sum(), [x, *model.parameters()])
+        xr = x.detach().requires_grad_()
+        want = reference(xr)
+        (w, *pw) = torch.autograd.grad(want.sum(), [xr, *reference.parameters()])
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(g, w)
+        torch.testing.assert_close(pg, pw)
+    report = fixed.report
+    assert any("control flow" in n for n in report.notes)
+    (change,) = report.applied
+    assert change.code == "FXG101" and "graph break" in change.note
+    assert change.where.startswith("test_dynamo.py:")
