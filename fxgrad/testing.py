@@ -350,16 +350,30 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
     module = _inner(model)
     fixed = fxgrad.fix(module, inputs) if not isinstance(module, FixedModule) else module
     report = fixed.report
-    if isinstance(module, FixedModule):  # judge what is left unrewritten
-        hazards = [
-            c for c in report.changes if c.code.startswith(_HAZARD_PREFIXES) and not c.applied
-        ]
-    else:
-        hazards = [c for c in report.changes if c.code.startswith(_HAZARD_PREFIXES)]
-    rows: list[list[str]] = []
-    lines: list[str] = []
-
+    # A fixed module is judged by what is left unrewritten.
+    hazards = [
+        c
+        for c in report.changes
+        if c.code.startswith(_HAZARD_PREFIXES)
+        and not (isinstance(module, FixedModule) and c.applied)
+    ]
     gm, cuts, _ = _find_cuts(fixed, inputs)
+    rows = _unreported_detours(gm, cuts, report)
+    lines: list[str] = []
+    failure = _eager_failure(module, inputs)
+    if failure is not None:
+        error, saved_at = failure
+        lines = _eager_failure_lines(error, saved_at)
+        rows += _unreported_writes(gm, report, saved_at)
+    if not hazards and not rows and failure is None:
+        return report
+    out = _unsafe_message(module, len(hazards) + len(rows), lines, rows)
+    raise _fail(out, with_module_paths(report, fixed.graph_module))
+
+
+def _unreported_detours(gm: fx.GraphModule, cuts: list[_Cut], report: Report) -> list[list[str]]:
+    """Rows for NumPy detours that cut gradients and that the NumPy pass does not report."""
+    rows = []
     reported = {c.where for c in report.changes if c.code.startswith("FXG3")}
     for cut, back in _numpy_detours(gm, cuts):
         chain = descendants([cut.node]) & ancestors([back])
@@ -373,28 +387,37 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
                 "everything before it gets no gradient through this path",
             ]
         )
+    return rows
 
-    failure = _eager_failure(module, inputs)
-    if failure is not None:
-        error, saved_at = failure
-        lines.append(f"Eager backward fails on these inputs: {error}")
-        if saved_at:
-            lines.append(
-                f"The value autograd needed was saved by the op at {saved_at}; "
-                "a later in-place write changed it."
-            )
-        nodes = list(gm.graph.nodes)
-        savers = [i for i, n in enumerate(nodes) if saved_at and location(n) == saved_at]
-        after = nodes[savers[0] + 1 :] if savers else nodes
-        reported_writes = {c.where for c in report.changes if c.code.startswith("FXG1")}
-        for n in (n for n in after if writes_to(n, gm) is not None):
-            if location(n) in reported_writes:
-                continue  # the in-place pass's row says it better
-            rows.append([location(n) or "?", _code(n), "in-place write in the forward"])
 
-    if not hazards and not rows and failure is None:
-        return report
-    count = len(hazards) + len(rows)
+def _eager_failure_lines(error: str, saved_at: str) -> list[str]:
+    lines = [f"Eager backward fails on these inputs: {error}"]
+    if saved_at:
+        lines.append(
+            f"The value autograd needed was saved by the op at {saved_at}; "
+            "a later in-place write changed it."
+        )
+    return lines
+
+
+def _unreported_writes(gm: fx.GraphModule, report: Report, saved_at: str) -> list[list[str]]:
+    """Rows for the in-place writes after the op whose saved value broke (all, if unknown)
+    that the in-place pass does not report."""
+    nodes = list(gm.graph.nodes)
+    savers = [i for i, n in enumerate(nodes) if saved_at and location(n) == saved_at]
+    after = nodes[savers[0] + 1 :] if savers else nodes
+    reported_writes = {c.where for c in report.changes if c.code.startswith("FXG1")}
+    rows = []
+    for n in (n for n in after if writes_to(n, gm) is not None):
+        if location(n) in reported_writes:
+            continue  # the in-place pass's row says it better
+        rows.append([location(n) or "?", _code(n), "in-place write in the forward"])
+    return rows
+
+
+def _unsafe_message(
+    module: nn.Module, count: int, lines: list[str], rows: list[list[str]]
+) -> list[str]:
     head = f"{_name(module)} is not autograd-safe on these inputs" + (
         f": {count} finding{'s' if count != 1 else ''}." if count else "."
     )
@@ -407,7 +430,7 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
         "Fix these lines, or train fxgrad.fix(model, example_inputs), which rewrites the "
         "hazards it can (see the table)."
     )
-    raise _fail(out, with_module_paths(report, fixed.graph_module))
+    return out
 
 
 def _resolve_params(module: nn.Module, params: Iterable[Any] | None) -> dict[str, torch.Tensor]:
@@ -490,34 +513,12 @@ def assert_grads_flow(
     wanted = _resolve_params(module, params)
     args = clone_inputs(list(inputs))
     names = _input_names(module, len(args))
-    checked_inputs: dict[str, torch.Tensor] = {}
-    if check_inputs:
-        for i, t in enumerate(args):
-            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
-                args[i] = t.detach().clone().requires_grad_(True)
-                checked_inputs[names[i]] = args[i]
+    checked_inputs = _inputs_to_check(args, names) if check_inputs else {}
     targets = {**wanted, **checked_inputs}
     if not targets:
         return {}
     wrt = list(targets.values())
-    with preserved_state(module, args):
-        try:
-            torch.manual_seed(_SEED)
-            diff = differentiable_outputs(pytree.tree_leaves(module(*args)))
-            if not diff:
-                grads: list[torch.Tensor | None] = [None] * len(wrt)
-            else:
-                grads = list(
-                    torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
-                )
-        except RuntimeError as e:
-            raise _fail(
-                [
-                    f"Backward of {_name(module)} fails on these inputs: {_first_line(e)}",
-                    "assert_autograd_safe(model, *inputs) shows the in-place write that causes it.",
-                ]
-            ) from None
-    result = dict(zip(targets, grads))
+    result = dict(zip(targets, _gradients(module, args, wrt)))
     missing = [n for n, g in result.items() if g is None]
     nonfinite = {
         n: g for n, g in result.items() if g is not None and not bool(torch.isfinite(g).all())
@@ -527,35 +528,88 @@ def assert_grads_flow(
 
     lines = [f"Gradients do not flow through {_name(module)} on these inputs."]
     if missing:
-        fixed = _capture(module, inputs)
-        gm, cuts, reaches = _find_cuts(fixed, inputs)
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        leaf_ids = [id(t) for t in _leaves(fixed, tuple(inputs))]
-        for name in missing:
-            if name in wanted:
-                uses = _uses(gm, name)
-                what = f"parameter {name}"
-            else:
-                i = names.index(name)
-                j = leaf_ids.index(id(inputs[i])) if id(inputs[i]) in leaf_ids else -1
-                uses = [placeholders[j]] if 0 <= j < len(placeholders) else []
-                what = name
-            lines.append(f"- {what} gets no gradient: {_explain_none(uses, cuts, reaches, what)}.")
+        lines += _no_gradient_lines(module, inputs, names, wanted, missing)
+    if nonfinite:
+        lines += _nonfinite_lines(module, args, wrt, wanted, nonfinite)
+    lines.append(
+        "Parameters that should not train can be frozen with requires_grad_(False), "
+        "or left out with params=[...]."
+    )
+    raise _fail(lines)
+
+
+def _inputs_to_check(args: list[Any], names: list[str]) -> dict[str, torch.Tensor]:
+    """Make each floating input of `args` a leaf that requires grad; those leaves by name."""
+    checked: dict[str, torch.Tensor] = {}
+    for i, t in enumerate(args):
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            args[i] = t.detach().clone().requires_grad_(True)
+            checked[names[i]] = args[i]
+    return checked
+
+
+def _gradients(
+    module: nn.Module, args: list[Any], wrt: list[torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """The gradients of `wrt` from one forward and backward; fail if backward fails."""
+    __tracebackhide__ = True
+    with preserved_state(module, args):
+        try:
+            torch.manual_seed(_SEED)
+            diff = differentiable_outputs(pytree.tree_leaves(module(*args)))
+            if not diff:
+                return [None] * len(wrt)
+            return list(torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True))
+        except RuntimeError as e:
+            raise _fail(
+                [
+                    f"Backward of {_name(module)} fails on these inputs: {_first_line(e)}",
+                    "assert_autograd_safe(model, *inputs) shows the in-place write that causes it.",
+                ]
+            ) from None
+
+
+def _no_gradient_lines(
+    module: nn.Module, inputs: tuple, names: list[str], wanted: dict, missing: list[str]
+) -> list[str]:
+    """For each parameter or input without a gradient, where the captured graph cuts it."""
+    fixed = _capture(module, inputs)
+    gm, cuts, reaches = _find_cuts(fixed, inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    leaf_ids = [id(t) for t in _leaves(fixed, tuple(inputs))]
+    lines = []
+    for name in missing:
+        if name in wanted:
+            uses = _uses(gm, name)
+            what = f"parameter {name}"
+        else:
+            i = names.index(name)
+            j = leaf_ids.index(id(inputs[i])) if id(inputs[i]) in leaf_ids else -1
+            uses = [placeholders[j]] if 0 <= j < len(placeholders) else []
+            what = name
+        lines.append(f"- {what} gets no gradient: {_explain_none(uses, cuts, reaches, what)}.")
+    return lines
+
+
+def _nonfinite_lines(
+    module: nn.Module,
+    args: list[Any],
+    wrt: list[torch.Tensor],
+    wanted: dict,
+    nonfinite: dict[str, torch.Tensor],
+) -> list[str]:
+    """Each non-finite gradient, and which backward made the first NaN (anomaly mode)."""
+    lines = []
     for name, g in nonfinite.items():
         bad = int((~torch.isfinite(g)).sum())
         what = f"parameter {name}" if name in wanted else name
         lines.append(
             f"- {what} gets a non-finite gradient ({bad} of {g.numel()} entries NaN or inf)."
         )
-    if nonfinite:
-        origin = _nonfinite_origin(module, args, wrt)
-        if origin:
-            lines.append(f"Anomaly mode: {origin}")
-    lines.append(
-        "Parameters that should not train can be frozen with requires_grad_(False), "
-        "or left out with params=[...]."
-    )
-    raise _fail(lines)
+    origin = _nonfinite_origin(module, args, wrt)
+    if origin:
+        lines.append(f"Anomaly mode: {origin}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
