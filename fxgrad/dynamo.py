@@ -189,7 +189,7 @@ class Backend:
         self.pieces: list[Piece] = []
         self._made = 0
 
-    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+    def __call__(self, gm: fx.GraphModule, _example_inputs: Sequence[Any]) -> Callable[..., Any]:
         self._made += 1
         return Piece(gm, self, self._made)
 
