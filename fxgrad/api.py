@@ -268,6 +268,8 @@ class FixedModule(nn.Module):
     def reports(self) -> list[Report]:
         """The reports of every variant, in the order they were decided."""
         shared = self._fxgrad
+        if shared.backend is not None:
+            return [p.report for p in shared.backend.pieces if p.report is not None]
         return ([shared.static.report] if shared.static else []) + [
             v.report for v in shared.variants
         ]
@@ -275,11 +277,23 @@ class FixedModule(nn.Module):
     @property
     def graph_module(self) -> fx.GraphModule:
         """The rewritten GraphModule of the variant used last."""
+        backend = self._fxgrad.backend
+        if backend is not None:
+            raise FxgradError(
+                f"This model was captured by Dynamo in {len(backend.pieces)} graph(s), "
+                "so there is no one GraphModule to return or export.",
+                hint="fixed.report.code_after shows every rewritten graph; to export one "
+                "graph, make the forward traceable (see the report's note on why fxgrad's "
+                "tracer refused it) and fix it with frontend='fx'.",
+            )
         return self._variant().gm
 
     @property
     def code(self) -> str:
-        """The generated Python code of the rewritten forward of the variant used last."""
+        """The generated Python code of the rewritten forward of the variant used last
+        (with the Dynamo front-end: every graph decided so far, one after another)."""
+        if self._fxgrad.backend is not None:
+            return self.report.code_after
         return self._variant().gm.code
 
     # -- calling -------------------------------------------------------------------------
@@ -975,8 +989,11 @@ def fix(
     opts = _options(select, ignore, verify, measure, max_variants, frontend)
     inputs = _normalize_inputs(example_inputs)
     fixed = FixedModule(model, opts)
-    if (inputs is None and example_kwargs is None) or frontend == "dynamo":
-        return fixed  # Dynamo decides each graph on its first call
+    if inputs is None and example_kwargs is None:
+        return fixed  # decided on the first call
+    if frontend == "dynamo":
+        _decide_with_dynamo(fixed, model, inputs or (), example_kwargs)
+        return fixed
     try:
         with _gc_paused():
             # An explicit fix() decides for training: grad on, whatever the caller's mode.
@@ -984,7 +1001,7 @@ def fix(
     except TraceError as e:
         if frontend != "auto":
             raise
-        fixed._use_dynamo(e.message)  # decided on the first call, graph by graph
+        _decide_with_dynamo(fixed, model, inputs or (), example_kwargs, e.message)
         return fixed
     args, kwargs = inputs or (), dict(example_kwargs or {})
     skey, leaves = structure(args, kwargs)
@@ -994,6 +1011,26 @@ def fix(
     variant.shapes.remember(fixed, tensors)
     fixed._adopt(variant)
     return fixed
+
+
+def _decide_with_dynamo(
+    fixed: FixedModule,
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict[str, Any] | None,
+    refusal: str = "",
+) -> None:
+    """Run the example call through Dynamo now, so each graph it captures is decided on it.
+
+    The call runs on private copies of the model's tensors with the RNG restored after, so
+    fixing leaves the model as it was; later calls reuse the decided graphs wherever
+    Dynamo's guards hold, and graphs first met later are decided on their first call.
+    """
+    run = fixed._use_dynamo(refusal)
+    call_args = clone_inputs(list(args))
+    call_kwargs = dict(zip(kwargs or {}, clone_inputs(list((kwargs or {}).values()))))
+    with _gc_paused(), private_state(model), torch.enable_grad():
+        run(*call_args, **call_kwargs)
 
 
 def fix_static(
@@ -1038,9 +1075,17 @@ def check(
         call, leaves = call_spec(model, None if static else inputs or (), example_kwargs)
         if not static:
             _check_leaves(inputs or (), example_kwargs or {}, leaves)
-        first = _decide_on(
-            model, call, leaves, opts, grad_enabled=True, static=static, at_call=False
-        )
+        try:
+            first = _decide_on(
+                model, call, leaves, opts, grad_enabled=True, static=static, at_call=False
+            )
+        except TraceError as e:
+            if static:
+                raise
+            # Dynamo captures what fxgrad's tracer refuses, in the model's own mode only.
+            fixed = FixedModule(model, opts)
+            _decide_with_dynamo(fixed, model, inputs or (), example_kwargs, e.message)
+            return fixed.report
         assert first is not None
         report = first.report
         other = _decide_on(

@@ -585,6 +585,8 @@ def _report(fixed: fxgrad.FixedModule) -> fxgrad.Report:
     """The report, each change naming the block it is in (for one row per repeated block)."""
     from fxgrad.export import with_module_paths
 
+    if fixed._fxgrad.backend is not None:  # captured by Dynamo: one graph per piece
+        return fixed.report
     return with_module_paths(fixed.report, fixed.graph_module)
 
 

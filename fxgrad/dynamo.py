@@ -198,7 +198,9 @@ class Backend:
         out = Report(mode="exact" if self.pieces else "pending", model=self.name)
         out.variant = f"captured by Dynamo in {len(self.pieces)} graph(s)"
         if fx_refusal:
-            out.notes.append(f"captured by Dynamo: fxgrad's tracer could not ({fx_refusal})")
+            out.notes.append(
+                f"captured by Dynamo because fxgrad's tracer refused the forward: {fx_refusal}"
+            )
         before, after = [], []
         for piece in self.pieces:
             assert piece.report is not None

@@ -99,6 +99,18 @@ class Untraceable(nn.Module):
         return -x
 
 
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))
+        if h.sum() > 0:
+            h.mul_(2)
+        return h
+
+
 class Plain:
     pass
 
@@ -254,8 +266,11 @@ def test_explain_capture_is_where_trace_errors_point(tmp_path):
         "        assert isinstance(x * 2, torch.Tensor), 'needs a tensor'\n"
         "        return x\n"
     )
-    traced = invoke("check", f"{model_file}:Model", "--input", "float32[2]")
+    traced = invoke("check", f"{model_file}:Model")  # static: nothing to hand to Dynamo
     assert_error(traced, 3, "isinstance_model.py:6", "fxgrad explain capture")
+    run = invoke("check", f"{model_file}:Model", "--input", "float32[2]")
+    assert run.exit_code == 0, run.output  # with inputs, Dynamo captures it
+    assert "tracer refused the forward" in run.stdout and "isinstance_model.py:6" in run.stdout
 
 
 def test_explain_unknown_code():
@@ -647,8 +662,24 @@ def test_file_that_fails_to_import(tmp_path):
 
 
 def test_untraceable_forward(test_pass, models):
+    # The file's inputs() runs the forward: Dynamo captures what the tracer refuses.
     result = invoke("check", f"{models}:Untraceable")
-    assert_error(result, 3, "control flow at cli_models.py:", "torch.fx.wrap")
+    assert result.exit_code == 0, result.output
+    assert "control flow at cli_models.py:" in result.stdout
+
+
+def test_untraceable_forward_with_inputs_goes_to_dynamo(models, tmp_path):
+    """With inputs to run, a forward fxgrad's tracer refuses is captured by Dynamo."""
+    result = invoke("check", f"{models}:Branchy", "--input", "[3,8]")
+    assert result.exit_code == 1, result.output
+    assert "FXG101" in result.stdout and "graph break" in result.stdout
+    assert "captured by Dynamo because fxgrad's tracer refused" in result.stdout
+    diff = invoke("diff", f"{models}:Branchy", "--input", "[3,8]")
+    assert "+    clone = h.clone()" in diff.stdout
+    out = tmp_path / "out"
+    written = invoke("fix", "-o", str(out), f"{models}:Branchy", "--input", "[3,8]")
+    assert_error(written, 3, "captured by Dynamo in 2 graph(s)", "frontend='fx'")
+    assert not out.exists()
 
 
 def test_inputs_that_do_not_fit(test_pass, models):

@@ -178,3 +178,57 @@ def test_a_data_dependent_branch_with_an_unsafe_write_end_to_end():
     (change,) = report.applied
     assert change.code == "FXG101" and "graph break" in change.note
     assert change.where.startswith("test_dynamo.py:")
+
+
+class BranchyNorm(nn.Module):
+    """A BatchNorm (its statistics move on every training call) before the branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.bn(self.fc(x)))
+        if h.sum() > 6:
+            h.mul_(2)
+        else:
+            h.add_(1)
+        return h * 3
+
+
+def test_example_inputs_decide_through_dynamo_right_away_and_leave_the_model_alone():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = BranchyNorm()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 4)
+    rng = torch.get_rng_state()
+    fixed = fxgrad.fix(model, (x,))
+    report = fixed.report
+    assert report.mode == "exact"
+    assert [c.code for c in report.applied] == ["FXG101"]
+    assert any("control flow" in n for n in report.notes)
+    for k, v in model.state_dict().items():  # BatchNorm's statistics and counter untouched
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in model.parameters())
+
+    reference = copy.deepcopy(model)
+
+    def by_hand(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(m.bn(m.fc(x)))
+        h = h * 2 if h.sum() > 6 else h + 1
+        return h * 3
+
+    for xx in (x, torch.randn(9, 4) + 2.0, x):  # another batch size, the other branch
+        got = fixed(xx)
+        want = by_hand(reference, xx)
+        torch.testing.assert_close(got, want)
+        g = torch.autograd.grad(got.sum(), list(model.parameters()))
+        w = torch.autograd.grad(want.sum(), list(reference.parameters()))
+        torch.testing.assert_close(g, w)
+    torch.testing.assert_close(model.bn.running_mean, reference.bn.running_mean)
+    model.eval()
+    reference.eval()
+    torch.testing.assert_close(fixed(x), by_hand(reference, x))
