@@ -21,6 +21,7 @@ input), so no later write can reach what backward needs.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.context import Context, default_measure, seeded
+from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import _is_internal, location, render_node
 from fxgrad.observe import storage_of
 from fxgrad.pipeline import (
@@ -214,5 +216,36 @@ class Backend:
 
 
 def compile_module(module: torch.nn.Module, backend: Backend) -> Callable[..., Any]:
-    """The module compiled with the backend; Dynamo's graph breaks are allowed."""
-    return torch.compile(module, backend=backend, fullgraph=False, dynamic=False)
+    """The module compiled with the backend; Dynamo's graph breaks are allowed.
+
+    Dynamo's own errors (its fake tensors refuse a write autograd forbids, an internal
+    failure) come back as one FxgradError naming the user's line, chained to Dynamo's.
+    """
+    compiled = torch.compile(module, backend=backend, fullgraph=False, dynamic=False)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            raise dynamo_error(e, backend.name) from e
+
+    return run
+
+
+_USER_FRAME = re.compile(r'from user code:.*File "([^"]+)", line (\d+)', re.S)
+_GOT = re.compile(r"got (\w+)\((['\"])(.*?)\2\)", re.S)
+
+
+def dynamo_error(e: Exception, model: str) -> FxgradError:
+    """A plain sentence for an error Dynamo raised while compiling the forward."""
+    text = str(e)
+    got = _GOT.search(text)
+    what = f"{got.group(1)}: {got.group(3)}" if got else text.strip().splitlines()[0]
+    frames = _USER_FRAME.findall(text)
+    where = f" at {os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else ""
+    return FxgradError(
+        f"Dynamo could not compile {model}'s forward{where}: {what}",
+        hint="Run the model without fxgrad: if eager PyTorch raises the same error, fix "
+        "that line by hand (an out-of-place op, a clone() before the write); otherwise make "
+        "the forward traceable for fix(model, frontend='fx') (fxgrad explain capture).",
+    )

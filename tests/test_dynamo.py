@@ -232,3 +232,28 @@ def test_example_inputs_decide_through_dynamo_right_away_and_leave_the_model_alo
     model.eval()
     reference.eval()
     torch.testing.assert_close(fixed(x), by_hand(reference, x))
+
+
+class BranchyChunkWrite(nn.Module):
+    """A write autograd forbids (into a chunk), after a branch: eager refuses it too."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if h.sum() > -1e9:
+            a, _ = h.chunk(2, dim=1)
+            a.mul_(2)
+        return h
+
+
+def test_dynamo_refusing_a_write_is_one_plain_error_naming_the_line():
+    torch._dynamo.reset()
+    model = BranchyChunkWrite()
+    with pytest.raises(RuntimeError, match="modified inplace"):
+        model(torch.randn(3, 8))  # eager refuses the write
+    fixed = fxgrad.fix(model)
+    with pytest.raises(fxgrad.FxgradError, match=r"Dynamo could not compile .*test_dynamo.py:\d+"):
+        fixed(torch.randn(3, 8))
