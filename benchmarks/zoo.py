@@ -552,7 +552,8 @@ def _check(spec: Spec, training: bool, row: Row) -> None:
         report = fixed.report
         row.frontend = getattr(report, "frontend", "") or "fx"
         row.changes = len(report.applied)
-        row.nodes = len(fixed.graph_module.graph.nodes)
+        if row.frontend == "fx":  # Dynamo's graphs: counted in the report's code
+            row.nodes = len(fixed.graph_module.graph.nodes)
         hazards = [c for c in report.applied if not c.code.startswith("FXG2")]
         layout = [c for c in report.applied if c.code.startswith("FXG2")]
         if hazards:  # these models are autograd-safe: a hazard rewrite is a false positive

@@ -551,7 +551,10 @@ def _call(kind: str) -> tuple[tuple, dict[str, Any]]:
         if kind == "image_nolabel":
             return (), {"pixel_values": pixels}
         if kind == "segment":
-            return (), {"pixel_values": pixels, "labels": torch.randint(0, 3, (BATCH, 32, 32))}
+            return (), {
+                "pixel_values": pixels,
+                "labels": torch.randint(0, 3, (BATCH, 32, 32), generator=gen),
+            }
         return (), {"pixel_values": pixels, "labels": torch.tensor([0, 2])}
     if kind == "ctc":
         audio = torch.randn(BATCH, 800, generator=gen)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,12 +68,23 @@ class Piece:
         self.index = index
         self.run: Callable[..., Any] | None = None
         self.report: Report | None = None
+        self.copied: list[Copied] = []
+        self.decided = gm  # the rewritten graph, once decided
 
     def __call__(self, *args: Any) -> Any:
         run = self.run
         if run is None:
             run = self.run = self._decide(list(args))
-        return run(*args)
+            watched = self.backend.watching(args)
+            out = run(*args)
+            for i, t, version, copied in watched:  # did this graph write a handed-out copy?
+                if t._version != version and not copied.written_at:
+                    copied.written_at = _written_at(self.decided, i, self.index)
+        else:
+            out = run(*args)
+        if self.copied:
+            self.backend.watch(self, out)
+        return out
 
     def _decide(self, inputs: list[Any]) -> Callable[..., Any]:
         from fxgrad.api import _gc_paused
@@ -79,7 +92,9 @@ class Piece:
         work = fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph))
         locate(work)
         passes = self.backend.passes
-        report = Report(mode="exact", model=f"{self.backend.name} (graph {self.index})")
+        report = Report(
+            mode="exact", model=f"{self.backend.name} (graph {self.index})", frontend="dynamo"
+        )
         with forked_rng(), _gc_paused():
             ctx = Context(
                 example_inputs=inputs,
@@ -92,13 +107,14 @@ class Piece:
             ref = _reference(self.gm, ctx)
             report.code_before = work.code
             changes, notes = run_passes(work, list(passes), ctx, ref, self.backend.verify)
-            changes += protect_escaping(work, ctx)
+            self.copied = protect_escaping(work, ctx)
             report.code_after = work.code
             ctx.forget_observation()
         report.changes.extend(changes)
         report.notes.extend(notes)
         report.variant = "captured by Dynamo: " + _describe(inputs)
         self.report = report
+        self.decided = work
         self.backend.pieces.append(self)
         return work.forward
 
@@ -137,45 +153,77 @@ def _reference(gm: fx.GraphModule, ctx: Context) -> Reference:
     return ref
 
 
-def protect_escaping(gm: fx.GraphModule, ctx: Context) -> list[Change]:
+@dataclass
+class Copied:
+    """An output a piece hands out as a copy, because autograd saved it inside the piece."""
+
+    output: int  # index among the piece's flat outputs
+    name: str
+    before: str
+    where: str
+    written_at: str = ""  # where later code wrote the copy ("": no write seen)
+
+    def change(self) -> Change:
+        return Change(
+            "FXG101",
+            self.name,
+            self.before,
+            f"{self.name}.clone() handed out",
+            self.where,
+            f"autograd saved `{self.name}` for backward and code after a graph break "
+            f"writes it in place ({self.written_at}): that code gets a copy, so backward "
+            "still has the value it saved",
+        )
+
+
+def protect_escaping(gm: fx.GraphModule, ctx: Context) -> list[Copied]:
     """Hand out a copy of each output autograd saved inside the piece (see the module doc)."""
     obs = ctx.observe(gm)
     if not obs.complete or obs.backward_error is not None:
         return []
     output = gm.graph.output_node()
-    leaves = [a for a in pytree.tree_leaves(output.args[0]) if isinstance(a, fx.Node)]
+    leaves = pytree.tree_leaves(output.args[0])
     saved = {s.storage for s in obs.saved if s.storage is not None}
     inputs = {
         storage_of(obs.values.get(n)) for n in gm.graph.nodes if n.op in ("placeholder", "get_attr")
     }
     counts: dict[int | None, int] = {}
     for n in leaves:
-        st = storage_of(obs.values.get(n))
-        counts[st] = counts.get(st, 0) + 1
-    changes = []
-    for n in dict.fromkeys(leaves):
+        if isinstance(n, fx.Node):
+            st = storage_of(obs.values.get(n))
+            counts[st] = counts.get(st, 0) + 1
+    copied: list[Copied] = []
+    done: set[fx.Node] = set()
+    for i, n in enumerate(leaves):
+        if not isinstance(n, fx.Node) or n in done:
+            continue
+        done.add(n)
         st = storage_of(obs.values.get(n))
         if st is None or st not in saved or st in inputs or counts[st] > 1:
             continue
         with gm.graph.inserting_before(output):
-            copied = gm.graph.call_method("clone", (n,))
-        copied.meta.update({k: v for k, v in n.meta.items() if k == "fxgrad_loc"})
-        output.replace_input_with(n, copied)
-        changes.append(
-            Change(
-                "FXG101",
-                n.name,
-                render_node(n),
-                f"{copied.name} = {n.name}.clone()",
-                location(n),
-                f"`{n.name}` leaves the graph at a graph break and autograd saved it for "
-                "backward: the code after the break gets a copy, so a write there cannot "
-                "change what backward needs; decided on the call Dynamo compiled",
-            )
-        )
-    if changes:
+            clone = gm.graph.call_method("clone", (n,))
+        clone.meta.update({k: v for k, v in n.meta.items() if k == "fxgrad_loc"})
+        output.replace_input_with(n, clone)
+        copied.append(Copied(i, n.name, render_node(n), location(n)))
+    if copied:
         gm.recompile()
-    return changes
+    return copied
+
+
+def _written_at(gm: fx.GraphModule, index: int, piece: int) -> str:
+    """The user's line of the first in-place op on the piece's input `index`."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if index < len(placeholders):
+        for user in placeholders[index].users:
+            name = user.target if isinstance(user.target, str) else user.target.__name__
+            if (
+                name.endswith("_")
+                and not name.startswith("_")
+                and user.args[:1] == (placeholders[index],)
+            ):
+                return location(user) or f"graph {piece}"
+    return f"graph {piece}"
 
 
 class Backend:
@@ -190,6 +238,30 @@ class Backend:
         self.measure = measure
         self.pieces: list[Piece] = []
         self._made = 0
+        # The copies pieces handed out on their last call, to see whether a graph decided
+        # later writes one: (piece, output) -> (the copy, its version then, its record).
+        self._watched: dict[tuple[int, int], tuple[weakref.ref, int, Copied]] = {}
+
+    def watch(self, piece: Piece, out: Any) -> None:
+        """Remember the copies `piece` just handed out (cheap: one weak reference each)."""
+        flat = pytree.tree_leaves(out)
+        for c in piece.copied:
+            t = flat[c.output]
+            self._watched[(piece.index, c.output)] = (weakref.ref(t), t._version, c)
+
+    def watching(self, args: Sequence[Any]) -> list[tuple[int, torch.Tensor, int, Copied]]:
+        """The handed-out copies among a graph's inputs, with their versions now."""
+        live = {}
+        for ref, _, copied in self._watched.values():
+            t = ref()
+            if t is not None:
+                live[id(t)] = (t, copied)
+        found = []
+        for i, a in enumerate(args):
+            hit = live.get(id(a))
+            if hit is not None and hit[0] is a:
+                found.append((i, a, a._version, hit[1]))
+        return found
 
     def __call__(self, gm: fx.GraphModule, _example_inputs: Sequence[Any]) -> Callable[..., Any]:
         self._made += 1
@@ -197,7 +269,7 @@ class Backend:
 
     def report(self, fx_refusal: str = "") -> Report:
         """One report of every piece decided so far."""
-        out = Report(mode="exact" if self.pieces else "pending", model=self.name)
+        out = Report(mode="exact" if self.pieces else "pending", model=self.name, frontend="dynamo")
         out.variant = f"captured by Dynamo in {len(self.pieces)} graph(s)"
         if fx_refusal:
             out.notes.append(
@@ -209,6 +281,17 @@ class Backend:
             # A recompile of the same code (another size) decides the same change again.
             out.changes.extend(c for c in piece.report.changes if c not in out.changes)
             out.notes.extend(n for n in piece.report.notes if n not in out.notes)
+            written = [c.change() for c in piece.copied if c.written_at]
+            out.changes.extend(c for c in written if c not in out.changes)
+            kept = [f"`{c.name}` ({c.where})" for c in piece.copied if not c.written_at]
+            if kept:
+                note = (
+                    f"graph {piece.index} hands out copies of {', '.join(kept)}: autograd "
+                    "saved them, and code after a graph break could write them in place "
+                    "(no write seen so far)"
+                )
+                if note not in out.notes:
+                    out.notes.append(note)
             before.append(f"# graph {piece.index}\n{piece.report.code_before}")
             after.append(f"# graph {piece.index}\n{piece.report.code_after}")
         out.code_before, out.code_after = "\n".join(before), "\n".join(after)
@@ -221,7 +304,10 @@ def compile_module(module: torch.nn.Module, backend: Backend) -> Callable[..., A
     Dynamo's own errors (its fake tensors refuse a write autograd forbids, an internal
     failure) come back as one FxgradError naming the user's line, chained to Dynamo's.
     """
+    had_flag = "_is_torch_compile" in module.__dict__
     compiled = torch.compile(module, backend=backend, fullgraph=False, dynamic=False)
+    if not had_flag:  # torch.compile marks the module it wraps; the user's must not change
+        module.__dict__.pop("_is_torch_compile", None)
 
     def run(*args: Any, **kwargs: Any) -> Any:
         try:

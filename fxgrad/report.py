@@ -66,6 +66,9 @@ class Report:
     # For a fixed module's report: the call it was decided on (train/eval, the inputs'
     # dtypes, ...), since each combination that needs its own decisions gets a variant.
     variant: str = ""
+    # Which capture the report is of: "fx" (fxgrad's tracer, one graph) or "dynamo"
+    # (torch.compile's graphs, for a forward the tracer refused).
+    frontend: str = "fx"
 
     @property
     def applied(self) -> list[Change]:
@@ -189,6 +192,7 @@ class Report:
             "model": self.model,
             "mode": self.mode,
             "variant": self.variant,
+            "frontend": self.frontend,
             "exit_code": self.exit_code,
             "changes": [c.to_dict() for c in self.changes],
             "notes": list(self.notes),
@@ -211,6 +215,7 @@ class Report:
             notes=list(data.get("notes", [])),
             model=data.get("model", ""),
             variant=data.get("variant", ""),
+            frontend=data.get("frontend", "fx"),
         )
 
     def extend(self, changes: Iterable[Change]) -> None:
