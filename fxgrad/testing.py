@@ -357,18 +357,21 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
         if c.code.startswith(_HAZARD_PREFIXES)
         and not (isinstance(module, FixedModule) and c.applied)
     ]
-    gm, cuts, _ = _find_cuts(fixed, inputs)
-    rows = _unreported_detours(gm, cuts, report)
+    # Dynamo's graphs are pieces of the forward: only the report speaks for them.
+    whole = report.frontend == "fx"
+    gm, cuts, _ = _find_cuts(fixed, inputs) if whole else (None, [], set())
+    rows = _unreported_detours(gm, cuts, report) if gm is not None else []
     lines: list[str] = []
     failure = _eager_failure(module, inputs)
     if failure is not None:
         error, saved_at = failure
         lines = _eager_failure_lines(error, saved_at)
-        rows += _unreported_writes(gm, report, saved_at)
+        if gm is not None:
+            rows += _unreported_writes(gm, report, saved_at)
     if not hazards and not rows and failure is None:
         return report
     out = _unsafe_message(module, len(hazards) + len(rows), lines, rows)
-    raise _fail(out, with_module_paths(report, fixed.graph_module))
+    raise _fail(out, with_module_paths(report, gm) if gm is not None else report)
 
 
 def _unreported_detours(gm: fx.GraphModule, cuts: list[_Cut], report: Report) -> list[list[str]]:
@@ -574,6 +577,12 @@ def _no_gradient_lines(
 ) -> list[str]:
     """For each parameter or input without a gradient, where the captured graph cuts it."""
     fixed = _capture(module, inputs)
+    if fixed.report.frontend != "fx":
+        return [
+            f"- {name} gets no gradient (the forward was captured by Dynamo in pieces, so "
+            "fxgrad cannot point at where the path is cut)."
+            for name in missing
+        ]
     gm, cuts, reaches = _find_cuts(fixed, inputs)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     leaf_ids = [id(t) for t in _leaves(fixed, tuple(inputs))]

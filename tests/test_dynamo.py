@@ -257,3 +257,40 @@ def test_dynamo_refusing_a_write_is_one_plain_error_naming_the_line():
     fixed = fxgrad.fix(model)
     with pytest.raises(fxgrad.FxgradError, match=r"Dynamo could not compile .*test_dynamo.py:\d+"):
         fixed(torch.randn(3, 8))
+
+
+class BranchyCut(nn.Module):
+    """fc2 trains only through a detach() after a data-dependent branch: it gets no grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if h.sum() > -1e9:
+            h = h + self.fc2(x).detach()
+        return h
+
+
+def test_test_helpers_on_a_forward_dynamo_captures():
+    from fxgrad.testing import (
+        AutogradCheckError,
+        assert_autograd_safe,
+        assert_fix_equivalent,
+        assert_grads_flow,
+    )
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    with pytest.raises(AutogradCheckError, match="FXG101"):
+        assert_autograd_safe(Branchy(), x)
+    safe = BranchyReference()
+    report = assert_autograd_safe(safe, x)
+    assert report.frontend == "dynamo" and report.exit_code == 0
+    fixed = assert_fix_equivalent(Branchy(), x)
+    assert fixed.report.frontend == "dynamo"
+    with pytest.raises(AutogradCheckError, match=r"fc2\.weight gets no gradient .*Dynamo"):
+        assert_grads_flow(BranchyCut(), x)
