@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import dataclasses
 import enum
 import operator
 import re
@@ -355,6 +356,14 @@ class _Aliases:
         if isinstance(index, int) and 0 <= index < len(pieces):
             piece = pieces[index]
             return piece if piece is not None else Alias(node)
+        if isinstance(index, int) and -len(pieces) <= index < 0:
+            # `pieces[-1]`: the last piece of *this* call, whose position moves with the
+            # input's size, so its step keeps the negative index as written.
+            piece = pieces[index]
+            if piece is None or not piece.steps or piece.steps[-1].index is None:
+                return Alias(node)
+            last = dataclasses.replace(piece.steps[-1], index=index)
+            return Alias(piece.root, piece.steps[:-1] + (last,))
         if isinstance(index, slice):
             self.pieces[node] = pieces[index]
         return Alias(node)

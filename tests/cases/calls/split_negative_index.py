@@ -23,7 +23,3 @@ def inputs(batch=4):
     return (torch.randn(batch, 3, requires_grad=True),)
 
 
-XFAIL = {
-    "*": "a write into a split/chunk piece taken with a negative index is rewritten to an "
-    "unused zeros_like: the write is lost, the output silently wrong"
-}
