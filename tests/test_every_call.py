@@ -1047,12 +1047,7 @@ def _fallback_grads(
 
 
 # Bugs found in cases this harness does not own: case -> scenario ("*": all) -> reason.
-KNOWN_BUGS: dict[str, dict[str, str]] = {
-    "FXG101/unbind_write": {
-        "batch7": "`a, b, c, d = y.unbind(0)` decided at 4 rows returns at 7 rows where eager "
-        "raises ValueError: the number of unbind pieces is not guarded",
-    },
-}
+KNOWN_BUGS: dict[str, dict[str, str]] = {}
 
 
 def _xfail(case: Case, scenario: str) -> str | None:

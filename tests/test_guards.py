@@ -233,3 +233,24 @@ def test_a_submodule_replaced_after_fixing_is_the_one_called():
     assert len(seen) == 2  # the fixed call and the eager one
     model.eval()  # a mode switch through the user's model is seen too
     torch.testing.assert_close(fixed(x), model(x))
+
+
+class Unpacks(nn.Module):
+    """`a, b = x.unbind(0)`: how many pieces there are is the input's first size."""
+
+    def forward(self, x):
+        a, b = x.unbind(0)
+        h, w = x.shape[1:]  # a shape's length is fixed by the input's rank: no guard
+        return a * b + h * w
+
+
+def test_unpacking_a_size_dependent_sequence_is_guarded():
+    fixed = fxgrad.fix(Unpacks(), (torch.randn(2, 3, 4),))
+    guards = [n for n in fixed.graph_module.graph.nodes if "guard" in n.name]
+    assert len(guards) == 1  # the unbind's count; not the shape's
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    torch.testing.assert_close(fixed(x), Unpacks()(x))
+    with pytest.raises(ValueError, match="too many values to unpack"):  # as eager raises
+        fixed(torch.randn(3, 3, 4))
+    with pytest.raises(FxgradError, match="raises ValueError in forward"):
+        fxgrad.fix(Unpacks(), (torch.randn(1, 3, 4),))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import builtins
+import dis
+import inspect
 import math
 import operator
 from collections.abc import Callable
@@ -108,6 +111,21 @@ class FxgradProxy(fx.Proxy):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __iter__(self) -> Any:
+        # `a, b, c, d = y.unbind(0)`: fx reads the count from the caller's bytecode and
+        # checks nothing; the count is the input's size here, so it is checked, and guarded.
+        caller = inspect.currentframe().f_back  # type: ignore[union-attr]
+        assert caller is not None
+        offsets = [i.offset for i in dis.get_instructions(caller.f_code)]
+        at = bisect.bisect_left(offsets, caller.f_lasti)
+        inst = list(dis.get_instructions(caller.f_code))[at]
+        if inst.opname == "UNPACK_SEQUENCE":
+            unpacked = getattr(self.tracer, "unpacked", None)
+            if unpacked is not None:
+                unpacked(self, inst.argval)
+            return (self[i] for i in range(inst.argval))
+        return self.tracer.iter(self)
 
     def __len__(self) -> int:
         return self.tracer.proxy_len(self)

@@ -49,6 +49,31 @@ def hook_ids(m: torch.nn.Module) -> frozenset:
     return frozenset(k for name in _HOOKS for k in (getattr(m, name, None) or ()))
 
 
+# Calls whose number of outputs is their count argument, whatever the input's size.
+_SPLITS_INTO_N = {"tensor_split", "split", "array_split", "hsplit", "vsplit", "dsplit"}
+
+
+def _count_is_fixed(node: fx.Node, value: Any) -> bool:
+    """Whether unpacking `node` gives the same number of items on every call: a struct
+    (`torch.linalg.eig`, `x.max(dim)`), a shape, or `tensor_split(x, 3)` / `np.split(a, 3)`
+    (a torch `split(x, 3)` takes a piece *size*, so its count moves with the input)."""
+    if hasattr(type(value), "_fields") or hasattr(type(value), "n_fields"):
+        return True
+    if isinstance(value, torch.Size):
+        return True  # `h, w = x.shape[-2:]`: its length follows from the input's rank
+    target = node.target
+    if (node.op == "call_function" and target is getattr and node.args[1:] == ("shape",)) or (
+        node.op == "call_method" and target == "size" and len(node.args) == 1
+    ):
+        return True  # `b, c, h, w = x.shape`: the rank is in every call's key
+    name = getattr(target, "__name__", target if isinstance(target, str) else "")
+    module = getattr(target, "__module__", "") or ""
+    count = node.args[1] if len(node.args) > 1 else None
+    if name == "split" and not module.startswith("numpy"):
+        return False
+    return name in _SPLITS_INTO_N and isinstance(count, int)
+
+
 class FxgradTracer(fx.Tracer):
     """A Tracer that records mutations, NumPy calls and grad modes, and propagates values.
 
@@ -357,6 +382,24 @@ class FxgradTracer(fx.Tracer):
             hint="Pass example inputs: fxgrad.fix(model, (x,)); or unpack a fixed number "
             "of items (`a, b = x.chunk(2)`).",
         )
+
+    def unpacked(self, proxy: fx.Proxy, n: int) -> None:
+        """`a, b = proxy`: note that the call fails, as Python would, when its value has
+        another length, and guard the length, so a call of another size is decided anew."""
+        self.run_pending()
+        value = self._values.get(proxy.node)
+        if value is not None:
+            try:
+                actual = len(value)
+            except TypeError:
+                return
+            if actual != n:  # eager raises ValueError here: the capture check reproduces it
+                self._propagate = False
+                self.propagation_error = ValueError(f"cannot unpack {actual} values into {n}")
+                self.propagation_node = proxy.node
+                return
+        if not _count_is_fixed(proxy.node, value):
+            self.create_proxy("call_function", fxgrad_guard, (proxy, n, "len", self._where()), {})
 
     def proxy_len(self, proxy: fx.Proxy) -> int:
         return self._length(proxy)
