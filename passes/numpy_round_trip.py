@@ -2334,6 +2334,8 @@ def _np_dtype_of(a: Any, values: dict) -> Any:
         if isinstance(v, (int, float, complex)):
             return type(v)
         raise _Unmapped("an operand whose dtype is unknown", a)
+    if isinstance(a, np.generic):  # np.float64(0.5) is a float, but it has NumPy's dtype
+        return a.dtype
     if isinstance(a, bool):
         return np.dtype(bool)
     if isinstance(a, (int, float, complex)):

@@ -57,3 +57,16 @@ def _takes_numpy_dtypes(kind: str, target: Any) -> bool:
         or module.startswith("numpy")
         or hasattr(target, "_fxgrad_ufunc")
     )
+
+
+def register_numpy_scalar_name() -> None:
+    """Let generated code name NumPy scalars: fx writes a constant `np.float64(0.5)` as its
+    repr, which needs `np` (a Python 0.5 would promote differently, so it cannot become one)."""
+    try:
+        import numpy
+    except ImportError:
+        return
+    from torch.fx.graph import _custom_builtins, _register_custom_builtin
+
+    if "np" not in _custom_builtins:
+        _register_custom_builtin("np", "import numpy as np", numpy)

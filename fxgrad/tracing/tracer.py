@@ -21,7 +21,11 @@ from fxgrad.runtime import _ANSWERS, fxgrad_guard
 from fxgrad.tracing.callspec import _register_dataclasses, box_objects
 from fxgrad.tracing.errors import _control_flow_error
 from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX
-from fxgrad.tracing.numpy_args import _numpy_dtype_names, _takes_numpy_dtypes
+from fxgrad.tracing.numpy_args import (
+    _numpy_dtype_names,
+    _takes_numpy_dtypes,
+    register_numpy_scalar_name,
+)
 from fxgrad.tracing.patches import (
     _IS_GRAD_ENABLED,
     _MODE_SWITCHES,
@@ -72,6 +76,9 @@ def _count_is_fixed(node: fx.Node, value: Any) -> bool:
     if name == "split" and not module.startswith("numpy"):
         return False
     return name in _SPLITS_INTO_N and isinstance(count, int)
+
+
+register_numpy_scalar_name()
 
 
 class FxgradTracer(fx.Tracer):

@@ -23,7 +23,3 @@ def inputs(batch=4):
     return (torch.randn(batch, 3, requires_grad=True),)
 
 
-XFAIL = {
-    "*": "capture emits `np.float64(0.5)` into generated code without importing numpy: "
-    "NameError, fix() refuses the model"
-}
