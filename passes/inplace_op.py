@@ -1093,6 +1093,34 @@ _TWINS: dict[str, Callable[[fx.GraphModule, fx.Node, fx.Node], fx.Node | None]] 
 }
 
 
+def _meta_result(node: fx.Node, values: dict, memo: dict[fx.Node, Any]) -> Any:
+    """What `node` computes, on meta tensors: from the observed value of each input, or,
+    for a node an earlier rewrite made (`h = h.mul(2)` for `h.mul_(2)`), from its own
+    inputs in turn, so a second rewrite sees the dtypes the first one produces."""
+
+    def meta(a: Any) -> Any:
+        if not isinstance(a, fx.Node):
+            return a
+        if a in memo:
+            return memo[a]
+        v = values.get(a)
+        if isinstance(v, torch.Tensor):
+            memo[a] = torch.empty_like(v, device="meta")
+        elif v is not None or a.op not in ("call_function", "call_method"):
+            memo[a] = v
+        else:
+            memo[a] = _meta_result(a, values, memo)
+        return memo[a]
+
+    args = fx.node.map_aggregate(node.args, meta)
+    kwargs = fx.node.map_aggregate(node.kwargs, meta)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    return None
+
+
 def _keep_dtype(gm: fx.GraphModule, new: fx.Node, target: fx.Node, values: dict | None) -> fx.Node:
     """In-place ops keep their target's dtype; out-of-place ones promote. Cast back if so."""
     if values is None:
@@ -1101,21 +1129,9 @@ def _keep_dtype(gm: fx.GraphModule, new: fx.Node, target: fx.Node, values: dict 
     if not isinstance(tv, torch.Tensor):
         return new
 
-    def meta(a: Any) -> Any:
-        if isinstance(a, fx.Node):
-            v = values.get(a) if a is not new else None
-            return torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
-        return a
-
+    memo: dict[fx.Node, Any] = {}
     try:
-        args = fx.node.map_aggregate(new.args, meta)
-        kwargs = fx.node.map_aggregate(new.kwargs, meta)
-        if new.op == "call_method":
-            res = getattr(args[0], new.target)(*args[1:], **kwargs)
-        elif new.op == "call_function":
-            res = new.target(*args, **kwargs)
-        else:
-            return new
+        res = _meta_result(new, values, memo)
     except Exception:
         return new
     if isinstance(res, torch.Tensor) and res.dtype != tv.dtype:

@@ -21,5 +21,3 @@ class Reference(nn.Module):
 
 def inputs(batch=4):
     return (torch.randn(batch, 3, requires_grad=True),)
-
-

@@ -28,9 +28,3 @@ class Reference(nn.Module):
 
 def inputs(batch=4):
     return (torch.randn(batch, 3, requires_grad=True),)
-
-
-XFAIL = {
-    "float64": "on float64 the rewrite of `f.add_(h)` after `h`'s own rewrite drops the cast "
-    "back to float32: verification rolls FXG101 back and backward still fails",
-}
