@@ -17,9 +17,19 @@ def twin(module: torch.nn.Module, memo: dict[int, object] | None = None) -> torc
     The copy's `train()`/`eval()` and attribute changes never reach the user's module, while
     parameters and buffers stay shared, so an optimizer over either updates both.
     """
+    top = memo is None
     memo = {} if memo is None else memo
     if id(module) in memo:
         return memo[id(module)]
+    new = _twin_one(module, memo)
+    if top:  # every twin exists now: point the hooks at them
+        for obj in list(memo.values()):
+            if isinstance(obj, torch.nn.Module):
+                _rebind_hooks(obj, memo)
+    return new
+
+
+def _twin_one(module: torch.nn.Module, memo: dict[int, object]) -> torch.nn.Module:
     cls = type(module)
     new = None
     if not _plain_copy(cls):
@@ -58,6 +68,48 @@ def twin(module: torch.nn.Module, memo: dict[int, object] | None = None) -> torc
         k: (twin(v, memo) if v is not None else None) for k, v in module._modules.items()
     }
     return new
+
+
+def _rebind_hooks(new: torch.nn.Module, memo: dict[int, object]) -> None:
+    """A hook bound to a module of the tree (`self._record`), or a closure over a container
+    (`seen.append`), records into the twin's copy while fxgrad probes, not the user's."""
+    for k in _HOOK_TABLES:
+        table = new.__dict__.get(k)
+        if not isinstance(table, dict):
+            continue
+        for key, hook in list(table.items()):
+            if callable(hook):
+                table[key] = _hook_twin(hook, memo)
+
+
+def _hook_twin(hook: object, memo: dict[int, object]) -> object:
+    if isinstance(hook, types.MethodType):
+        owner = memo.get(id(hook.__self__))
+        if owner is not None and owner is not hook.__self__:
+            return types.MethodType(hook.__func__, owner)
+        return hook
+    if isinstance(hook, types.FunctionType) and hook.__closure__:
+        cells = []
+        for cell in hook.__closure__:
+            try:
+                v = cell.cell_contents
+            except ValueError:  # an empty cell
+                cells.append(cell)
+                continue
+            if type(v) in _CONTAINERS:
+                v = memo.setdefault(id(v), copy.copy(v))
+            elif id(v) in memo:
+                v = memo[id(v)]
+            else:
+                cells.append(cell)
+                continue
+            cells.append(types.CellType(v))
+        fn = types.FunctionType(
+            hook.__code__, hook.__globals__, hook.__name__, hook.__defaults__, tuple(cells)
+        )
+        fn.__kwdefaults__ = hook.__kwdefaults__
+        return fn
+    return hook
 
 
 _CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)

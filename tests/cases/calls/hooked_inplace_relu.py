@@ -37,9 +37,3 @@ def inputs(batch=4):
 def observe(model):
     """What the hook saw, call by call."""
     return list(model.seen)
-
-
-XFAIL = {
-    "*": "fix() and the call that decides a variant run the user's forward hooks while "
-    "probing: the hook records calls the user never made"
-}
