@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py                  # everything (long: the full zoo)
     python benchmarks/run_all.py --only scaling,zoo
+    python benchmarks/run_all.py --only zoo_tt     # timm and transformers (about 15 min)
     python benchmarks/run_all.py --quick --output /tmp/RESULTS.md
 
 Each benchmark runs as a subprocess with this Python, one after the other, so one run
@@ -81,8 +82,16 @@ BENCHES = (
         "zoo",
         "torchvision zoo",
         "zoo.py",
-        ("--markdown",),
-        ("--markdown", "--quick"),
+        ("--markdown", "--library", "torchvision"),
+        ("--markdown", "--quick", "--library", "torchvision"),
+        True,
+    ),
+    Bench(
+        "zoo_tt",
+        "timm and transformers zoo",
+        "zoo.py",
+        ("--markdown", "--library", "timm,transformers", "--threads", "1"),
+        ("--markdown", "--quick", "--library", "timm,transformers", "--threads", "1"),
         True,
     ),
     Bench(
