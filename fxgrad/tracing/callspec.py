@@ -56,7 +56,7 @@ def _same_constant(a: Any, b: Any) -> bool:
         return a is b
 
 
-def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature | None, n: int) -> list[str]:
+def _leaf_names(spec: pytree.TreeSpec, signature: inspect.Signature | None) -> list[str]:
     """Name each input leaf after its forward parameter: `x`, `batch_image`, `xs_1`."""
     paths = _spec_paths(spec)
     params = list(signature.parameters.values()) if signature is not None else []
@@ -151,7 +151,7 @@ def call_spec(
         for i, leaf in enumerate(leaves)
         if not isinstance(leaf, (torch.Tensor, _StaticLeaf)) and not _is_array(leaf)
     }
-    names = _dedupe(_leaf_names(spec, signature, len(leaves)))
+    names = _dedupe(_leaf_names(spec, signature))
     return CallSpec(signature, spec, names, constants), leaves
 
 
