@@ -504,8 +504,12 @@ def _saves(node: fx.Node, gm: fx.GraphModule) -> Saves:
     if _view_kind(node) is not None:
         return _N
     name = getattr(node.target, "__name__", str(node.target))
-    if node.op == "call_function" and not name.endswith("_") and writes_to(node, gm) is not None:
-        name += "_"  # `F.elu(x, inplace=True)` runs elu_
+    if (
+        node.op == "call_function"
+        and name + "_" in STATIC_SAVES
+        and writes_to(node, gm) is not None
+    ):
+        name += "_"  # `F.elu(x, inplace=True)` runs elu_ (but `x += y` is iadd, not iadd_)
     return STATIC_SAVES.get(name, _B)
 
 

@@ -192,3 +192,40 @@ def test_every_module_saves_what_its_op_entry_admits(cls, inplace):
         f"{cls.__name__}({'inplace=True' if inplace else ''}) saves {found}, "
         f"but its entry {name!r} says {claim}"
     )
+
+
+class _Residual(nn.Module):
+    """timm's and torchvision's block tail: `x += shortcut`, then an in-place ReLU."""
+
+    def __init__(self, saver: str):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.act = nn.ReLU(inplace=True)
+        self.saver = saver
+
+    def forward(self, x):
+        h = self.bn(x) if self.saver == "bn" else torch.sigmoid(x)
+        h += x  # iadd: saves nothing itself, but writes what sigmoid saved
+        return self.act(h)
+
+
+@pytest.mark.parametrize("saver, rewrites", [("bn", 0), ("sigmoid", 1)])
+def test_static_iadd_saves_nothing_and_a_write_after_a_saver_is_found(saver, rewrites):
+    from fxgrad.api import fix_static
+
+    model = _Residual(saver)
+    fixed = fix_static(model)
+    assert len(fixed.report.applied) == rewrites, fixed.report.table()
+    x = torch.randn(3, 4, requires_grad=True)
+    reference = _Residual(saver)
+    reference.load_state_dict(model.state_dict())
+    xr = x.detach().requires_grad_()
+    got = fixed(x)
+    if saver == "sigmoid":
+        want = torch.relu(torch.sigmoid(xr) + xr)
+    else:
+        want = reference(xr)
+    torch.testing.assert_close(got, want)
+    (g,) = torch.autograd.grad(got.sum(), [x])
+    (w,) = torch.autograd.grad(want.sum(), [xr])
+    torch.testing.assert_close(g, w)
