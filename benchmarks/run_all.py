@@ -63,6 +63,14 @@ BENCHES = (
         True,
     ),
     Bench(
+        "capture_timm",
+        "capture cost on timm models: fix() vs torch.fx and timm's fx tracer",
+        "capture_timm.py",
+        ("--markdown",),
+        ("--markdown", "--quick", "--repeats", "2"),
+        True,
+    ),
+    Bench(
         "tools",
         "capture cost: fix() vs make_fx, torch.export, torch.compile",
         "capture_vs_tools.py",
