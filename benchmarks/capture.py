@@ -6,7 +6,9 @@ For each model, in one process and interleaved round by round, times:
 - `torch.fx.symbolic_trace(model)` (the baseline, ratio 1.00),
 - `torch.fx` tracing with `record_stack_traces=True` (what finding the user's line would
   cost the fx way),
-- `fxgrad.fix(model)` without example inputs (capture, static passes, fixed module),
+- the static decision, without example inputs (`fxgrad.check(model)` and the CLI without
+  `--input` decide this way: capture, static passes, fixed module; a plain
+  `fxgrad.fix(model)` decides on its first call instead, as `fix(inputs)` does),
 - `fxgrad.fix(model, inputs)` with example inputs (adds value propagation, the capture
   check, probing and verification), next to the cost of three forward+backward runs.
 
@@ -30,6 +32,7 @@ from tabulate import tabulate
 from torch import fx, nn
 
 import fxgrad
+from fxgrad.api import fix_static
 
 
 class Attention(nn.Module):
@@ -99,7 +102,7 @@ def measure(model: nn.Module, inputs: tuple, repeats: int) -> dict[str, float]:
     variants = {
         "symbolic_trace": lambda: fx.symbolic_trace(model),
         "fx + stack traces": lambda: _stack_trace_tracer(model),
-        "fix()": lambda: fxgrad.fix(model),
+        "fix()": lambda: fix_static(model),
         "fix(inputs)": lambda: fxgrad.fix(model, inputs),
         "3x fwd+bwd": lambda: _three_forward_backward(model, inputs),
     }
@@ -140,7 +143,7 @@ def main() -> None:
         "model",
         "symbolic_trace ms",
         "fx stack traces",
-        "fix() ms (vs trace)",
+        "static fix ms (vs trace)",
         "fix(inputs) ms",
         "fix(inputs) / (trace + 3 fwd+bwd)",
     ]

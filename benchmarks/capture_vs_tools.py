@@ -5,7 +5,9 @@
 
 For each model, in one process and interleaved round by round, times:
 - `torch.fx.symbolic_trace(model)` (the baseline, ratio 1.00),
-- `fxgrad.fix(model)` without example inputs and `fxgrad.fix(model, inputs)` with them,
+- fxgrad's static decision without example inputs (`fix()` column: what `fxgrad.check(model)`
+  and the CLI without `--input` run; a plain `fxgrad.fix(model)` decides on its first call)
+  and `fxgrad.fix(model, inputs)` with them,
 - `make_fx(torch.func.functionalize(model))(*inputs)` (proxy-tensor tracing to a
   functional ATen graph),
 - `torch.export.export(model, inputs)`,
@@ -39,6 +41,7 @@ from tabulate import tabulate
 from torch import fx, nn
 
 import fxgrad
+from fxgrad.api import fix_static
 
 TOOLS = (
     "symbolic_trace",
@@ -100,7 +103,7 @@ def _three_forward_backward(model: nn.Module, inputs: tuple) -> None:
 def variants(model: nn.Module, inputs: tuple) -> dict[str, Callable[[], object]]:
     return {
         "symbolic_trace": lambda: fx.symbolic_trace(model),
-        "fix()": lambda: fxgrad.fix(model),
+        "fix()": lambda: fix_static(model),
         "fix(inputs)": lambda: fxgrad.fix(model, inputs),
         "make_fx(functionalize)": lambda: _make_fx(model, inputs),
         "torch.export": lambda: torch.export.export(model, inputs),

@@ -12,8 +12,9 @@ rewrites at every size; `--unsafe-every K` puts them in every K-th block instead
 rewrites grow with the graph).
 
 For each size it times, interleaved round by round, `torch.fx.symbolic_trace` (for
-reference), capture alone (`fxgrad.fix(model, select=[])`: tracing, no pass),
-`fxgrad.fix(model)` and `fxgrad.fix(model, (x,))` with a tiny 4x8 input, and
+reference), capture alone (static, no pass), the static decision (`fix()` column: what
+`fxgrad.check(model)` without inputs and the CLI without `--input` run: capture and the
+static passes) and `fxgrad.fix(model, (x,))` with a tiny 4x8 input, and
 prints microseconds per node (nodes of the captured graph) and the ratio to the smallest
 size. Per-node time must stay flat: at 50k nodes at most 1.3x the time per node at 1k.
 """
@@ -34,6 +35,7 @@ from tabulate import tabulate
 from torch import fx, nn
 
 import fxgrad
+from fxgrad.api import fix_static
 
 LIMIT = 1.3  # largest allowed per-node time ratio to the smallest size
 NODES_PER_BLOCK = 8  # nodes of a block without unsafe writes
@@ -119,8 +121,8 @@ def measure(model: nn.Module, inputs: tuple, repeats: int) -> tuple[dict[str, fl
     del fixed
     variants: dict[str, Callable[[], object]] = {
         "symbolic_trace": lambda: fx.symbolic_trace(model),
-        "capture only": lambda: fxgrad.fix(model, select=[]),
-        "fix()": lambda: fxgrad.fix(model),
+        "capture only": lambda: fix_static(model, select=[]),
+        "fix()": lambda: fix_static(model),
         "fix(inputs)": lambda: fxgrad.fix(model, inputs),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "µs/node (vs smallest)",
         "capture only s",
         "µs/node (vs smallest)",
-        "fix() s",
+        "fix() static s",
         "µs/node (vs smallest)",
         "fix(inputs) s",
         "µs/node (vs smallest)",
