@@ -88,12 +88,23 @@ def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     ]
 
 
+def seeded_gradients(
+    outputs: list[torch.Tensor], wrt: list[torch.Tensor], seed: int
+) -> list[torch.Tensor | None]:
+    """The gradients of `wrt` (None where unused) for `outputs` weighted by `cotangents`.
+
+    Gradients come from `torch.autograd.grad`, so no `.grad` is ever left on a parameter.
+    Errors of the backward propagate.
+    """
+    return list(torch.autograd.grad(outputs, wrt, cotangents(outputs, seed), allow_unused=True))
+
+
 def run_forward_backward(
     fn: Any, inputs: list[Any], params: list[torch.Tensor], seed: int
 ) -> tuple[list[Any], list[torch.Tensor | None] | None, BaseException | None]:
     """Run fn(*inputs) with a fixed seed; return flat outputs, gradients and backward error.
 
-    Gradients come from `torch.autograd.grad`, so no `.grad` is ever left on a parameter.
+    The backward is `seeded_gradients` with respect to the parameters, then the inputs.
     """
     if isinstance(fn, fx.GraphModule):
         fn = fn.forward  # gm() would print fx's own traceback for errors we expect
@@ -107,10 +118,10 @@ def run_forward_backward(
     if not diff or not wrt:
         return flat, [], None
     try:
-        grads = torch.autograd.grad(diff, wrt, cotangents(diff, seed), allow_unused=True)
+        grads = seeded_gradients(diff, wrt, seed)
     except RuntimeError as e:
         return flat, None, e
-    return flat, list(grads), None
+    return flat, grads, None
 
 
 def compare_outputs(actual: list[Any], expected: list[Any]) -> tuple[int, str] | None:

@@ -46,9 +46,9 @@ from fxgrad.graph_utils import (
 from fxgrad.observe import Extension, Observation, Observer, observe
 from fxgrad.pipeline import (
     compare_outputs,
-    cotangents,
     differentiable_outputs,
     flat_outputs,
+    seeded_gradients,
 )
 from fxgrad.report import Report, clean_torch_error
 from fxgrad.state import restored
@@ -332,7 +332,7 @@ def _eager_failure(module: nn.Module, inputs: tuple) -> tuple[str, str] | None:
             diff = differentiable_outputs(flat_outputs(out))
             wrt = params + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
             if diff and wrt:
-                torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+                seeded_gradients(diff, wrt, _SEED)
         except RuntimeError as e:
             return _first_line(e), _user_frame(caught)
     return None
@@ -489,7 +489,7 @@ def _nonfinite_origin(module: nn.Module, args: list[Any], wrt: list[torch.Tensor
                 torch.manual_seed(_SEED)
                 diff = differentiable_outputs(pytree.tree_leaves(module(*args)))
                 with torch.autograd.detect_anomaly(check_nan=True):
-                    torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+                    seeded_gradients(diff, wrt, _SEED)
             except RuntimeError as e:
                 where = _user_frame(caught)
                 return f"{_first_line(e)}" + (f" (forward op at {where})" if where else "")
@@ -562,7 +562,7 @@ def _gradients(
             diff = differentiable_outputs(pytree.tree_leaves(module(*args)))
             if not diff:
                 return [None] * len(wrt)
-            return list(torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True))
+            return seeded_gradients(diff, wrt, _SEED)
         except RuntimeError as e:
             raise _fail(
                 [
@@ -639,10 +639,10 @@ def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tu
         if not diff or not wrt:
             return flat, [], None, None
         try:
-            grads = torch.autograd.grad(diff, wrt, cotangents(diff, _SEED), allow_unused=True)
+            grads = seeded_gradients(diff, wrt, _SEED)
         except RuntimeError as e:
             return flat, None, None, e
-        return flat, list(grads), None, None
+        return flat, grads, None, None
 
 
 def assert_fix_equivalent(
