@@ -43,7 +43,7 @@ from fxgrad.pipeline import (
 )
 from fxgrad.registry import Pass, select_passes
 from fxgrad.report import Report
-from fxgrad.state import PrivateState, forked_rng, private_state
+from fxgrad.state import PrivateState, forked_rng, private_state, python_state_restored
 from fxgrad.tracing import (
     ROOT_ATTR,
     CallSpec,
@@ -1022,14 +1022,15 @@ def _decide_with_dynamo(
 ) -> None:
     """Run the example call through Dynamo now, so each graph it captures is decided on it.
 
-    The call runs on private copies of the model's tensors with the RNG restored after, so
+    The call runs on private copies of the model's tensors with the RNG restored after, and
+    what it changes in the modules' Python state (a hook a forward installs) is put back, so
     fixing leaves the model as it was; later calls reuse the decided graphs wherever
     Dynamo's guards hold, and graphs first met later are decided on their first call.
     """
     run = fixed._use_dynamo(refusal)
     call_args = clone_inputs(list(args))
     call_kwargs = dict(zip(kwargs or {}, clone_inputs(list((kwargs or {}).values()))))
-    with _gc_paused(), private_state(model), torch.enable_grad():
+    with _gc_paused(), python_state_restored(model), private_state(model), torch.enable_grad():
         run(*call_args, **call_kwargs)
 
 

@@ -12,6 +12,7 @@ back at the end, with the RNG state as it was.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -132,3 +133,42 @@ def restored(tensors: Iterable[Any]) -> Iterator[None]:
                         t.copy_(s)
             for t, g in grads:
                 t.grad = g
+
+
+_CONTAINERS = (dict, list, set)
+
+
+def _refill(obj: Any, copy_: Any) -> None:
+    if isinstance(obj, dict):
+        obj.clear()
+        obj.update(copy_)
+    elif isinstance(obj, list):
+        obj[:] = copy_
+    elif isinstance(obj, set):
+        obj.clear()
+        obj.update(copy_)
+
+
+@contextlib.contextmanager
+def python_state_restored(root: nn.Module) -> Iterator[None]:
+    """Run a forward on the user's own modules, then put back what it changed in Python.
+
+    For the runs that cannot use a twin (Dynamo compiles the user's module itself): every
+    module's attributes are put back as they were, attributes the forward added are removed,
+    and the dicts, lists and sets they hold (hook tables a forward installs on its first
+    call, caches) are refilled with what they held before.
+    """
+    saved = []
+    for m in root.modules():
+        d = m.__dict__
+        contents = [(v, copy.copy(v)) for v in d.values() if isinstance(v, _CONTAINERS)]
+        saved.append((d, dict(d), contents))
+    try:
+        yield
+    finally:
+        for d, before, contents in saved:
+            for k in [k for k in d if k not in before]:
+                del d[k]
+            d.update(before)
+            for obj, was in contents:
+                _refill(obj, was)

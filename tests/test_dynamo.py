@@ -294,3 +294,35 @@ def test_test_helpers_on_a_forward_dynamo_captures():
     assert fixed.report.frontend == "dynamo"
     with pytest.raises(AutogradCheckError, match=r"fc2\.weight gets no gradient .*Dynamo"):
         assert_grads_flow(BranchyCut(), x)
+
+
+class InstallsHooks(nn.Module):
+    """Installs a forward hook and a cache on its first call (as transformers' output
+    recorders do), then branches on data."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.cache = {}
+
+    def forward(self, x):
+        if not self.fc._forward_hooks:
+            self.fc.register_forward_hook(lambda m, i, o: None)
+            self.installed = True
+        h = self.fc(x)
+        self.cache["last"] = 1
+        if h.sum() > 0:
+            h = h * 2
+        return h
+
+
+def test_fixing_through_dynamo_leaves_the_modules_python_state_alone():
+    torch._dynamo.reset()
+    model = InstallsHooks()
+    fixed = fxgrad.fix(model, (torch.randn(3, 4),))
+    assert fixed.report.frontend == "dynamo"
+    assert not model.fc._forward_hooks and model.cache == {}
+    assert not hasattr(model, "installed")
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(fixed(x), copy.deepcopy(model)(x))
+    assert len(model.fc._forward_hooks) == 1 and model.cache == {"last": 1}  # the user's call
