@@ -880,3 +880,31 @@ def test_a_proxy_left_by_an_earlier_trace_is_a_clear_error():
     torch.fx.symbolic_trace(model)  # plain fx leaves its Proxy in model.cache
     with pytest.raises(fxgrad.FxgradError, match="Proxy in self.cache"):
         fxgrad.fix(model, (torch.randn(3),))
+
+
+class LazyTable(nn.Module):
+    """A buffer rebuilt on the first call for the input's size (timm's ConViT), read again
+    after a question about a size made capture run the recorded ops on the example."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("table", torch.zeros(1, 1), persistent=False)
+
+    def forward(self, x):
+        n = x.shape[1]
+        if self.table.shape[0] != n:
+            self.table = torch.arange(n, dtype=x.dtype).view(n, 1) * 0.1
+        steps = len(x)  # answered from the example values: the rebuild has run by now
+        return self.lin(x.transpose(1, 2)).transpose(1, 2) * steps + self.table
+
+
+def test_a_buffer_rebuilt_in_forward_is_read_back_as_the_new_value():
+    model = LazyTable()
+    x = torch.randn(2, 4, 5, requires_grad=True)
+    fixed = fxgrad.fix(model, (x,))
+    fresh = LazyTable()
+    fresh.load_state_dict(model.state_dict())
+    for xx in (x, torch.randn(3, 4, 5), torch.randn(2, 4, 7)):
+        torch.testing.assert_close(fixed(xx), fresh(xx))
+        torch.testing.assert_close(model.table, fresh.table)

@@ -53,6 +53,20 @@ def hook_ids(m: torch.nn.Module) -> frozenset:
     return frozenset(k for name in _HOOKS for k in (getattr(m, name, None) or ()))
 
 
+def _writes_module_state(node: fx.Node, args: Any) -> bool:
+    """A recorded write of a module's buffer table or attribute (see record_module_setattr)."""
+    if node.op != "call_function" or not args:
+        return False
+    if node.target is operator.setitem:
+        holder = node.args[0]
+        return (
+            isinstance(holder, fx.Node)
+            and holder.op == "get_attr"
+            and str(holder.target).rsplit(".", 1)[-1] == "_buffers"
+        )
+    return node.target is builtins.setattr and isinstance(args[0], torch.nn.Module)
+
+
 # Calls whose number of outputs is their count argument, whatever the input's size.
 _SPLITS_INTO_N = {"tensor_split", "split", "array_split", "hsplit", "vsplit", "dsplit"}
 
@@ -178,6 +192,11 @@ class FxgradTracer(fx.Tracer):
                 value = getattr(args[0], node.target)(*args[1:], **kwargs)
             elif node.target in _MODE_SWITCHES:
                 value = None  # keep propagation itself under no_grad
+            elif _writes_module_state(node, args):
+                # `self.buf = t` is recorded, and the module's table already holds t's proxy
+                # for later reads; written here, the real tensor would be found again by
+                # identity and read back as the buffer's *first* get_attr.
+                value = None
             else:
                 value = node.target(*args, **kwargs)
         except Exception as e:  # the capture check reproduces this against eager
