@@ -841,6 +841,21 @@ def header(libraries: tuple[str, ...] = LIBRARIES) -> str:
     )
 
 
+# What each library's part of the zoo holds, printed above its table.
+ABOUT = {
+    "torchvision": "torchvision: every model of its classification, video, optical-flow and "
+    'segmentation builders, random weights. "vendor fx" is torchvision\'s feature-extraction '
+    "tracer.",
+    "timm": "timm: the smallest variant of each of timm's model modules, plus its test models "
+    'and a few common variants, random weights. "vendor fx" is timm\'s feature-extraction '
+    "tracer (torchvision's NodePathTracer with timm's leaf modules and autowrapped functions).",
+    "transformers": "transformers: architectures from tiny configs, called with keyword "
+    "arguments and the model's own default `use_cache` (decoders then return a "
+    '`DynamicCache`). transformers 5 ships no fx tracer. "front-end" says whether fxgrad\'s '
+    "tracer captured the forward (fx) or handed it to Dynamo (a data-dependent branch).",
+}
+
+
 def report(rows: list[Row], libraries: tuple[str, ...], markdown: bool = False) -> str:
     """One table and summary per library."""
     parts = [header(libraries)]
@@ -850,7 +865,7 @@ def report(rows: list[Row], libraries: tuple[str, ...], markdown: bool = False) 
             continue
         if len(libraries) > 1:
             parts.append(f"### {lib}" if markdown else f"== {lib} ==")
-        parts += [table(lib_rows, markdown), summary(lib_rows, markdown)]
+        parts += [ABOUT[lib], table(lib_rows, markdown), summary(lib_rows, markdown)]
     return "\n\n".join(parts)
 
 
