@@ -1198,15 +1198,7 @@ def _b_astype(e: _Emitter, p: dict) -> fx.Node:
 
 def _b_getitem(e: _Emitter, p: dict) -> fx.Node:
     key = p["key"]
-    for k in key if isinstance(key, tuple) else (key,):
-        if (
-            isinstance(k, slice)
-            and k.step is not None
-            and not (isinstance(k.step, int) and k.step > 0)
-        ):
-            raise _Unmapped("a slice with a negative or unknown step")
-        if isinstance(k, fx.Node) and k not in e.tensors and not isinstance(e.val(k), int):
-            raise _Unmapped("an index that is not a Python int or a translated array")
+    _check_key(e, key)
     return e.f(operator.getitem, p["a"], key)
 
 
