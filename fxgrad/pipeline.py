@@ -209,7 +209,7 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
             f"{'raises ' + type(ref.forward_error).__name__ if ref.forward_error else 'runs'}: "
             f"{_first_line(e)}",
             hint="This is a capture bug in fxgrad; please report it with the model. "
-            "Meanwhile make the offending module a leaf module.",
+            'Meanwhile `fxgrad.fix(model, frontend="dynamo")` captures it with Dynamo.',
         ) from e
     if run.first_refusal and ref.forward_error is None and torch.is_grad_enabled():
         # The run went on past a write autograd refused; eager ran it without complaint.
@@ -217,7 +217,7 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
         raise EquivalenceError(
             f"The captured graph raises RuntimeError where eager PyTorch runs: {run.first_refusal}",
             hint="This is a capture bug in fxgrad; please report it with the model. "
-            "Meanwhile make the offending module a leaf module.",
+            'Meanwhile `fxgrad.fix(model, frontend="dynamo")` captures it with Dynamo.',
         )
     if ref.outputs is None or run.outputs is None:
         return run
@@ -233,8 +233,8 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
         where = f" (node {node.name} at {location(node) or 'an unknown line'})"
     raise EquivalenceError(
         f"The captured graph differs from eager PyTorch: {message}{where}.",
-        hint="fxgrad changed nothing; please report this model. Making the module that "
-        "computes this output a leaf module usually avoids it.",
+        hint="fxgrad changed nothing; please report this model. Meanwhile "
+        '`fxgrad.fix(model, frontend="dynamo")` captures it with Dynamo.',
     )
 
 

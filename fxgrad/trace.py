@@ -43,14 +43,16 @@ fxgrad's tracer records what plain torch.fx.symbolic_trace loses or refuses:
 - shape idioms: `b, c, h, w = x.shape`, `for t in x.chunk(3)`, `len(x)`, `int(...)` of a
   size, `torch.zeros(b, t)` sized from shapes, `torch.finfo(x.dtype)`: answered from the
   example inputs, sizes kept symbolic, with a guard that raises if a later call differs;
-- `self.training` branches: both modes are captured, `train()`/`eval()` pick the graph.
+- `self.training` branches: each mode is captured on its own, and `train()`/`eval()` pick
+  the graph.
 
 Kept as one call, not looked inside: torch.nn's own modules, a submodule with hooks (so
 the hooks still run), and a submodule passed to `torch.utils.checkpoint.checkpoint`.
 
 Cannot be captured: Python control flow on tensor values (`if x.sum() > 0:`), or code
 that needs a real tensor where a traced value is (`isinstance(t, torch.Tensor)` asserts).
-Remedies: move that code into a function marked with `torch.fx.wrap`, make its module a
-leaf, use `torch.where` or masking so both branches are computed, or pass example inputs
-when the question is about sizes.
+Remedies: pass example inputs (`fxgrad.fix(model)` decides on the first call), which
+answers questions about sizes and hands data-dependent control flow to Dynamo; or move
+that code into a function marked with `torch.fx.wrap`; or use `torch.where` or masking
+so both branches are computed.
 """

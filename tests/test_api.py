@@ -311,7 +311,33 @@ def test_untraceable_forward_names_the_line_and_what_to_try():
     message = str(info.value)
     assert "test_api.py:" in message
     assert "control flow" in message
-    assert "torch.fx.wrap" in info.value.hint or "leaf module" in info.value.hint
+    assert "torch.fx.wrap" in info.value.hint and "example inputs" in info.value.hint
+    assert "concrete_args" not in info.value.hint  # nothing in fxgrad accepts it
+
+
+@torch.fx.wrap
+def _double_if_positive(x):
+    return x * 2 if x.sum() > 0 else x - 1
+
+
+class WrappedBranch(nn.Module):
+    def forward(self, x):
+        h = torch.tanh(x)
+        return _double_if_positive(h) * h
+
+
+def test_the_hints_fx_wrap_remedy_captures_the_branch():
+    """The TraceError's hint must name a remedy that works: a torch.fx.wrap'd function is one call."""
+    model = WrappedBranch()
+    fixed = fxgrad.fix(model, (torch.randn(3),), frontend="fx")
+    assert fixed.report.frontend == "fx"
+    for x in (torch.rand(5), -torch.rand(2)):  # both branches, other sizes
+        x = x.requires_grad_()
+        expected = model(x)
+        torch.testing.assert_close(fixed(x), expected)
+        (g,) = torch.autograd.grad(fixed(x).sum(), x)
+        (e,) = torch.autograd.grad(expected.sum(), x)
+        torch.testing.assert_close(g, e)
 
 
 def test_untraceable_forward_without_inputs_is_a_trace_error_too():

@@ -22,9 +22,10 @@ def _trace_error(e: Exception) -> TraceError:
         )
     else:
         hint = (
-            "Make the module that does this a leaf module, wrap the function with "
-            "torch.fx.wrap, or fix the value with concrete_args; `fxgrad explain capture` "
-            "says what capture supports."
+            "Pass example inputs (`fxgrad.fix(model)` decides on the first call), so "
+            "fxgrad answers the value from a real call; or move the code that does this "
+            "into a function marked with torch.fx.wrap. `fxgrad explain capture` says what "
+            "capture supports."
         )
     return TraceError(
         f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint
@@ -60,7 +61,8 @@ def _control_flow_error(where: str, kind: str) -> TraceError:
     return TraceError(
         f"The forward uses the value of a tensor in Python control flow at {where} "
         f"({kind}() of data computed by the model), which a graph cannot capture.",
-        hint="Move the data-dependent part into a function marked with torch.fx.wrap, "
-        "make its module a leaf module, fix the branch with concrete_args, or use "
-        "torch.where / masking so both branches are computed.",
+        hint="Pass example inputs (`fxgrad.fix(model)` decides on the first call): fxgrad "
+        "then hands such a forward to Dynamo. Or move the data-dependent part into a "
+        "function marked with torch.fx.wrap, or use torch.where / masking so both "
+        "branches are computed.",
     )
