@@ -23,7 +23,6 @@ import datetime
 import math
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -34,9 +33,12 @@ from dataclasses import dataclass, field
 import torch
 from tabulate import tabulate
 from torch import nn
-from torch.utils import benchmark
 
-import fxgrad
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cat_contiguity import chunked, side_by_side  # noqa: E402
+
+import fxgrad  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
 # Part 1: the candidates on their own
@@ -132,40 +134,15 @@ def _step(forward: Callable[[], torch.Tensor], consumer, xs: list[torch.Tensor])
     return step
 
 
-def _timer(fn, chunk_s: float, threads: int):
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    number = 1
-    while number < 1 << 14 and timer.timeit(number).median * number < chunk_s:
-        number *= 2
-    return timer, number
-
-
 def interleaved(
     fns: dict[str, Callable[[], None]], rounds: int, chunk_s: float, threads: int, inner: int = 3
 ):
     """Median seconds per call of each fn over rounds, and how disturbed the timing was.
 
-    In each round every fn is timed `inner` times in chunks of about chunk_s, in a fresh
-    random order, and the round's sample is its fastest chunk (other work on the machine
-    only ever adds time). Noise is the largest median / fastest sample ratio.
+    The same interleaved, fastest-of-chunks method as benchmarks/cat_contiguity.py.
     """
-    timers = {name: _timer(fn, chunk_s, threads) for name, fn in fns.items()}
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns)
-    rng = random.Random(0)
-    for _ in range(rounds):
-        fastest: dict[str, float] = {}
-        for _ in range(inner):
-            rng.shuffle(order)
-            for name in order:
-                timer, number = timers[name]
-                t = timer.timeit(number).median
-                fastest[name] = min(t, fastest.get(name, t))
-        for name, t in fastest.items():
-            samples[name].append(t)
-    med = {name: statistics.median(s) for name, s in samples.items()}
-    noise = max(statistics.median(s) / min(s) for s in samples.values())
-    return med, noise
+    timers = {name: chunked(fn, chunk_s, threads) for name, fn in fns.items()}
+    return side_by_side(timers, rounds, inner)
 
 
 def candidates_table(sizes, rounds, chunk_s, threads, max_noise, retries) -> list[list]:

@@ -92,6 +92,20 @@ _SUBMODULES: weakref.WeakKeyDictionary[fx.GraphModule, dict[str, torch.nn.Module
 )
 
 
+try:  # compiles its Python code when first called or read, as Inductor's passes do
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _LazyGraphModule
+except ImportError:  # a torch without it: code is generated right away
+    _LazyGraphModule = fx.GraphModule  # type: ignore[misc,assignment]
+
+
+def empty_graph_module(class_name: str) -> fx.GraphModule:
+    """An empty GraphModule whose code is generated only when it is called or its code is
+    read. Deciding runs a captured graph through fx.Interpreter and rewrites it before
+    anything calls it, so generating code for every intermediate graph (about a third of
+    `fix(model, inputs)` on a small transformer) is work nobody reads."""
+    return _LazyGraphModule({}, fx.Graph(), class_name=class_name)
+
+
 def submodule(gm: fx.GraphModule, target: str) -> torch.nn.Module:
     """`gm.get_submodule(target)`, remembered per graph module.
 

@@ -30,7 +30,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from fxgrad.graph_utils import ancestors
+from fxgrad.graph_utils import ancestors, empty_graph_module
 from fxgrad.runtime import GuardError, fxgrad_guard
 from fxgrad.tracing.callspec import box_objects
 
@@ -270,7 +270,7 @@ def size_guard_program(gm: fx.GraphModule) -> fx.GraphModule | None:
         if n.op == "placeholder" or n in needed:
             env[n] = graph.node_copy(n, lambda a: env[a])
     graph.output(None)
-    program = fx.GraphModule({}, fx.Graph(), class_name="SizeGuards")
+    program = empty_graph_module("SizeGuards")  # run by an Interpreter, never called
     program.__dict__["_owner"] = gm
     program.graph = graph
     return program

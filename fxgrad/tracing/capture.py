@@ -11,6 +11,7 @@ import torch.utils._pytree as pytree
 from torch import fx
 
 from fxgrad.errors import FxgradError
+from fxgrad.graph_utils import empty_graph_module
 from fxgrad.state import plain_tensor_attributes
 from fxgrad.tracing.callspec import CallSpec
 from fxgrad.tracing.errors import _model_error, _trace_error
@@ -125,14 +126,14 @@ def _graph_module(graph: fx.Graph, root: torch.nn.Module) -> fx.GraphModule:
     modules), and the graph resolves targets through the shared module tree instead, so
     .to()/.cuda() on the fixed module (which replaces buffer objects) is seen by it.
     """
-    gm = fx.GraphModule({}, fx.Graph(), class_name=type(root).__name__)
+    gm = empty_graph_module(type(root).__name__)
     gm.training = root.training
     gm.__dict__["_modules"] = root._modules
     gm.__dict__["_parameters"] = root._parameters
     gm.__dict__["_buffers"] = root._buffers
     gm.__dict__[ROOT_ATTR] = root
     _place_attribute_reads(graph, root, gm)
-    gm.graph = graph  # generates and compiles the code
+    gm.graph = graph  # code is generated when first called
     if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
         gm._tracer_cls = graph._tracer_cls  # as fx.GraphModule.__init__ records it
     return gm

@@ -5,9 +5,11 @@ from __future__ import annotations
 import bisect
 import builtins
 import dis
+import functools
 import inspect
 import math
 import operator
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -117,14 +119,13 @@ class FxgradProxy(fx.Proxy):
         # checks nothing; the count is the input's size here, so it is checked, and guarded.
         caller = inspect.currentframe().f_back  # type: ignore[union-attr]
         assert caller is not None
-        offsets = [i.offset for i in dis.get_instructions(caller.f_code)]
-        at = bisect.bisect_left(offsets, caller.f_lasti)
-        inst = list(dis.get_instructions(caller.f_code))[at]
-        if inst.opname == "UNPACK_SEQUENCE":
+        offsets, counts = _instructions(caller.f_code)
+        count = counts[bisect.bisect_left(offsets, caller.f_lasti)]
+        if count is not None:  # UNPACK_SEQUENCE
             unpacked = getattr(self.tracer, "unpacked", None)
             if unpacked is not None:
-                unpacked(self, inst.argval)
-            return (self[i] for i in range(inst.argval))
+                unpacked(self, count)
+            return (self[i] for i in range(count))
         return self.tracer.iter(self)
 
     def __len__(self) -> int:
@@ -164,3 +165,13 @@ for _op in INPLACE_OPERATORS:
 
 class FxgradAttribute(FxgradProxy, fx.proxy.Attribute):
     """`x.T`, `x.shape`, `x.data`: an attribute access that becomes a node only when used."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _instructions(code: types.CodeType) -> tuple[list[int], list[int | None]]:
+    """The offsets of a code object's instructions and, for each, the count it unpacks
+    (None where it is no UNPACK_SEQUENCE). Disassembling is slow; a forward's code is
+    read once however many times it unpacks a traced value."""
+    insts = list(dis.get_instructions(code))
+    counts = [i.argval if i.opname == "UNPACK_SEQUENCE" else None for i in insts]
+    return [i.offset for i in insts], counts
