@@ -52,13 +52,13 @@ def _twin_one(module: torch.nn.Module, memo: dict[int, object]) -> torch.nn.Modu
     # Capturing and probing write proxies and probe tensors into them, which must never
     # reach the user's module. (The fixed module runs the user's own modules.)
     for k, v in module.__dict__.items():
-        if k in _HOOK_TABLES:
-            new.__dict__[k] = copy.copy(v)
+        if k in _HOOK_TABLES:  # C-level .copy(): copy.copy of an OrderedDict is 10x slower
+            new.__dict__[k] = v.copy() if type(v) in _CONTAINERS else copy.copy(v)
         elif k in _MODULE_INTERNALS:
             continue
         elif type(v) in _CONTAINERS:
             _refuse_proxies(v, k)
-            new.__dict__[k] = copy.copy(v)
+            new.__dict__[k] = v.copy()
         elif _plain_object(v):
             new.__dict__[k] = _object_twin(v, memo)
     new.__dict__["_parameters"] = module._parameters.copy()
