@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 # In-place operator module functions (`z += 1` is traced as operator.iadd).
 INPLACE_OPERATORS: dict[Callable, Callable] = {
@@ -104,6 +105,36 @@ def empty_graph_module(class_name: str) -> fx.GraphModule:
     anything calls it, so generating code for every intermediate graph (about a third of
     `fix(model, inputs)` on a small transformer) is work nobody reads."""
     return _LazyGraphModule({}, fx.Graph(), class_name=class_name)
+
+
+_LITERALS = (immutable_list, immutable_dict, tuple)
+
+
+def fresh_containers(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A node's arguments as its generated code passes them, for an fx.Interpreter.
+
+    Generated code builds a list or dict written in a node's arguments anew on every call;
+    fx.Interpreter hands out fx's own immutable_list / immutable_dict instead, which a
+    callee that fills its argument cannot write (torchvision's Swin3d passes a list it
+    builds in forward to an fx.wrap'd `_get_window_and_shift_size`, which assigns into it).
+    """
+    if not any(type(a) in _LITERALS for a in args) and not any(
+        type(v) in _LITERALS for v in kwargs.values()
+    ):
+        return args, kwargs
+    return _fresh(args), {k: _fresh(v) for k, v in kwargs.items()}
+
+
+def _fresh(a: Any) -> Any:
+    t = type(a)
+    if t is immutable_list:
+        return [_fresh(x) for x in a]
+    if t is immutable_dict:
+        return {k: _fresh(v) for k, v in a.items()}
+    if t is tuple:
+        new = tuple(_fresh(x) for x in a)
+        return new if any(n is not o for n, o in zip(new, a)) else a
+    return a
 
 
 def submodule(gm: fx.GraphModule, target: str) -> torch.nn.Module:

@@ -30,7 +30,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from fxgrad.graph_utils import ancestors, empty_graph_module
+from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
 from fxgrad.tracing.callspec import box_objects
 
@@ -291,6 +291,9 @@ class _GuardRun(fx.Interpreter):
     def __init__(self, program: fx.GraphModule, owner: nn.Module) -> None:
         super().__init__(program, garbage_collect_values=True)
         self.owner = owner
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
+        return fresh_containers(*super().fetch_args_kwargs_from_env(n))
 
     def fetch_attr(self, target: str) -> Any:
         obj: Any = self.owner

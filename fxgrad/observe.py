@@ -25,7 +25,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
-from fxgrad.graph_utils import writes_to
+from fxgrad.graph_utils import fresh_containers, writes_to
 from fxgrad.state import restored
 
 if TYPE_CHECKING:
@@ -162,6 +162,9 @@ class Observer(fx.Interpreter):
         return s.tensor
 
     # -- nodes -------------------------------------------------------------------------------
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
+        return fresh_containers(*super().fetch_args_kwargs_from_env(n))
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n

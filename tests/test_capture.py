@@ -908,3 +908,43 @@ def test_a_buffer_rebuilt_in_forward_is_read_back_as_the_new_value():
     for xx in (x, torch.randn(3, 4, 5), torch.randn(2, 4, 7)):
         torch.testing.assert_close(fixed(xx), fresh(xx))
         torch.testing.assert_close(model.table, fresh.table)
+
+
+# --- a wrapped function that fills the list it is given ----------------------------------
+
+
+@torch.fx.wrap
+def _clip_sizes(sizes, limit):
+    """Assigns into its argument, as torchvision's Swin3d `_get_window_and_shift_size` does."""
+    for i in range(len(sizes)):
+        if sizes[i] > limit:
+            sizes[i] = limit
+    return sizes
+
+
+class FillsItsArgument(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        b, n = x.shape
+        sizes = _clip_sizes([b, n], 4)
+        h = torch.sigmoid(self.fc(x))
+        return h[: sizes[0], : sizes[1]] * 2
+
+
+@pytest.mark.parametrize("with_inputs", [True, False], ids=["inputs", "first-call"])
+def test_a_wrapped_function_may_fill_a_list_built_in_forward(with_inputs):
+    """fx.Interpreter passes list literals as fx's immutable_list; the generated code passes
+    a fresh list. Deciding must run the graph as the generated code does."""
+    model = FillsItsArgument()
+    example = torch.randn(3, 6)
+    fixed = fxgrad.fix(model, (example,)) if with_inputs else fxgrad.fix(model)
+    for x in (example, torch.randn(7, 6), torch.randn(2, 6)):
+        x = x.requires_grad_()
+        out, expected = fixed(x), model(x)
+        torch.testing.assert_close(out, expected)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        (e,) = torch.autograd.grad(expected.sum(), x)
+        torch.testing.assert_close(g, e)
