@@ -613,6 +613,7 @@ QUICK = {
         "vit_b_32",
         "swin_t",
         "r3d_18",
+        "swin3d_t",
         "raft_small",
         "lraspp_mobilenet_v3_large",
     ),
