@@ -71,7 +71,6 @@ class Saved:
 class Observation:
     """What one forward and backward of a graph on a call's inputs showed."""
 
-    code: str  # the generated code of the graph observed: a record is for that graph only
     values: dict[fx.Node, Any] = field(default_factory=dict)  # live values, node by node
     grad_on: dict[fx.Node, bool] = field(default_factory=dict)
     saved: list[Saved] = field(default_factory=list)
@@ -139,7 +138,7 @@ class Observer(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, extensions: Sequence[Extension] = ()) -> None:
         super().__init__(gm, garbage_collect_values=False)
-        self.obs = Observation(gm.code)
+        self.obs = Observation()
         self.extensions = list(extensions)
         self.current: fx.Node | None = None
         self.writes = {n: t for n in gm.graph.nodes if (t := writes_to(n, gm)) is not None}
