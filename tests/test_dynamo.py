@@ -10,18 +10,16 @@ end to end.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from test_cases import _case_files, load_case
 from torch import nn
 
 import fxgrad
 from fxgrad.context import clone_inputs
 from fxgrad.pipeline import run_forward_backward
-
-CASES = Path(__file__).parent / "cases"
 
 # Dynamo's own tracing refuses these forwards: its fake tensors run the write that autograd
 # refuses (a leaf, an output of split/chunk/unbind, a view made under no_grad, `out=`), or
@@ -53,14 +51,7 @@ DYNAMO_TRANSLATES = {"FXG301/unmapped_fft": _fft_reference}
 
 
 def _cases() -> list[Path]:
-    return sorted(p for p in CASES.glob("FXG[13]01/*.py") if not p.name.startswith("_"))
-
-
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"dyn_{path.parent.name}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return [p for p in _case_files() if p.parent.name in ("FXG101", "FXG301")]
 
 
 def _seeded(fn, inputs):
@@ -72,7 +63,7 @@ def _seeded(fn, inputs):
 @pytest.mark.parametrize("path", _cases(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_case_files_through_dynamo(path: Path) -> None:
     name = f"{path.parent.name}/{path.stem}"
-    case = _load(path)
+    case = load_case(path)
     torch.manual_seed(0)
     model, example = case.Model(), case.inputs()
     torch._dynamo.reset()
