@@ -32,6 +32,8 @@ class Reference:
     """
 
     outputs: list[Any] | None = None
+    # Whether each eager output carried a gradient (the outputs above are detached).
+    carries_gradient: tuple[bool, ...] | None = None
     forward_error: BaseException | None = None
     # Names of what gradients are taken with respect to (parameters, then inputs), for
     # messages only: built when a message needs them.
@@ -156,12 +158,56 @@ def _max_abs_diff(a: torch.Tensor, e: torch.Tensor) -> float:
         return float("nan")
 
 
-def verify(gm: fx.GraphModule, ctx: Context, ref: Reference) -> str | None:
+@dataclass(frozen=True)
+class Reach:
+    """Where gradients go: which outputs carry one, and which parameters and inputs get one.
+
+    `grads` holds the positions (parameters, then inputs that require grad, as in
+    `Observation.grads`) whose gradient is not None; None when backward could not run.
+    """
+
+    outputs: tuple[bool, ...]
+    grads: frozenset[int] | None
+
+    @classmethod
+    def of(cls, obs: Observation) -> Reach:
+        outputs = tuple(_carries_gradient(o) for o in obs.outputs or ())
+        grads = None
+        if obs.grads is not None and obs.backward_error is None and not obs.stale:
+            grads = frozenset(i for i, g in enumerate(obs.grads) if g is not None)
+        return cls(outputs, grads)
+
+    def lost(self, now: Reach, names: Callable[[], list[str]]) -> str | None:
+        """What `now` no longer reaches that this did, in words; None if nothing.
+
+        A rewrite may add reach (a NumPy detour made torch ops again) and never remove it.
+        """
+        cut = [i for i, (a, b) in enumerate(zip(self.outputs, now.outputs)) if a and not b]
+        if cut:
+            which = ", ".join(f"output {i}" for i in cut)
+            return f"{which} no longer carries a gradient"
+        if self.grads is not None and now.grads is not None and not self.grads <= now.grads:
+            listed = names()
+            missing = sorted(self.grads - now.grads)
+            which = ", ".join(listed[i] if i < len(listed) else f"#{i}" for i in missing)
+            return f"no gradient reaches {which} any more"
+        return None
+
+
+def _carries_gradient(o: Any) -> bool:
+    return isinstance(o, torch.Tensor) and o.requires_grad
+
+
+def verify(
+    gm: fx.GraphModule, ctx: Context, ref: Reference, reach: Reach | None = None
+) -> str | None:
     """Check a rewritten graph on the example inputs; return what is wrong, or None.
 
     Forward values must equal eager's where eager runs; backward must run (and must not
-    read a saved tensor a write changed); gradients must be finite wherever eager's were.
-    The run is the graph's observation, which the next pass then reads.
+    read a saved tensor a write changed); every output that carried a gradient before the
+    rewrite still does and every parameter and input that got one still does (`reach`);
+    gradients must be finite wherever eager's were. The run is the graph's observation,
+    which the next pass then reads.
     """
     obs = ctx.observe(gm)
     e = obs.forward_error
@@ -173,6 +219,10 @@ def verify(gm: fx.GraphModule, ctx: Context, ref: Reference) -> str | None:
             return bad[1]
     if obs.backward_error is not None:
         return f"backward fails: {_first_line(obs.backward_error)}"
+    if reach is not None:
+        lost = reach.lost(Reach.of(obs), lambda: ref.grad_names)
+        if lost is not None:
+            return f"the rewrite cuts gradients: {lost}"
     if obs.stale:
         return "backward reads a value a write changed"
     grads = obs.grads
@@ -222,6 +272,11 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
     if ref.outputs is None or run.outputs is None:
         return run
     bad = compare_outputs(run.outputs, ref.outputs)
+    if bad is None and ref.carries_gradient is not None:
+        now = Reach.of(run).outputs
+        cut = [i for i, (a, b) in enumerate(zip(ref.carries_gradient, now)) if a and not b]
+        if cut:
+            bad = (cut[0], f"output {cut[0]} carries no gradient where eager's does")
     if bad is None:
         return run
     index, message = bad
@@ -238,6 +293,14 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
     )
 
 
+def _merged(before: Reach | None, now: Reach) -> Reach:
+    """The reach to hold the next pass to: what the last verified graph reaches, keeping
+    the parameter set known from before where backward could not run until now."""
+    if before is None or now.grads is not None or before.grads is None:
+        return now
+    return Reach(now.outputs, before.grads)
+
+
 def run_passes(
     gm: fx.GraphModule,
     passes: list[Pass],
@@ -249,6 +312,9 @@ def run_passes(
     changes: list[Change] = []
     notes: list[str] = []
     can_verify = verify_results and ref is not None and ctx.example_inputs is not None
+    # Gradient reach before the first pass: the captured graph's (cached) run, which equals
+    # eager's (check_capture holds capture to the same rule).
+    reach = Reach.of(ctx.observe(gm)) if can_verify else None
     for p in passes:
         if p.applies is not None and not p.applies(gm):
             continue
@@ -274,7 +340,9 @@ def run_passes(
         if not any(c.applied for c in found):
             changes.extend(found)
             continue
-        problem = verify(gm, ctx, ref) if can_verify else None
+        problem = verify(gm, ctx, ref, reach) if can_verify else None
+        if problem is None and can_verify:
+            reach = _merged(reach, Reach.of(ctx.observe(gm)))
         if problem is not None and saved is not None:
             gm.graph = saved
             notes.append(f"{p.code} ({p.name}) was rolled back: {problem}.")

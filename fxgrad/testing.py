@@ -645,6 +645,41 @@ def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tu
         return flat, grads, None, None
 
 
+def _carries_gradient(o: Any) -> bool:
+    return isinstance(o, torch.Tensor) and o.requires_grad
+
+
+def _gradient_problems(
+    grad_names: list[str],
+    e_out: list[Any] | None,
+    f_out: list[Any] | None,
+    e_grads: list | None,
+    f_grads: list | None,
+) -> list[str]:
+    """Where the fixed module's gradients differ from eager's: reach first, then values."""
+    problems: list[str] = []
+    if e_out is not None and f_out is not None:
+        for i, (e, f) in enumerate(zip(e_out, f_out)):
+            if _carries_gradient(e) and not _carries_gradient(f):
+                # Restoring gradient flow is the product: "eager has gradients, the fixed
+                # module has none" is the one mismatch that must never pass.
+                problems.append(f"output {i} carries no gradient in the fixed module, unlike eager")
+    if e_grads and f_grads:
+        for name, e, f in zip(grad_names, e_grads, f_grads):
+            if (e is None) != (f is None):
+                got = "no gradient" if f is None else "a gradient"
+                problems.append(f"{name} gets {got} in the fixed module, unlike eager")
+            elif e is not None and f is not None:
+                try:
+                    torch.testing.assert_close(f, e, equal_nan=True)
+                except AssertionError:
+                    diff = (f.detach().double() - e.detach().double()).abs().max().item()
+                    problems.append(
+                        f"the gradient of {name} differs (max abs difference {diff:.3g})"
+                    )
+    return problems
+
+
 def assert_fix_equivalent(
     model: nn.Module, *inputs: Any, fixed: nn.Module | None = None
 ) -> FixedModule:
@@ -682,19 +717,7 @@ def assert_fix_equivalent(
             problems.append(f"forward: {bad[1]}")
     if f_ferr is None and f_berr is not None and e_berr is None and e_ferr is None:
         problems.append(f"the fixed backward fails: {_first_line(f_berr)}")
-    if e_grads and f_grads:
-        for name, e, f in zip(grad_names, e_grads, f_grads):
-            if (e is None) != (f is None):
-                got = "no gradient" if f is None else "a gradient"
-                problems.append(f"{name} gets {got} in the fixed module, unlike eager")
-            elif e is not None and f is not None:
-                try:
-                    torch.testing.assert_close(f, e, equal_nan=True)
-                except AssertionError:
-                    diff = (f.detach().double() - e.detach().double()).abs().max().item()
-                    problems.append(
-                        f"the gradient of {name} differs (max abs difference {diff:.3g})"
-                    )
+    problems += _gradient_problems(grad_names, e_out, f_out, e_grads, f_grads)
     if not problems:
         return fixed_module  # type: ignore[return-value]
     lines = [f"fxgrad.fix({_name(module)}) does not match eager PyTorch on these inputs:"]

@@ -1029,18 +1029,23 @@ def _twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | None:
 
 
 def _method_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | None:
-    """`x.mul_(2)` -> `base.mul(2)`; `zero_`, `fill_` -> a new tensor like base."""
+    """`x.mul_(2)` -> `base.mul(2)`; `zero_`, `fill_(v)` -> `base.masked_fill(True, v)`.
+
+    Filling keeps `base` in the graph (a zero gradient flows to it, and to a tensor `v`),
+    as eager's in-place fill does: a fresh `zeros_like` would not require grad, and a
+    caller's `loss.backward()` would then fail where eager's runs.
+    """
     graph = gm.graph
     name = str(w.target)
     if name in _NO_TWIN:
         return None
     rest = tuple(w.args[1:])
-    if name == "zero_":
-        return graph.create_node("call_function", torch.zeros_like, (base,), {})
-    if name == "fill_":
-        if rest and isinstance(rest[0], (int, float, bool)):
-            return graph.create_node("call_function", torch.full_like, (base, rest[0]), {})
-        return None
+    if name in ("zero_", "fill_"):
+        value = 0 if name == "zero_" else (rest[0] if rest else w.kwargs.get("value"))
+        if not isinstance(value, (int, float, bool, fx.Node)):
+            return None
+        every = graph.create_node("call_method", "new_ones", (base, ()), {"dtype": torch.bool})
+        return graph.create_node("call_method", "masked_fill", (base, every, value), {})
     plain = name[:-1]
     if not hasattr(torch.Tensor, plain):
         return None
@@ -1430,7 +1435,7 @@ def _plain_after(w: fx.Node, new: fx.Node) -> str:
     """The rewrite as the user would write it (`h = h.mul(2)`), else as the graph reads."""
     line = source_line(w)
     m = _METHOD_LINE.match(line)
-    if m and w.op == "call_method" and new.op == "call_method":
+    if m and w.op == "call_method" and new.op == "call_method" and new.target == m.group(2):
         name = m.group(1).removesuffix(".data")
         return f"{name} = {name}.{m.group(2)}({m.group(3)})"
     m = _AUG_LINE.match(line)
