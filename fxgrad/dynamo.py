@@ -230,9 +230,16 @@ class Backend:
     """A torch.compile backend running fxgrad's passes; it keeps every piece it decided."""
 
     def __init__(
-        self, name: str, passes: Sequence[Pass], verify: bool, measure: Any = None
+        self,
+        name: str,
+        passes: Sequence[Pass],
+        verify: bool,
+        measure: Any = None,
+        max_variants: int = 8,
     ) -> None:
         self.name = name
+        self.max_variants = max_variants
+        self._compiles: dict[Any, int] = {}  # Dynamo frame -> graphs compiled for it
         self.passes = tuple(passes)
         self.verify = verify
         self.measure = measure
@@ -264,6 +271,17 @@ class Backend:
         return found
 
     def __call__(self, gm: fx.GraphModule, _example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        compile_id = torch._guards.CompileContext.current_compile_id()
+        frame = compile_id.frame_id if compile_id is not None else None
+        count = self._compiles[frame] = self._compiles.get(frame, 0) + 1
+        if count > self.max_variants:
+            raise FxgradError(
+                f"{self.name}'s forward was captured by Dynamo {self.max_variants} times for "
+                "calls that differ in what its graphs depend on, and this call differs "
+                "again; fxgrad will not run the original, unfixed code in its place.",
+                hint="Keep dtypes and the kinds of arguments the same between calls, or "
+                "raise the limit: fxgrad.fix(model, max_variants=16).",
+            )
         self._made += 1
         return Piece(gm, self, self._made)
 
@@ -298,21 +316,50 @@ class Backend:
         return out
 
 
+_DYNAMO_LIMIT = 256  # graphs Dynamo keeps of one code object while fxgrad calls it
+
+
 def compile_module(module: torch.nn.Module, backend: Backend) -> Callable[..., Any]:
     """The module compiled with the backend; Dynamo's graph breaks are allowed.
 
-    Dynamo's own errors (its fake tensors refuse a write autograd forbids, an internal
-    failure) come back as one FxgradError naming the user's line, chained to Dynamo's.
+    Sizes that change between calls are made dynamic (Dynamo's automatic dynamic shapes),
+    so calls of many batch sizes share one graph. Past the backend's `max_variants` graphs
+    of one frame the call raises: Dynamo's own answer to a full cache, running the original
+    code silently (a NumPy detour cutting gradients again while the report says it was
+    fixed), is never taken. Dynamo's own
+    errors (its fake tensors refuse a write autograd forbids, an internal failure) come
+    back as one FxgradError naming the user's line, chained to Dynamo's.
     """
     had_flag = "_is_torch_compile" in module.__dict__
-    compiled = torch.compile(module, backend=backend, fullgraph=False, dynamic=False)
+    compiled = torch.compile(module, backend=backend, fullgraph=False, dynamic=None)
     if not had_flag:  # torch.compile marks the module it wraps; the user's must not change
         module.__dict__.pop("_is_torch_compile", None)
+    # Dynamo counts the graphs of every backend against one limit per code object (other
+    # fixed modules of the same class included) and past it runs the original code
+    # silently; the backend counts its own (`max_variants`), and Dynamo's limit, raised
+    # out of its way, fails loudly if it is ever reached.
+    limits = {
+        "fail_on_recompile_limit_hit": True,
+        "recompile_limit": _DYNAMO_LIMIT,
+        "accumulated_recompile_limit": _DYNAMO_LIMIT * 4,
+    }
 
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return compiled(*args, **kwargs)
+            with torch._dynamo.config.patch(limits):
+                return compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+            raise FxgradError(
+                f"Dynamo holds {_DYNAMO_LIMIT} graphs of {backend.name}'s forward (of every "
+                "module fixed from that class); fxgrad will not run the original, unfixed "
+                "code in its place.",
+                hint="Fix fewer instances of the class in one process, or call "
+                "torch._dynamo.reset() between them.",
+            ) from e
         except torch._dynamo.exc.TorchDynamoException as e:
+            inner = getattr(e, "inner_exception", None)
+            if isinstance(inner, FxgradError):
+                raise inner from None
             raise dynamo_error(e, backend.name) from e
 
     return run
