@@ -13,6 +13,7 @@ import copy
 import functools
 import gc
 import threading
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +44,13 @@ from fxgrad.pipeline import (
 )
 from fxgrad.registry import Pass, select_passes
 from fxgrad.report import Report
-from fxgrad.state import PrivateState, forked_rng, private_state, python_state_restored
+from fxgrad.state import (
+    PrivateState,
+    forked_rng,
+    plain_tensor_attributes,
+    private_state,
+    python_state_restored,
+)
 from fxgrad.tracing import (
     ROOT_ATTR,
     CallSpec,
@@ -53,9 +60,16 @@ from fxgrad.tracing import (
     fresh_constant_name,
     twin,
 )
+from fxgrad.tracing.module_copy import quiet_user_hooks
+from fxgrad.view import TreeWatch, ViewGuard, _walk
+from fxgrad.view import build as build_view
 
 # How many variants one fixed module keeps before it refuses a call that needs another.
 MAX_VARIANTS = 8
+
+# Attributes a fixed module keeps for itself; any other attribute set on it is the user's.
+# (`_is_torch_compile`: torch.compile marks the module it wraps, the fixed one, not yours.)
+_OWN_NAMES = frozenset(nn.Module().__dict__) | {"training", "_is_torch_compile"}
 
 # nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
 # registered on either run when the fixed module is called.
@@ -88,6 +102,7 @@ class Variant:
     report: Report
     shapes: ShapeCheck
     constants: dict[str, Any] = field(default_factory=dict)
+    view: ViewGuard = field(default_factory=ViewGuard)  # the Python values it read
 
     def __post_init__(self) -> None:
         self.single = self.out_spec.num_leaves == 1 and self.out_spec.num_children == 0
@@ -112,33 +127,23 @@ class Variant:
 
         fx's code looks every submodule up by attribute on every call
         (`getattr(self.layer1, "0")`), which costs as much as a small layer; this code
-        calls the very module objects, bound once. It is made again when the module tree
-        changes (a submodule assigned anywhere bumps `_TREE_EPOCH`) or `graph_module` is
-        edited and recompiled. A DataParallel replica (its own submodules, made anew for
-        every call) runs fx's code, which looks them up.
+        calls the very module objects, bound once. It is made again when the module's own
+        tree changes (its `TreeWatch` epoch moves: an insert, a swap, a `_modules` edit) or
+        `graph_module` is edited and recompiled. A DataParallel replica (its own
+        submodules, made anew for every call) runs fx's code, which looks them up.
         """
         plain = type(self.gm).forward
         root = module.__dict__.get(ROOT_ATTR)
-        if root is None or root._modules is not module._modules:
+        shared = module.__dict__.get("_fxgrad")
+        if root is None or root._modules is not module._modules or shared is None:
             return plain
+        epoch = shared.tree(root).epoch
         hit = self._bound
-        if hit is not None and hit[0] is module and hit[1] == _TREE_EPOCH[0] and hit[2] is plain:
+        if hit is not None and hit[0] is module and hit[1] == epoch and hit[2] is plain:
             return hit[3]
         bound = _bind_submodules(self.gm, module)
-        self._bound = (module, _TREE_EPOCH[0], plain, bound)
+        self._bound = (module, epoch, plain, bound)
         return bound
-
-
-# Bumped whenever any module anywhere gets a submodule assigned: what a fixed module bound
-# or keyed by its module tree is then looked up again.
-_TREE_EPOCH = [0]
-
-
-def _tree_changed(*_: Any) -> None:
-    _TREE_EPOCH[0] += 1
-
-
-nn.modules.module.register_module_module_registration_hook(_tree_changed)
 
 
 def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> Callable[..., Any]:
@@ -183,6 +188,13 @@ class _Shared:
         self.dynamo: Callable[..., Any] | None = None
         self.backend: Any = None
         self.fx_refusal = ""
+        self._tree: TreeWatch | None = None
+
+    def tree(self, root: nn.Module) -> TreeWatch:
+        """The watch over the user's module tree (see fxgrad.view)."""
+        if self._tree is None or self._tree.root is not root:
+            self._tree = TreeWatch(root)
+        return self._tree
 
 
 class FixedModule(nn.Module):
@@ -236,7 +248,28 @@ class FixedModule(nn.Module):
         root = d.get(ROOT_ATTR)
         if root is None or name.startswith("__"):
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-        return getattr(root, name)  # the user's own attributes: config, num_classes...
+        value = getattr(root, name)  # the user's own attributes: config, num_classes...
+        if isinstance(value, types.MethodType) and value.__self__ is root:
+            # A method of the user's class (`embed`, `generate`): bound to the fixed module,
+            # so `self(x)` and `self.forward(x)` inside it run the fixed forward.
+            return types.MethodType(value.__func__, self)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        root = d.get(ROOT_ATTR)
+        if root is None or name in d or name in _OWN_NAMES or d.get("_is_replica"):
+            super().__setattr__(name, value)  # fxgrad's and DataParallel's own bookkeeping
+        else:
+            setattr(root, name, value)  # `fixed.temperature = 0.5` sets the user's value
+
+    def __delattr__(self, name: str) -> None:
+        d = self.__dict__
+        root = d.get(ROOT_ATTR)
+        if root is None or name in d or d.get("_is_replica"):
+            super().__delattr__(name)
+        else:
+            delattr(root, name)
 
     # -- what was decided ------------------------------------------------------------------
 
@@ -321,14 +354,19 @@ class FixedModule(nn.Module):
             tensors = leaves
         else:
             tensors = [x for x in leaves if _is_input(x)]
+        root = self.__dict__[ROOT_ATTR]
+        epoch = shared.tree(root).check()
         if shared.static is not None:
-            return shared.static, leaves
+            if shared.static.view.holds(root, epoch):
+                return shared.static, leaves
+            return self._restatic(shared.static), leaves
         key = call_key(skey, tensors, *self._modules_for_key())
         v = shared.current
         if v is not None and v.key == key and v.shapes.holds(self, tensors):
-            return v, leaves  # the common case: a call like the last one
+            if v.view.holds(root, epoch):
+                return v, leaves  # the common case: a call like the last one
         for v in shared.table.get(key, ()):
-            if v.shapes.holds(self, tensors):
+            if v.shapes.holds(self, tensors) and v.view.holds(root, epoch):
                 shared.current = v
                 return v, leaves
         return self._specialize(args, kwargs, key, tensors), leaves
@@ -336,12 +374,26 @@ class FixedModule(nn.Module):
     def _modules_for_key(self) -> tuple[list[nn.Module], list[dict]]:
         """Every module of the tree (its training flag is in the key) and their tensors."""
         d = self.__dict__
+        tree = d["_fxgrad"].tree(d[ROOT_ATTR])
         hit = d.get("_fxgrad_mods")
-        if hit is None or hit[0] is not d["_modules"] or hit[1] != _TREE_EPOCH[0]:
-            root = d[ROOT_ATTR]
-            mods = [root, *_walk(d["_modules"])]
-            hit = d["_fxgrad_mods"] = (d["_modules"], _TREE_EPOCH[0], mods, tensor_tables(mods))
+        if hit is None or hit[0] is not d["_modules"] or hit[1] != tree.epoch:
+            if d["_modules"] is tree.root._modules:
+                mods = tree.modules
+            else:  # a DataParallel replica: its own submodules
+                mods = [d[ROOT_ATTR], *_walk(d["_modules"])]
+            hit = d["_fxgrad_mods"] = (d["_modules"], tree.epoch, mods, tensor_tables(mods))
         return hit[2], hit[3]
+
+    def _restatic(self, old: Variant) -> Variant:
+        """The static decision again, after a Python value it read changed."""
+        shared = self._fxgrad
+        with shared.lock, _gc_paused():
+            variant = _decide(
+                self._base(), None, None, shared.options, grad_enabled=True, static=True
+            )
+        variant.report.notes.append(_decided_anew(old, self.__dict__[ROOT_ATTR]))
+        self._adopt(variant)
+        return variant
 
     def _base(self) -> nn.Module:
         """The module to decide on: the user's module, or a replica's view of it."""
@@ -357,12 +409,15 @@ class FixedModule(nn.Module):
     def _specialize(self, args: tuple, kwargs: dict, key: tuple, tensors: list) -> Variant:
         shared = self._fxgrad
         with shared.lock:
-            for v in shared.table.get(key, ()):  # another thread may have decided it
-                if v.shapes.holds(self, tensors):
+            root = self.__dict__[ROOT_ATTR]
+            epoch = shared.tree(root).check()
+            stale = [v for v in shared.table.get(key, ()) if v.shapes.holds(self, tensors)]
+            for v in stale:  # another thread may have decided it
+                if v.view.holds(root, epoch):
                     shared.current = v
                     return v
             if len(shared.variants) >= shared.options.max_variants:
-                raise _too_many_variants(shared, key)
+                raise _too_many_variants(shared, key, stale[-1] if stale else None)
             try:
                 with _gc_paused():
                     variant = _decide(
@@ -379,6 +434,8 @@ class FixedModule(nn.Module):
                 raise _UseDynamo(e.message) from e
             variant.key = key
             variant.shapes.remember(self, tensors)
+            if stale:  # the same kind of call: a Python value the last decision read changed
+                variant.report.notes.append(_decided_anew(stale[-1], root))
             self._adopt(variant)
             return variant
 
@@ -392,7 +449,7 @@ class FixedModule(nn.Module):
                 opts = shared.options
                 root = self.__dict__[ROOT_ATTR]
                 shared.backend = Backend(
-                    type(root).__name__, opts.passes, opts.verify, opts.measure
+                    type(root).__name__, opts.passes, opts.verify, opts.measure, opts.max_variants
                 )
                 shared.dynamo = compile_module(root, shared.backend)
                 shared.fx_refusal = refusal
@@ -459,18 +516,6 @@ def _unpickle_fixed(state: dict[str, Any]) -> FixedModule:
     return fixed
 
 
-def _walk(modules: dict[str, nn.Module | None]) -> Iterator[nn.Module]:
-    seen: set[int] = set()
-    stack = [m for m in reversed(modules.values()) if m is not None]
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        yield m
-        stack.extend(c for c in reversed(m._modules.values()) if c is not None)
-
-
 def _is_input(x: Any) -> bool:
     return isinstance(x, torch.Tensor) or (
         type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
@@ -493,10 +538,18 @@ def _dispatch_outside_dynamo() -> Callable:
     return _DISPATCH[0]
 
 
-def _too_many_variants(shared: _Shared, key: tuple) -> FxgradError:
+def _decided_anew(old: Variant, root: nn.Module) -> str:
+    what = "; ".join(old.view.changed(root)) or "the Python values it read"
+    return f"decided anew on this call: since the last decision, {what} changed"
+
+
+def _too_many_variants(shared: _Shared, key: tuple, stale: Variant | None) -> FxgradError:
     last = shared.variants[-1]
     names = last.call.leaf_names
-    changed = describe_change(last.key or (), key, [n for n in names])
+    if stale is not None:
+        changed = "; ".join(stale.view.changed(stale.gm.__dict__[ROOT_ATTR])) or "Python values"
+    else:
+        changed = describe_change(last.key or (), key, [n for n in names])
     return FxgradError(
         f"This fixed module already holds {len(shared.variants)} variants, each decided on "
         f"calls that differ in what fxgrad's decisions depend on; this call differs again "
@@ -612,7 +665,10 @@ def _eager_reference(
             raise _ModelError(e) from e  # no pass repairs it: the model's own error
         return ref  # an error a pass repairs (selected or not: the report says if it stays)
     # Detached: holding the outputs must not hold eager's autograd graph (its activations).
-    ref.outputs = [o.detach() if isinstance(o, torch.Tensor) else o for o in flat_outputs(out)]
+    flat = flat_outputs(out)
+    ref.carries_gradient = tuple(isinstance(o, torch.Tensor) and o.requires_grad for o in flat)
+    ref.outputs = [o.detach() if isinstance(o, torch.Tensor) else o for o in flat]
+    del flat
     del out
 
     def load_gradients() -> tuple[list[torch.Tensor | None] | None, BaseException | None]:
@@ -623,14 +679,43 @@ def _eager_reference(
 
     def grad_names() -> list[str]:
         # In the order of ctx.params(), which lists the parameters as named_parameters().
-        return [n for n, p in model.named_parameters() if p.requires_grad] + [
-            f"input {i}"
-            for i, t in enumerate(cloned)
-            if isinstance(t, torch.Tensor) and t.requires_grad
+        plain = [
+            f"{path}.{k}" if path else k
+            for path, m in model.named_modules()
+            for k in plain_tensor_attributes(m)
+            if m.__dict__[k].requires_grad
         ]
+        return (
+            [n for n, p in model.named_parameters() if p.requires_grad]
+            + plain
+            + [
+                f"input {i}"
+                for i, t in enumerate(cloned)
+                if isinstance(t, torch.Tensor) and t.requires_grad
+            ]
+        )
 
     ref.load_grad_names = grad_names
     return ref
+
+
+def _eager_error(
+    root: nn.Module, call: CallSpec, leaves: list[Any], state: PrivateState
+) -> BaseException | None:
+    """What eager's forward raises on this call (on the private twin), if anything.
+
+    A call the model itself rejects (a wrong shape, an `assert`, a `raise`) must surface as
+    the model's own exception, not as fxgrad's capture error; one a pass repairs (autograd
+    refusing a write) is fxgrad's to handle.
+    """
+    state.reset()
+    args, kwargs = call.unflatten(clone_inputs(leaves))
+    try:
+        root.forward(*args, **kwargs)
+    except Exception as e:
+        if not any(p.repairs(e) for p in _all_passes()):
+            return e
+    return None
 
 
 def _backward_note(ref: Reference, first: Observation) -> str:
@@ -712,6 +797,7 @@ def _decide_on(
 ) -> _Decision | None:
     """Capture `base` (on a twin) for one call and run the passes on the graph."""
     root = twin(base)
+    quiet_user_hooks(root)
     report = Report(mode="static" if static else "exact", model=type(base).__name__)
     with (
         _mode(root, not root.training) if flip_mode else _nothing(),
@@ -720,6 +806,8 @@ def _decide_on(
         if static:
             with forked_rng():
                 captured = capture(root, call, None)
+                if captured.counters:  # numbers the forward writes back: read them live
+                    captured = capture(root, call, None, live=captured.counters)
             if captured.gm.code == skip_if_code:
                 return None
             code = captured.gm.code
@@ -736,7 +824,16 @@ def _decide_on(
             report.variant = _describe_call(root, call, leaves, grad_enabled) + "; static"
             return _Decision(captured, report, code)
         with private_state(root) as state:
-            captured = capture(root, call, clone_inputs(leaves))
+            try:
+                captured = capture(root, call, clone_inputs(leaves))
+            except FxgradError:
+                own = _eager_error(root, call, leaves, state) if at_call else None
+                if own is not None:
+                    raise own from None  # the model's own error, from the user's line
+                raise
+            if captured.counters:  # numbers the forward writes back: read them live
+                state.reset()
+                captured = capture(root, call, clone_inputs(leaves), live=captured.counters)
             if captured.gm.code == skip_if_code:
                 return None
             code = captured.gm.code
@@ -822,6 +919,8 @@ def _variant_of(base: nn.Module, decision: _Decision) -> Variant:
     graph = cap.gm.graph
     n = cap.call.in_spec.num_leaves
     identity = not cap.call.constants and cap.leaf_index == list(range(n))
+    user = base.__dict__.get(ROOT_ATTR, base)
+    view = build_view(user, cap.attributes, cap.globals, cap.cells, cap.traced)
     return _bind(
         base,
         graph=graph,
@@ -831,6 +930,7 @@ def _variant_of(base: nn.Module, decision: _Decision) -> Variant:
         report=decision.report,
         constants=constants,
         key=None,
+        view=view,
     )
 
 
@@ -844,8 +944,12 @@ def _bind(
     report: Report,
     constants: dict[str, Any],
     key: tuple | None,
+    view: ViewGuard | None = None,
 ) -> Variant:
-    """A variant whose graph reads `root`'s submodules, tensors and attributes."""
+    """A variant whose graph reads `root`'s submodules, tensors and attributes.
+
+    Without `view` (a variant copied or unpickled) only the module tree is guarded: the
+    Python values its capture read are not known any more."""
     gm = fx.GraphModule({}, fx.Graph(), class_name=type(root).__name__)
     d = gm.__dict__
     d["_modules"], d["_parameters"], d["_buffers"] = root._modules, root._parameters, root._buffers
@@ -853,7 +957,9 @@ def _bind(
     d.update(constants)
     gm.graph = graph  # generates and compiles the code
     shapes = ShapeCheck(size_guard_program(gm))
-    return Variant(key, call, out_spec, leaf_index, gm, report, shapes, constants)
+    if view is None:
+        view = build_view(root, [], [], [], [])
+    return Variant(key, call, out_spec, leaf_index, gm, report, shapes, constants, view)
 
 
 def _rebound(v: Variant, root: nn.Module, graph: fx.Graph, constants: dict) -> Variant:

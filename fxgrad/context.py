@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -206,10 +207,15 @@ class Context:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run with a fixed RNG seed, restoring the caller's RNG state afterwards."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    """Run with a fixed RNG seed (torch's and NumPy's global one), restoring the caller's
+    RNG state afterwards."""
+    from fxgrad.state import forked_rng
+
+    with forked_rng():
         torch.manual_seed(seed)
+        np = sys.modules.get("numpy")
+        if np is not None:
+            np.random.seed(seed)
         yield
 
 

@@ -42,14 +42,15 @@ _FACT_NAMES = {
     ALIASING: "which input tensors share memory",
     GRAD: "grad mode",
     MODES: "the train()/eval() mode of the modules",
-    STATE: "the dtype or device of the parameters and buffers",
+    STATE: "the dtype, device or requires_grad of the parameters and buffers",
     DEFAULT_DTYPE: "torch's default dtype",
     AUTOCAST: "the autocast state",
 }
 
 
-class _Unhashable:
-    """A non-tensor argument that cannot be hashed: equal only to itself."""
+class Identity:
+    """Equal only to a snapshot of the very same object (which it keeps alive): a
+    non-tensor argument that cannot be hashed, a function or module a guard compares."""
 
     __slots__ = ("obj",)
 
@@ -57,7 +58,7 @@ class _Unhashable:
         self.obj = obj
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Unhashable) and other.obj is self.obj
+        return isinstance(other, Identity) and other.obj is self.obj
 
     def __hash__(self) -> int:
         return id(self.obj)
@@ -70,7 +71,7 @@ def _hashable(value: Any) -> Any:
     try:
         hash(value)
     except TypeError:
-        return _Unhashable(value)
+        return Identity(value)
     return (type(value), value)
 
 
@@ -155,16 +156,19 @@ def tensor_tables(modules: Sequence[nn.Module]) -> list[dict]:
     return [t for m in modules for t in (m._parameters, m._buffers) if t]
 
 
-_DTYPE_DEVICE = operator.attrgetter("dtype", "device")
+# requires_grad too: whether a write into a parameter's saved activation is unsafe depends on
+# it (fine-tuning unfreezes layers between stages).
+_DTYPE_DEVICE = operator.attrgetter("dtype", "device", "requires_grad")
 
 
 def module_state(modules: Sequence[nn.Module], tables: Sequence[dict]) -> tuple[tuple, tuple]:
-    """The `training` flags of all modules, and dtype and device of their tensors."""
+    """The `training` flags of all modules, and dtype, device and requires_grad of their
+    tensors."""
     modes = tuple(map(_TRAINING, modules))
     try:  # iterated in C: this runs on every call
         state = tuple(map(_DTYPE_DEVICE, itertools.chain.from_iterable(map(dict.values, tables))))
     except AttributeError:  # a slot holding None (`Linear(bias=False)`)
-        state = tuple([(t.dtype, t.device) for d in tables for t in d.values() if t is not None])
+        state = tuple([_DTYPE_DEVICE(t) for d in tables for t in d.values() if t is not None])
     return modes, state
 
 

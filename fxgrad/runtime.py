@@ -65,6 +65,7 @@ _ANSWERS: dict[str, Callable[[Any], Any]] = {
     "int": int,
     "float": float,
     "value": lambda v: v,  # a dtype or device handed to torch.finfo / torch.iinfo
+    "size": lambda v: v,  # a size turned into text (`str(x.shape[0])`, f"{h}x{w}")
 }
 
 

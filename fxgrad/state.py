@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -46,51 +47,111 @@ class PrivateState:
     def __init__(self, root: nn.Module) -> None:
         self.slots: list[tuple[dict, str, torch.Tensor]] = []
         self._params: set[int] = set()
+        self._buffers: set[int] = set()
         for m in root.modules():
             self._params.add(id(m._parameters))
+            self._buffers.add(id(m._buffers))
             for table in (m._parameters, m._buffers):
                 self.slots.extend((table, name, t) for name, t in table.items() if t is not None)
             self.slots.extend((m.__dict__, k, m.__dict__[k]) for k in plain_tensor_attributes(m))
         if any(t.is_meta for _, _, t in self.slots):
             raise _meta_error("model's parameters or buffers")
+        # Plain Python state a forward may write (`self.step += 1`): put back before each
+        # run, so every probing run starts from the state the call starts from.
+        self.python = [(m.__dict__, _python_state(m)) for m in root.modules()]
+        # Generators the model owns (`self.g = torch.Generator()`): every run draws from
+        # the state the call starts from, and the user's generator is left where it was.
+        self.generators = [
+            (g, g.get_state())
+            for m in root.modules()
+            for g in m.__dict__.values()
+            if isinstance(g, torch.Generator)
+        ]
         self._clones: dict[int, tuple[torch.Tensor, int]] = {}
         # A forward that writes through `.data` changes a copy without moving its version
         # counter: then every run gets fresh copies, not only those whose version moved.
         self.copy_always = False
 
     def reset(self) -> list[torch.Tensor]:
-        """Give every slot a private copy of its original value; return the parameters.
+        """Give every slot a private copy of its original value; return the parameters
+        (then the plain tensor attributes that require grad: gradients are taken for them
+        too).
 
         A copy is made anew only when a run wrote to it (its version moved), unless
         `copy_always`, so the parameters of a large model are copied once, not once per
         probing run. The parameters come back in the order `root.parameters()` lists them.
         """
+        for d, saved in self.python:
+            for k, v in saved.items():
+                if d.get(k, _GONE) is not v:
+                    d[k] = v
+        for g, g_state in self.generators:
+            g.set_state(g_state)
         params: dict[int, torch.Tensor] = {}
+        extra: dict[int, torch.Tensor] = {}  # plain tensors that require grad
         with torch.no_grad():
             for table, name, t in self.slots:
                 hit = self._clones.get(id(t))
                 if hit is None or self.copy_always or hit[0]._version != hit[1]:
-                    c = t.detach().clone()
-                    if isinstance(t, nn.Parameter):
-                        c = nn.Parameter(c, requires_grad=t.requires_grad)
+                    c = _private_copy(t)
                     hit = self._clones[id(t)] = (c, c._version)
                 table[name] = hit[0]
                 if id(table) in self._params:
                     params.setdefault(id(hit[0]), hit[0])
-        return list(params.values())
+                elif hit[0].requires_grad and id(table) not in self._buffers:
+                    extra.setdefault(id(hit[0]), hit[0])
+        return list(params.values()) + [t for k, t in extra.items() if k not in params]
 
     def restore(self) -> None:
-        """Put the original tensors back in their slots."""
+        """Put the original tensors back in their slots, and generators' states."""
         for table, name, t in self.slots:
             table[name] = t
+        for g, g_state in self.generators:
+            g.set_state(g_state)
+
+
+def _private_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` that autograd sees as it sees `t`: a Parameter stays one, and a plain
+    tensor keeps `requires_grad` and leaf-ness (a `self.w = torch.randn(..., requires_grad=
+    True)` attribute, fast weights passed through `torch.func.functional_call`), so a write
+    into it is judged as eager would judge a write into the original."""
+    c = t.detach().clone()
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(c, requires_grad=t.requires_grad)
+    if t.requires_grad:
+        c.requires_grad_(True)
+        if not t.is_leaf:
+            with torch.enable_grad():
+                c = c.clone()  # not a leaf, and not a view: like the original
+    return c
+
+
+_GONE = object()
+_INTERNALS = frozenset(nn.Module().__dict__)
+
+
+def _python_state(m: nn.Module) -> dict[str, Any]:
+    """A module's plain Python attributes: numbers, flags, strings a forward may rebind."""
+    return {
+        k: v
+        for k, v in m.__dict__.items()
+        if k not in _INTERNALS and isinstance(v, (int, float, str, bool, type(None)))
+    }
 
 
 @contextlib.contextmanager
 def forked_rng() -> Iterator[None]:
-    """Run with the caller's RNG state restored afterwards, on the CPU and CUDA devices."""
+    """Run with the caller's RNG state restored afterwards: torch's on the CPU and CUDA
+    devices, and NumPy's global one."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        yield
+    np = sys.modules.get("numpy")
+    np_state = np.random.get_state() if np is not None else None
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        if np_state is not None:  # NumPy's global draws too (np.random.randn in a forward)
+            np.random.set_state(np_state)
 
 
 @contextlib.contextmanager

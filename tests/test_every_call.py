@@ -173,6 +173,27 @@ class Case:
             model = self.mod.Model()
         return any(t.is_floating_point() for t in (*model.parameters(), *model.buffers()))
 
+    @functools.cached_property
+    def has_params(self) -> bool:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return any(p.is_floating_point() for p in self.mod.Model().parameters())
+
+    @functools.cached_property
+    def has_leaf_with_params(self) -> bool:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return _has_leaf_with_params(self.mod.Model())
+
+    @functools.cached_property
+    def reference_mirrors_model(self) -> bool:
+        """No Reference, or one with the very submodules Model has (mutations apply to both)."""
+        if not hasattr(self.mod, "Reference"):
+            return True
+        with torch.random.fork_rng():
+            names = [n for n, _ in self.mod.Model().named_modules()]
+            return names == [n for n, _ in self.mod.Reference().named_modules()]
+
     def has_float_input(self) -> bool:
         return any(floating for _, floating, _, _ in self.shape)
 
@@ -316,6 +337,59 @@ def _train(m: nn.Module) -> None:
     m.train()
 
 
+# Mutations between calls: what a training script changes on the model it fixed. Each is
+# applied to the fixed module and, identically, to the reference side.
+
+_HOOKS: dict[int, list[Any]] = {}
+
+
+def _freeze(m: nn.Module) -> None:
+    m.requires_grad_(False)
+
+
+def _unfreeze(m: nn.Module) -> None:
+    m.requires_grad_(True)
+
+
+def _scale_output(_mod: nn.Module, _args: Any, out: Any) -> Any:
+    if isinstance(out, torch.Tensor) and out.is_floating_point():
+        return out * 1.5
+    return None
+
+
+def _add_hooks(m: nn.Module) -> None:
+    """An output-changing forward hook on every submodule (leaves and traced-through ones)."""
+    _HOOKS[id(m)] = [c.register_forward_hook(_scale_output) for c in list(m.modules())[1:]]
+
+
+def _remove_hooks(m: nn.Module) -> None:
+    for h in _HOOKS.pop(id(m), []):
+        h.remove()
+
+
+def _load_perturbed(m: nn.Module) -> None:
+    state = {k: (v * 0.5 + 0.25 if v.is_floating_point() else v) for k, v in m.state_dict().items()}
+    m.load_state_dict(state)
+
+
+def _swap_first_leaf(m: nn.Module) -> None:
+    """Replace the first submodule holding parameters by a changed copy, through
+    `_modules` directly (as quantization's convert does), not through setattr."""
+    for _, parent in m.named_modules():
+        for name, child in parent._modules.items():
+            if child is not None and any(True for _ in child.parameters(recurse=False)):
+                new = copy.deepcopy(child)
+                with torch.no_grad():
+                    for p in new.parameters():
+                        p.mul_(0.5)
+                parent._modules[name] = new
+                return
+
+
+def _has_leaf_with_params(model: nn.Module) -> bool:
+    return any(any(True for _ in c.parameters(recurse=False)) for c in list(model.modules())[1:])
+
+
 def scenarios(case: Case) -> dict[str, Scenario | str]:
     """The scenarios that apply to `case`; a string says why one cannot run."""
     f32, f64 = torch.float32, torch.float64
@@ -361,6 +435,21 @@ def scenarios(case: Case) -> dict[str, Scenario | str]:
     )
     if case.same_pair() is not None:
         out["same_tensor"] = Scenario("same_tensor", [Step(1, same=True), Step(2)])
+    if case.reference_mirrors_model:  # else hooks on Model's submodules have no counterpart
+        out["hooks_added"] = Scenario(
+            "hooks_added", [Step(1, before=_add_hooks), Step(2, before=_remove_hooks), Step(3)]
+        )
+    if case.has_params:
+        out["freeze_unfreeze"] = Scenario(
+            "freeze_unfreeze", [Step(1, before=_freeze), Step(2, before=_unfreeze)]
+        )
+        out["load_state_dict"] = Scenario(
+            "load_state_dict", [Step(1, before=_load_perturbed), Step(2)]
+        )
+    if case.has_leaf_with_params and case.reference_mirrors_model:
+        out["submodule_swapped"] = Scenario(
+            "submodule_swapped", [Step(1, before=_swap_first_leaf), Step(2)]
+        )
     for name, why in getattr(case.mod, "SKIP", {}).items():
         assert name in out, f"{case.name}: SKIP names no scenario {name!r}"
         out[name] = why

@@ -14,9 +14,11 @@ functionalize fails or disagrees with the finite differences itself.
 randn) and write them, read and write a plain tensor attribute of the module, write into
 `chunk`/`split` pieces, write through `.float()`, `.double()`, `.contiguous()` and
 `reshape` (the same tensor or a copy, depending on dtype and layout), apply dropout
-(p=0.5) and write another tensor into one (`add_`). One fixed module is called nine times,
-as a training script would: three calls, another batch size, float64 after a float32
-decision, plain inputs after ones that require grad, eval, then train again. Every call is
+(p=0.5) and write another tensor into one (`add_`), read a Python attribute, branch on a
+flag and bump a counter in forward. One fixed module is called thirteen times, as a
+training script would: three calls, another batch size, float64 after a float32 decision,
+plain inputs after ones that require grad, eval, train again, then after the user changes
+the attribute, flips the flag, adds a hook and removes it. Every call is
 compared with eager under the same seed by tests/test_every_call.py's harness (values,
 gradients, the module's state, the RNG state).
 
@@ -136,6 +138,9 @@ class Program(nn.Module):
         self.stmts = stmts
         if any(stmt[0] == "attr" for stmt in stmts):
             self.t = torch.zeros(ATTR_SHAPE)  # a plain tensor attribute, not a buffer
+        self.scale = 1.5  # Python values the forward reads, changed between calls
+        self.flag = False
+        self.calls = 0  # Python state the forward writes
 
     def forward(self, x):
         env = [x]
@@ -153,6 +158,13 @@ class Program(nn.Module):
                 env.append(self.t)  # the attribute itself: writes into it are module state
             elif kind == "drop":
                 env.append(F.dropout(env[stmt[1]], 0.5, self.training))
+            elif kind == "scale":
+                env.append(env[stmt[1]] * self.scale)
+            elif kind == "flag":
+                env.append(env[stmt[1]] * 2 if self.flag else env[stmt[1]] + 1)
+            elif kind == "count":
+                self.calls += 1
+                env.append(env[stmt[1]] * (1.0 + self.calls / 10))
             elif stmt[1] == "add_other":
                 MORE_WRITES["add_other"](env, stmt[2], stmt[3])
             elif stmt[1] == "dropout_":
@@ -181,7 +193,7 @@ def programs(draw, more: bool = False) -> list[tuple]:
     views = {**VIEWS, **MORE_VIEWS} if more else VIEWS
     kinds = ["un", "bin", "view", "view", "write", "write", "write"]
     if more:
-        kinds += ["fresh", "attr", "drop", "write2", "view", "write"]
+        kinds += ["fresh", "attr", "drop", "write2", "view", "write", "python"]
     for _ in range(draw(st.integers(1, 9 if more else 7))):
         kind = draw(st.sampled_from(kinds))
         i = draw(st.integers(1, len(shapes) - 1))
@@ -214,6 +226,9 @@ def programs(draw, more: bool = False) -> list[tuple]:
             continue
         elif kind == "drop":
             stmts.append(("drop", i))
+            made = s
+        elif kind == "python":  # a Python attribute read, a branch on one, a counter
+            stmts.append((draw(st.sampled_from(["scale", "flag", "count"])), i))
             made = s
         elif kind == "write2":
             # Another tensor written into one; never into the attribute, which would then
@@ -343,6 +358,18 @@ def test_regressions():
 
 # One fixed module, called as a training script calls it. Decided on float32 inputs that
 # require grad, in train mode.
+_HANDLES: dict[int, list] = {}
+
+
+def _hook_every_module(m: nn.Module) -> None:
+    _HANDLES[id(m)] = [m.register_forward_hook(lambda _m, _a, out: out)]
+
+
+def _unhook_every_module(m: nn.Module) -> None:
+    for h in _HANDLES.pop(id(m), []):
+        h.remove()
+
+
 SEQUENCE = Scenario(
     "sequence",
     [
@@ -355,6 +382,10 @@ SEQUENCE = Scenario(
         Step(7, requires_grad=True),
         Step(8, before=nn.Module.eval, label="eval"),
         Step(9, before=nn.Module.train, label="train again"),
+        Step(10, before=lambda m: setattr(m, "scale", 0.25), label="an attribute changed"),
+        Step(11, before=lambda m: setattr(m, "flag", True), label="a flag flipped"),
+        Step(12, before=_hook_every_module, label="hooks added"),
+        Step(13, before=_unhook_every_module, label="hooks removed"),
     ],
 )
 

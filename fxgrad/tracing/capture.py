@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -15,9 +16,13 @@ from fxgrad.graph_utils import empty_graph_module
 from fxgrad.state import plain_tensor_attributes
 from fxgrad.tracing.callspec import CallSpec
 from fxgrad.tracing.errors import _model_error, _trace_error
-from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX, _is_stowed_name
+from fxgrad.tracing.module_tensors import ModuleTensorsAsNodes
+from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX, _is_stowed_name, finish
 from fxgrad.tracing.patches import _ACTIVE, _patched
+from fxgrad.tracing.reads import _LOGS, ReadLog, global_reads, plain_attribute, swap_in, swap_out
 from fxgrad.tracing.tracer import FxgradTracer, hook_ids
+
+_CAPTURE_LOCK = threading.RLock()
 
 
 @dataclass
@@ -30,40 +35,40 @@ class Captured:
     leaf_index: list[int]
     propagation_error: BaseException | None = None
     notes: list[str] = field(default_factory=list)
+    # What the forward read from Python (fxgrad.view turns it into guards): (module path,
+    # attribute) reads, (globals, name) pairs and closure cells its code can read, and the
+    # paths of the submodules traced through.
+    attributes: list[tuple[str, str]] = field(default_factory=list)
+    globals: list[tuple[dict, str]] = field(default_factory=list)
+    cells: list = field(default_factory=list)
+    traced: list[str] = field(default_factory=list)
+    # Numbers the forward writes back to a module (`self.step += 1`), by (path, name):
+    # captured again with them as graph values (see `live`).
+    counters: set[tuple[str, str]] = field(default_factory=set)
 
 
 def capture(
     root: torch.nn.Module,
     call: CallSpec,
     leaves: list | None,
+    live: set[tuple[str, str]] | frozenset = frozenset(),
 ) -> Captured:
     """Trace `root` (a twin of the user's module) into a GraphModule.
 
-    Raises TraceError naming the user's line when the forward cannot be captured.
+    `live` names (module path, attribute) numbers the forward writes back: they are read
+    as graph values rather than guarded constants. Raises TraceError naming the user's
+    line when the forward cannot be captured.
     """
     tracer = FxgradTracer(leaves, call.in_spec, call)
-    modules = list(root.modules())
-    state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in modules]
-    hooks = [(table, table.copy()) for m in modules for table in _hook_tables(m)]
-    tracer.initial_hooks = {id(m): hook_ids(m) for m in modules}
-    _plain_attributes_as_buffers(modules, tracer)
-    _ACTIVE.append(tracer)
-    error: Exception | None = None
-    try:
-        with _patched(modules):
-            graph = tracer.trace(root)
-    except Exception as e:
-        error = e
-    finally:
-        _ACTIVE.pop()
-        _restore(state)
-        for table, before in hooks:  # hooks the forward installed while traced
-            if table.keys() != before.keys():
-                table.clear()
-                table.update(before)
+    session = _Session(root, tracer, live)
+    graph, error = session.run()
     if error is not None:
         raise _capture_error(tracer, error) from error
     tracer._values.clear()
+    paths, log = session.paths, session.log
+    traced = set(tracer.traced_paths)
+    classes = [type(root)] + [type(m) for m in session.modules if paths.get(id(m)) in traced]
+    globals_, cells = global_reads(classes)
     return Captured(
         _graph_module(graph, root),
         call,
@@ -71,7 +76,93 @@ def capture(
         tracer.placeholder_leaf_index,
         tracer.propagation_error,
         tracer.notes,
+        attributes=[(paths[id(m)], name) for m, name, _ in log.reads.values() if id(m) in paths],
+        globals=globals_,
+        cells=cells,
+        traced=list(dict.fromkeys(tracer.traced_paths)),
+        counters=session.counters - set(live),
     )
+
+
+class _Session:
+    """One trace of a twin tree: what tracing changes on it, and putting all of it back.
+
+    Tracing holds the process-wide capture lock (fx patches nn.Module itself), swaps the
+    twin's modules into recording classes, and patches torch for this thread; `run` puts
+    everything back on any exit, an interrupt halfway through setting up included.
+    """
+
+    def __init__(
+        self, root: torch.nn.Module, tracer: FxgradTracer, live: set[tuple[str, str]] | frozenset
+    ) -> None:
+        self.root, self.tracer = root, tracer
+        named = list(root.named_modules(remove_duplicate=False))
+        self.modules = list(dict.fromkeys(m for _, m in named))
+        self.paths: dict[int, str] = {}
+        for path, m in named:
+            self.paths.setdefault(id(m), path)
+        tracer.module_paths = self.paths
+        self.state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in self.modules]
+        self.hooks = [(t, t.copy()) for m in self.modules for t in _hook_tables(m)]
+        tracer.initial_hooks = {id(m): hook_ids(m) for m in self.modules}
+        _plain_attributes_as_buffers(self.modules, tracer)
+        self.log = ReadLog()
+        self.log.live = {
+            (id(m), name) for m in self.modules for p, name in live if self.paths[id(m)] == p
+        }
+        self.names = {id(t): n for n, t in root.named_parameters(remove_duplicate=False)}
+        self.names.update({id(t): n for n, t in root.named_buffers(remove_duplicate=False)})
+        self.swapped: list = []
+        self.depth = len(_ACTIVE)
+        self.locked = False
+        self.counters: set[tuple[str, str]] = set()
+
+    def run(self) -> tuple[fx.Graph | None, Exception | None]:
+        tracer = self.tracer
+        try:
+            self.locked = _CAPTURE_LOCK.acquire()  # one capture at a time in the process
+            self.swapped.extend(swap_in(self.modules))
+            _ACTIVE.append(tracer)
+            _LOGS.append((self.log, tracer))
+            with _patched(self.modules), ModuleTensorsAsNodes(tracer, self.names):
+                return tracer.trace(self.root), None
+        except Exception as e:
+            return None, e
+        finally:
+            self.counters = _counters(self.state, self.log, self.paths)
+            finish(self.clean_up)
+
+    def clean_up(self) -> None:
+        """Put back what tracing changed (safe to run twice: see finish())."""
+        while len(_ACTIVE) > self.depth:  # as deep as before, however far setting up got
+            _ACTIVE.pop()
+        while len(_LOGS) > self.depth:
+            _LOGS.pop()
+        if self.locked:
+            with contextlib.suppress(RuntimeError):
+                _CAPTURE_LOCK.release()
+            self.locked = False
+        swap_out(self.swapped)
+        _restore(self.state)
+        for table, before in self.hooks:  # hooks the forward installed while traced
+            if table.keys() != before.keys():
+                table.clear()
+                table.update(before)
+
+
+def _counters(
+    state: list[tuple[torch.nn.Module, dict, dict]], log: ReadLog, paths: dict[int, str]
+) -> set[tuple[str, str]]:
+    """Numbers the forward wrote back to a module where one was (`self.step += 1`)."""
+    found = set()
+    for m, _, attrs in state:
+        for key in log.written:
+            if key[0] != id(m):
+                continue
+            name = key[1]
+            if plain_attribute(attrs.get(name)) and id(m) in paths:
+                found.add((paths[id(m)], name))
+    return found
 
 
 def _hook_tables(m: torch.nn.Module) -> list[dict]:

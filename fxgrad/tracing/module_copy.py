@@ -22,11 +22,30 @@ def twin(module: torch.nn.Module, memo: dict[int, object] | None = None) -> torc
     if id(module) in memo:
         return memo[id(module)]
     new = _twin_one(module, memo)
-    if top:  # every twin exists now: point the hooks at them
+    if top:  # every twin exists now: point the hooks and containers at them
         for obj in list(memo.values()):
             if isinstance(obj, torch.nn.Module):
                 _rebind_hooks(obj, memo)
+                _rebind_containers(obj, memo)
     return new
+
+
+def _rebind_containers(new: torch.nn.Module, memo: dict[int, object]) -> None:
+    """Modules a twin reaches through a plain list or dict attribute (`self.layers = [...]`,
+    each also registered with add_module, as transformers' UperNet does) are the twins
+    too, so probing never runs the user's modules and never moves their statistics."""
+    for k, v in list(new.__dict__.items()):
+        if k in _MODULE_INTERNALS or type(v) not in _CONTAINERS:
+            continue
+        items = v.values() if isinstance(v, dict) else v
+        if not any(isinstance(x, torch.nn.Module) for x in items):
+            continue
+        if isinstance(v, dict):
+            for key, x in list(v.items()):
+                if isinstance(x, torch.nn.Module):
+                    v[key] = twin(x, memo)
+        elif isinstance(v, list):
+            v[:] = [twin(x, memo) if isinstance(x, torch.nn.Module) else x for x in v]
 
 
 def _twin_one(module: torch.nn.Module, memo: dict[int, object]) -> torch.nn.Module:
@@ -80,6 +99,56 @@ def _rebind_hooks(new: torch.nn.Module, memo: dict[int, object]) -> None:
         for key, hook in list(table.items()):
             if callable(hook):
                 table[key] = _hook_twin(hook, memo)
+
+
+_RUN_HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def quiet_user_hooks(root: torch.nn.Module) -> None:
+    """Make the hooks the user added to a twin tree do nothing while fxgrad probes it.
+
+    Deciding runs the twin's forward and backward several times; a user's forward hook
+    that counts calls or logs outputs must see the user's calls only. Hooks that are part
+    of the model keep running, as they compute what the forward returns: torch's own (weight
+    norm's), methods of the model's modules, functions defined inside the model's classes
+    (a hook registered in `__init__`), and hooks from the package the model's classes come
+    from (transformers' output capturing). Each hook stays under its key, so which modules
+    have hooks (and are kept as one call) is unchanged.
+    """
+    classes = {c for m in root.modules() for c in type(m).__mro__}
+    names = {c.__qualname__ for c in classes}
+    own = {c.__module__.split(".", 1)[0] for c in classes} - {"__main__", "builtins"}
+    own.add("torch")
+    for m in root.modules():
+        for name in _RUN_HOOK_TABLES:
+            table = m.__dict__.get(name)
+            if not table:
+                continue
+            for key, hook in list(table.items()):
+                if not _model_hook(hook, own, names):
+                    table[key] = _silent
+
+
+def _silent(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+def _model_hook(hook: object, packages: set[str], class_names: set[str]) -> bool:
+    """Whether a hook is part of the model rather than something the user attached."""
+    fn = hook.func if isinstance(hook, functools.partial) else hook
+    if isinstance(fn, types.MethodType) and isinstance(fn.__self__, torch.nn.Module):
+        return True
+    fn = getattr(fn, "__func__", fn)
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        module, qualname = fn.__module__ or "", getattr(fn, "__qualname__", "")
+    else:
+        module, qualname = type(fn).__module__, type(fn).__qualname__
+    return module.split(".", 1)[0] in packages or qualname.split(".", 1)[0] in class_names
 
 
 def _hook_twin(hook: object, memo: dict[int, object]) -> object:

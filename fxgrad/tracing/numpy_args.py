@@ -20,6 +20,27 @@ _NUMPY_RECORDED = (
     "arange",
     "linspace",
 )
+# NumPy's global random draws, recorded as calls from model code: a fresh draw on every call
+# (as eager makes), sizes read from `x.shape` kept symbolic, and NumPy's C code never handed a
+# traced value (it crashes the process on one).
+_NUMPY_RANDOM = (
+    "rand",
+    "randn",
+    "randint",
+    "random",
+    "random_sample",
+    "normal",
+    "uniform",
+    "standard_normal",
+    "binomial",
+    "poisson",
+    "choice",
+    "permutation",
+    "beta",
+    "exponential",
+    "gamma",
+    "laplace",
+)
 # Of those, the ones that take data rather than sizes: recorded only when given a traced value.
 _NUMPY_DATA_FUNCTIONS = ("asarray", "array", "ascontiguousarray")
 

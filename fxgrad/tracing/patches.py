@@ -21,11 +21,11 @@ from fxgrad.graph_utils import (
     _is_internal,
 )
 from fxgrad.runtime import function_apply
-from fxgrad.tracing.names import _is_stowed_name
-from fxgrad.tracing.numpy_args import _NUMPY_DATA_FUNCTIONS, _NUMPY_RECORDED
+from fxgrad.tracing.names import ThreadStack, _is_stowed_name, finish
+from fxgrad.tracing.numpy_args import _NUMPY_DATA_FUNCTIONS, _NUMPY_RANDOM, _NUMPY_RECORDED
 
 if TYPE_CHECKING:
-    from fxgrad.tracing.tracer import FxgradTracer
+    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -36,7 +36,8 @@ def _has_proxy(tree: Any) -> bool:
     return any(isinstance(a, fx.Proxy) for a in pytree.tree_leaves(tree))
 
 
-_ACTIVE: list[FxgradTracer] = []
+# The captures in progress, each seen by its own thread only (see ThreadStack).
+_ACTIVE = ThreadStack()
 
 _HOST_FUNCTIONS = ("from_numpy", "tensor", "as_tensor", "asarray")
 # Functions that make a tensor. Called from model code they are recorded as calls whatever
@@ -176,10 +177,39 @@ def _traced_module_setattr(orig: Callable[[Any, str, Any], None]) -> Callable:
                 # changes, as in eager PyTorch (a leaf module may read what is rebound).
                 tracer.run_pending()
             if isinstance(value, fx.Proxy) and tracer.record_module_setattr(mod, name, value):
+                _note_write(mod, name)
+                return
+            if (
+                _plain_state_write(name, value)
+                and name not in mod._parameters
+                and name not in mod._modules
+                and tracer.record_module_setattr(mod, name, value)
+            ):
+                _note_write(mod, name)
                 return
         orig(mod, name, value)
 
     return __setattr__
+
+
+def _plain_state_write(name: str, value: Any) -> bool:
+    """`self.step = 3`, `self.seen = True` in a forward: Python state eager writes on every
+    call (tensors, modules and fxgrad's own constants are handled on their own)."""
+    from fxgrad.tracing.reads import _MODULE_INTERNALS
+
+    return not (
+        _is_stowed_name(name)
+        or name in _MODULE_INTERNALS
+        or isinstance(value, (torch.Tensor, torch.nn.Module))
+        or callable(value)
+    )
+
+
+def _note_write(mod: Any, name: str) -> None:
+    from fxgrad.tracing.reads import _LOGS
+
+    if _LOGS:
+        _LOGS[-1][0].written.add((id(mod), name))
 
 
 def _called_from_user_code(depth: int = 3) -> bool:
@@ -406,10 +436,14 @@ def _replacements() -> tuple[dict[Any, Any], list[tuple[Any, str, Any]]]:
     for n in np_names:
         kind = _record_if_traced if n in _NUMPY_DATA_FUNCTIONS else _record_factory
         replacements[getattr(np, n)] = _wrapped(kind, getattr(np, n))
+    np_random = _NUMPY_RANDOM if np is not None else ()
+    for n in np_random:
+        replacements[getattr(np.random, n)] = _wrapped(_record_factory, getattr(np.random, n))
     names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
     places = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
     places.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
     places.extend((np, n, getattr(np, n)) for n in np_names)
+    places.extend((np.random, n, getattr(np.random, n)) for n in np_random)
     return replacements, places
 
 
@@ -441,9 +475,9 @@ def _assign(ns: Any, name: str, value: Any) -> None:
         setattr(ns, name, value)
 
 
-def _patch_classes(modules: list[torch.nn.Module]) -> list[tuple[type, str, Any]]:
-    """Patch the model's classes and torch's grad-mode classes; return what to put back."""
-    originals: list[tuple[type, str, Any]] = []
+def _patch_classes(modules: list[torch.nn.Module], originals: list[tuple[type, str, Any]]) -> None:
+    """Patch the model's classes and torch's grad-mode classes, noting in `originals` what
+    to put back as each is patched (an interrupt halfway leaves nothing unrecorded)."""
     # Patched on the classes in the model, not on nn.Module: assigning to nn.Module
     # invalidates the attribute caches of its hundreds of subclasses, which cost more
     # than the rest of capturing a small model.
@@ -453,7 +487,6 @@ def _patch_classes(modules: list[torch.nn.Module]) -> list[tuple[type, str, Any]
     for (cls, name), method in _GRAD_MODE_METHODS.items():
         originals.append((cls, name, cls.__dict__[name]))
         setattr(cls, name, method)
-    return originals
 
 
 @contextlib.contextmanager
@@ -470,20 +503,26 @@ def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
                 undo.append((ns, name, value))
                 _assign(ns, name, new)
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
-        originals = _patch_classes(modules)
+        _patch_classes(modules, originals)
         torch.is_grad_enabled = _traced_is_grad_enabled
         torch._C._set_grad_enabled = _traced_set_grad_enabled
         torch._C._InferenceMode = _TracedInferenceMode
         yield
     finally:
-        for cls, name, method in reversed(originals):
-            if method is None:
+        finish(lambda: _unpatch(originals, undo))
+
+
+def _unpatch(originals: list[tuple[type, str, Any]], undo: list[tuple[Any, str, Any]]) -> None:
+    """Put back everything `_patched` replaced (safe to run twice)."""
+    for cls, name, method in reversed(originals):
+        if method is None:
+            if name in cls.__dict__:
                 delattr(cls, name)  # it was inherited
-            else:
-                setattr(cls, name, method)
-        torch._C._InferenceMode = _INFERENCE_MODE
-        torch.is_grad_enabled = _IS_GRAD_ENABLED
-        torch._C._set_grad_enabled = _SET_GRAD_ENABLED
-        torch.autograd.function.Function.apply = _ORIG_APPLY
-        for ns, name, value in reversed(undo):
-            _assign(ns, name, value)
+        else:
+            setattr(cls, name, method)
+    torch._C._InferenceMode = _INFERENCE_MODE
+    torch.is_grad_enabled = _IS_GRAD_ENABLED
+    torch._C._set_grad_enabled = _SET_GRAD_ENABLED
+    torch.autograd.function.Function.apply = _ORIG_APPLY
+    for ns, name, value in reversed(undo):
+        _assign(ns, name, value)

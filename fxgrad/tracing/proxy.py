@@ -140,6 +140,18 @@ class FxgradProxy(fx.Proxy):
     def __float__(self) -> float:  # `float(x.size(-1))`
         return self.tracer.concretize(self, "float")
 
+    def __str__(self) -> str:
+        # `"x".join(str(d) for d in x.shape)`, f"{h}x{w}": a size's text is its value
+        # (guarded), not the proxy's name; other traced values keep fx's text.
+        if _is_meta_expr(self.node, self.tracer._meta_memo):
+            return str(self.tracer.concretize(self, "size"))
+        return fx.Proxy.__repr__(self)
+
+    def __format__(self, spec: str) -> str:
+        if _is_meta_expr(self.node, self.tracer._meta_memo):
+            return format(self.tracer.concretize(self, "size"), spec)
+        return format(fx.Proxy.__repr__(self), spec)
+
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a traced value cannot become a NumPy array here")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import operator
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -117,6 +118,7 @@ class FxgradTracer(fx.Tracer):
         self.propagation_error: BaseException | None = None
         self.propagation_node: fx.Node | None = None
         self._grad_stack: list[fx.Proxy] = []
+        self.thread = threading.get_ident()  # fx patches nn.Module for every thread
         self.notes: list[str] = []
         self._meta_memo: dict[fx.Node, bool] = {}
         self.out_spec: pytree.TreeSpec | None = None
@@ -126,6 +128,10 @@ class FxgradTracer(fx.Tracer):
         self.plain_attributes: set[tuple[int, str]] = set()
         # Hook handles each module had when tracing began, by id(module) (see capture()).
         self.initial_hooks: dict[int, frozenset] = {}
+        # Paths of the submodules whose forward was traced through, not kept as a call.
+        self.traced_paths: list[str] = []
+        # Path of each module of the tree, by id (filled by capture()).
+        self.module_paths: dict[int, str] = {}
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -183,7 +189,11 @@ class FxgradTracer(fx.Tracer):
         try:
             if node.op == "get_attr":
                 obj: Any = self.root
-                for atom in str(node.target).removeprefix(ROOT_ATTR + ".").split("."):
+                target = str(node.target)
+                atoms = (
+                    [] if target == ROOT_ATTR else target.removeprefix(ROOT_ATTR + ".").split(".")
+                )
+                for atom in atoms:
                     obj = getattr(obj, atom)
                 value = obj
             elif node.op == "call_module":
@@ -210,11 +220,27 @@ class FxgradTracer(fx.Tracer):
         self._values[node] = value
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
-        if self.in_propagation:
-            return attr_val  # running real values: modules see their real parameters
+        if self.in_propagation or threading.get_ident() != self.thread:
+            # Running real values (modules see their real parameters), or another thread
+            # reading a module while fx has nn.Module patched: the real tensor.
+            return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_arg(self, a: Any) -> Any:
+        if (
+            type(a) is torch.Tensor
+            and (a.requires_grad or a.grad_fn is not None)
+            and not self.in_propagation
+        ):
+            # A tensor computed while tracing that autograd tracks would become a constant
+            # of the graph: gradients through it would silently stop. Never kept.
+            raise TraceError(
+                f"The forward computes a tensor that requires grad at {self._where()} in a "
+                "way fxgrad's tracer cannot record (it would be kept as a constant, cutting "
+                "its gradient).",
+                hint="Read parameters as attributes (self.weight) or through "
+                "named_parameters() inside forward; or fix with frontend='dynamo'.",
+            )
         try:
             return super().create_arg(a)
         except (NotImplementedError, NameError):  # NameError: a parameter of no submodule
@@ -257,11 +283,23 @@ class FxgradTracer(fx.Tracer):
             if note not in self.notes:
                 self.notes.append(note)
             return True
+        if module_qualified_name:
+            self.traced_paths.append(module_qualified_name)
         return False
 
+    def module_tensor(self, name: str) -> fx.Proxy:
+        """The graph's read of a parameter or buffer of the traced tree, by its name."""
+        return self.create_proxy("get_attr", name, (), {})
+
+    def live_attribute(self, mod: torch.nn.Module, name: str) -> fx.Proxy:
+        """A number the forward reads and writes back (`self.step += 1`), read as a graph
+        value from the user's module on every call, as eager reads it."""
+        path = self.module_paths.get(id(mod), "")
+        return self.create_proxy("get_attr", f"{path}.{name}" if path else name, (), {})
+
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
-        if self.in_propagation:
-            return forward(*args, **kwargs)
+        if self.in_propagation or threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)  # real values, or another thread's eager call
         added = hook_ids(m) - self.initial_hooks.get(id(m), frozenset())
         if added:
             return self._call_with_added_hooks(m, forward, args, kwargs, added)
@@ -369,6 +407,14 @@ class FxgradTracer(fx.Tracer):
         node = proxy.node
         if not _is_meta_expr(node, self._meta_memo):
             raise _control_flow_error(self._where(), kind)
+        if _asks_grad_of_computed(node):
+            # Values are propagated without autograd, so whether a computed value requires
+            # grad is unknown here: the capture stops (and Dynamo takes the forward).
+            raise TraceError(
+                f"The forward asks whether a computed tensor requires grad at {self._where()}, "
+                "which fxgrad's tracer cannot answer.",
+                hint="Ask it of an input or a parameter, or fix with frontend='dynamo'.",
+            )
         self.run_pending()
         if node not in self._values:
             raise TraceError(
@@ -436,8 +482,11 @@ class FxgradTracer(fx.Tracer):
 
     # -- module state written in forward -------------------------------------------------
 
-    def record_module_setattr(self, mod: torch.nn.Module, name: str, value: fx.Proxy) -> bool:
-        """Record `mod.name = value` as a graph node so the fixed module keeps the write."""
+    def record_module_setattr(self, mod: torch.nn.Module, name: str, value: Any) -> bool:
+        """Record `mod.name = value` as a graph node so the fixed module keeps the write.
+
+        `value` is a traced value, or a plain Python value (`self.initialized = True`): the
+        fixed module writes it on the user's module on every call, as eager does."""
         try:
             path = self.path_of_module(mod)
         except NameError:
@@ -488,6 +537,27 @@ class FxgradTracer(fx.Tracer):
         if self._grad_stack:
             prev = self._grad_stack.pop()
             self.create_proxy("call_function", _SET_GRAD_ENABLED, (prev,), {})
+
+
+def _asks_grad_of_computed(node: fx.Node) -> bool:
+    """`h.requires_grad` (or `h.is_leaf`, `h.grad_fn`) of a value the forward computed."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if (
+            n.op == "call_function"
+            and n.target is builtins.getattr
+            and len(n.args) > 1
+            and n.args[1] in ("requires_grad", "is_leaf", "grad_fn")
+        ):
+            base = n.args[0]
+            if isinstance(base, fx.Node) and base.op not in ("placeholder", "get_attr"):
+                return True
+        stack.extend(a for a in n.all_input_nodes)
+    return False
 
 
 def _static_length(node: fx.Node) -> int | None:
