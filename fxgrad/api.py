@@ -44,6 +44,7 @@ from fxgrad.pipeline import (
 )
 from fxgrad.registry import Pass, select_passes
 from fxgrad.report import Report
+from fxgrad.runtime import autocast_state, restore_autocast
 from fxgrad.state import (
     PrivateState,
     forked_rng,
@@ -113,10 +114,12 @@ class Variant:
         if self.leaf_index is not None:
             leaves = [leaves[i] for i in self.leaf_index]
         prev = torch.is_grad_enabled()
+        autocast = autocast_state()
         try:
             out = self._forward_for(module)(module, *leaves)
         except BaseException:
             torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
+            restore_autocast(autocast)  # and an autocast region
             raise
         if self.single:
             return out[0]  # a single tensor output: skip the pytree rebuild

@@ -132,3 +132,49 @@ def ufunc_method(ufunc: Any, method: str) -> Callable:
         wrapper._fxgrad_ufunc_method = method  # type: ignore[attr-defined]
         _ufunc_method_wrappers[key] = wrapper
     return wrapper
+
+
+# ---------------------------------------------------------------------------------------
+# Autocast left on by a call that raised
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_state() -> tuple | None:
+    """Autocast as it is now, to put back after a call that raised; None when it is off
+    everywhere (the common case, one C call)."""
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    return (
+        tuple(
+            (d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
+            for d in _AUTOCAST_DEVICES
+        ),
+        torch.is_autocast_cache_enabled(),
+        _autocast_nesting(),
+    )
+
+
+def _autocast_nesting() -> int:
+    level = torch.autocast_increment_nesting()
+    torch.autocast_decrement_nesting()
+    return level - 1
+
+
+def restore_autocast(before: tuple | None) -> None:
+    """Undo the autocast regions a generated forward entered and never left (it raised
+    inside one): a model's error must not leave autocast on for the whole process."""
+    if before is None and not torch._C._is_any_autocast_enabled():
+        return
+    devices, cache, nesting = before or (
+        tuple((d, False, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES),
+        torch.is_autocast_cache_enabled(),
+        0,
+    )
+    for device, enabled, dtype in devices:
+        torch.set_autocast_enabled(device, enabled)
+        torch.set_autocast_dtype(device, dtype)
+    torch.set_autocast_cache_enabled(cache)
+    for _ in range(_autocast_nesting() - nesting):
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()

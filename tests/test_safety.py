@@ -205,23 +205,28 @@ def test_numpy_random_with_traced_sizes_does_not_crash_the_process():
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stderr)
 
 
-def test_an_error_inside_autocast_leaves_autocast_off():
-    class Raises(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(8, 8)
+class _RaisesInAutocast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
 
-        def forward(self, x):
-            with torch.autocast("cpu"):
-                h = self.fc(x)
-            if h.shape[0] == 3:
-                raise ValueError("three is not allowed")
-            return h
+    def forward(self, x, y):
+        with torch.autocast("cpu"):
+            h = self.fc(x) @ y  # raises inside the region when y has the wrong rows
+        return h
 
-    fixed = fxgrad.fix(Raises(), (torch.randn(4, 8),))
-    with pytest.raises(ValueError, match="three is not allowed"):
-        fixed(torch.randn(3, 8))
+
+@pytest.mark.parametrize("outer", [False, True], ids=["plain", "inside-users-autocast"])
+def test_an_error_inside_autocast_leaves_autocast_as_it_was(outer):
+    fixed = fxgrad.fix(_RaisesInAutocast(), (torch.randn(4, 8), torch.randn(8, 2)))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            fixed(torch.randn(4, 8), torch.randn(5, 2))
+        assert torch.is_autocast_enabled("cpu") is outer
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     assert not torch.is_autocast_enabled("cpu")
+    out = fixed(torch.randn(4, 8), torch.randn(8, 2))  # and the next call is right
+    assert out.dtype == torch.bfloat16  # its own region still applies
 
 
 # ---------------------------------------------------------------------------------------
