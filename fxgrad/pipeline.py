@@ -293,6 +293,11 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
     )
 
 
+def _shape(graph: fx.Graph) -> list[tuple[str, str, str]]:
+    """What a graph is made of, to tell whether a pass edited it: nodes and their targets."""
+    return [(n.name, n.op, str(n.target)) for n in graph.nodes]
+
+
 def _merged(before: Reach | None, now: Reach) -> Reach:
     """The reach to hold the next pass to: what the last verified graph reaches, keeping
     the parameter set known from before where backward could not run until now."""
@@ -337,9 +342,13 @@ def run_passes(
                 code=p.code,
                 node=str(node),
             ) from e
-        if not any(c.applied for c in found):
+        edited = any(c.applied for c in found)
+        if not edited and (saved is None or _shape(saved) == _shape(gm.graph)):
             changes.extend(found)
             continue
+        if not edited:  # the graph changed although the pass reported no rewrite
+            gm.graph.lint()
+            gm.recompile()
         problem = verify(gm, ctx, ref, reach) if can_verify else None
         if problem is None and can_verify:
             reach = _merged(reach, Reach.of(ctx.observe(gm)))

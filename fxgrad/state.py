@@ -199,7 +199,8 @@ def restored(tensors: Iterable[Any]) -> Iterator[None]:
 _CONTAINERS = (dict, list, set)
 
 
-def _refill(obj: Any, copy_: Any) -> None:
+def refill(obj: Any, copy_: Any) -> None:
+    """Put a dict, list or set's earlier contents back into the same object."""
     if isinstance(obj, dict):
         obj.clear()
         obj.update(copy_)
@@ -232,4 +233,4 @@ def python_state_restored(root: nn.Module) -> Iterator[None]:
                 del d[k]
             d.update(before)
             for obj, was in contents:
-                _refill(obj, was)
+                refill(obj, was)

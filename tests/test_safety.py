@@ -455,3 +455,56 @@ def test_a_model_owned_generator_is_left_where_it_was_and_drawn_from_on_every_ca
     for batch in (4, 2):
         x = torch.randn(batch, 6)
         torch.testing.assert_close(fixed(x), eager(x))  # the same draws, call after call
+
+
+class _NumpyWritesOwnMemory(nn.Module):
+    def forward(self, x):
+        y = x.exp()
+        a = y.detach().numpy()
+        a += 1  # writes into y's memory, around autograd's version counter
+        return y * 2
+
+
+def test_a_numpy_write_into_a_tensors_memory_is_left_as_eager_has_it():
+    model = _NumpyWritesOwnMemory()
+    x = torch.randn(3, 4)
+    fixed = fxgrad.fix(model, (x,))
+    assert any("rolled back" in n for n in fixed.report.notes), fixed.report.notes
+    for batch in (3, 5):
+        xb = torch.randn(batch, 4)
+        torch.testing.assert_close(fixed(xb), model(xb))
+
+
+class _CachesBiases(nn.Module):
+    """Caches a tensor computed from a parameter, keyed by device (timm's LeViT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.biases = nn.Parameter(torch.randn(4))
+        self.cache: dict[str, torch.Tensor] = {}
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        key = str(x.device)
+        if self.training:
+            bias = self.biases * 2
+        else:
+            if key not in self.cache:
+                self.cache[key] = self.biases * 2
+            bias = self.cache[key]
+        return self.fc(x) + bias
+
+
+def test_a_cache_filled_while_tracing_holds_no_traced_value_afterwards():
+    model = _CachesBiases().eval()
+    x = torch.randn(2, 4)
+    fixed = fxgrad.fix(model, (x,))
+    assert model.cache == {}
+    with torch.no_grad():
+        for batch in (2, 3):
+            xb = torch.randn(batch, 4)
+            torch.testing.assert_close(fixed(xb), copy.deepcopy(model)(xb))
+    fixed.train()
+    out = fixed(x)
+    out.sum().backward()
+    assert model.biases.grad is not None

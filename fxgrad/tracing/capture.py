@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import threading
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from torch import fx
 
 from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import empty_graph_module
-from fxgrad.state import plain_tensor_attributes
+from fxgrad.state import plain_tensor_attributes, refill
 from fxgrad.tracing.callspec import CallSpec
 from fxgrad.tracing.errors import _model_error, _trace_error
 from fxgrad.tracing.module_tensors import ModuleTensorsAsNodes
@@ -102,7 +103,16 @@ class _Session:
         for path, m in named:
             self.paths.setdefault(id(m), path)
         tracer.module_paths = self.paths
+        tracer.state_tensors = _state_tensors(self.modules)
         self.state = [(m, m._buffers.copy(), m.__dict__.copy()) for m in self.modules]
+        # What the twin's containers hold (its own copies): a forward filling a cache
+        # (`self.cache[key] = t`) leaves traced values there, which later runs must not read.
+        self.contents = [
+            (v, copy.copy(v))
+            for m in self.modules
+            for k, v in m.__dict__.items()
+            if isinstance(v, (dict, list, set)) and "hook" not in k
+        ]
         self.hooks = [(t, t.copy()) for m in self.modules for t in _hook_tables(m)]
         tracer.initial_hooks = {id(m): hook_ids(m) for m in self.modules}
         _plain_attributes_as_buffers(self.modules, tracer)
@@ -144,10 +154,22 @@ class _Session:
             self.locked = False
         swap_out(self.swapped)
         _restore(self.state)
+        for container, before in self.contents:
+            refill(container, before)
         for table, before in self.hooks:  # hooks the forward installed while traced
             if table.keys() != before.keys():
                 table.clear()
                 table.update(before)
+
+
+def _state_tensors(modules: list[torch.nn.Module]) -> set[int]:
+    """Ids of the tensors modules hold in dicts, lists and tuples (a cache of earlier calls)."""
+    found: set[int] = set()
+    for m in modules:
+        for v in m.__dict__.values():
+            items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else ()
+            found.update(id(x) for x in items if isinstance(x, torch.Tensor))
+    return found
 
 
 def _counters(

@@ -143,14 +143,22 @@ class FxgradProxy(fx.Proxy):
     def __str__(self) -> str:
         # `"x".join(str(d) for d in x.shape)`, f"{h}x{w}": a size's text is its value
         # (guarded), not the proxy's name; other traced values keep fx's text.
-        if _is_meta_expr(self.node, self.tracer._meta_memo):
-            return str(self.tracer.concretize(self, "size"))
-        return fx.Proxy.__repr__(self)
+        size = self._size()
+        return fx.Proxy.__repr__(self) if size is None else str(size)
 
     def __format__(self, spec: str) -> str:
-        if _is_meta_expr(self.node, self.tracer._meta_memo):
-            return format(self.tracer.concretize(self, "size"), spec)
-        return format(fx.Proxy.__repr__(self), spec)
+        size = self._size()
+        return format(fx.Proxy.__repr__(self) if size is None else size, spec)
+
+    def _size(self) -> int | None:
+        """The value of a size-like number (a dimension, a count), guarded; else None."""
+        if not _is_meta_expr(self.node, self.tracer._meta_memo):
+            return None
+        known = getattr(self.tracer, "known_value", None)
+        value = known(self) if known is not None else None
+        if type(value) is not int:
+            return None  # a device or dtype: its text stays what fx gives
+        return self.tracer.concretize(self, "size")
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a traced value cannot become a NumPy array here")

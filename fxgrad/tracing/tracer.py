@@ -132,6 +132,8 @@ class FxgradTracer(fx.Tracer):
         self.traced_paths: list[str] = []
         # Path of each module of the tree, by id (filled by capture()).
         self.module_paths: dict[int, str] = {}
+        # Tensors the modules hold in containers before tracing (caches), by id.
+        self.state_tensors: set[int] = set()
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -231,9 +233,12 @@ class FxgradTracer(fx.Tracer):
             type(a) is torch.Tensor
             and (a.requires_grad or a.grad_fn is not None)
             and not self.in_propagation
+            and id(a) not in self.state_tensors
         ):
             # A tensor computed while tracing that autograd tracks would become a constant
-            # of the graph: gradients through it would silently stop. Never kept.
+            # of the graph: gradients through it would silently stop. Never kept. (One the
+            # model keeps in its own state, a cache filled by an earlier call, is the very
+            # object eager reads, and is read as such.)
             raise TraceError(
                 f"The forward computes a tensor that requires grad at {self._where()} in a "
                 "way fxgrad's tracer cannot record (it would be kept as a constant, cutting "
@@ -428,6 +433,11 @@ class FxgradTracer(fx.Tracer):
         answer = _ANSWERS[kind](value)
         self.create_proxy("call_function", fxgrad_guard, (proxy, answer, kind, self._where()), {})
         return answer
+
+    def known_value(self, proxy: fx.Proxy) -> Any:
+        """The example value of a traced value, when there is one (None otherwise)."""
+        self.run_pending()
+        return self._values.get(proxy.node)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         return self.concretize(obj, "bool")
