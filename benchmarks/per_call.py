@@ -4,15 +4,17 @@
 
 A fixed module checks on every call that the call fits what its decisions assumed
 (fxgrad.guards: dtypes, devices, requires_grad, 0/1 sizes, layouts, aliasing, grad mode,
-every module's training flag, parameter dtypes) and then runs the rewritten graph. This
-script times, interleaved round by round on the same inputs, eager PyTorch, plain
+every module's training flag, the parameters' dtypes and requires_grad; fxgrad.view: the
+Python values the capture read) and then runs the rewritten graph. This script times,
+interleaved round by round on the same inputs, eager PyTorch, plain
 `torch.fx.symbolic_trace`, and `fxgrad.fix(model, (x,))`, forward alone and forward plus
-backward, on three models: a tiny one (Linear + ReLU on a 4x8 input), a 1,000-block MLP
-(Linear(16, 16) + ReLU blocks) and torchvision's resnet18 at batch 1. It also times the
-guard check alone (`FixedModule._dispatch`, less the `torch.no_grad()` block it runs in,
-timed alongside), so the overhead is split into what the guards cost and what the graph
-costs. Figures are medians of `--repeats` rounds, each the mean of
-a block of calls sized to take about 20 ms.
+backward, on four models: a tiny one (Linear + ReLU on a 4x8 input), a 1,000-block MLP
+(Linear(16, 16) + ReLU blocks), 100 user-written blocks the capture traces through, each
+reading two Python attributes (what the view guards watch), and torchvision's resnet18 at
+batch 1. It also times the guard check alone (`FixedModule._dispatch`, less the
+`torch.no_grad()` block it runs in, timed alongside), so the overhead is split into what
+the guards cost and what the graph costs. Figures are medians of `--repeats` rounds, each
+the mean of a block of calls sized to take about 20 ms.
 
 Goals (issue "correct on every call"): guards add at most 2% on resnet18 and at most
 5 us per call on the tiny model.
@@ -45,6 +47,24 @@ def mlp(blocks: int = 1000) -> tuple[nn.Module, tuple]:
     return nn.Sequential(*layers), (torch.randn(2, 16),)
 
 
+class _Block(nn.Module):
+    """A user-written block: traced through, and reading Python attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.scale = 0.5
+        self.use_residual = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).relu() * self.scale
+        return h + x if self.use_residual else h
+
+
+def user_blocks(blocks: int = 100) -> tuple[nn.Module, tuple]:
+    return nn.Sequential(*[_Block() for _ in range(blocks)]), (torch.randn(2, 16),)
+
+
 def resnet18() -> tuple[nn.Module, tuple]:
     import torchvision
 
@@ -54,6 +74,7 @@ def resnet18() -> tuple[nn.Module, tuple]:
 MODELS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "tiny (Linear+ReLU, 4x8)": tiny,
     "MLP, 1,000 blocks": mlp,
+    "100 user blocks (Python attributes)": user_blocks,
     "resnet18, batch 1": resnet18,
 }
 

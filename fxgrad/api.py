@@ -192,12 +192,39 @@ class _Shared:
         self.backend: Any = None
         self.fx_refusal = ""
         self._tree: TreeWatch | None = None
+        self.view: nn.Module | None = None  # see _forward_view
 
     def tree(self, root: nn.Module) -> TreeWatch:
         """The watch over the user's module tree (see fxgrad.view)."""
         if self._tree is None or self._tree.root is not root:
             self._tree = TreeWatch(root)
         return self._tree
+
+
+def _forward_view(fixed: FixedModule) -> nn.Module | None:
+    """The user's model as its own methods should see it once fixed: an instance of a
+    subclass of the user's class that shares the model's `__dict__` (its attributes,
+    submodules, parameters and hook tables, read and written in place) and whose forward
+    is the fixed module's. `type(self)`, `super()` and `isinstance` inside the method work
+    as on the model itself (transformers' `generate` looks decoding methods up on the
+    class). None where the class refuses a subclass."""
+    shared = fixed.__dict__["_fxgrad"]
+    root = fixed.__dict__[ROOT_ATTR]
+    if shared.view is not None and shared.view.__dict__ is root.__dict__:
+        return shared.view
+    cls = type(root)
+
+    def forward(_self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fixed.forward(*args, **kwargs)
+
+    try:
+        view_cls = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})
+        view = object.__new__(view_cls)
+        object.__setattr__(view, "__dict__", root.__dict__)
+    except TypeError:
+        return None
+    shared.view = view
+    return view
 
 
 class FixedModule(nn.Module):
@@ -253,9 +280,12 @@ class FixedModule(nn.Module):
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
         value = getattr(root, name)  # the user's own attributes: config, num_classes...
         if isinstance(value, types.MethodType) and value.__self__ is root:
-            # A method of the user's class (`embed`, `generate`): bound to the fixed module,
-            # so `self(x)` and `self.forward(x)` inside it run the fixed forward.
-            return types.MethodType(value.__func__, self)
+            # A method of the user's class (`embed`, `generate`): bound to the user's model
+            # seen with the fixed forward, so `self(x)` and `self.forward(x)` inside it run
+            # the fixed forward, while everything else is the user's own.
+            view = _forward_view(self)
+            if view is not None:
+                return types.MethodType(value.__func__, view)
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,19 @@ from torch import fx
 from fxgrad.observe import ExtensionFactory, Observation
 
 Measure = Callable[[str, Callable[[], Any]], float]
+
+
+def _private_object(x: Any, memo: dict[int, Any]) -> Any:
+    """A copy of a stateful object passed to the forward (transformers' `DynamicCache`),
+    so a probing run's updates, or a trace's values, never land in the caller's object."""
+    if not hasattr(x, "__dict__") or callable(x) or isinstance(x, (type, types.ModuleType)):
+        return x
+    if id(x) not in memo:
+        try:
+            memo[id(x)] = copy.deepcopy(x)
+        except Exception:
+            memo[id(x)] = x  # it refuses to be copied: shared, as before
+    return memo[id(x)]
 
 
 def clone_inputs(inputs: list[Any]) -> list[Any]:
@@ -39,7 +54,7 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
     out = []
     for x in inputs:
         if not isinstance(x, torch.Tensor):
-            out.append(x)
+            out.append(_private_object(x, memo))
             continue
         if id(x) not in memo:
             sid = _storage_id(x)

@@ -473,3 +473,36 @@ def test_the_first_calls_error_is_the_models_own_and_decides_nothing():
     assert fixed.report.frontend == "fx" and fixed.graph_module is not None
     with pytest.raises(AssertionError, match="wants 4 features"):  # a later call's too
         fixed(torch.randn(5, 3))
+
+
+class _Decoder(Detour):
+    """Methods that look themselves up on the class and call super(), as transformers'
+    generate() does."""
+
+    def decode(self, x, steps: int = 3):
+        step = type(self)._step
+        for _ in range(steps):
+            x = step(self, x)
+        return x
+
+    def _step(self, x):
+        return super().embed(x) / 4  # Detour.embed: self(x) * 2
+
+    def embed(self, x):
+        raise AssertionError("the subclass's own embed is not what decode calls")
+
+
+def test_methods_that_use_type_self_and_super_run_the_fixed_forward():
+    model = _Decoder()
+    x = torch.randn(4, 8)
+    fixed = fxgrad.fix(model, (x,), select=["FXG301"])
+    out = fixed.decode(x)
+    out.sum().backward()
+    assert model.fc.weight.grad is not None  # every step went through the fixed forward
+    ref = x
+    for _ in range(3):
+        ref = torch.tanh(torch.nn.functional.linear(ref, model.fc.weight, model.fc.bias)) / 2
+    torch.testing.assert_close(out, ref)
+    assert isinstance(fixed, fxgrad.FixedModule)
+    fixed.decode_calls = 1  # attributes set through a method's view land on the model
+    assert model.decode_calls == 1
