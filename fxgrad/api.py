@@ -366,10 +366,18 @@ class FixedModule(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         dynamo = self._fxgrad.dynamo
+        if dynamo is None and self._fxgrad.options.frontend == "dynamo":
+            dynamo = self._use_dynamo("")
         if dynamo is not None:
-            return dynamo(*args, **kwargs)
-        if self._fxgrad.options.frontend == "dynamo":
-            return self._use_dynamo("")(*args, **kwargs)
+            try:
+                return dynamo(*args, **kwargs)
+            except FxgradError as e:
+                if not getattr(e, "dynamo_refused", False):
+                    raise
+                own = _eager_error_on(self._base(), args, kwargs)
+                if own is not None:
+                    raise own from None  # the model's own error, not Dynamo's words for it
+                raise
         try:
             if torch.compiler.is_compiling():
                 variant, leaves = _dispatch_outside_dynamo()(self, args, kwargs)
@@ -749,6 +757,15 @@ def _eager_error(
         if not any(p.repairs(e) for p in _all_passes()):
             return e
     return None
+
+
+def _eager_error_on(base: nn.Module, args: tuple, kwargs: dict) -> BaseException | None:
+    """What eager's forward raises on this call, run on a private twin of `base`."""
+    call, leaves = call_spec(base, args, kwargs)
+    root = twin(base)
+    quiet_user_hooks(root)
+    with _gc_paused(), private_state(root) as state:
+        return _eager_error(root, call, leaves, state)
 
 
 def _backward_note(ref: Reference, first: Observation) -> str:

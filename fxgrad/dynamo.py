@@ -376,9 +376,11 @@ def dynamo_error(e: Exception, model: str) -> FxgradError:
     what = f"{got.group(1)}: {got.group(3)}" if got else text.strip().splitlines()[0]
     frames = _USER_FRAME.findall(text)
     where = f" at {os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else ""
-    return FxgradError(
+    error = FxgradError(
         f"Dynamo could not compile {model}'s forward{where}: {what}",
         hint="Run the model without fxgrad: if eager PyTorch raises the same error, fix "
         "that line by hand (an out-of-place op, a clone() before the write); otherwise make "
         "the forward traceable for fix(model, frontend='fx') (fxgrad explain capture).",
     )
+    error.dynamo_refused = True  # type: ignore[attr-defined]  # the model may raise too
+    return error

@@ -506,3 +506,13 @@ def test_methods_that_use_type_self_and_super_run_the_fixed_forward():
     assert isinstance(fixed, fxgrad.FixedModule)
     fixed.decode_calls = 1  # attributes set through a method's view land on the model
     assert model.decode_calls == 1
+
+
+def test_a_call_the_model_rejects_through_dynamo_raises_the_models_error():
+    model = _Branchy()
+    fixed = fxgrad.fix(model)
+    fixed(torch.randn(2, 4))
+    assert fixed.report.frontend == "dynamo"
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        fixed(torch.randn(2, 3))  # the model's own words, not Dynamo's
+    assert fixed(torch.randn(3, 4)).requires_grad  # and the next call works
