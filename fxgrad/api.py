@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import functools
 import gc
+import linecache
+import os
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -115,15 +117,41 @@ class Variant:
             leaves = [leaves[i] for i in self.leaf_index]
         prev = torch.is_grad_enabled()
         autocast = autocast_state()
+        forward = self._forward_for(module)
         try:
-            out = self._forward_for(module)(module, *leaves)
-        except BaseException:
+            out = forward(module, *leaves)
+        except BaseException as e:
             torch.set_grad_enabled(prev)  # a grad-mode region the error cut short
             restore_autocast(autocast)  # and an autocast region
+            self._name_the_line(e, forward)
             raise
         if self.single:
             return out[0]  # a single tensor output: skip the pytree rebuild
         return pytree.tree_unflatten(list(out), self.out_spec)
+
+    def _name_the_line(self, error: BaseException, forward: Callable[..., Any]) -> None:
+        """Say which line of the user's forward the failing generated line came from: the
+        traceback ends in fxgrad's generated code, which names no line of the model."""
+        bound = self._bound
+        gm = bound[3] if bound is not None and type(bound[3]).forward is forward else self.gm
+        code = getattr(forward, "__code__", None)
+        tb, lineno = error.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code is code:
+                lineno = tb.tb_lineno
+            tb = tb.tb_next
+        lines = getattr(gm, "_lineno_map", None)
+        if lineno is None or not lines or code is None:
+            return
+        index = lines.get(lineno - code.co_firstlineno)
+        nodes = list(gm.graph.nodes)
+        if index is None or not 0 <= index < len(nodes):
+            return
+        loc = nodes[index].meta.get("fxgrad_loc")
+        if loc and hasattr(error, "add_note"):
+            text = linecache.getline(loc[0], loc[1]).strip()
+            where = f"{os.path.basename(loc[0])}:{loc[1]}"
+            error.add_note(f"raised by the fixed forward at {where}: {text}")
 
     def _forward_for(self, module: nn.Module) -> Callable[..., Any]:
         """The generated code to run for `module`, with its submodules bound in.
@@ -143,14 +171,15 @@ class Variant:
         epoch = shared.tree(root).epoch
         hit = self._bound
         if hit is not None and hit[0] is module and hit[1] == epoch and hit[2] is plain:
-            return hit[3]
-        bound = _bind_submodules(self.gm, module)
-        self._bound = (module, epoch, plain, bound)
-        return bound
+            return type(hit[3]).forward
+        runner = _bind_submodules(self.gm, module)
+        self._bound = (module, epoch, plain, runner)
+        return type(runner).forward
 
 
-def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> Callable[..., Any]:
-    """`gm`'s code with each call_module node calling its module object directly."""
+def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
+    """A graph module running `gm`'s code with each call_module node calling its module
+    object directly (only its `forward` is used, with the module it runs for as `self`)."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, env))
@@ -172,7 +201,7 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> Callable[..., Any]
     runner = fx.GraphModule({}, fx.Graph(), class_name=type(gm).__name__)
     runner.__dict__.update({k: gm.__dict__[k] for k in ("_modules", "_parameters", "_buffers")})
     runner.graph = graph
-    return type(runner).forward
+    return runner
 
 
 class _Shared:

@@ -516,3 +516,21 @@ def test_a_call_the_model_rejects_through_dynamo_raises_the_models_error():
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         fixed(torch.randn(2, 3))  # the model's own words, not Dynamo's
     assert fixed(torch.randn(3, 4)).requires_grad  # and the next call works
+
+
+class _MatMul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, y):
+        h = self.fc(x)
+        return h @ y  # the line a wrong-shape call fails at
+
+
+def test_a_later_calls_error_in_generated_code_names_the_users_line():
+    fixed = fxgrad.fix(_MatMul(), (torch.randn(4, 8), torch.randn(8, 2)))
+    with pytest.raises(RuntimeError, match="cannot be multiplied") as info:
+        fixed(torch.randn(4, 8), torch.randn(5, 2))
+    notes = getattr(info.value, "__notes__", [])
+    assert any("test_view.py" in n and "return h @ y" in n for n in notes), notes
