@@ -596,3 +596,29 @@ def test_a_write_eager_refuses_for_good_is_refused_or_reported():
         assert "single memory location" in str(e)
     else:  # eager has no answer to compare with: the report must name what was done
         assert any("expand" in c.before for c in fixed.report.changes), fixed.report.table()
+
+
+class _GeneratorAndBranch(nn.Module):
+    """Needs Dynamo (a data-dependent branch) and draws from a generator it owns."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.g = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        h = self.fc(x) + torch.randn(x.shape, generator=self.g)
+        if h.sum() > 0:
+            h = h * 2
+        return h
+
+
+def test_the_dynamo_front_end_leaves_a_model_owned_generator_where_it_was():
+    model = _GeneratorAndBranch()
+    eager = copy.deepcopy(model)
+    fixed = fxgrad.fix(model, (torch.randn(2, 4),))
+    assert fixed.report.frontend == "dynamo"
+    assert torch.equal(model.g.get_state(), eager.g.get_state())
+    for batch in (2, 3, 2):
+        x = torch.randn(batch, 4)
+        torch.testing.assert_close(fixed(x), eager(x))
