@@ -280,6 +280,10 @@ def size_guard_program(gm: fx.GraphModule) -> fx.GraphModule | None:
     return program
 
 
+def _plain_value(obj: Any) -> Any:
+    return obj if isinstance(obj, (int, float, bool, str, type(None))) else None
+
+
 def _meta(x: Any) -> Any:
     return x.to("meta") if isinstance(x, torch.Tensor) else x
 
@@ -349,7 +353,8 @@ class ShapeCheck:
             obj: Any = owner
             for atom in target.split("."):
                 obj = getattr(obj, atom, None)
-            state.append(obj.shape if isinstance(obj, torch.Tensor) else None)
+            # A tensor's shape; a number kept on a module (`self.step`), its value.
+            state.append(obj.shape if isinstance(obj, torch.Tensor) else _plain_value(obj))
         return sizes, tuple(state)
 
     def holds(self, owner: nn.Module, tensors: Sequence[Any]) -> bool:

@@ -199,6 +199,17 @@ def restored(tensors: Iterable[Any]) -> Iterator[None]:
 _CONTAINERS = (dict, list, set)
 
 
+def _plain_object(v: Any) -> bool:
+    """An instance of a user class holding attributes (a config), not a module or tensor."""
+    return (
+        hasattr(v, "__dict__")
+        and isinstance(getattr(v, "__dict__", None), dict)
+        and not isinstance(v, (nn.Module, torch.Tensor, type))
+        and not callable(v)
+        and type(v).__module__ not in ("builtins", "types")
+    )
+
+
 def refill(obj: Any, copy_: Any) -> None:
     """Put a dict, list or set's earlier contents back into the same object."""
     if isinstance(obj, dict):
@@ -221,10 +232,15 @@ def python_state_restored(root: nn.Module) -> Iterator[None]:
     call, caches) are refilled with what they held before.
     """
     saved = []
+    seen: set[int] = set()
     for m in root.modules():
         d = m.__dict__
         contents = [(v, copy.copy(v)) for v in d.values() if isinstance(v, _CONTAINERS)]
         saved.append((d, dict(d), contents))
+        for v in d.values():  # a config object's fields (transformers sets problem_type)
+            if _plain_object(v) and id(v) not in seen:
+                seen.add(id(v))
+                saved.append((vars(v), dict(vars(v)), []))
     try:
         yield
     finally:

@@ -486,7 +486,8 @@ class _FailingBackward(torch.autograd.Function):
 
 
 class _HookedWriter(nn.Module):
-    """A submodule with a hook is kept as one call: fxgrad does not look inside it."""
+    """A hook the model registers on its own submodule is part of its forward: it is traced
+    with it, and its write into a saved output is fixed like the forward's own."""
 
     def __init__(self):
         super().__init__()
@@ -501,14 +502,14 @@ class _HookedWriter(nn.Module):
     ("model", "changed", "message"),
     [
         (_SigmoidThenWrite(), True, "modified by an inplace operation"),
-        (_HookedWriter(), False, "modified by an inplace operation"),
+        (_HookedWriter(), True, "modified by an inplace operation"),
         (
             type("Custom", (nn.Module,), {"forward": lambda s, x: _FailingBackward.apply(x)})(),
             False,
             "this backward is not implemented",
         ),
     ],
-    ids=["fixed-write", "write-inside-kept-submodule", "autograd-function"],
+    ids=["fixed-write", "write-in-the-models-own-hook", "autograd-function"],
 )
 def test_a_failing_eager_backward_is_reported_in_eager_words(model, changed, message):
     x = torch.randn(4, requires_grad=True)

@@ -17,11 +17,12 @@ from fxgrad.graph_utils import empty_graph_module
 from fxgrad.state import plain_tensor_attributes, refill
 from fxgrad.tracing.callspec import CallSpec
 from fxgrad.tracing.errors import _model_error, _trace_error
+from fxgrad.tracing.module_copy import traced_hook_test
 from fxgrad.tracing.module_tensors import ModuleTensorsAsNodes
 from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX, _is_stowed_name, finish
 from fxgrad.tracing.patches import _ACTIVE, _patched
 from fxgrad.tracing.reads import _LOGS, ReadLog, global_reads, plain_attribute, swap_in, swap_out
-from fxgrad.tracing.tracer import FxgradTracer, hook_ids
+from fxgrad.tracing.tracer import FxgradTracer, kept_hook_ids
 
 _CAPTURE_LOCK = threading.RLock()
 
@@ -114,7 +115,8 @@ class _Session:
             if isinstance(v, (dict, list, set)) and "hook" not in k
         ]
         self.hooks = [(t, t.copy()) for m in self.modules for t in _hook_tables(m)]
-        tracer.initial_hooks = {id(m): hook_ids(m) for m in self.modules}
+        inline = traced_hook_test(root)
+        tracer.initial_hooks = {id(m): kept_hook_ids(m, inline) for m in self.modules}
         _plain_attributes_as_buffers(self.modules, tracer)
         self.log = ReadLog()
         self.log.live = {
@@ -139,8 +141,8 @@ class _Session:
         except Exception as e:
             return None, e
         finally:
-            self.counters = _counters(self.state, self.log, self.paths)
             finish(self.clean_up)
+            self.counters = _counters(self.state, self.log, self.paths)
 
     def clean_up(self) -> None:
         """Put back what tracing changed (safe to run twice: see finish())."""

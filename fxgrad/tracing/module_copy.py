@@ -7,6 +7,7 @@ import contextlib
 import copy
 import functools
 import types
+from collections.abc import Callable
 
 import torch
 
@@ -109,6 +110,42 @@ _RUN_HOOK_TABLES = (
 )
 
 
+def model_hook_test(root: torch.nn.Module) -> Callable[[object], bool]:
+    """A test telling a hook that is part of the model from one the user attached (see
+    quiet_user_hooks)."""
+    classes = {c for m in root.modules() for c in type(m).__mro__}
+    names = {c.__qualname__ for c in classes}
+    own = {c.__module__.split(".", 1)[0] for c in classes} - {"__main__", "builtins"}
+    own.add("torch")
+    return lambda hook: _model_hook(hook, own, names)
+
+
+def traced_hook_test(root: torch.nn.Module) -> Callable[[object], bool]:
+    """Forward hooks a capture runs inline, as part of the forward's data flow: those the
+    model's own code defines (a function inside one of its classes, a method of one of its
+    modules) and those of an installed library the model's classes come from (transformers'
+    output capturing, which a forward installs on its first call). A hook written in the
+    user's code, even in the model's package, is kept running on every call instead (its
+    effects, a log or a counter, are not data flow); so are torch's own (weight norm)."""
+    classes = {c for m in root.modules() for c in type(m).__mro__}
+    names = {c.__qualname__ for c in classes}
+    libraries = {
+        c.__module__.split(".", 1)[0]
+        for c in classes
+        if _installed(c.__module__) and not c.__module__.startswith("torch")
+    }
+    return lambda hook: _model_hook(hook, libraries, names)
+
+
+@functools.cache
+def _installed(module_name: str) -> bool:
+    import sys
+
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None) or ""
+    return "site-packages" in path or "dist-packages" in path
+
+
 def quiet_user_hooks(root: torch.nn.Module) -> None:
     """Make the hooks the user added to a twin tree do nothing while fxgrad probes it.
 
@@ -120,17 +157,14 @@ def quiet_user_hooks(root: torch.nn.Module) -> None:
     from (transformers' output capturing). Each hook stays under its key, so which modules
     have hooks (and are kept as one call) is unchanged.
     """
-    classes = {c for m in root.modules() for c in type(m).__mro__}
-    names = {c.__qualname__ for c in classes}
-    own = {c.__module__.split(".", 1)[0] for c in classes} - {"__main__", "builtins"}
-    own.add("torch")
+    part_of_model = model_hook_test(root)
     for m in root.modules():
         for name in _RUN_HOOK_TABLES:
             table = m.__dict__.get(name)
             if not table:
                 continue
             for key, hook in list(table.items()):
-                if not _model_hook(hook, own, names):
+                if not part_of_model(hook):
                     table[key] = _silent
 
 

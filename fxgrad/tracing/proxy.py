@@ -78,6 +78,8 @@ def _is_meta_expr(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
     ok = False
     if node.op == "call_method" and node.target in _META_METHODS:
         ok = True
+    elif node.op == "get_attr" and node.meta.get("fxgrad_live"):
+        ok = True  # a number the forward keeps on a module (`self.step`): guarded by value
     elif node.op == "call_function" and node.target is builtins.getattr:
         # `x.shape`, and any attribute of a shape, dtype or device (`x.device.type`,
         # `x.dtype.is_floating_point`)

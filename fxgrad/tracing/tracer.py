@@ -54,6 +54,22 @@ def hook_ids(m: torch.nn.Module) -> frozenset:
     return frozenset(k for name in _HOOKS for k in (getattr(m, name, None) or ()))
 
 
+_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks")
+
+
+def kept_hook_ids(m: torch.nn.Module, traced: Callable[[Any], bool]) -> frozenset:
+    """The hooks that make a module one call in the graph (so they run on every call):
+    all but the forward hooks `traced` says the capture runs inline on traced values, as
+    it runs those a forward installs (transformers' output capturing, installed by an
+    earlier call, stays data flow of the graph)."""
+    return frozenset(
+        k
+        for name in _HOOKS
+        for k, hook in (getattr(m, name, None) or {}).items()
+        if name not in _FORWARD_HOOKS or not traced(hook)
+    )
+
+
 def _writes_module_state(node: fx.Node, args: Any) -> bool:
     """A recorded write of a module's buffer table or attribute (see record_module_setattr)."""
     if node.op != "call_function" or not args:
@@ -300,7 +316,9 @@ class FxgradTracer(fx.Tracer):
         """A number the forward reads and writes back (`self.step += 1`), read as a graph
         value from the user's module on every call, as eager reads it."""
         path = self.module_paths.get(id(mod), "")
-        return self.create_proxy("get_attr", f"{path}.{name}" if path else name, (), {})
+        proxy = self.create_proxy("get_attr", f"{path}.{name}" if path else name, (), {})
+        proxy.node.meta["fxgrad_live"] = True  # Python questions about it are guarded
+        return proxy
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
         if self.in_propagation or threading.get_ident() != self.thread:
