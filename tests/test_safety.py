@@ -622,3 +622,35 @@ def test_the_dynamo_front_end_leaves_a_model_owned_generator_where_it_was():
     for batch in (2, 3, 2):
         x = torch.randn(batch, 4)
         torch.testing.assert_close(fixed(x), eager(x))
+
+
+def test_upernet_keeps_the_users_batchnorm_statistics():
+    """transformers' UperNet keeps its pyramid-pooling layers in a plain list; probing them
+    moved the user's BatchNorm statistics."""
+    import transformers
+    torch.manual_seed(0)
+    backbone = transformers.ConvNextConfig(
+        num_channels=3,
+        hidden_sizes=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.UperNetConfig(
+        backbone_config=backbone,
+        hidden_size=16,
+        auxiliary_in_channels=32,
+        auxiliary_channels=8,
+        num_labels=3,
+        pool_scales=[1, 2],
+    )
+    model = transformers.UperNetForSemanticSegmentation(config).train()
+    kwargs = {"pixel_values": torch.randn(2, 3, 64, 64), "labels": torch.randint(0, 3, (2, 64, 64))}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fixed = fxgrad.fix(model, (), kwargs)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    eager = copy.deepcopy(model).eval()
+    fixed.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(pixel_values=x).logits, eager(pixel_values=x).logits)
