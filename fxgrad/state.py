@@ -58,15 +58,18 @@ class PrivateState:
             raise _meta_error("model's parameters or buffers")
         # Plain Python state a forward may write (`self.step += 1`): put back before each
         # run, so every probing run starts from the state the call starts from.
-        self.python = [(m.__dict__, _python_state(m)) for m in root.modules()]
         # Generators the model owns (`self.g = torch.Generator()`): every run draws from
         # the state the call starts from, and the user's generator is left where it was.
-        self.generators = [
-            (g, g.get_state())
-            for m in root.modules()
-            for g in m.__dict__.values()
-            if isinstance(g, torch.Generator)
-        ]
+        self.python: list[tuple[dict, dict[str, Any]]] = []
+        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
+        for m in root.modules():
+            attrs = user_attributes(m)
+            if not attrs:
+                continue
+            self.python.append((m.__dict__, {k: v for k, v in attrs if type(v) in _PLAIN}))
+            self.generators.extend(
+                (v, v.get_state()) for _, v in attrs if isinstance(v, torch.Generator)
+            )
         self._clones: dict[int, tuple[torch.Tensor, int]] = {}
         # A forward that writes through `.data` changes a copy without moving its version
         # counter: then every run gets fresh copies, not only those whose version moved.
@@ -128,15 +131,16 @@ def _private_copy(t: torch.Tensor) -> torch.Tensor:
 
 _GONE = object()
 _INTERNALS = frozenset(nn.Module().__dict__)
+# Plain Python values a forward may rebind on a module (`self.step += 1`).
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
-def _python_state(m: nn.Module) -> dict[str, Any]:
-    """A module's plain Python attributes: numbers, flags, strings a forward may rebind."""
-    return {
-        k: v
-        for k, v in m.__dict__.items()
-        if k not in _INTERNALS and isinstance(v, (int, float, str, bool, type(None)))
-    }
+def user_attributes(m: nn.Module) -> list[tuple[str, Any]]:
+    """A module's own attributes, without nn.Module's tables and flags (in C: the key
+    views' set difference; most modules have none)."""
+    d = m.__dict__
+    names = d.keys() - _INTERNALS
+    return [(k, d[k]) for k in names] if names else []
 
 
 @contextlib.contextmanager

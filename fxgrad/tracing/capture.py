@@ -14,7 +14,7 @@ from torch import fx
 
 from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import empty_graph_module
-from fxgrad.state import plain_tensor_attributes, refill
+from fxgrad.state import plain_tensor_attributes, refill, user_attributes
 from fxgrad.tracing.callspec import CallSpec
 from fxgrad.tracing.errors import _model_error, _trace_error
 from fxgrad.tracing.module_copy import traced_hook_test
@@ -111,8 +111,8 @@ class _Session:
         self.contents = [
             (v, copy.copy(v))
             for m in self.modules
-            for k, v in m.__dict__.items()
-            if isinstance(v, (dict, list, set)) and "hook" not in k
+            for _, v in user_attributes(m)
+            if isinstance(v, (dict, list, set))
         ]
         self.hooks = [(t, t.copy()) for m in self.modules for t in _hook_tables(m)]
         inline = traced_hook_test(root)
@@ -168,7 +168,7 @@ def _state_tensors(modules: list[torch.nn.Module]) -> set[int]:
     """Ids of the tensors modules hold in dicts, lists and tuples (a cache of earlier calls)."""
     found: set[int] = set()
     for m in modules:
-        for v in m.__dict__.values():
+        for _, v in user_attributes(m):
             items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else ()
             found.update(id(x) for x in items if isinstance(x, torch.Tensor))
     return found
