@@ -277,7 +277,7 @@ def _cell(cell: types.CellType) -> Callable[[nn.Module], Any]:
 
 
 def _where(path: str, name: str) -> str:
-    return f"self.{path}.{name}" if path else f"self.{name}"
+    return f"{_label(path)}.{name}"
 
 
 _MUTABLE = (list, set, collections.deque, bytearray)
