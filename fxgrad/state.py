@@ -61,15 +61,13 @@ class PrivateState:
         # Generators the model owns (`self.g = torch.Generator()`): every run draws from
         # the state the call starts from, and the user's generator is left where it was.
         self.python: list[tuple[dict, dict[str, Any]]] = []
-        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
+        self.generators: list[tuple[Any, Any]] = []
         for m in root.modules():
             attrs = user_attributes(m)
             if not attrs:
                 continue
             self.python.append((m.__dict__, {k: v for k, v in attrs if type(v) in _PLAIN}))
-            self.generators.extend(
-                (v, v.get_state()) for _, v in attrs if isinstance(v, torch.Generator)
-            )
+            self.generators.extend((v, _rng_state(v)) for _, v in attrs if _is_rng(v))
         self._clones: dict[int, tuple[torch.Tensor, int]] = {}
         # A forward that writes through `.data` changes a copy without moving its version
         # counter: then every run gets fresh copies, not only those whose version moved.
@@ -89,7 +87,7 @@ class PrivateState:
                 if d.get(k, _GONE) is not v:
                     d[k] = v
         for g, g_state in self.generators:
-            g.set_state(g_state)
+            _set_rng_state(g, g_state)
         params: dict[int, torch.Tensor] = {}
         extra: dict[int, torch.Tensor] = {}  # plain tensors that require grad
         with torch.no_grad():
@@ -110,7 +108,7 @@ class PrivateState:
         for table, name, t in self.slots:
             table[name] = t
         for g, g_state in self.generators:
-            g.set_state(g_state)
+            _set_rng_state(g, g_state)
 
 
 def _private_copy(t: torch.Tensor) -> torch.Tensor:
@@ -127,6 +125,33 @@ def _private_copy(t: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 c = c.clone()  # not a leaf, and not a view: like the original
     return c
+
+
+def _is_rng(v: Any) -> bool:
+    """A random generator the model owns: torch's, or NumPy's Generator or RandomState."""
+    if isinstance(v, torch.Generator):
+        return True
+    return type(v).__module__.startswith("numpy.random") and type(v).__name__ in (
+        "Generator",
+        "RandomState",
+    )
+
+
+def _rng_state(g: Any) -> Any:
+    if isinstance(g, torch.Generator):
+        return g.get_state()
+    if hasattr(g, "bit_generator"):  # numpy.random.Generator
+        return copy.deepcopy(g.bit_generator.state)
+    return g.get_state()  # numpy.random.RandomState
+
+
+def _set_rng_state(g: Any, state: Any) -> None:
+    if isinstance(g, torch.Generator):
+        g.set_state(state)
+    elif hasattr(g, "bit_generator"):
+        g.bit_generator.state = state
+    else:
+        g.set_state(state)
 
 
 _GONE = object()

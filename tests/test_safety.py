@@ -169,6 +169,35 @@ def test_an_interrupt_anywhere_in_fix_leaves_global_state_as_it_was():
     fixed(x).sum().backward()
 
 
+def test_a_numpy_generator_given_traced_sizes_does_not_crash_the_process():
+    """`np.random.default_rng()` draws in Cython, which calls np.empty on the model's
+    behalf: a traced size there used to crash NumPy. The capture stops cleanly and the
+    Dynamo front-end draws on every call from the model's own generator."""
+    code = textwrap.dedent(
+        """
+        import copy, numpy as np, torch, fxgrad
+        from torch import nn
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__(); self.fc = nn.Linear(4, 4)
+                self.rng = np.random.default_rng(0)
+            def forward(self, a):
+                noise = torch.from_numpy(self.rng.normal(size=a.shape).astype(np.float32))
+                return self.fc(a) + noise
+        m = M(); e = copy.deepcopy(m)
+        f = fxgrad.fix(m, (torch.randn(2, 4),))
+        assert f.report.frontend == "dynamo", f.report.notes
+        assert m.rng.bit_generator.state == e.rng.bit_generator.state, "fix() drew from it"
+        for batch in (2, 3):
+            x = torch.randn(batch, 4)
+            torch.testing.assert_close(f(x), e(x))
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stderr)
+
+
 def test_numpy_random_with_traced_sizes_does_not_crash_the_process():
     code = textwrap.dedent(
         """
@@ -628,6 +657,7 @@ def test_upernet_keeps_the_users_batchnorm_statistics():
     """transformers' UperNet keeps its pyramid-pooling layers in a plain list; probing them
     moved the user's BatchNorm statistics."""
     import transformers
+
     torch.manual_seed(0)
     backbone = transformers.ConvNextConfig(
         num_channels=3,
@@ -654,3 +684,26 @@ def test_upernet_keeps_the_users_batchnorm_statistics():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fixed(pixel_values=x).logits, eager(pixel_values=x).logits)
+
+
+class _BranchAndNumpyNoise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, a):
+        h = self.fc(a)
+        if h.sum() > 0:
+            h = h * 2
+        return h + torch.from_numpy(np.random.randn(*a.shape).astype(np.float32))
+
+
+def test_numpy_draws_through_dynamo_come_from_numpys_generator():
+    model = _BranchAndNumpyNoise()
+    fixed = fxgrad.fix(model, frontend="dynamo")
+    for batch in (2, 2, 3):
+        x = torch.randn(batch, 4)
+        np.random.seed(batch)
+        got = fixed(x)
+        np.random.seed(batch)
+        torch.testing.assert_close(got, model(x))

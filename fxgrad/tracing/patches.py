@@ -133,15 +133,44 @@ def _record_factory(orig: Callable) -> Callable:
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _ACTIVE and not _ACTIVE[-1].in_propagation:
-            if _has_proxy((args, kwargs)) or (
-                _caller_is_model_code() and not _has_array((args, kwargs))
-            ):
+            traced = _has_proxy((args, kwargs))
+            if traced and not _named_by_caller(orig):
+                _refuse_hidden_call(orig)
+            if traced or (_caller_is_model_code() and not _has_array((args, kwargs))):
                 made = _ACTIVE[-1].record_factory(orig, args, kwargs)
                 if made is not None:
                     return made
         return orig(*args, **kwargs)
 
     return wrapper
+
+
+def _named_by_caller(fn: Callable) -> bool:
+    """Whether the Python line calling us names `fn`: false when compiled code the model
+    called (NumPy's random Generator, written in Cython) calls it on the model's behalf."""
+    frame = sys._getframe(2)
+    name = getattr(fn, "__name__", "")
+    if name not in frame.f_code.co_names:
+        return False
+    import linecache
+
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    return not line or name in line  # no source to read (`python -c`): the code names it
+
+
+def _refuse_hidden_call(fn: Callable) -> None:
+    """Compiled code handed a traced value to a patched function: its result would reach
+    that code as a traced value (NumPy's C code then crashes the process). The capture
+    stops here instead, and the Dynamo front-end takes the forward."""
+    from fxgrad.errors import TraceError
+
+    tracer = _ACTIVE[-1]
+    raise TraceError(
+        f"The forward passes a traced value (a size) into compiled code at {tracer._where()} "
+        f"that calls {getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)} itself, "
+        "which fxgrad cannot record.",
+        hint="Pass plain ints (`int(n)`) to that call, or fix with frontend='dynamo'.",
+    )
 
 
 def _has_array(tree: Any) -> bool:
