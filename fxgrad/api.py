@@ -31,6 +31,7 @@ from fxgrad.guards import (
     ShapeCheck,
     call_key,
     describe_change,
+    mode_matters,
     size_guard_program,
     structure,
     tensor_tables,
@@ -425,12 +426,13 @@ class FixedModule(nn.Module):
         else:
             tensors = [x for x in leaves if _is_input(x)]
         root = self.__dict__[ROOT_ATTR]
-        epoch = shared.tree(root).check()
+        tree = shared.tree(root)
+        epoch = tree.check()
         if shared.static is not None:
             if shared.static.view.holds(root, epoch):
                 return shared.static, leaves
             return self._restatic(shared.static), leaves
-        key = call_key(skey, tensors, *self._modules_for_key())
+        key = call_key(skey, tensors, *self._modules_for_key(tree))
         v = shared.current
         if v is not None and v.key == key and v.shapes.holds(self, tensors):
             if v.view.holds(root, epoch):
@@ -441,17 +443,19 @@ class FixedModule(nn.Module):
                 return v, leaves
         return self._specialize(args, kwargs, key, tensors), leaves
 
-    def _modules_for_key(self) -> tuple[list[nn.Module], list[dict]]:
-        """Every module of the tree (its training flag is in the key) and their tensors."""
+    def _modules_for_key(self, tree: TreeWatch | None = None) -> tuple[list[nn.Module], list[dict]]:
+        """The modules whose training flag is in the key (see `mode_matters`), and the
+        parameter and buffer tables of every module of the tree."""
         d = self.__dict__
-        tree = d["_fxgrad"].tree(d[ROOT_ATTR])
+        tree = tree or d["_fxgrad"].tree(d[ROOT_ATTR])
         hit = d.get("_fxgrad_mods")
         if hit is None or hit[0] is not d["_modules"] or hit[1] != tree.epoch:
             if d["_modules"] is tree.root._modules:
                 mods = tree.modules
             else:  # a DataParallel replica: its own submodules
                 mods = [d[ROOT_ATTR], *_walk(d["_modules"])]
-            hit = d["_fxgrad_mods"] = (d["_modules"], tree.epoch, mods, tensor_tables(mods))
+            moded = [m for m in mods if mode_matters(type(m))]
+            hit = d["_fxgrad_mods"] = (d["_modules"], tree.epoch, moded, tensor_tables(mods))
         return hit[2], hit[3]
 
     def _restatic(self, old: Variant) -> Variant:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from fxgrad.guards import Identity
 
@@ -52,8 +53,6 @@ _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_bac
 
 def _hook_counter() -> int:
     """Moves whenever a hook is registered anywhere (every handle takes the next id)."""
-    from torch.utils.hooks import RemovableHandle
-
     return RemovableHandle.next_id
 
 
@@ -222,8 +221,8 @@ class ViewGuard:
     def holds(self, root: nn.Module, epoch: int) -> bool:
         if (
             epoch == self.epoch
-            and (not self.hooks or _hook_counter() == self.hook_id)
-            and tuple(map(_dict_version, self.watched)) == self.versions
+            and (not self.hooks or RemovableHandle.next_id == self.hook_id)
+            and (not self.watched or tuple(map(_dict_version, self.watched)) == self.versions)
         ):
             return not self.always or all(g.holds(root) for g in self.always)
         if not all(g.holds(root) for g in self.guards):
