@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import sys
+import types
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -228,15 +230,21 @@ def restored(tensors: Iterable[Any]) -> Iterator[None]:
 _CONTAINERS = (dict, list, set)
 
 
-def _plain_object(v: Any) -> bool:
+_NOT_PLAIN = (
+    nn.Module,
+    torch.Tensor,
+    type,
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.ModuleType,
+    functools.partial,
+)
+
+
+def plain_object(v: Any) -> bool:
     """An instance of a user class holding attributes (a config), not a module or tensor."""
-    return (
-        hasattr(v, "__dict__")
-        and isinstance(getattr(v, "__dict__", None), dict)
-        and not isinstance(v, (nn.Module, torch.Tensor, type))
-        and not callable(v)
-        and type(v).__module__ not in ("builtins", "types")
-    )
+    return hasattr(v, "__dict__") and not isinstance(v, _NOT_PLAIN) and not callable(v)
 
 
 def refill(obj: Any, copy_: Any) -> None:
@@ -267,7 +275,7 @@ def python_state_restored(root: nn.Module) -> Iterator[None]:
         contents = [(v, copy.copy(v)) for v in d.values() if isinstance(v, _CONTAINERS)]
         saved.append((d, dict(d), contents))
         for v in d.values():  # a config object's fields (transformers sets problem_type)
-            if _plain_object(v) and id(v) not in seen:
+            if plain_object(v) and id(v) not in seen:
                 seen.add(id(v))
                 saved.append((vars(v), dict(vars(v)), []))
     try:

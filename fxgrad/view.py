@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from fxgrad.guards import Identity
+from fxgrad.state import plain_object
 
 try:  # the dict version tags Dynamo's guards use: one C read a dict
     from torch._C._dynamo.guards import dict_version as _dict_version
@@ -51,25 +52,12 @@ except (ImportError, AttributeError, TypeError):
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _hook_counter() -> int:
-    """Moves whenever a hook is registered anywhere (every handle takes the next id)."""
-    return RemovableHandle.next_id
-
-
 # ---------------------------------------------------------------------------------------
 # Snapshots: what "the same value" means for a guard
 
 _SCALARS = (int, float, bool, str, bytes, complex, type(None), torch.dtype, torch.device)
 _MAX_ITEMS = 1000
 _MAX_DEPTH = 4
-
-
-def _plain_object(v: Any) -> bool:
-    return (
-        hasattr(v, "__dict__")
-        and not isinstance(v, (nn.Module, torch.Tensor, type, types.ModuleType, enum.Enum))
-        and not callable(v)
-    )
 
 
 def snapshot(value: Any, watch: list[dict] | None = None, depth: int = 0) -> Any:
@@ -96,7 +84,7 @@ def snapshot(value: Any, watch: list[dict] | None = None, depth: int = 0) -> Any
                 t,
                 tuple((snapshot(k), snapshot(v, watch, depth + 1)) for k, v in value.items()),
             )
-        if _plain_object(value) and len(vars(value)) <= _MAX_ITEMS:
+        if plain_object(value) and len(vars(value)) <= _MAX_ITEMS:
             d = vars(value)
             if watch is not None:
                 watch.append(d)
@@ -229,7 +217,7 @@ class ViewGuard:
             return False
         self.epoch = epoch
         self.versions = tuple(map(_dict_version, self.watched))
-        self.hook_id = _hook_counter()
+        self.hook_id = RemovableHandle.next_id  # moves whenever any hook is registered
         return True
 
     def changed(self, root: nn.Module) -> list[str]:

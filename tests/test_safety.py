@@ -17,6 +17,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from test_view import FrozenThenUnfrozen  # its write is unsafe once weights train
 from torch import nn
 
 import fxgrad
@@ -356,21 +357,9 @@ def test_a_plain_attribute_that_requires_grad_is_judged_as_eager_would():
         torch.testing.assert_close(model.w.grad, w.grad)
 
 
-class _SigmoidWrite(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(8, 8)
-        self.fc2 = nn.Linear(8, 8)
-
-    def forward(self, x):
-        h = self.fc1(x).sigmoid()
-        h.mul_(2)
-        return self.fc2(h)
-
-
 def test_fast_weights_through_functional_call_keep_their_gradient():
     """MAML-style: non-leaf weights that require grad, passed through functional_call."""
-    model = _SigmoidWrite().requires_grad_(False)  # only the fast weights carry gradients
+    model = FrozenThenUnfrozen().requires_grad_(False)  # only the fast weights carry gradients
     fixed = fxgrad.fix(model)
     x = torch.randn(4, 8)
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from fxgrad.state import plain_object
+
 
 def twin(module: torch.nn.Module, memo: dict[int, object] | None = None) -> torch.nn.Module:
     """Shallow-copy a module tree: new module objects, the same parameter and buffer tensors.
@@ -79,7 +81,7 @@ def _twin_one(module: torch.nn.Module, memo: dict[int, object]) -> torch.nn.Modu
         elif type(v) in _CONTAINERS:
             _refuse_proxies(v, k)
             new.__dict__[k] = v.copy()
-        elif _plain_object(v):
+        elif plain_object(v):
             new.__dict__[k] = _object_twin(v, memo)
     new.__dict__["_parameters"] = module._parameters.copy()
     new.__dict__["_buffers"] = module._buffers.copy()
@@ -218,21 +220,6 @@ def _hook_twin(hook: object, memo: dict[int, object]) -> object:
 _CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)
 _MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__)
 _HOOK_TABLES = frozenset(k for k in _MODULE_INTERNALS if "hook" in k)
-_NOT_PLAIN = (
-    torch.nn.Module,
-    torch.Tensor,
-    type,
-    types.FunctionType,
-    types.MethodType,
-    types.BuiltinFunctionType,
-    types.ModuleType,
-    functools.partial,
-)
-
-
-def _plain_object(v: object) -> bool:
-    """An instance of a user class holding attributes (a config), not a module or tensor."""
-    return hasattr(v, "__dict__") and not isinstance(v, _NOT_PLAIN) and not callable(v)
 
 
 def _object_twin(v: object, memo: dict) -> object:
