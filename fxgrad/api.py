@@ -29,6 +29,7 @@ from fxgrad.context import Context, Measure, clone_inputs, default_measure, seed
 from fxgrad.errors import FxgradError, TraceError
 from fxgrad.guards import (
     ShapeCheck,
+    TensorState,
     call_key,
     describe_change,
     mode_matters,
@@ -222,6 +223,7 @@ class _Shared:
         self.backend: Any = None
         self.fx_refusal = ""
         self._tree: TreeWatch | None = None
+        self.tensor_state = TensorState()  # the parameters' and buffers' facts, per call
         self.view: nn.Module | None = None  # see _forward_view
 
     def tree(self, root: nn.Module) -> TreeWatch:
@@ -432,7 +434,7 @@ class FixedModule(nn.Module):
             if shared.static.view.holds(root, epoch):
                 return shared.static, leaves
             return self._restatic(shared.static), leaves
-        key = call_key(skey, tensors, *self._modules_for_key(tree))
+        key = call_key(skey, tensors, *self._modules_for_key(tree), shared.tensor_state)
         v = shared.current
         if v is not None and v.key == key and v.shapes.holds(self, tensors):
             if v.view.holds(root, epoch):
@@ -1196,7 +1198,7 @@ def fix(
     skey, leaves = structure(args, kwargs)
     tensors = list(args) if leaves is None else [x for x in leaves if _is_input(x)]
     with torch.enable_grad():
-        variant.key = call_key(skey, tensors, *fixed._modules_for_key())
+        variant.key = call_key(skey, tensors, *fixed._modules_for_key(), fixed._fxgrad.tensor_state)
     variant.shapes.remember(fixed, tensors)
     fixed._adopt(variant)
     return fixed

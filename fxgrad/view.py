@@ -33,21 +33,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from fxgrad.guards import Identity
+from fxgrad.guards import dict_version as _dict_version
 from fxgrad.state import plain_object
-
-try:  # the dict version tags Dynamo's guards use: one C read a dict
-    from torch._C._dynamo.guards import dict_version as _dict_version
-
-    _probe: dict = {}
-    _before = _dict_version(_probe)
-    _probe["x"] = 1
-    if _dict_version(_probe) == _before:  # a Python without version tags
-        raise ImportError
-except (ImportError, AttributeError, TypeError):
-
-    def _dict_version(d: dict) -> Any:  # what a version tag would tell, in Python
-        return (tuple(d), tuple(map(id, d.values())))
-
 
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 

@@ -254,3 +254,88 @@ def test_unpacking_a_size_dependent_sequence_is_guarded():
         fixed(torch.randn(3, 3, 4))
     with pytest.raises(FxgradError, match="raises ValueError in forward"):
         fxgrad.fix(Unpacks(), (torch.randn(1, 3, 4),))
+
+
+class SigmoidWrite(nn.Module):
+    """`h.mul_(2)` overwrites sigmoid's saved output: unsafe exactly when h requires grad,
+    which, for a plain input, is when a parameter of `fc` does."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("shift", torch.zeros(4))
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x) + self.shift)
+        h.mul_(2)
+        return h
+
+
+def _sigmoid_write_reference(m: SigmoidWrite, x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(m.fc(x) + m.shift) * 2
+
+
+def _same_gradients(fixed: nn.Module, model: SigmoidWrite, x: torch.Tensor) -> None:
+    out = fixed(x)
+    torch.testing.assert_close(out, _sigmoid_write_reference(model, x))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    got = torch.autograd.grad(out.sum(), params)
+    want = torch.autograd.grad(_sigmoid_write_reference(model, x).sum(), params)
+    torch.testing.assert_close(got, want)
+
+
+def test_tensor_facts_changed_behind_the_modules_back_decide_anew():
+    """Parameter facts no module method sees change: a flag set on the tensor, `.data`
+    replaced with another dtype, a parameter swapped in its table, a buffer replaced."""
+    model = SigmoidWrite()
+    model.fc.requires_grad_(False)
+    x = torch.randn(3, 4)
+    fixed = fxgrad.fix(model, (x,))
+    assert not fixed.report.applied  # nothing requires grad: the write is safe
+    _same_gradients(fixed, model, x)
+
+    model.fc.weight.requires_grad = True  # on the tensor: no module code runs
+    _same_gradients(fixed, model, torch.randn(5, 4))
+    assert len(fixed.report.applied) == 1
+
+    for p in model.parameters():
+        p.data = p.data.double()  # `.data` replaced: the same Parameter object
+    model.shift.data = model.shift.data.double()
+    _same_gradients(fixed, model, torch.randn(2, 4, dtype=torch.float64))
+
+    model.fc.weight.requires_grad = False
+    model.fc.bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))  # swapped in _parameters
+    _same_gradients(fixed, model, torch.randn(2, 4, dtype=torch.float64))
+    assert len(fixed.report.applied) == 1  # the bias requires grad: unsafe again
+
+    model.fc.bias.requires_grad = False
+    model.fc.weight.requires_grad = True  # the facts of the `.data` step again
+    before = len(fixed.reports)
+    _same_gradients(fixed, model, torch.randn(2, 4, dtype=torch.float64))
+    assert len(fixed.reports) == before  # that step's variant, reused
+    assert len(fixed.report.applied) == 1
+
+
+def test_tensor_state_reuses_facts_and_sees_every_flip():
+    from fxgrad.guards import TensorState
+
+    lin = nn.Linear(3, 3)
+    tables = [lin._parameters]
+    state = TensorState()
+    first = state.facts(tables)
+    assert state.facts(tables) is first
+    with torch.no_grad():
+        assert state.facts(tables) == first  # the same facts, checked under another mode
+    with torch.inference_mode():
+        assert state.facts(tables) == first
+    lin.weight.requires_grad_(False)
+    frozen = state.facts(tables)
+    assert frozen != first
+    lin.weight.requires_grad_(True)
+    assert state.facts(tables) is first
+    lin.bias = None  # a slot that holds None is no tensor
+    assert len(state.facts(tables).items) == 1
+    lin.weight.data = lin.weight.data.half()
+    assert state.facts(tables).items[0][0] is torch.float16
