@@ -33,6 +33,8 @@ from fxgrad.guards import (
     call_key,
     describe_change,
     mode_matters,
+    number_value,
+    numbers_only_feed_values,
     size_guard_program,
     structure,
     tensor_tables,
@@ -65,6 +67,7 @@ from fxgrad.tracing import (
     fresh_constant_name,
     twin,
 )
+from fxgrad.tracing.callspec import is_number
 from fxgrad.tracing.module_copy import quiet_user_hooks
 from fxgrad.view import TreeWatch, ViewGuard, _walk
 from fxgrad.view import build as build_view
@@ -112,6 +115,25 @@ class Variant:
     def __post_init__(self) -> None:
         self.single = self.out_spec.num_leaves == 1 and self.out_spec.num_children == 0
         self._bound: tuple[Any, ...] | None = None
+        # Python numbers this variant baked in (its forward branched on them, or used one
+        # as a size): it serves only calls that pass the same values.
+        self.numbers = tuple(
+            (i, number_value(c)) for i, c in self.call.constants.items() if is_number(c)
+        )
+
+    def numbers_hold(self, leaves: list[Any] | None) -> bool:
+        """Whether a call passes the numbers this variant baked in (if it baked any)."""
+        if not self.numbers:
+            return True
+        return leaves is not None and all(number_value(leaves[i]) == v for i, v in self.numbers)
+
+    def numbers_changed(self, leaves: list[Any]) -> list[str]:
+        names = self.call.leaf_names
+        return [
+            f"the argument {names[i]} ({v[1]!r} -> {leaves[i]!r})"
+            for i, v in self.numbers
+            if number_value(leaves[i]) != v
+        ]
 
     def run(self, module: nn.Module, leaves: list[Any]) -> Any:
         """Run the graph for `module` on a call's leaves; rebuild the output structure."""
@@ -437,13 +459,17 @@ class FixedModule(nn.Module):
         key = call_key(skey, tensors, *self._modules_for_key(tree), shared.tensor_state)
         v = shared.current
         if v is not None and v.key == key and v.shapes.holds(self, tensors):
-            if v.view.holds(root, epoch):
+            if v.numbers_hold(leaves) and v.view.holds(root, epoch):
                 return v, leaves  # the common case: a call like the last one
         for v in shared.table.get(key, ()):
-            if v.shapes.holds(self, tensors) and v.view.holds(root, epoch):
+            if (
+                v.shapes.holds(self, tensors)
+                and v.numbers_hold(leaves)
+                and v.view.holds(root, epoch)
+            ):
                 shared.current = v
                 return v, leaves
-        return self._specialize(args, kwargs, key, tensors), leaves
+        return self._specialize(args, kwargs, key, tensors, leaves), leaves
 
     def _modules_for_key(self, tree: TreeWatch | None = None) -> tuple[list[nn.Module], list[dict]]:
         """The modules whose training flag is in the key (see `mode_matters`), and the
@@ -482,14 +508,16 @@ class FixedModule(nn.Module):
         )
         return view
 
-    def _specialize(self, args: tuple, kwargs: dict, key: tuple, tensors: list) -> Variant:
+    def _specialize(
+        self, args: tuple, kwargs: dict, key: tuple, tensors: list, leaves: list[Any] | None
+    ) -> Variant:
         shared = self._fxgrad
         with shared.lock:
             root = self.__dict__[ROOT_ATTR]
             epoch = shared.tree(root).check()
             stale = [v for v in shared.table.get(key, ()) if v.shapes.holds(self, tensors)]
             for v in stale:  # another thread may have decided it
-                if v.view.holds(root, epoch):
+                if v.numbers_hold(leaves) and v.view.holds(root, epoch):
                     shared.current = v
                     return v
             if len(shared.variants) >= shared.options.max_variants:
@@ -511,7 +539,7 @@ class FixedModule(nn.Module):
             variant.key = key
             variant.shapes.remember(self, tensors)
             if stale:  # the same kind of call: a Python value the last decision read changed
-                variant.report.notes.append(_decided_anew(stale[-1], root))
+                variant.report.notes.append(_decided_anew(stale[-1], root, leaves))
             self._adopt(variant)
             return variant
 
@@ -614,8 +642,11 @@ def _dispatch_outside_dynamo() -> Callable:
     return _DISPATCH[0]
 
 
-def _decided_anew(old: Variant, root: nn.Module) -> str:
-    what = "; ".join(old.view.changed(root)) or "the Python values it read"
+def _decided_anew(old: Variant, root: nn.Module, leaves: list[Any] | None = None) -> str:
+    changed = old.view.changed(root)
+    if leaves is not None:
+        changed = old.numbers_changed(leaves) + changed
+    what = "; ".join(changed) or "the Python values it read"
     return f"decided anew on this call: since the last decision, {what} changed"
 
 
@@ -855,6 +886,8 @@ def _describe_call(root: nn.Module, call: CallSpec, leaves: list[Any], grad: boo
             if x.requires_grad:
                 text += " requires grad"
             parts.append(text)
+    for i in sorted(call.numbers):
+        parts.append(f"{call.leaf_names[i]}: any {type(leaves[i]).__name__}")
     for i, value in call.constants.items():
         if value is not None:
             parts.append(f"{call.leaf_names[i]}={value!r}")
@@ -879,8 +912,12 @@ def _decide_on(
     at_call: bool,
     flip_mode: bool = False,
     skip_if_code: str | None = None,
+    numbers_as_inputs: bool = False,
 ) -> _Decision | None:
-    """Capture `base` (on a twin) for one call and run the passes on the graph."""
+    """Capture `base` (on a twin) for one call and run the passes on the graph.
+
+    With `numbers_as_inputs`, raises `_NumbersStay` when a number placeholder decides a
+    shape (see `numbers_only_feed_values`), before any pass runs."""
     root = twin(base)
     quiet_user_hooks(root)
     report = Report(mode="static" if static else "exact", model=type(base).__name__)
@@ -923,6 +960,10 @@ def _decide_on(
                 return None
             code = captured.gm.code
             example = [leaves[i] for i in captured.leaf_index]
+            if numbers_as_inputs:
+                why = numbers_only_feed_values(captured.gm, example)
+                if why is not None:
+                    raise _NumbersStay(why)
             _decide_captured(root, call, captured, example, state, opts, report, at_call)
     report.variant = _describe_call(root, call, leaves, grad_enabled)
     return _Decision(captured, report, code)
@@ -987,15 +1028,60 @@ def _decide(
     at_call: bool = False,
     static: bool = False,
 ) -> Variant:
-    """Decide on one call (or statically) and bind the result to the user's module."""
-    call, leaves = call_spec(base, args, kwargs)
+    """Decide on one call (or statically) and bind the result to the user's module.
+
+    Python numbers among the arguments are tried as graph inputs first: one variant then
+    serves every value (a diffusion timestep, an annealed scale). When the forward uses
+    one as a Python value (a branch, a size), it is baked in as a constant instead, and a
+    call with another value is decided anew.
+    """
+    kept = ""
     if not static:
+        call, leaves = call_spec(base, args, kwargs, numbers=True)
         _check_leaves(args or (), kwargs or {}, leaves)
+        if call.numbers:
+            try:
+                decision = _decide_on(
+                    base,
+                    call,
+                    leaves,
+                    opts,
+                    grad_enabled=grad_enabled,
+                    static=False,
+                    at_call=at_call,
+                    numbers_as_inputs=True,
+                )
+            except _NumbersStay as e:
+                kept = e.why
+            except Exception:  # noqa: BLE001 - tried again with the numbers as constants
+                kept = "the forward uses it as a Python value"
+            else:
+                assert decision is not None
+                names = ", ".join(call.leaf_names[i] for i in sorted(call.numbers))
+                decision.report.notes.append(
+                    f"{names}: a number taken as an input of the graph (any value runs this code)"
+                )
+                return _variant_of(base, decision)
+    call, leaves = call_spec(base, args, kwargs)
     decision = _decide_on(
         base, call, leaves, opts, grad_enabled=grad_enabled, static=static, at_call=at_call
     )
     assert decision is not None
+    if kept:
+        names = ", ".join(call.leaf_names[i] for i, c in call.constants.items() if is_number(c))
+        decision.report.notes.append(
+            f"{names}: a number kept as a constant ({kept}); a call with another value "
+            "is decided anew"
+        )
     return _variant_of(base, decision)
+
+
+class _NumbersStay(Exception):
+    """A number argument cannot be an input of the graph; `why` says what it decides."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 def _variant_of(base: nn.Module, decision: _Decision) -> Variant:

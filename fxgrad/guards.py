@@ -33,7 +33,8 @@ from torch import fx, nn
 
 from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
-from fxgrad.tracing.callspec import box_objects
+from fxgrad.tracing.callspec import box_objects, is_number
+from fxgrad.tracing.names import NUMBER_META
 
 try:  # the dict version tags Dynamo's guards use: one C read a dict
     from torch._C._dynamo.guards import dict_version
@@ -152,11 +153,21 @@ def structure(args: tuple, kwargs: dict) -> tuple[Any, list[Any] | None]:
         return len(args), None  # the common case: tensors, positionally
     leaves, spec = pytree.tree_flatten(box_objects((args, kwargs)))
     consts = tuple(
-        (i, _hashable(v))
+        (i, (_NUMBER, type(v)) if is_number(v) else _hashable(v))
         for i, v in enumerate(leaves)
         if not isinstance(v, torch.Tensor) and not _is_array(v)
     )
     return (spec, consts), leaves
+
+
+# A Python number argument is in the key by its type only: a variant that takes it as a
+# graph input serves every value, one that baked it in checks its value (`number_value`).
+_NUMBER = "number"
+
+
+def number_value(x: Any) -> Any:
+    """A number as a variant that baked it in compares it: NaN equal to NaN."""
+    return (type(x), "nan") if x != x else (type(x), x)
 
 
 def _is_array(x: Any) -> bool:
@@ -415,7 +426,7 @@ def size_guard_program(gm: fx.GraphModule) -> fx.GraphModule | None:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for n in gm.graph.nodes:
-        if n.op == "placeholder" or n in needed:
+        if (n.op == "placeholder" and not n.meta.get(NUMBER_META)) or n in needed:
             env[n] = graph.node_copy(n, lambda a: env[a])
     graph.output(None)
     program = empty_graph_module("SizeGuards")  # run by an Interpreter, never called
@@ -469,6 +480,68 @@ class _GuardRun(fx.Interpreter):
                 if isinstance(v, torch.Tensor):
                     m.__dict__[k] = _meta(v)
         return shadow.forward(*args, **kwargs)
+
+
+class _ShapeRun(_GuardRun):
+    """Runs a whole captured graph on meta tensors, noting each node's output shapes.
+
+    Writes of module state recorded in the graph are skipped: the run must not touch the
+    module it reads.
+    """
+
+    def __init__(self, program: fx.GraphModule, owner: nn.Module) -> None:
+        super().__init__(program, owner)
+        self.garbage_collect_values = False
+        self.shapes: dict[fx.Node, tuple] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "call_function" and (
+            n.target is setattr
+            or (
+                n.target is operator.setitem
+                and str(getattr(n.args[0], "target", "")).endswith("_buffers")
+            )
+        ):
+            return None
+        out = super().run_node(n)
+        self.shapes[n] = tuple(
+            tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in pytree.tree_leaves(out)
+        )
+        return out
+
+
+def numbers_only_feed_values(gm: fx.GraphModule, example: Sequence[Any]) -> str | None:
+    """None when the graph's number placeholders (see `NUMBER_META`) feed only values;
+    else why one of them must stay a constant, checked on every call.
+
+    A number taken as an input must not decide anything a decision assumed: a size the
+    graph checks (its guards), or any tensor's shape, which passes read. The graph is run
+    twice on meta tensors, with the example's numbers and with other ones: every tensor
+    must have the same shape in both runs.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    numbers = {n for n in placeholders if n.meta.get(NUMBER_META)}
+    if not numbers:
+        return None
+    checks = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is fxgrad_guard]
+    if numbers & ancestors(checks):
+        return "a size depends on it"
+
+    def run(values: Sequence[Any]) -> dict[fx.Node, tuple]:
+        interp = _ShapeRun(gm, gm)
+        with torch.no_grad(), torch.device("meta"):  # factories (`torch.zeros(1, 4)`) too
+            interp.run(*map(_meta, values))
+        return interp.shapes
+
+    other = [
+        (v * 1.5 + 0.25 if type(v) is float else v + 1) if n in numbers else v
+        for n, v in zip(placeholders, example)
+    ]
+    try:
+        same = run(example) == run(other)
+    except Exception:
+        return "its effect on shapes could not be checked"
+    return None if same else "a tensor's shape depends on it"
 
 
 class ShapeCheck:

@@ -106,8 +106,12 @@ def test_keyword_arguments_and_defaults():
     torch.testing.assert_close(fixed(x=x), model(x))
     # captured with the default: another value is decided on its own call, not ignored
     torch.testing.assert_close(fixed(x, scale=2.0), model(x, scale=2.0))
-    assert "scale=2.0" in fixed.report.variant
-    torch.testing.assert_close(fixed(x, 3.0), model(x, 3.0))
+    # a number that only scales a tensor is an input of the graph: one variant, any value
+    assert "scale: any float" in fixed.report.variant
+    decided = len(fixed.reports)
+    torch.testing.assert_close(fixed(x, scale=3.0), model(x, scale=3.0))
+    assert len(fixed.reports) == decided
+    torch.testing.assert_close(fixed(x, 3.0), model(x, 3.0))  # positionally: another key
 
 
 def test_to_and_deepcopy():

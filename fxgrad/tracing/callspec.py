@@ -33,6 +33,8 @@ class CallSpec:
     in_spec: pytree.TreeSpec
     leaf_names: list[str]
     constants: dict[int, Any] = field(default_factory=dict)
+    # Leaves that are Python numbers passed as graph inputs (see `is_number`), by index.
+    numbers: frozenset[int] = frozenset()
 
     def unflatten(self, leaves: list[Any]) -> tuple[tuple, dict]:
         """Rebuild (args, kwargs) of a call from its non-constant leaves, in order."""
@@ -116,13 +118,23 @@ def _signature(model: torch.nn.Module) -> inspect.Signature | None:
         return None
 
 
+def is_number(x: Any) -> bool:
+    """A Python int or float (not a bool: flags decide control flow, not arithmetic)."""
+    return type(x) is float or type(x) is int
+
+
 def call_spec(
-    model: torch.nn.Module, args: tuple | None, kwargs: dict | None = None
+    model: torch.nn.Module,
+    args: tuple | None,
+    kwargs: dict | None = None,
+    numbers: bool = False,
 ) -> tuple[CallSpec, list]:
     """Describe a call of the forward: pytree structure, placeholder names, baked constants.
 
     With `args` None (no example inputs) every parameter of forward without a default gets
-    a placeholder, and the others keep their defaults.
+    a placeholder, and the others keep their defaults. With `numbers`, Python ints and
+    floats among the arguments are placeholders too, not constants: a capture tries that
+    first, so a timestep or a scale that changes every call is an input of one graph.
     """
     signature = _signature(model)
     kwargs = dict(kwargs or {})
@@ -146,13 +158,16 @@ def call_spec(
                     "fxgrad.fix(model, (x,)) or fxgrad.fix(model, (x,), {'mask': m}).",
                 ) from None
     leaves, spec = pytree.tree_flatten(box_objects((tuple(args), kwargs)))
+    as_inputs = frozenset(i for i, leaf in enumerate(leaves) if numbers and is_number(leaf))
     constants = {
         i: leaf
         for i, leaf in enumerate(leaves)
-        if not isinstance(leaf, (torch.Tensor, _StaticLeaf)) and not _is_array(leaf)
+        if not isinstance(leaf, (torch.Tensor, _StaticLeaf))
+        and not _is_array(leaf)
+        and i not in as_inputs
     }
     names = _dedupe(_leaf_names(spec, signature))
-    return CallSpec(signature, spec, names, constants), leaves
+    return CallSpec(signature, spec, names, constants, as_inputs), leaves
 
 
 def _is_array(x: Any) -> bool:

@@ -15,6 +15,9 @@ from typing import Any
 # read and written through it on every call, so the fixed module shares them with the
 # user's module rather than keeping a copy from capture time.
 ROOT_ATTR = "_fxgrad_root"
+# Node meta key of a placeholder that stands for a Python number argument (a timestep, a
+# scale): its value is an input of the graph, not a constant baked in.
+NUMBER_META = "fxgrad_number"
 # Objects fx cannot spell in code, kept as constants of the graph.
 STOWED_PREFIX = "_fxgrad_const"
 _STOWED_PREFIXES = (

@@ -21,7 +21,7 @@ from fxgrad.graph_utils import (
 from fxgrad.runtime import _ANSWERS, fxgrad_guard
 from fxgrad.tracing.callspec import _register_dataclasses, box_objects
 from fxgrad.tracing.errors import _control_flow_error
-from fxgrad.tracing.names import ROOT_ATTR, STOWED_PREFIX
+from fxgrad.tracing.names import NUMBER_META, ROOT_ATTR, STOWED_PREFIX
 from fxgrad.tracing.numpy_args import (
     _numpy_dtype_names,
     _takes_numpy_dtypes,
@@ -395,6 +395,8 @@ class FxgradTracer(fx.Tracer):
                 continue
             name = call.leaf_names[i]
             proxy = self.create_proxy("placeholder", name, (), {})
+            if i in call.numbers:
+                proxy.node.meta[NUMBER_META] = True
             self.placeholder_leaf_index.append(i)
             if self._leaves is not None:
                 self._values[proxy.node] = self._leaves[i]
