@@ -1,0 +1,209 @@
+"""The decision cache under stress: concurrent writers, killed writers, no home directory.
+
+tests/test_contiguity.py tests what FXG201 caches; here the cache must keep every record
+that concurrent processes write, and never make a fix fail. tests/conftest.py gives every
+test an empty cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import fxgrad
+from fxgrad import decision_cache
+from fxgrad.decision_cache import DecisionCache
+
+
+class TwoCats(nn.Module):
+    """Two cats of different layouts: two records in the cache."""
+
+    def forward(self, x, y):
+        return torch.cat([x.t(), y], dim=0) * 2, torch.cat([y.t(), x], dim=0) * 3
+
+
+def _inputs():
+    # Transposed, just enough elements to be timed (MIN_ELEMENTS).
+    return (torch.randn(256, 256, requires_grad=True), torch.randn(256, 256))
+
+
+def _timer():
+    """An injected timer: `.contiguous()` twice as fast. Every timer it makes has the same
+    name, so they share cached decisions; `calls` lists what it timed."""
+    calls: list[str] = []
+
+    def measure(key, fn):
+        calls.append(key)
+        return 2e-3 if key.endswith(":original") else 1e-3
+
+    return measure, calls
+
+
+def _fix(measure):
+    model, inputs = TwoCats(), _inputs()
+    fixed = fxgrad.fix(model, inputs, select=["FXG201"], measure=measure)
+    torch.testing.assert_close(fixed(*inputs), model(*inputs))
+    return fixed
+
+
+# ---------------------------------------------------------------------------------------
+# Concurrent and killed writers
+
+_WRITER = """
+import importlib.util, sys, time
+from pathlib import Path
+
+source, directory, sync, me, n, lock = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("decision_cache", source)
+cache_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cache_module)
+if lock == "lock file":
+    cache_module.fcntl = None  # as where fcntl is missing
+(Path(sync) / f"ready-{me}").touch()
+while not (Path(sync) / "go").exists():
+    time.sleep(0.001)
+for i in range(int(n)):
+    cache = cache_module.DecisionCache("t", Path(directory))
+    cache.lookup("anything")  # read the file first, as the pass does
+    cache.store(f"{me}-{i}", {"writer": me, "i": i})
+    assert cache.flush(), "a write failed"
+"""
+
+
+@pytest.mark.parametrize("lock", ["flock", "lock file"])
+def test_concurrent_writers_lose_nothing(tmp_path, lock):
+    directory, sync = tmp_path / "cache", tmp_path / "sync"
+    directory.mkdir()
+    sync.mkdir()
+    writers, keys = 4, 50
+    # The module alone, without torch: four processes start in a fraction of a second.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, decision_cache.__file__, str(directory)]
+            + [str(sync), str(w), str(keys), lock],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    deadline = time.monotonic() + 60
+    while len(list(sync.glob("ready-*"))) < writers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (sync / "go").touch()  # all at once
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    cache = DecisionCache("t", directory)
+    kept = [(w, i) for w in range(writers) for i in range(keys) if cache.lookup(f"{w}-{i}")]
+    assert len(kept) == writers * keys
+    assert sorted(p.name for p in directory.iterdir()) in (["t.json", "t.json.lock"], ["t.json"])
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    old = time.time() - decision_cache.STALE_S - 60
+    stale = tmp_path / ".t.json.k1ll3d.tmp"
+    earlier = tmp_path / ".t.json.x8r2k1qz"  # named as earlier versions named them
+    fresh = tmp_path / ".t.json.wr1t1ng.tmp"  # another process may be writing it now
+    other = tmp_path / "notes.txt"
+    for path in (stale, earlier, fresh, other):
+        path.write_text("x" * 1000)
+    for path in (stale, earlier, other):
+        os.utime(path, (old, old))
+    cache = DecisionCache("t", tmp_path)
+    cache.store("k", {"v": 1})
+    assert cache.flush()
+    assert not stale.exists() and not earlier.exists()
+    assert fresh.exists() and other.exists()
+    assert DecisionCache("t", tmp_path).lookup("k") == {"v": 1}
+
+
+def test_the_file_keeps_the_records_stored_last(monkeypatch, tmp_path):
+    monkeypatch.setattr(decision_cache, "MAX_ENTRIES", 10)
+    for i in range(15):
+        cache = DecisionCache("t", tmp_path)
+        cache.store(f"k{i}", {"v": i})
+        assert cache.flush()
+    cache = DecisionCache("t", tmp_path)
+    assert [i for i in range(15) if cache.lookup(f"k{i}")] == list(range(5, 15))
+
+
+def test_a_write_that_cannot_get_the_lock_is_given_up(monkeypatch, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.setattr(decision_cache, "LOCK_TIMEOUT_S", 0.2)
+    with open(tmp_path / "t.json.lock", "w") as held:  # another writer, stopped mid-write
+        fcntl.flock(held, fcntl.LOCK_EX)
+        cache = DecisionCache("t", tmp_path)
+        cache.store("k", {"v": 1})
+        start = time.monotonic()
+        assert cache.flush() is False
+        assert time.monotonic() - start < 2
+    assert not (tmp_path / "t.json").exists()
+    assert cache.flush() and DecisionCache("t", tmp_path).lookup("k") == {"v": 1}
+
+
+def test_without_flock_a_killed_writers_lock_file_is_broken(monkeypatch, tmp_path):
+    monkeypatch.setattr(decision_cache, "fcntl", None)
+    held = tmp_path / "t.json.lock-held"
+    held.touch()
+    old = time.time() - decision_cache.LOCK_STALE_S - 1
+    os.utime(held, (old, old))
+    cache = DecisionCache("t", tmp_path)
+    cache.store("k", {"v": 1})
+    assert cache.flush()
+    assert not held.exists()
+    assert DecisionCache("t", tmp_path).lookup("k") == {"v": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# No home directory
+
+
+def _no_home(monkeypatch, tmp_path):
+    """As in a container: no $HOME, no passwd entry for the user; tmp_path for /tmp."""
+    for variable in ("FXGRAD_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError):
+        Path.home()
+
+
+def test_without_a_home_directory_the_cache_is_in_a_private_temporary_one(monkeypatch, tmp_path):
+    _no_home(monkeypatch, tmp_path)
+    directory = decision_cache.cache_dir()
+    assert directory == tmp_path / f"fxgrad-cache-{os.getuid()}"
+    measure, calls = _timer()
+    _fix(measure)
+    assert (directory / "fxg201.json").exists()
+    assert directory.stat().st_mode & 0o777 == 0o700
+    calls.clear()
+    _fix(measure)
+    assert calls == []  # cached there
+
+
+def test_with_no_usable_directory_the_cache_is_off(monkeypatch, tmp_path):
+    _no_home(monkeypatch, tmp_path)
+    shared = tmp_path / f"fxgrad-cache-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could have put records there
+    assert decision_cache.cache_dir() is None
+    measure, calls = _timer()
+    fixed = _fix(measure)
+    assert calls and len(fixed.report.applied) == 2
+    assert list(shared.iterdir()) == []
+    cache = DecisionCache("fxg201")
+    cache.store("k", {"v": 1})
+    assert cache.flush() is False
