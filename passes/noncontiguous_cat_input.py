@@ -18,10 +18,11 @@ size-1 dimension does not count). Identical sites (same shapes, strides, dtype, 
 dim and consumers) are timed once. All timing together stays within about one forward and
 backward of the model (`BUDGET_STEPS`, at least `BUDGET_FLOOR_S`), most promising sites
 first. Decisions are kept in the user's cache directory per site, device and torch
-version (`$FXGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/fxgrad`, else `~/.cache/fxgrad`), so
-fixing the same model on the same machine again times nothing and gives the same code;
-delete `fxg201.json` there to measure again. With measuring off
-(`Context.measure_enabled`), only cached decisions are applied.
+version (`$FXGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/fxgrad`, else `~/.cache/fxgrad`; see
+`fxgrad.decision_cache`), so fixing the same model on the same machine again times
+nothing and gives the same code; delete `fxg201.json` there to measure again. A site left
+unmeasured because the budget ran out is not kept: the next fix measures it. With
+measuring off (`Context.measure_enabled`), only cached decisions are applied.
 ## Why is this bad?
 `cat` copies every input into its output. Reading a transposed, permuted, strided or
 channels_last input element by element can be much slower than dense copies: on a CPU,
@@ -122,7 +123,17 @@ SAMPLE_S = 1e-3
 CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 
 CACHE_NAMESPACE = "fxg201"
-CACHE_FORMAT = 1  # part of every key: bump when what is timed or decided changes
+CACHE_FORMAT = 2  # part of every key: bump when what is timed or decided changes
+# 2: a site the budget left unmeasured is no longer kept (format 1 kept it for good)
+
+REPLAY_FAILS = "it fails when replayed on fresh tensors of the same layouts"
+
+KEPT_UNMEASURED = frozenset({REPLAY_FAILS})
+"""Why a site went untimed, where the next fix would find the same: kept in the cache.
+
+Other reasons (the budget was spent, timing would take more than is left of it) depend
+on what else this fix timed; such sites are not kept, so the next fix measures them.
+"""
 
 
 class Variant(enum.Enum):
@@ -782,6 +793,8 @@ class Decision:
     def note(self, source: str) -> str:
         if not self.measured:
             cached = " (cached)" if source == "cached" else ""
+            if source != "analysis only" and self.why_unmeasured not in KEPT_UNMEASURED:
+                cached = "; not cached, the next fix measures it"
             return f"not measured: {self.why_unmeasured}; no measurement, no rewrite{cached}"
         original = self.times[Variant.ORIGINAL]
         others = [v for v in self.times if v not in (Variant.ORIGINAL, self.choice)]
@@ -866,7 +879,7 @@ def _measure_site(
     if own_timer:
         budget.spent_s += time.perf_counter() - start
     if warm is None:
-        return None, "it fails when replayed on fresh tensors of the same layouts"
+        return None, REPLAY_FAILS
     calls, label, cost = warm
     measure: Callable[[str, Callable[[], Any]], float] = ctx.measure
     samples: dict[Variant, list[float]] = {v: [] for v in calls}
@@ -1243,8 +1256,10 @@ def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tu
         decision, why = _measure_site(ctx, first, budget, own_timer)
         if decision is None:
             decision = Decision(Variant.ORIGINAL, {}, why_unmeasured=why)
-        # Unmeasured sites are kept too: the same model then gets the same code next time.
-        cache.store(key(group), {**decision.to_record(), "site": repr(first.signature)})
+        # A site that cannot be timed is kept too, so the same model gets the same code next
+        # time; one the budget left out is not: the next fix measures it.
+        if decision.measured or decision.why_unmeasured in KEPT_UNMEASURED:
+            cache.store(key(group), {**decision.to_record(), "site": repr(first.signature)})
         for site in group:
             source = "measured" if site is first else f"as measured at {first.node.name}"
             out[site.node] = (decision, source)

@@ -1,4 +1,5 @@
-"""The decision cache under stress: concurrent writers, killed writers, no home directory.
+"""The decision cache under stress: concurrent writers, killed writers, no home directory,
+and sites the measuring budget left out.
 
 tests/test_contiguity.py tests what FXG201 caches; here the cache must keep every record
 that concurrent processes write, and never make a fix fail. tests/conftest.py gives every
@@ -7,6 +8,7 @@ test an empty cache directory.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 import subprocess
@@ -22,6 +24,8 @@ from torch import nn
 import fxgrad
 from fxgrad import decision_cache
 from fxgrad.decision_cache import DecisionCache
+
+fxg201 = importlib.import_module("fxgrad.passes.noncontiguous_cat_input")
 
 
 class TwoCats(nn.Module):
@@ -207,3 +211,43 @@ def test_with_no_usable_directory_the_cache_is_off(monkeypatch, tmp_path):
     cache = DecisionCache("fxg201")
     cache.store("k", {"v": 1})
     assert cache.flush() is False
+
+
+# ---------------------------------------------------------------------------------------
+# The budget
+
+
+def _budget_spent_by_timer(monkeypatch, state):
+    state["spent"] = True  # the injected timer answers None: its budget is spent
+
+
+def _budget_spent_before_timing(monkeypatch, state):
+    monkeypatch.setattr(fxg201, "_budget", lambda ctx, seen: fxg201.Budget(0.0))
+
+
+@pytest.mark.parametrize(
+    "spend", [_budget_spent_by_timer, _budget_spent_before_timing], ids=["timer", "budget"]
+)
+def test_sites_the_budget_left_out_are_measured_by_the_next_fix(monkeypatch, spend):
+    state = {"spent": False}
+    calls: list[str] = []
+
+    def measure(key, fn):
+        calls.append(key)
+        if state["spent"]:
+            return None
+        return 2e-3 if key.endswith(":original") else 1e-3
+
+    with monkeypatch.context() as m:
+        spend(m, state)
+        first = _fix(measure)
+    assert first.report.applied == []
+    for change in first.report.changes:
+        assert "budget" in change.note and "the next fix measures it" in change.note
+    state["spent"] = False
+    calls.clear()
+    second = _fix(measure)
+    assert calls  # what the first fix could not time
+    assert len(second.report.applied) == 2
+    calls.clear()
+    assert _fix(measure).code == second.code and calls == []
