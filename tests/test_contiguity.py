@@ -618,7 +618,8 @@ def test_a_cached_record_of_another_shape_is_ignored():
         record["choice"] = "sideways"
     cache.path.write_text(json.dumps(data))
     calls.clear()
-    fxgrad.fix(PrefixHeads(), _heads(2, 256, 128), select=["FXG201"], measure=measure)
+    with pytest.warns(decision_cache.CacheWarning, match="another shape"):
+        fxgrad.fix(PrefixHeads(), _heads(2, 256, 128), select=["FXG201"], measure=measure)
     assert calls  # measured again
 
 

@@ -1,16 +1,19 @@
-"""The decision cache under stress: concurrent writers, killed writers, no home directory,
-and sites the measuring budget left out.
+"""The decision cache under stress: concurrent writers, killed writers, edited or foreign
+records, no home directory, and sites the measuring budget left out.
 
 tests/test_contiguity.py tests what FXG201 caches; here the cache must keep every record
-that concurrent processes write, and never make a fix fail. tests/conftest.py gives every
-test an empty cache directory.
+that concurrent processes write, ignore (with one warning) what it cannot trust, and never
+make a fix fail. tests/conftest.py gives every test an empty cache directory.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import os
 import pwd
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,11 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 import fxgrad
 from fxgrad import decision_cache
-from fxgrad.decision_cache import DecisionCache
+from fxgrad.context import Context
+from fxgrad.decision_cache import CacheWarning, DecisionCache
 
 fxg201 = importlib.import_module("fxgrad.passes.noncontiguous_cat_input")
 
@@ -211,6 +215,116 @@ def test_with_no_usable_directory_the_cache_is_off(monkeypatch, tmp_path):
     cache = DecisionCache("fxg201")
     cache.store("k", {"v": 1})
     assert cache.flush() is False
+
+
+# ---------------------------------------------------------------------------------------
+# Records that cannot be trusted
+
+
+def _cache_file() -> Path:
+    return decision_cache.cache_dir() / "fxg201.json"
+
+
+def _entries() -> dict:
+    return json.loads(_cache_file().read_text())["entries"]
+
+
+def _edit_records(edit) -> None:
+    data = json.loads(_cache_file().read_text())
+    data["entries"] = {k: edit(dict(v)) for k, v in data["entries"].items()}
+    _cache_file().write_text(json.dumps(data))
+
+
+def _nan(r):
+    r["times"]["original"] = math.nan
+    return r
+
+
+def _negative(r):
+    r["times"]["contiguous"] = -1.0
+    return r
+
+
+BAD_RECORDS = {
+    "a variant the site lacks": lambda r: {**r, "choice": "permuted"},
+    "no times": lambda r: {**r, "times": {}},
+    "a NaN time": _nan,
+    "a negative time": _negative,
+    "a string time": lambda r: {**r, "times": {k: str(t) for k, t in r["times"].items()}},
+    "a choice its times contradict": lambda r: {**r, "choice": "original"},
+    "escape codes in the label": lambda r: {**r, "label": "\x1b[2J\x1b[31mcat + mul fwd"},
+    "a label that is no label": lambda r: {**r, "label": "the forward was rolled back"},
+    "a budget left unmeasured": lambda r: {
+        **r,
+        "choice": "original",
+        "times": {},
+        "why_unmeasured": "the measuring budget (0.05 s) was spent",
+    },
+    "foreign": lambda r: {"answer": 42},
+}
+
+
+@pytest.mark.parametrize("edit", BAD_RECORDS.values(), ids=BAD_RECORDS.keys())
+def test_an_invalid_record_is_ignored_with_one_warning_and_measured_again(edit):
+    measure, calls = _timer()
+    first = _fix(measure)
+    assert len(first.report.applied) == 2 and len(_entries()) == 2
+    _edit_records(edit)  # both records
+    calls.clear()
+    with pytest.warns(CacheWarning) as caught:
+        fixed = _fix(measure)
+    warned = [w for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(warned) == 1  # once per file, not per record
+    assert "fxg201.json" in str(warned[0].message)
+    assert calls  # measured again
+    assert fixed.code == first.code and len(fixed.report.applied) == 2
+    for record in _entries().values():  # replaced by the new measurements
+        assert record["choice"] == "contiguous" and record["times"]["contiguous"] == 1e-3
+    calls.clear()
+    _fix(measure)
+    assert calls == []  # and those are used
+
+
+def test_invalid_records_are_dropped_even_when_nothing_is_measured():
+    measure, _ = _timer()
+    _fix(measure)
+    _edit_records(BAD_RECORDS["a NaN time"])
+    gm = fx.symbolic_trace(TwoCats())
+    ctx = Context(example_inputs=list(_inputs()), measure=measure, measure_enabled=False)
+    with pytest.warns(CacheWarning):
+        changes = fxg201.run(gm, ctx)
+    assert [c.applied for c in changes] == [False, False]
+    assert _entries() == {}
+
+
+def test_cache_contents_never_reach_the_report_raw():
+    measure, _ = _timer()
+    _fix(measure)
+
+    def hostile(r):
+        r["label"] = "\x1b]0;owned\x07\x1b[31mcat + mul fwd\r\n"
+        r["times"] = {"original": math.nan, "contiguous": -5.0}
+        return r
+
+    _edit_records(hostile)
+    with pytest.warns(CacheWarning) as caught:
+        fixed = _fix(measure)
+    report = fixed.report
+    for text in (str(report), report.table(verbose=True), report.to_json(), *map(str, caught)):
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+        assert "nan" not in text.lower() and "owned" not in text
+    for change in report.changes:
+        assert not re.search(r"-\d", change.note)  # no negative time
+
+
+def test_a_record_written_by_this_version_is_valid():
+    measure, _ = _timer()
+    _fix(measure)
+    for record in _entries().values():
+        variants = [fxg201.Variant.ORIGINAL, fxg201.Variant.CONTIGUOUS]
+        decision = fxg201.Decision.from_record(record, variants)
+        assert decision.choice is fxg201.Variant.CONTIGUOUS
+        assert len(record["site"]) <= fxg201.SITE_TEXT_MAX
 
 
 # ---------------------------------------------------------------------------------------
