@@ -18,10 +18,13 @@ size-1 dimension does not count). Identical sites (same shapes, strides, dtype, 
 dim and consumers) are timed once. All timing together stays within about one forward and
 backward of the model (`BUDGET_STEPS`, at least `BUDGET_FLOOR_S`), most promising sites
 first. Decisions are kept in the user's cache directory per site, device and torch
-version (`$FXGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/fxgrad`, else `~/.cache/fxgrad`), so
-fixing the same model on the same machine again times nothing and gives the same code;
-delete `fxg201.json` there to measure again. With measuring off
-(`Context.measure_enabled`), only cached decisions are applied.
+version (`$FXGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/fxgrad`, else `~/.cache/fxgrad`; see
+`fxgrad.decision_cache`), so fixing the same model on the same machine again times
+nothing and gives the same code; delete `fxg201.json` there to measure again. A site left
+unmeasured because the budget ran out is not kept: the next fix measures it. A cached
+record that does not fit its site (a variant it lacks, times that are not finite and
+non-negative, a choice its times do not give) is ignored with a warning and measured
+again. With measuring off (`Context.measure_enabled`), only cached decisions are applied.
 ## Why is this bad?
 `cat` copies every input into its output. Reading a transposed, permuted, strided or
 channels_last input element by element can be much slower than dense copies: on a CPU,
@@ -58,6 +61,7 @@ import copy
 import enum
 import math
 import operator
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -119,10 +123,25 @@ BUDGET_FLOOR_S = 0.05
 SAMPLE_S = 1e-3
 """With fix()'s default timer one sample is as many calls as take about this long."""
 
+SITE_TEXT_MAX = 200
+"""A cached record's description of its site is cut to this many characters."""
+
 CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 
 CACHE_NAMESPACE = "fxg201"
-CACHE_FORMAT = 1  # part of every key: bump when what is timed or decided changes
+CACHE_FORMAT = 2  # part of every key: bump when what is timed or decided changes
+# 2: a site the budget left unmeasured is no longer kept (format 1 kept it for good)
+
+REPLAY_FAILS = "it fails when replayed on fresh tensors of the same layouts"
+
+KEPT_UNMEASURED = frozenset({REPLAY_FAILS})
+"""Why a site went untimed, where the next fix would find the same: kept in the cache.
+
+Other reasons (the budget was spent, timing would take more than is left of it) depend
+on what else this fix timed; such sites are not kept, so the next fix measures them.
+"""
+
+_LABEL = re.compile(r"\w+(?: \+ \w+)* fwd(?:\+bwd)?")  # "cat + conv fwd+bwd"
 
 
 class Variant(enum.Enum):
@@ -767,21 +786,40 @@ class Decision:
         }
 
     @classmethod
-    def from_record(cls, record: dict) -> Decision | None:
+    def from_record(cls, record: Any, variants: Sequence[Variant]) -> Decision:
+        """The decision a cached record holds for a site with these variants.
+
+        ValueError, saying what is wrong without quoting the record, for one this version
+        would not have written for the site: read from disk, it may be anything.
+        """
         try:
-            times = {Variant(k): float(t) for k, t in record["times"].items()}
-            return cls(
-                Variant(record["choice"]),
-                times,
-                str(record["label"]),
-                str(record["why_unmeasured"]),
-            )
+            choice = Variant(record["choice"])
+            times = {Variant(k): _seconds(t) for k, t in record["times"].items()}
+            label, why = record["label"], record["why_unmeasured"]
         except (KeyError, ValueError, TypeError, AttributeError):
-            return None  # a record of another shape: as if not cached
+            raise ValueError("a record of another shape") from None
+        if any(t is None for t in times.values()):
+            raise ValueError("a time that is not a finite, non-negative number")
+        if choice not in variants or not set(times) <= set(variants):
+            raise ValueError("a variant this site does not have")
+        if not isinstance(why, str) or not isinstance(label, str):
+            raise ValueError("a record of another shape")
+        if why:
+            if why not in KEPT_UNMEASURED or times or choice is not Variant.ORIGINAL:
+                raise ValueError("an unmeasured decision that is not kept")
+            return cls(choice, {}, "", why)
+        if set(times) != set(variants) or not _LABEL.fullmatch(label):
+            raise ValueError("a measurement of other variants or ops")
+        times = {v: times[v] for v in variants}
+        if _choose(times) is not choice:
+            raise ValueError("a choice its own times do not give")
+        return cls(choice, times, label)
 
     def note(self, source: str) -> str:
         if not self.measured:
             cached = " (cached)" if source == "cached" else ""
+            if source != "analysis only" and self.why_unmeasured not in KEPT_UNMEASURED:
+                cached = "; not cached, the next fix measures it"
             return f"not measured: {self.why_unmeasured}; no measurement, no rewrite{cached}"
         original = self.times[Variant.ORIGINAL]
         others = [v for v in self.times if v not in (Variant.ORIGINAL, self.choice)]
@@ -800,18 +838,34 @@ class Decision:
         )
 
 
+def _seconds(value: Any) -> float | None:
+    """A time read from the cache as seconds; None unless a finite, non-negative number."""
+    if type(value) not in (int, float):  # not bool, nor a string of digits
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 def decide(samples: dict[Variant, list[float]], label: str) -> Decision:
     """The fastest candidate whose median beats the original's by MIN_SPEEDUP, else as is."""
     times = {v: statistics.median(s) for v, s in samples.items()}
-    best = max(
-        (v for v in times if v is not Variant.ORIGINAL),
-        key=lambda v: times[Variant.ORIGINAL] / times[v] if times[v] > 0 else 0.0,
-        default=None,
-    )
-    decision = Decision(Variant.ORIGINAL, times, label)
-    if best is not None and decision.ratio(best) > MIN_SPEEDUP:
-        decision = Decision(best, times, label)
-    return decision
+    return Decision(_choose(times), times, label)
+
+
+def _choose(times: dict[Variant, float]) -> Variant:
+    """The variant these median times decide for."""
+    original = times[Variant.ORIGINAL]
+
+    def ratio(v: Variant) -> float:
+        return original / times[v] if times[v] > 0 else 0.0
+
+    best = max((v for v in times if v is not Variant.ORIGINAL), key=ratio, default=None)
+    if best is not None and ratio(best) > MIN_SPEEDUP:
+        return best
+    return Variant.ORIGINAL
 
 
 class _Sampler:
@@ -866,7 +920,7 @@ def _measure_site(
     if own_timer:
         budget.spent_s += time.perf_counter() - start
     if warm is None:
-        return None, "it fails when replayed on fresh tensors of the same layouts"
+        return None, REPLAY_FAILS
     calls, label, cost = warm
     measure: Callable[[str, Callable[[], Any]], float] = ctx.measure
     samples: dict[Variant, list[float]] = {v: [] for v in calls}
@@ -1199,6 +1253,27 @@ def _small_change(small: list[fx.Node]) -> Change:
     )
 
 
+def _cached(cache: DecisionCache, key: str, site: Site) -> Decision | None:
+    """The decision cached for the site, or None; a record that does not fit it is
+    rejected (a warning), so the site is measured again and the record replaced."""
+    record = cache.lookup(key)
+    if record is None:
+        return None
+    try:
+        return Decision.from_record(record, site.variants)
+    except ValueError as e:
+        cache.reject(key, str(e))
+        return None
+
+
+def _record(decision: Decision, site: Site) -> dict:
+    """What the cache keeps: the decision, and the site in words for a reader of the file."""
+    text = repr(site.signature)  # never read back
+    if len(text) > SITE_TEXT_MAX:
+        text = text[: SITE_TEXT_MAX - 3] + "..."
+    return {**decision.to_record(), "site": text}
+
+
 def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tuple[Decision, str]]:
     """A decision per site: from this run, from the cache, or timed now within the budget."""
     out: dict[fx.Node, tuple[Decision, str]] = {}
@@ -1216,9 +1291,8 @@ def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tu
 
     pending: list[list[Site]] = []
     for group in groups.values():
-        record = cache.lookup(key(group))
-        decision = Decision.from_record(record) if record is not None else None
-        if decision is not None and set(decision.times) <= set(group[0].variants):
+        decision = _cached(cache, key(group), group[0])
+        if decision is not None:
             for site in group:
                 out[site.node] = (decision, "cached")
         else:
@@ -1232,6 +1306,7 @@ def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tu
         for group in pending:
             for site in group:
                 out[site.node] = (off, "analysis only")
+        cache.flush()  # drops records found invalid
         return out
 
     budget = _budget(ctx, seen)
@@ -1243,8 +1318,10 @@ def _decide(ctx: Context, sites: list[Site], seen: Observed) -> dict[fx.Node, tu
         decision, why = _measure_site(ctx, first, budget, own_timer)
         if decision is None:
             decision = Decision(Variant.ORIGINAL, {}, why_unmeasured=why)
-        # Unmeasured sites are kept too: the same model then gets the same code next time.
-        cache.store(key(group), {**decision.to_record(), "site": repr(first.signature)})
+        # A site that cannot be timed is kept too, so the same model gets the same code next
+        # time; one the budget left out is not: the next fix measures it.
+        if decision.measured or decision.why_unmeasured in KEPT_UNMEASURED:
+            cache.store(key(group), _record(decision, first))
         for site in group:
             source = "measured" if site is first else f"as measured at {first.node.name}"
             out[site.node] = (decision, source)

@@ -529,15 +529,25 @@ def test_a_second_fix_measures_nothing_and_gives_the_same_code():
     assert change.applied and "cached" in change.note
 
 
-def test_unmeasured_sites_are_cached_too(monkeypatch):
+def test_a_site_that_cannot_be_replayed_is_cached_too(monkeypatch):
+    monkeypatch.setattr(fxg201, "_warm_up", lambda site: None)  # fails on fresh tensors
+    gm, ctx = _traced(Transposed(), BIG)
+    (change,) = fxg201.run(gm, ctx)
+    assert not change.applied and "fails when replayed" in change.note
+    monkeypatch.setattr(fxg201, "_warm_up", lambda site: pytest.fail("not read from the cache"))
+    gm, ctx = _traced(Transposed(), BIG)
+    (change,) = fxg201.run(gm, ctx)
+    assert not change.applied and "fails when replayed" in change.note
+    assert "(cached)" in change.note
+
+
+def test_a_site_the_budget_left_out_is_not_cached():
     gm, ctx = _traced(Transposed(), BIG)
     ctx.measure_budget_s = 0.0
     (change,) = fxg201.run(gm, ctx)
-    assert "budget" in change.note
-    monkeypatch.setattr(fxg201, "_Sampler", lambda number: pytest.fail("not read from the cache"))
-    gm, ctx = _traced(Transposed(), BIG)  # fix()'s own timer again, with a budget now
-    (change,) = fxg201.run(gm, ctx)
-    assert not change.applied and "budget" in change.note and "(cached)" in change.note
+    assert "budget" in change.note and "not cached, the next fix measures it" in change.note
+    assert decision_cache.DecisionCache("fxg201").lookup("anything") is None
+    assert not decision_cache.DecisionCache("fxg201").path.exists()
 
 
 def test_measuring_off_uses_the_cache_only():
@@ -608,7 +618,8 @@ def test_a_cached_record_of_another_shape_is_ignored():
         record["choice"] = "sideways"
     cache.path.write_text(json.dumps(data))
     calls.clear()
-    fxgrad.fix(PrefixHeads(), _heads(2, 256, 128), select=["FXG201"], measure=measure)
+    with pytest.warns(decision_cache.CacheWarning, match="another shape"):
+        fxgrad.fix(PrefixHeads(), _heads(2, 256, 128), select=["FXG201"], measure=measure)
     assert calls  # measured again
 
 
