@@ -1039,6 +1039,20 @@ def test_help_and_passes_do_not_import_torch():
     assert done.stdout.strip().endswith("torch imported: False")
 
 
+def test_dir_lists_the_lazy_names_without_importing_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        import fxgrad
+
+        print(sorted(set(fxgrad.__all__) - set(dir(fxgrad))), "torch" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] False"  # fix, check and FixedModule listed too
+
+
 PACKAGE_NET = """
 import torch
 from torch import nn
