@@ -687,6 +687,37 @@ def test_inputs_that_do_not_fit(test_pass, models):
     assert_error(result, 3, "forward")
 
 
+DEEP = """
+import torch
+from torch import nn
+
+
+class Wrap(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) + 1
+
+
+def make():
+    model = nn.Linear(8, 8)
+    for _ in range(130):
+        model = Wrap(model)
+    return model
+"""
+
+
+@pytest.mark.parametrize("inputs", [["--input", "float32[4,8]"], []])
+def test_nesting_past_the_recursion_limit_says_so(tmp_path, inputs):
+    path = tmp_path / "deep_model.py"
+    path.write_text(DEEP)
+    result = invoke("check", f"{path}:make", *inputs)
+    assert_error(result, 3, "deep_model.py:12", "recursion limit of", "sys.setrecursionlimit(")
+    assert "example inputs" not in result.stderr  # they were given, or would not help
+
+
 def test_a_bug_keeps_its_traceback(models, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in fxgrad")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from torch import fx
 
 from fxgrad.errors import FxgradError, TraceError
@@ -12,6 +14,11 @@ from fxgrad.graph_utils import (
 
 def _trace_error(e: Exception) -> TraceError:
     where = _innermost_user_line(e)
+    if too_deep(e):
+        return TraceError(
+            f"fxgrad could not capture the forward at {where}: {too_deep_message()}",
+            hint=TOO_DEEP_HINT,
+        )
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "symbolically traced variables cannot be used as inputs to control flow" in str(e):
         return _control_flow_error(where, "bool")
@@ -29,6 +36,33 @@ def _trace_error(e: Exception) -> TraceError:
         )
     return TraceError(
         f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint
+    )
+
+
+TOO_DEEP_HINT = (
+    "Raise Python's limit before fixing, e.g. sys.setrecursionlimit(10000) (for the command "
+    "line, at the top of the model's file): capturing takes about 10 Python frames per level "
+    "of nesting. Or nest fewer modules inside one another."
+)
+
+
+def too_deep(e: BaseException) -> bool:
+    """Whether `e` is a RecursionError, or was raised while handling or because of one."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, RecursionError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def too_deep_message() -> str:
+    """Why a RecursionError was raised while capturing: the depth, not missing inputs."""
+    return (
+        "the modules and calls nest too deeply for Python's recursion limit of "
+        f"{sys.getrecursionlimit()} (RecursionError)"
     )
 
 
