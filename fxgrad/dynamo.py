@@ -389,7 +389,8 @@ def dynamo_error(e: Exception, model: str) -> FxgradError:
         f"Dynamo could not compile {model}'s forward{where}: {what}",
         hint="Run the model without fxgrad: if eager PyTorch raises the same error, fix "
         "that line by hand (an out-of-place op, a clone() before the write); otherwise make "
-        "the forward traceable for fix(model, frontend='fx') (fxgrad explain capture).",
+        "the forward one fxgrad's own tracer captures (`fxgrad explain capture` says what it "
+        "supports).",
     )
     error.dynamo_refused = True  # type: ignore[attr-defined]  # the model may raise too
     return error

@@ -22,21 +22,19 @@ def _trace_error(e: Exception) -> TraceError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "symbolically traced variables cannot be used as inputs to control flow" in str(e):
         return _control_flow_error(where, "bool")
+    message = f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}"
     if "Proxy" in msg and ("iter" in msg or "len" in msg):
-        hint = (
-            "Pass example inputs so fxgrad can tell lengths, or unpack a fixed number "
-            "of items (`a, b = x.chunk(2)`)."
-        )
-    else:
-        hint = (
-            "Pass example inputs (`fxgrad.fix(model)` decides on the first call), so "
-            "fxgrad answers the value from a real call; or move the code that does this "
-            "into a function marked with torch.fx.wrap. `fxgrad explain capture` says what "
-            "capture supports."
-        )
+        return TraceError(message, with_inputs=LENGTHS, otherwise=FIXED_UNPACK)
     return TraceError(
-        f"fxgrad could not capture the forward at {where}: {type(e).__name__}: {msg}", hint=hint
+        message,
+        with_inputs="fxgrad then answers the value from a real call",
+        otherwise="move the code that does this into a function marked with torch.fx.wrap. "
+        "`fxgrad explain capture` says what capture supports.",
     )
+
+
+LENGTHS = "fxgrad then tells lengths from a real call"
+FIXED_UNPACK = "unpack a fixed number of items (`a, b = h.chunk(2)`)."
 
 
 TOO_DEEP_HINT = (
@@ -95,8 +93,7 @@ def _control_flow_error(where: str, kind: str) -> TraceError:
     return TraceError(
         f"The forward uses the value of a tensor in Python control flow at {where} "
         f"({kind}() of data computed by the model), which a graph cannot capture.",
-        hint="Pass example inputs (`fxgrad.fix(model)` decides on the first call): fxgrad "
-        "then hands such a forward to Dynamo. Or move the data-dependent part into a "
-        "function marked with torch.fx.wrap, or use torch.where / masking so both "
-        "branches are computed.",
+        with_inputs="fxgrad then hands such a forward to Dynamo",
+        otherwise="move the data-dependent part into a function marked with torch.fx.wrap, "
+        "or use torch.where / masking so both branches are computed.",
     )
