@@ -11,6 +11,7 @@ and `fxgrad explain CODE` answer at once.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -186,6 +187,7 @@ class Target:
     inputs: tuple | None
     module: types.ModuleType
     spec: str
+    source: str = ""  # where the inputs came from: "--input", "model.py:inputs()", ...
 
 
 def _user_line(e: BaseException) -> str:
@@ -423,10 +425,10 @@ def load_target(
     explicit = tuple(parse_input(s) for s in input_specs) or None
     module, name = _import_target(spec)
     model, built_inputs = _build(_lookup(module, name, "NAME", spec), name)
-    inputs = _example_inputs(module, spec, explicit, inputs_from, built_inputs)
+    inputs, source = _example_inputs(module, spec, name, explicit, inputs_from, built_inputs)
     if training is not None:
         model.train(training)
-    return Target(model, inputs, module, spec)
+    return Target(model, inputs, module, spec, source)
 
 
 def _import_target(spec: str) -> tuple[types.ModuleType, str]:
@@ -469,20 +471,33 @@ def _build(obj: Any, name: str) -> tuple[Any, tuple | None]:
 def _example_inputs(
     module: types.ModuleType,
     spec: str,
+    name: str,
     explicit: tuple | None,
     inputs_from: str | None,
     built: tuple | None,
-) -> tuple | None:
-    """--input, else --inputs-from, else what NAME() returned, else the file's inputs()."""
+) -> tuple[tuple | None, str]:
+    """--input, else --inputs-from, else what NAME() returned, else the file's inputs();
+    with where they came from (`--input`, `model.py:inputs()`), or "" for none."""
+    where = _file_label(spec)
     if explicit is not None:
-        return explicit
+        return explicit, "--input"
     if inputs_from:
         source = _lookup(module, inputs_from, "--inputs-from", spec)
-        value = _call(source, f"{inputs_from}()") if callable(source) else source
-        return _as_inputs(value, f"--inputs-from {inputs_from}")
+        if callable(source):
+            value = _call(source, f"{inputs_from}()")
+            return _as_inputs(value, f"--inputs-from {inputs_from}"), f"{where}:{inputs_from}()"
+        return _as_inputs(source, f"--inputs-from {inputs_from}"), f"{where}:{inputs_from}"
     if built is None and callable(getattr(module, "inputs", None)):
-        return _as_inputs(_call(module.inputs, "inputs()"), "inputs()")
-    return built
+        return _as_inputs(_call(module.inputs, "inputs()"), "inputs()"), f"{where}:inputs()"
+    return built, f"{where}:{name}()" if built is not None else ""
+
+
+def _file_label(spec: str) -> str:
+    """TARGET's file as the table names files (`model.py`), or its module (`pkg.model`)."""
+    where = spec.rpartition(":")[0]
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        return os.path.basename(where)
+    return where
 
 
 def split_codes(value: str | None) -> list[str] | None:
@@ -567,7 +582,9 @@ def _run(
     ignore: str | None,
     no_measure: bool = False,
 ) -> fxgrad.FixedModule:
+    """Load TARGET and fix it; the report will say where the example inputs came from."""
     loaded = load_target(target, input_specs, inputs_from, training)
+    click.get_current_context().meta[_INPUTS_FROM] = loaded.source
     if loaded.inputs is None:  # nothing to run the model on: decide statically
         from fxgrad.api import fix_static
 
@@ -581,13 +598,20 @@ def _run(
     )
 
 
+_INPUTS_FROM = "fxgrad.inputs_from"  # click's context meta: where _run's inputs came from
+
+
 def _report(fixed: fxgrad.FixedModule) -> fxgrad.Report:
-    """The report, each change naming the block it is in (for one row per repeated block)."""
+    """The report, each change naming the block it is in (for one row per repeated block),
+    and where the example inputs came from."""
     from fxgrad.export import with_module_paths
 
     if fixed._fxgrad.backend is not None:  # captured by Dynamo: one graph per piece
-        return fixed.report
-    return with_module_paths(fixed.report, fixed.graph_module)
+        report = fixed.report
+    else:
+        report = with_module_paths(fixed.report, fixed.graph_module)
+    inputs_from = click.get_current_context().meta.get(_INPUTS_FROM, "")
+    return dataclasses.replace(report, inputs_from=inputs_from)
 
 
 def _write_dot(dot: str | None, fixed: fxgrad.FixedModule, report: fxgrad.Report) -> None:

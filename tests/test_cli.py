@@ -296,7 +296,7 @@ def test_check_reports_a_change(test_pass, models):
     assert result.exit_code == 1
     assert "FXG190" in result.stdout
     assert "cli_models.py:" in result.stdout  # the user's line
-    assert "1 rewrite (on example inputs)." in result.stdout
+    assert "1 rewrite (on example inputs from cli_models.py:inputs())." in result.stdout
     assert result.stderr == ""
 
 
@@ -343,6 +343,7 @@ def test_static_mode_without_inputs(test_pass, tmp_path):
     result = invoke("check", f"{path}:make", "--format", "json")
     data = json.loads(result.stdout)
     assert data["mode"] == "static"
+    assert data["inputs_from"] == ""
     assert result.exit_code == data["exit_code"]
 
 
@@ -588,6 +589,28 @@ def test_targets_and_inputs(models, name, extra, batch):
     loaded = load_target(f"{models}:{name}", **kwargs)
     assert isinstance(loaded.model, torch.nn.Module)
     assert loaded.inputs[0].shape == (batch, 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "source"),
+    [
+        ("Model", [], "cli_models.py:inputs()"),  # the file's inputs(), for any model in it
+        ("Model", ["--input", "float32[2,8]"], "--input"),
+        ("Model", ["--inputs-from", "other_inputs"], "cli_models.py:other_inputs()"),
+        ("Model", ["--inputs-from", "EXAMPLE"], "cli_models.py:EXAMPLE"),
+        ("make_with_inputs", [], "cli_models.py:make_with_inputs()"),
+    ],
+)
+def test_the_report_says_where_the_example_inputs_came_from(test_pass, models, name, extra, source):
+    summary = f"1 rewrite (on example inputs from {source})."
+    check = invoke("check", f"{models}:{name}", *extra)
+    assert check.exit_code == 1, check.output
+    assert summary in check.stdout
+    diff = invoke("diff", f"{models}:{name}", *extra)
+    assert summary in diff.stderr
+    data = json.loads(invoke("check", f"{models}:{name}", *extra, "--format", "json").stdout)
+    assert data["inputs_from"] == source
+    assert Report.from_dict(data).to_dict() == data
 
 
 @pytest.mark.parametrize(("flag", "training"), [("--train", True), ("--eval", False)])
