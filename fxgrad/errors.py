@@ -46,6 +46,23 @@ def inputs_hint(how: str, with_inputs: str, otherwise: str = "") -> str:
     return f"{hint} Or {otherwise}" if otherwise else hint
 
 
+class ModelError(FxgradError):
+    """The model's own forward raised on the example inputs: `exception` is what it raised
+    and `where` the user's `file.py:line` it raised at, when known."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        exception: BaseException | None = None,
+        where: str = "",
+    ) -> None:
+        super().__init__(message, hint)
+        self.exception = exception
+        self.where = where
+
+
 class PassError(FxgradError):
     """A pass crashed on a node; this is a bug in fxgrad, reported with the node."""
 

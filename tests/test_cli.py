@@ -707,7 +707,61 @@ def test_untraceable_forward_with_inputs_goes_to_dynamo(models, tmp_path):
 
 def test_inputs_that_do_not_fit(test_pass, models):
     result = invoke("check", f"{models}:Model", "--input", "[2,3]")
-    assert_error(result, 3, "forward")
+    assert_error(
+        result,
+        3,
+        "error: Model's forward raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+        "(at cli_models.py:12)",
+        "hint: fxgrad ran it on float32[2,3] from --input;",
+        "one --input per argument of forward(x), e.g. --input 'float32[2,3]'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "raised", "inputs"),
+    [
+        (
+            "Model",
+            [],
+            "AssertionError: expected 16 features, got 8 (at raising_models.py:12)",
+            "float32[4,8] from raising_models.py:inputs()",
+        ),
+        (
+            "Model",
+            ["--input", "float32[2,8]"],
+            "AssertionError: expected 16 features, got 8 (at raising_models.py:12)",
+            "float32[2,8] from --input",
+        ),
+        (
+            "Refuses",
+            ["--input", "float32[2,8]"],
+            "ValueError: no batch of 2 (at raising_models.py:18)",
+            "float32[2,8] from --input",
+        ),
+    ],
+)
+def test_a_forward_that_raises_is_an_error_naming_its_line(tmp_path, name, extra, raised, inputs):
+    path = tmp_path / "raising_models.py"
+    path.write_text(RAISING)
+    for command in ("check", "diff"):
+        result = invoke(command, f"{path}:{name}", *extra)
+        assert_error(
+            result,
+            3,
+            f"error: {name}'s forward raised {raised}\n",
+            f"hint: fxgrad ran it on {inputs};",
+        )
+        assert len(result.stderr.splitlines()) == 2
+
+
+def test_a_module_without_forward_is_an_error(tmp_path):
+    path = tmp_path / "raising_models.py"
+    path.write_text(RAISING)
+    for extra in ([], ["--input", "float32[2,8]"]):
+        result = invoke("check", f"{path}:NoForward", *extra)
+        assert_error(
+            result, 3, "error: NoForward has no forward method.\n", "hint: Define forward()"
+        )
 
 
 DEEP = """
@@ -739,6 +793,89 @@ def test_nesting_past_the_recursion_limit_says_so(tmp_path, inputs):
     result = invoke("check", f"{path}:make", *inputs)
     assert_error(result, 3, "deep_model.py:12", "recursion limit of", "sys.setrecursionlimit(")
     assert "example inputs" not in result.stderr  # they were given, or would not help
+
+
+TWO_ARGS = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def forward(self, x, scale=2.0):
+        if x.shape[0] > 2:
+            return x * scale
+        return x
+
+
+class Pair(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
+
+
+def test_hints_speak_command_line_and_name_only_the_forwards_arguments(models, tmp_path):
+    too_many = invoke("check", f"{models}:Model", "--input", "[2,8]", "--input", "[2,8]")
+    assert_error(
+        too_many,
+        3,
+        "error: Model's forward(x) cannot take the 2 inputs from --input: too many "
+        "positional arguments.",
+        "hint: Give one --input per argument of forward(x), e.g. --input 'float32[2,8]'.",
+    )
+    path = tmp_path / "two_args.py"
+    path.write_text(TWO_ARGS)
+    too_few = invoke("check", f"{path}:Pair")
+    assert_error(
+        too_few,
+        3,
+        "cannot take the 1 input from two_args.py:inputs(): missing a required argument: 'y'.",
+        "hint: Make two_args.py:inputs() give one input per argument of forward(x, y), or give "
+        "them with --input, e.g. --input 'float32[4,8]' --input 'float32[4,8]'.",
+    )
+    path.write_text(TWO_ARGS.replace("def inputs", "def _inputs"))
+    static = invoke("check", f"{path}:Model")  # no inputs: a size is needed
+    assert_error(
+        static,
+        3,
+        "two_args.py:8",
+        "hint: Pass example inputs (one --input per argument of forward(x, scale=2.0), e.g. "
+        "--input 'float32[4,8]', or an inputs() function in two_args.py)",
+    )
+    for result in (too_many, too_few, static):
+        assert "fxgrad.fix" not in result.stderr and "mask" not in result.stderr
+
+
+RAISING = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        assert x.shape[-1] == 16, f"expected 16 features, got {x.shape[-1]}"
+        return self.fc(x)
+
+
+class Refuses(nn.Module):
+    def forward(self, x):
+        raise ValueError(f"no batch of {x.shape[0]}")
+
+
+class NoForward(nn.Module):
+    pass
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
 
 
 def test_a_bug_keeps_its_traceback(models, monkeypatch):

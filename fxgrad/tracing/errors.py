@@ -6,7 +6,7 @@ import sys
 
 from torch import fx
 
-from fxgrad.errors import FxgradError, TraceError
+from fxgrad.errors import FxgradError, ModelError, TraceError
 from fxgrad.graph_utils import (
     _is_internal,
 )
@@ -71,10 +71,12 @@ def _model_error(e: BaseException, node: fx.Node | None) -> FxgradError:
     where = f"{os.path.basename(loc[0])}:{loc[1]}" if loc else "an unknown line"
     text = str(e).strip()
     first = text.splitlines()[0] if text else ""
-    return FxgradError(
+    return ModelError(
         f"The model raises {type(e).__name__} in forward on the example inputs at {where}: {first}",
         hint="Check that the example inputs have the shapes, dtypes and devices the model "
         "expects; fxgrad needs a forward that runs in eager PyTorch.",
+        exception=e,
+        where=where if loc else "",
     )
 
 
