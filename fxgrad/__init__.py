@@ -28,3 +28,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'fxgrad' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's globals and the names that load lazily, for dir() and completion."""
+    return sorted(set(globals()) | set(__all__))

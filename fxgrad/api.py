@@ -26,7 +26,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
-from fxgrad.errors import FxgradError, TraceError
+from fxgrad.errors import FxgradError, ModelError, TraceError
 from fxgrad.guards import (
     ShapeCheck,
     TensorState,
@@ -998,11 +998,12 @@ def _decide_captured(
             raise e.error from None  # what eager raises on this call, as eager raises it
         err = e.error
         text = str(err).strip()
-        raise FxgradError(
+        raise ModelError(
             f"The model raises {type(err).__name__} in forward on the example inputs: "
             f"{text.splitlines()[0] if text else ''}",
             hint="Check that the example inputs have the shapes, dtypes and devices the "
             "model expects; fxgrad needs a forward that runs in eager PyTorch.",
+            exception=err,
         ) from err
     first = check_capture(captured.gm, ctx, ref)
     if first.backward_fails:

@@ -3,7 +3,8 @@
 A thin click layer over `fxgrad.check` and `fxgrad.fix`. It loads a TARGET
 (`path/to/model.py:NAME` or `package.module:NAME`), builds example inputs, and prints
 the Report's renderers. It catches `FxgradError` (and the loading errors it raises
-itself) only; anything else keeps its traceback, because it is a bug.
+itself), and what the model's own code raises (told apart by its traceback); anything
+else keeps its traceback, because it is a bug.
 
 torch is imported only by the commands that load a model: `fxgrad --help`, `fxgrad passes`
 and `fxgrad explain CODE` answer at once.
@@ -11,13 +12,16 @@ and `fxgrad explain CODE` answer at once.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
 import shutil
 import sys
+import sysconfig
 import textwrap
 import traceback
 import types
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import fxgrad
-from fxgrad.errors import FxgradError, SelectionError
+from fxgrad.errors import FxgradError, ModelError, SelectionError, TraceError, inputs_hint
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +45,8 @@ Exit codes:
   1  findings: rewrites proposed (check, diff) or made (fix), hazards left as
      is, or eager backward fails
   2  usage error (bad option, --input syntax or pass code)
-  3  the model cannot be loaded, built or traced"""
+  3  the model cannot be loaded, built or traced, or its forward raises on
+     the example inputs"""
 
 TARGET_HELP = """\b
 TARGET is path/to/model.py:NAME or package.module:NAME, where NAME is an
@@ -186,6 +191,7 @@ class Target:
     inputs: tuple | None
     module: types.ModuleType
     spec: str
+    source: str = ""  # where the inputs came from: "--input", "model.py:inputs()", ...
 
 
 def _user_line(e: BaseException) -> str:
@@ -423,10 +429,11 @@ def load_target(
     explicit = tuple(parse_input(s) for s in input_specs) or None
     module, name = _import_target(spec)
     model, built_inputs = _build(_lookup(module, name, "NAME", spec), name)
-    inputs = _example_inputs(module, spec, explicit, inputs_from, built_inputs)
+    _check_forward(model)
+    inputs, source = _example_inputs(module, spec, name, explicit, inputs_from, built_inputs)
     if training is not None:
         model.train(training)
-    return Target(model, inputs, module, spec)
+    return Target(model, inputs, module, spec, source)
 
 
 def _import_target(spec: str) -> tuple[types.ModuleType, str]:
@@ -469,20 +476,44 @@ def _build(obj: Any, name: str) -> tuple[Any, tuple | None]:
 def _example_inputs(
     module: types.ModuleType,
     spec: str,
+    name: str,
     explicit: tuple | None,
     inputs_from: str | None,
     built: tuple | None,
-) -> tuple | None:
-    """--input, else --inputs-from, else what NAME() returned, else the file's inputs()."""
+) -> tuple[tuple | None, str]:
+    """--input, else --inputs-from, else what NAME() returned, else the file's inputs();
+    with where they came from (`--input`, `model.py:inputs()`), or "" for none."""
+    where = _file_label(spec)
     if explicit is not None:
-        return explicit
+        return explicit, "--input"
     if inputs_from:
         source = _lookup(module, inputs_from, "--inputs-from", spec)
-        value = _call(source, f"{inputs_from}()") if callable(source) else source
-        return _as_inputs(value, f"--inputs-from {inputs_from}")
+        if callable(source):
+            value = _call(source, f"{inputs_from}()")
+            return _as_inputs(value, f"--inputs-from {inputs_from}"), f"{where}:{inputs_from}()"
+        return _as_inputs(source, f"--inputs-from {inputs_from}"), f"{where}:{inputs_from}"
     if built is None and callable(getattr(module, "inputs", None)):
-        return _as_inputs(_call(module.inputs, "inputs()"), "inputs()")
-    return built
+        return _as_inputs(_call(module.inputs, "inputs()"), "inputs()"), f"{where}:inputs()"
+    return built, f"{where}:{name}()" if built is not None else ""
+
+
+def _file_label(spec: str) -> str:
+    """TARGET's file as the table names files (`model.py`), or its module (`pkg.model`)."""
+    where = spec.rpartition(":")[0]
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        return os.path.basename(where)
+    return where
+
+
+def _check_forward(model: nn.Module) -> None:
+    from torch import nn
+
+    if getattr(model.forward, "__func__", None) is nn.Module.forward:
+        cls = type(model).__name__
+        raise LoadFailure(
+            f"{cls} has no forward method.",
+            hint=f"Define forward() in {cls}, or point TARGET at the module that has one.",
+        )
 
 
 def split_codes(value: str | None) -> list[str] | None:
@@ -567,11 +598,29 @@ def _run(
     ignore: str | None,
     no_measure: bool = False,
 ) -> fxgrad.FixedModule:
+    """Load TARGET and fix it; the report will say where the example inputs came from."""
     loaded = load_target(target, input_specs, inputs_from, training)
+    click.get_current_context().meta[_INPUTS_FROM] = loaded.source
+    try:
+        fixed = _fix(loaded, select, ignore, no_measure)
+    except Exception as e:
+        error = _in_cli_words(e, loaded)
+        if error is None:
+            raise  # a bug in fxgrad: keep its traceback
+        if error is e:
+            raise
+        raise error from e
+    return fixed
+
+
+def _fix(
+    loaded: Target, select: str | None, ignore: str | None, no_measure: bool
+) -> fxgrad.FixedModule:
     if loaded.inputs is None:  # nothing to run the model on: decide statically
         from fxgrad.api import fix_static
 
         return fix_static(loaded.model, select=split_codes(select), ignore=split_codes(ignore))
+    _check_signature(loaded)
     return fxgrad.fix(
         loaded.model,
         loaded.inputs,
@@ -581,13 +630,208 @@ def _run(
     )
 
 
+# ---------------------------------------------------------------------------------------
+# Example inputs and the model's own errors, in the command line's words
+
+
+def _describe_inputs(inputs: tuple) -> str:
+    """`float32[4,8], int64[4]`: each input as --input writes it (a plain value as itself)."""
+    import torch
+
+    def one(value: Any) -> str:
+        if isinstance(value, torch.Tensor):
+            dtype = str(value.dtype).removeprefix("torch.")
+            return f"{dtype}[{','.join(str(d) for d in value.shape)}]"
+        if value is None or isinstance(value, (bool, int, float)):
+            return repr(value)
+        return _a(type(value).__name__)
+
+    return ", ".join(one(v) for v in inputs) if inputs else "none"
+
+
+def _forward_signature(model: nn.Module) -> inspect.Signature | None:
+    """forward's signature without annotations: `(x, mask=None)`."""
+    from fxgrad.tracing.callspec import plain_signature
+
+    try:
+        return plain_signature(inspect.signature(model.forward))
+    except (TypeError, ValueError):
+        return None
+
+
+def _input_options(loaded: Target, signature: inspect.Signature | None) -> str:
+    """`--input 'float32[4,8]'` once per positional argument forward needs, shaped as the
+    inputs given where there are some."""
+    import torch
+
+    params = signature.parameters.values() if signature is not None else ()
+    needed = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    given = [
+        _describe_inputs((v,)) for v in loaded.inputs or () if isinstance(v, torch.Tensor)
+    ] or ["float32[4,8]"]
+    specs = [given[min(i, len(given) - 1)] for i in range(max(1, len(needed)))]
+    return " ".join(f"--input '{spec}'" for spec in specs)
+
+
+def _forward_text(signature: inspect.Signature | None) -> str:
+    return f"forward{signature}" if signature is not None else "forward"
+
+
+def _check_signature(loaded: Target) -> None:
+    """The inputs fit forward's positional arguments, or a LoadFailure in CLI words."""
+    signature = _forward_signature(loaded.model)
+    if signature is None:
+        return
+    try:
+        signature.bind(*loaded.inputs or ())
+    except TypeError as e:
+        n = len(loaded.inputs or ())
+        forward = _forward_text(signature)
+        keywords = [
+            p.name
+            for p in signature.parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+        ]
+        if keywords:
+            hint = (
+                "Example inputs from the command line are positional; point TARGET at a "
+                f"module whose forward takes {', '.join(keywords)} by position too."
+            )
+        elif loaded.source == "--input":
+            hint = (
+                f"Give one --input per argument of {forward}, e.g. "
+                f"{_input_options(loaded, signature)}."
+            )
+        else:
+            hint = (
+                f"Make {loaded.source} give one input per argument of {forward}, or give "
+                f"them with --input, e.g. {_input_options(loaded, signature)}."
+            )
+        raise LoadFailure(
+            f"{type(loaded.model).__name__}'s {forward} cannot take the "
+            f"{n} input{'' if n == 1 else 's'} from {loaded.source}: {e}.",
+            hint=hint,
+        ) from None
+
+
+def _in_cli_words(e: Exception, loaded: Target) -> FxgradError | None:
+    """The error to show for what fixing raised: an FxgradError, its hint in the command
+    line's words where it spoke of the API; the model's own exception as a LoadFailure;
+    None for anything else (a bug in fxgrad)."""
+    if isinstance(e, ModelError):
+        return _forward_raised(e.exception or e, loaded, e.where)
+    if isinstance(e, TraceError) and e.with_inputs and loaded.inputs is None:
+        signature = _forward_signature(loaded.model)
+        how = (
+            f"one --input per argument of {_forward_text(signature)}, e.g. "
+            f"{_input_options(loaded, signature)}, or an inputs() function in "
+            f"{_file_label(loaded.spec)}"
+        )
+        e.hint = inputs_hint(how, e.with_inputs, e.otherwise)
+        return e
+    if isinstance(e, FxgradError):
+        return e
+    frame = _model_frame(e, loaded)
+    if frame is None:
+        return None
+    return _forward_raised(e, loaded, f"{os.path.basename(frame.filename)}:{frame.lineno}")
+
+
+def _forward_raised(e: BaseException, loaded: Target, where: str) -> LoadFailure:
+    """`Model's forward raised ValueError: ... (at model.py:12)`, with a hint on the inputs."""
+    if not where:
+        frame = _model_frame(e, loaded)
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno}" if frame else ""
+    text = str(e).strip()
+    raised = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    signature = _forward_signature(loaded.model)
+    return LoadFailure(
+        f"{type(loaded.model).__name__}'s forward raised {raised}"
+        + (f" (at {where})" if where else ""),
+        hint=f"fxgrad ran it on {_describe_inputs(loaded.inputs or ())} from {loaded.source}; "
+        "if the model expects other inputs, give them with one --input per argument of "
+        f"{_forward_text(signature)}, e.g. {_input_options(loaded, signature)}. Run the "
+        "model without fxgrad for the full traceback.",
+    )
+
+
+def _model_frame(e: BaseException, loaded: Target) -> traceback.FrameSummary | None:
+    """The user's frame `e` was raised in, if the model raised it: the traceback passes
+    through the model's code and no fxgrad code runs below it. None otherwise."""
+    frames = traceback.extract_tb(e.__traceback__)
+    files = _model_files(loaded)
+    inside = [i for i, fr in enumerate(frames) if os.path.realpath(fr.filename) in files]
+    if not inside:
+        return None
+    below = frames[inside[-1] :]
+    if any(_is_fxgrad(fr.filename) for fr in below[1:]):
+        return None  # fxgrad code the model called (a patched function) raised
+    for fr in reversed(below):  # the innermost frame of the user's own code
+        if os.path.realpath(fr.filename) in files or not _is_library(fr.filename):
+            return fr
+    return below[0]
+
+
+def _model_files(loaded: Target) -> set[str]:
+    """The files of TARGET's module and of the model's module classes, torch's aside."""
+    from fxgrad.graph_utils import _is_internal
+
+    files = set()
+    target_file = getattr(loaded.module, "__file__", None)
+    if target_file:
+        files.add(os.path.realpath(target_file))
+    for cls in {type(m) for m in loaded.model.modules()}:
+        for base in cls.__mro__:
+            try:
+                file = inspect.getfile(base)
+            except (TypeError, OSError):
+                continue
+            if not _is_internal(os.path.abspath(file)) and not _is_fxgrad(file):
+                files.add(os.path.realpath(file))
+    return files
+
+
+def _fxgrad_dirs() -> tuple[str, ...]:
+    import fxgrad.passes
+
+    dirs = {os.path.dirname(os.path.abspath(m.__file__ or "")) for m in (fxgrad, fxgrad.passes)}
+    return tuple({p for d in dirs for p in (d, os.path.realpath(d))})
+
+
+def _is_fxgrad(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return any(path.startswith(d + os.sep) for d in _fxgrad_dirs())
+
+
+def _is_library(filename: str) -> bool:
+    """torch, fxgrad, the standard library or an installed package: not the user's code."""
+    from fxgrad.graph_utils import _is_internal
+
+    if filename.startswith("<") or _is_internal(filename) or _is_fxgrad(filename):
+        return True
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    return any(os.path.abspath(filename).startswith(d + os.sep) for d in dirs)
+
+
+_INPUTS_FROM = "fxgrad.inputs_from"  # click's context meta: where _run's inputs came from
+
+
 def _report(fixed: fxgrad.FixedModule) -> fxgrad.Report:
-    """The report, each change naming the block it is in (for one row per repeated block)."""
+    """The report, each change naming the block it is in (for one row per repeated block),
+    and where the example inputs came from."""
     from fxgrad.export import with_module_paths
 
     if fixed._fxgrad.backend is not None:  # captured by Dynamo: one graph per piece
-        return fixed.report
-    return with_module_paths(fixed.report, fixed.graph_module)
+        report = fixed.report
+    else:
+        report = with_module_paths(fixed.report, fixed.graph_module)
+    inputs_from = click.get_current_context().meta.get(_INPUTS_FROM, "")
+    return dataclasses.replace(report, inputs_from=inputs_from)
 
 
 def _write_dot(dot: str | None, fixed: fxgrad.FixedModule, report: fxgrad.Report) -> None:

@@ -46,6 +46,7 @@ from fxgrad.pipeline import (
 from fxgrad.registry import Pass
 from fxgrad.report import Report
 from fxgrad.state import forked_rng
+from fxgrad.tracing.errors import TOO_DEEP_HINT, too_deep, too_deep_message
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
@@ -379,11 +380,17 @@ def dynamo_error(e: Exception, model: str) -> FxgradError:
     what = f"{got.group(1)}: {got.group(3)}" if got else text.strip().splitlines()[0]
     frames = _USER_FRAME.findall(text)
     where = f" at {os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else ""
+    if too_deep(e):
+        return FxgradError(
+            f"Dynamo could not compile {model}'s forward{where}: {too_deep_message()}",
+            hint=TOO_DEEP_HINT,
+        )
     error = FxgradError(
         f"Dynamo could not compile {model}'s forward{where}: {what}",
         hint="Run the model without fxgrad: if eager PyTorch raises the same error, fix "
         "that line by hand (an out-of-place op, a clone() before the write); otherwise make "
-        "the forward traceable for fix(model, frontend='fx') (fxgrad explain capture).",
+        "the forward one fxgrad's own tracer captures (`fxgrad explain capture` says what it "
+        "supports).",
     )
     error.dynamo_refused = True  # type: ignore[attr-defined]  # the model may raise too
     return error

@@ -17,8 +17,50 @@ class FxgradError(Exception):
         return self.message
 
 
+API_INPUTS = (
+    "`fxgrad.fix(model, example_inputs)`, or `fxgrad.fix(model)` to decide on the first call"
+)
+
+
 class TraceError(FxgradError):
-    """The model could not be captured as a graph (the original exception is chained)."""
+    """The model could not be captured as a graph (the original exception is chained).
+
+    When example inputs would get past it, `with_inputs` says what running on them gives
+    and `otherwise` what else helps: the hint says how to pass inputs to `fxgrad.fix`, and
+    a front end with its own way to pass them (the command line's --input) words its own.
+    """
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, with_inputs: str = "", otherwise: str = ""
+    ) -> None:
+        if with_inputs and hint is None:
+            hint = inputs_hint(API_INPUTS, with_inputs, otherwise)
+        super().__init__(message, hint)
+        self.with_inputs = with_inputs
+        self.otherwise = otherwise
+
+
+def inputs_hint(how: str, with_inputs: str, otherwise: str = "") -> str:
+    """A hint that passing example inputs (`how`) helps, and what else does."""
+    hint = f"Pass example inputs ({how}): {with_inputs}."
+    return f"{hint} Or {otherwise}" if otherwise else hint
+
+
+class ModelError(FxgradError):
+    """The model's own forward raised on the example inputs: `exception` is what it raised
+    and `where` the user's `file.py:line` it raised at, when known."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        exception: BaseException | None = None,
+        where: str = "",
+    ) -> None:
+        super().__init__(message, hint)
+        self.exception = exception
+        self.where = where
 
 
 class PassError(FxgradError):

@@ -403,12 +403,37 @@ def describe_change(old: tuple, new: tuple, names: Sequence[str] = ()) -> str:
 
 
 def _tensor_diff(name: str, a: tuple, b: tuple) -> str:
-    labels = ("dtype", "device", "requires_grad", "leaf", "0/1 sizes", "layout", "type")
+    labels = ("dtype", "device", "requires_grad", "leaf", "sizes", "layout", "type")
     if a[0] == "array" or b[0] == "array":
         return f"{name}: {a} -> {b}"
     a, b = (*a[0], *a[1:]), (*b[0], *b[1:])
-    changed = [f"{label} {x} -> {y}" for label, x, y in zip(labels, a, b) if x != y]
+    changed = [_fact_diff(label, x, y) for label, x, y in zip(labels, a, b) if x != y]
     return f"{name}: " + ", ".join(changed)
+
+
+def _fact_diff(label: str, a: Any, b: Any) -> str:
+    """One fact of `tensor_facts` that changed, in words."""
+    if label == "sizes":
+        # a rank when no size is 0 or 1, else each size as 0, 1 or 2 (for 2 or more)
+        if isinstance(a, int) and isinstance(b, int):
+            return f"rank {a} -> {b}"
+        return f"shape {_size_pattern(a)} -> {_size_pattern(b)} (N: a size of 2 or more)"
+    if label == "layout":
+        return f"layout {_layout_words(a)} -> {_layout_words(b)}"
+    return f"{label} {a} -> {b}"
+
+
+def _size_pattern(small: int | tuple) -> str:
+    dims = ("N",) * small if isinstance(small, int) else ("N" if d > 1 else str(d) for d in small)
+    return f"[{', '.join(dims)}]"
+
+
+def _layout_words(layout: Any) -> str:
+    if layout is True:
+        return "contiguous"
+    if isinstance(layout, tuple):
+        return f"non-contiguous (dims by stride, innermost first: {layout})"
+    return str(layout)
 
 
 # ---------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ class Report:
     # Which capture the report is of: "fx" (fxgrad's tracer, one graph) or "dynamo"
     # (torch.compile's graphs, for a forward the tracer refused).
     frontend: str = "fx"
+    # Where the example inputs came from, when a tool says (the command line's `--input`,
+    # `model.py:inputs()`).
+    inputs_from: str = ""
 
     @property
     def applied(self) -> list[Change]:
@@ -103,6 +106,8 @@ class Report:
         if self.mode == "pending":
             return "not decided yet: fxgrad decides on the first call, with its inputs."
         decided = "on example inputs" if self.mode == "exact" else "statically"
+        if self.mode == "exact" and self.inputs_from:
+            decided += f" from {self.inputs_from}"
         text = f"{n} rewrite{'s' if n != 1 else ''}"
         if left:
             text += f", {left} finding{'s' if left != 1 else ''} left as is"
@@ -192,6 +197,7 @@ class Report:
             "model": self.model,
             "mode": self.mode,
             "variant": self.variant,
+            "inputs_from": self.inputs_from,
             "frontend": self.frontend,
             "exit_code": self.exit_code,
             "changes": [c.to_dict() for c in self.changes],
@@ -215,6 +221,7 @@ class Report:
             notes=list(data.get("notes", [])),
             model=data.get("model", ""),
             variant=data.get("variant", ""),
+            inputs_from=data.get("inputs_from", ""),
             frontend=data.get("frontend", "fx"),
         )
 

@@ -402,6 +402,28 @@ def test_wrong_number_of_example_inputs():
         fxgrad.fix(Net(), (_x(), 1.0, 2.0))
 
 
+class _MaskedSum(nn.Module):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x.sum() if mask is None else x[mask].sum()
+
+
+@pytest.mark.parametrize(
+    ("model", "call"),
+    [
+        (nn.Linear(8, 4), "forward(input): fxgrad.fix(model, (input,))"),
+        (
+            _MaskedSum(),
+            "forward(x, mask=None): fxgrad.fix(model, (x,)) or "
+            "fxgrad.fix(model, (x,), {'mask': mask})",
+        ),
+    ],
+)
+def test_the_signature_hint_names_only_the_forwards_own_arguments(model, call):
+    with pytest.raises(FxgradError) as info:
+        fxgrad.fix(model, (torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)))
+    assert info.value.hint == f"Pass one entry per argument of {call}."
+
+
 def test_model_that_raises_in_forward():
     with pytest.raises(FxgradError, match="raises RuntimeError in forward") as info:
         fxgrad.fix(Net(), (torch.randn(2, 5, 8, 8),))  # wrong channel count

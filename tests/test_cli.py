@@ -296,7 +296,7 @@ def test_check_reports_a_change(test_pass, models):
     assert result.exit_code == 1
     assert "FXG190" in result.stdout
     assert "cli_models.py:" in result.stdout  # the user's line
-    assert "1 rewrite (on example inputs)." in result.stdout
+    assert "1 rewrite (on example inputs from cli_models.py:inputs())." in result.stdout
     assert result.stderr == ""
 
 
@@ -343,6 +343,7 @@ def test_static_mode_without_inputs(test_pass, tmp_path):
     result = invoke("check", f"{path}:make", "--format", "json")
     data = json.loads(result.stdout)
     assert data["mode"] == "static"
+    assert data["inputs_from"] == ""
     assert result.exit_code == data["exit_code"]
 
 
@@ -590,6 +591,28 @@ def test_targets_and_inputs(models, name, extra, batch):
     assert loaded.inputs[0].shape == (batch, 8)
 
 
+@pytest.mark.parametrize(
+    ("name", "extra", "source"),
+    [
+        ("Model", [], "cli_models.py:inputs()"),  # the file's inputs(), for any model in it
+        ("Model", ["--input", "float32[2,8]"], "--input"),
+        ("Model", ["--inputs-from", "other_inputs"], "cli_models.py:other_inputs()"),
+        ("Model", ["--inputs-from", "EXAMPLE"], "cli_models.py:EXAMPLE"),
+        ("make_with_inputs", [], "cli_models.py:make_with_inputs()"),
+    ],
+)
+def test_the_report_says_where_the_example_inputs_came_from(test_pass, models, name, extra, source):
+    summary = f"1 rewrite (on example inputs from {source})."
+    check = invoke("check", f"{models}:{name}", *extra)
+    assert check.exit_code == 1, check.output
+    assert summary in check.stdout
+    diff = invoke("diff", f"{models}:{name}", *extra)
+    assert summary in diff.stderr
+    data = json.loads(invoke("check", f"{models}:{name}", *extra, "--format", "json").stdout)
+    assert data["inputs_from"] == source
+    assert Report.from_dict(data).to_dict() == data
+
+
 @pytest.mark.parametrize(("flag", "training"), [("--train", True), ("--eval", False)])
 def test_train_eval(models, flag, training):
     assert load_target(f"{models}:Model", training=training).model.training is training
@@ -684,7 +707,175 @@ def test_untraceable_forward_with_inputs_goes_to_dynamo(models, tmp_path):
 
 def test_inputs_that_do_not_fit(test_pass, models):
     result = invoke("check", f"{models}:Model", "--input", "[2,3]")
-    assert_error(result, 3, "forward")
+    assert_error(
+        result,
+        3,
+        "error: Model's forward raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+        "(at cli_models.py:12)",
+        "hint: fxgrad ran it on float32[2,3] from --input;",
+        "one --input per argument of forward(x), e.g. --input 'float32[2,3]'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "raised", "inputs"),
+    [
+        (
+            "Model",
+            [],
+            "AssertionError: expected 16 features, got 8 (at raising_models.py:12)",
+            "float32[4,8] from raising_models.py:inputs()",
+        ),
+        (
+            "Model",
+            ["--input", "float32[2,8]"],
+            "AssertionError: expected 16 features, got 8 (at raising_models.py:12)",
+            "float32[2,8] from --input",
+        ),
+        (
+            "Refuses",
+            ["--input", "float32[2,8]"],
+            "ValueError: no batch of 2 (at raising_models.py:18)",
+            "float32[2,8] from --input",
+        ),
+    ],
+)
+def test_a_forward_that_raises_is_an_error_naming_its_line(tmp_path, name, extra, raised, inputs):
+    path = tmp_path / "raising_models.py"
+    path.write_text(RAISING)
+    for command in ("check", "diff"):
+        result = invoke(command, f"{path}:{name}", *extra)
+        assert_error(
+            result,
+            3,
+            f"error: {name}'s forward raised {raised}\n",
+            f"hint: fxgrad ran it on {inputs};",
+        )
+        assert len(result.stderr.splitlines()) == 2
+
+
+def test_a_module_without_forward_is_an_error(tmp_path):
+    path = tmp_path / "raising_models.py"
+    path.write_text(RAISING)
+    for extra in ([], ["--input", "float32[2,8]"]):
+        result = invoke("check", f"{path}:NoForward", *extra)
+        assert_error(
+            result, 3, "error: NoForward has no forward method.\n", "hint: Define forward()"
+        )
+
+
+DEEP = """
+import torch
+from torch import nn
+
+
+class Wrap(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) + 1
+
+
+def make():
+    model = nn.Linear(8, 8)
+    for _ in range(130):
+        model = Wrap(model)
+    return model
+"""
+
+
+@pytest.mark.parametrize("inputs", [["--input", "float32[4,8]"], []])
+def test_nesting_past_the_recursion_limit_says_so(tmp_path, inputs):
+    path = tmp_path / "deep_model.py"
+    path.write_text(DEEP)
+    result = invoke("check", f"{path}:make", *inputs)
+    assert_error(result, 3, "deep_model.py:12", "recursion limit of", "sys.setrecursionlimit(")
+    assert "example inputs" not in result.stderr  # they were given, or would not help
+
+
+TWO_ARGS = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def forward(self, x, scale=2.0):
+        if x.shape[0] > 2:
+            return x * scale
+        return x
+
+
+class Pair(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
+
+
+def test_hints_speak_command_line_and_name_only_the_forwards_arguments(models, tmp_path):
+    too_many = invoke("check", f"{models}:Model", "--input", "[2,8]", "--input", "[2,8]")
+    assert_error(
+        too_many,
+        3,
+        "error: Model's forward(x) cannot take the 2 inputs from --input: too many "
+        "positional arguments.",
+        "hint: Give one --input per argument of forward(x), e.g. --input 'float32[2,8]'.",
+    )
+    path = tmp_path / "two_args.py"
+    path.write_text(TWO_ARGS)
+    too_few = invoke("check", f"{path}:Pair")
+    assert_error(
+        too_few,
+        3,
+        "cannot take the 1 input from two_args.py:inputs(): missing a required argument: 'y'.",
+        "hint: Make two_args.py:inputs() give one input per argument of forward(x, y), or give "
+        "them with --input, e.g. --input 'float32[4,8]' --input 'float32[4,8]'.",
+    )
+    path.write_text(TWO_ARGS.replace("def inputs", "def _inputs"))
+    static = invoke("check", f"{path}:Model")  # no inputs: a size is needed
+    assert_error(
+        static,
+        3,
+        "two_args.py:8",
+        "hint: Pass example inputs (one --input per argument of forward(x, scale=2.0), e.g. "
+        "--input 'float32[4,8]', or an inputs() function in two_args.py)",
+    )
+    for result in (too_many, too_few, static):
+        assert "fxgrad.fix" not in result.stderr and "mask" not in result.stderr
+
+
+RAISING = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        assert x.shape[-1] == 16, f"expected 16 features, got {x.shape[-1]}"
+        return self.fc(x)
+
+
+class Refuses(nn.Module):
+    def forward(self, x):
+        raise ValueError(f"no batch of {x.shape[0]}")
+
+
+class NoForward(nn.Module):
+    pass
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
 
 
 def test_a_bug_keeps_its_traceback(models, monkeypatch):
@@ -1037,6 +1228,20 @@ def test_help_and_passes_do_not_import_torch():
     assert "FXG101" in done.stdout and "Exit codes:" in done.stdout
     assert "# What capture records" in done.stdout
     assert done.stdout.strip().endswith("torch imported: False")
+
+
+def test_dir_lists_the_lazy_names_without_importing_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        import fxgrad
+
+        print(sorted(set(fxgrad.__all__) - set(dir(fxgrad))), "torch" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] False"  # fix, check and FixedModule listed too
 
 
 PACKAGE_NET = """

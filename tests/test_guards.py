@@ -189,6 +189,23 @@ def test_too_many_variants_names_the_fact_that_keeps_changing():
         fxgrad.fix(nn.Linear(3, 3), max_variants=0)
 
 
+@pytest.mark.parametrize(
+    ("x", "words"),
+    [
+        (torch.randn(2, 5, 3), "input: rank 2 -> 3."),
+        (torch.randn(1, 3), "input: shape [N, N] -> [1, N] (N: a size of 2 or more)."),
+        (torch.randn(3, 2).t(), "input: layout contiguous -> non-contiguous"),
+    ],
+)
+def test_too_many_variants_says_which_fact_of_the_shape_changed(x, words):
+    fixed = fxgrad.fix(nn.Linear(3, 3), max_variants=1)
+    fixed(torch.randn(2, 3))
+    with pytest.raises(FxgradError) as info:
+        fixed(x)
+    assert f"this call differs again in {words}" in info.value.message
+    assert "0/1 sizes" not in info.value.message
+
+
 def test_the_first_call_leaves_the_users_state_as_eager_would():
     class Stateful(nn.Module):
         def __init__(self):

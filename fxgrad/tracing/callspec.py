@@ -154,8 +154,8 @@ def call_spec(
             except TypeError as e:
                 raise FxgradError(
                     f"The example inputs do not match the model's forward signature: {e}.",
-                    hint=f"Pass one entry per argument of forward{signature}: "
-                    "fxgrad.fix(model, (x,)) or fxgrad.fix(model, (x,), {'mask': m}).",
+                    hint=f"Pass one entry per argument of forward{plain_signature(signature)}: "
+                    f"{fix_call_example(signature)}.",
                 ) from None
     leaves, spec = pytree.tree_flatten(box_objects((tuple(args), kwargs)))
     as_inputs = frozenset(i for i, leaf in enumerate(leaves) if numbers and is_number(leaf))
@@ -168,6 +168,38 @@ def call_spec(
     }
     names = _dedupe(_leaf_names(spec, signature))
     return CallSpec(signature, spec, names, constants, as_inputs), leaves
+
+
+def plain_signature(signature: inspect.Signature) -> inspect.Signature:
+    """The signature without annotations, as a hint shows it: `(x, mask=None)`."""
+    return signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty,
+    )
+
+
+def fix_call_example(signature: inspect.Signature) -> str:
+    """`fxgrad.fix(model, (x,))` for this forward, with its own argument names only."""
+    params = list(signature.parameters.values())
+    positional = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    keywords = [
+        p.name
+        for p in params
+        if p.kind is p.KEYWORD_ONLY
+        or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+    ]
+    required = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    args = f"({positional[0]},)" if len(positional) == 1 else f"({', '.join(positional)})"
+    if required:
+        return f"fxgrad.fix(model, {args}, {{{', '.join(f'{n!r}: {n}' for n in required)}}})"
+    call = f"fxgrad.fix(model, {args})"
+    if keywords:
+        call += f" or fxgrad.fix(model, {args}, {{{keywords[0]!r}: {keywords[0]}}})"
+    return call
 
 
 def _is_array(x: Any) -> bool:

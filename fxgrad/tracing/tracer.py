@@ -20,7 +20,7 @@ from fxgrad.graph_utils import (
 )
 from fxgrad.runtime import _ANSWERS, fxgrad_guard
 from fxgrad.tracing.callspec import _register_dataclasses, box_objects
-from fxgrad.tracing.errors import _control_flow_error
+from fxgrad.tracing.errors import FIXED_UNPACK, LENGTHS, _control_flow_error
 from fxgrad.tracing.names import NUMBER_META, ROOT_ATTR, STOWED_PREFIX
 from fxgrad.tracing.numpy_args import (
     _numpy_dtype_names,
@@ -446,8 +446,7 @@ class FxgradTracer(fx.Tracer):
                 f"The forward needs a concrete {kind} of a shape, dtype or device at "
                 f"{self._where()}, "
                 "and without example inputs fxgrad cannot know it.",
-                hint="Pass example inputs: fxgrad.fix(model, (x,)). The graph then "
-                "checks on every call that the answer still holds.",
+                with_inputs="the graph then checks on every call that the answer still holds",
             )
         value = self._values[node]
         answer = _ANSWERS[kind](value)
@@ -481,8 +480,8 @@ class FxgradTracer(fx.Tracer):
         raise TraceError(
             f"The forward takes len() of, or iterates over, a traced value at {self._where()} "
             "and fxgrad cannot tell its length without example inputs.",
-            hint="Pass example inputs: fxgrad.fix(model, (x,)); or unpack a fixed number "
-            "of items (`a, b = x.chunk(2)`).",
+            with_inputs=LENGTHS,
+            otherwise=FIXED_UNPACK,
         )
 
     def unpacked(self, proxy: fx.Proxy, n: int) -> None:
