@@ -25,6 +25,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from fxgrad.code_cache import drops_transient_code
+from fxgrad.code_cache import keep as keep_code
 from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
 from fxgrad.errors import FxgradError, ModelError, TraceError
 from fxgrad.guards import (
@@ -201,6 +203,7 @@ class Variant:
         return type(runner).forward
 
 
+@drops_transient_code
 def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
     """A graph module running `gm`'s code with each call_module node calling its module
     object directly (only its `forward` is used, with the module it runs for as `self`)."""
@@ -225,6 +228,7 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
     runner = fx.GraphModule({}, fx.Graph(), class_name=type(gm).__name__)
     runner.__dict__.update({k: gm.__dict__[k] for k in ("_modules", "_parameters", "_buffers")})
     runner.graph = graph
+    keep_code(runner)
     return runner
 
 
@@ -901,6 +905,7 @@ class _Decision:
     code: str  # the captured code before any pass, to compare modes
 
 
+@drops_transient_code
 def _decide_on(
     base: nn.Module,
     call: CallSpec,
@@ -1106,6 +1111,7 @@ def _variant_of(base: nn.Module, decision: _Decision) -> Variant:
     )
 
 
+@drops_transient_code
 def _bind(
     root: nn.Module,
     *,
@@ -1128,6 +1134,7 @@ def _bind(
     d[ROOT_ATTR] = root
     d.update(constants)
     gm.graph = graph  # generates and compiles the code
+    keep_code(gm)
     shapes = ShapeCheck(size_guard_program(gm))
     if view is None:
         view = build_view(root, [], [], [], [])

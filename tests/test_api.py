@@ -708,3 +708,38 @@ def test_fix_runs_the_model_as_few_times_as_it_can(unsafe, forwards, backwards):
     fixed = fxgrad.fix(model, (x,))
     assert len(fixed.report.applied) == (1 if unsafe else 0)
     assert _Counted.counts == {"forward": forwards, "backward": backwards}
+
+
+def test_fixing_leaves_nothing_behind_once_the_fixed_module_is_gone():
+    import gc
+    import linecache
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    x = torch.randn(2, 8)
+
+    def once():
+        fixed = fxgrad.fix(model, (x,))
+        torch.testing.assert_close(fixed(x), model(x))
+
+    once()
+    gc.collect()
+    lines, objects = len(linecache.cache), len(gc.get_objects())
+    for _ in range(20):
+        once()
+    gc.collect()
+    assert len(linecache.cache) == lines  # fx's generated source: 5 entries a fix before
+    assert len(gc.get_objects()) - objects < 20  # ~15 objects a fix before
+
+
+def test_a_live_fixed_modules_generated_code_still_shows_in_tracebacks():
+    import traceback
+
+    class Checks(nn.Module):
+        def forward(self, x):
+            return x.view(3, -1)
+
+    fixed = fxgrad.fix(Checks(), (torch.randn(3, 4),))
+    with pytest.raises(RuntimeError) as info:
+        fixed(torch.randn(5, 5))
+    text = "".join(traceback.format_exception(info.value))
+    assert "x.view(3, -1)" in text or "view = x.view(3, -1)" in text
