@@ -204,7 +204,9 @@ class ${class_name}(torch.nn.Module):
     def __init__(self, map_location=None):
         super().__init__()
 ${install}\
-        state = torch.load(os.path.join(_HERE, 'state_dict.pt'), map_location=map_location)
+        state = torch.load(
+            os.path.join(_HERE, 'state_dict.pt'), map_location=map_location, weights_only=True
+        )
         self.load_state_dict(state)
         self.train(${training})
 
@@ -342,8 +344,10 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
     class_name = "Fixed" + re.sub(r"\W", "_", fixed.report.model or "Model")
     imports = _Imports(folder)
     code = gm.graph.python_code(root_module="self")
+    used = set(re.findall(r"[A-Za-z_]\w*", code.src))
     for name, obj in code.globals.items():
-        imports.add(name, obj)
+        if name in used:  # fx lists every builtin it knows (numpy's `np` whenever installed)
+            imports.add(name, obj)
     top_level, graph_forward = _split_prologue(code.src)
     contents = _Contents()
     modules = _module_targets(gm)
