@@ -7,6 +7,7 @@ the command layer stays thin and these writers can be used from code.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
 import shutil
@@ -141,10 +142,12 @@ def write_dot(path: str, gm: fx.GraphModule, report: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# fix -o DIR: the fixed graph as importable code and a state dict
+# fix -o DIR: the fixed graph as importable code, a state dict and the objects it keeps
 
 # The written module.py: fx's code for the graph (graph_forward), inside a module that
-# rebuilds the submodules and tensors it reads and loads their weights.
+# rebuilds the submodules and tensors it reads and loads their weights. Nothing it loads
+# runs pickled code: every torch.load is weights_only=True, and the only classes
+# objects.pt may rebuild are the ones this file imports by name.
 _MODULE = string.Template('''\
 """${class_name}: ${model} with fxgrad's rewrites applied.
 
@@ -153,12 +156,15 @@ this order: ${params}. Weights are in state_dict.pt next to this file.
 """
 
 import importlib
+import io
 import importlib.util
 import os
 import sys
 
 import torch
 import torch.utils._pytree as _fxgrad_pytree
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _install(root, target, value):
@@ -177,27 +183,111 @@ def _install(root, target, value):
 
 
 def _source(name, relpath, root=None):
-    """Import the model file the graph refers to, found relative to this folder.
+    """Import the model's own code the graph refers to: the file at `relpath` from this
+    folder, else a file of that name in a folder on sys.path.
 
-    A file inside a package (`root` holds its top package) is imported as its package's
-    module, so that its relative imports work.
+    A file inside a package (`root` holds its top package) is imported by its package name,
+    so that its relative imports work.
     """
     if name in sys.modules:
         return sys.modules[name]
-    here = os.path.dirname(os.path.abspath(__file__))
     if root is not None:
-        root = os.path.normpath(os.path.join(here, root))
-        if root not in sys.path:
+        root = os.path.normpath(os.path.join(_HERE, root))
+        if os.path.isdir(root) and root not in sys.path:
             sys.path.insert(0, root)
-        return importlib.import_module(name)
-    path = os.path.join(here, relpath)
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not _names(e, name):
+                raise
+            raise _missing(name, relpath) from None
+    path = os.path.normpath(os.path.join(_HERE, relpath))
+    if not os.path.isfile(path):
+        filename = os.path.basename(relpath)
+        found = [os.path.join(d or os.curdir, filename) for d in sys.path if isinstance(d, str)]
+        path = next((p for p in found if os.path.isfile(p)), None)
+        if path is None:
+            raise _missing(name, relpath)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+
+def _require(name):
+    """Import a module the graph refers to; if it is missing, say how to make it importable."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if not _names(e, name):
+            raise
+        raise ModuleNotFoundError(
+            f"The fixed model in {_HERE} needs the module {name!r}, which cannot be "
+            "imported here. Install it, or put the folder that holds it on sys.path "
+            "(sys.path.insert(0, FOLDER)) or on PYTHONPATH, then load the model again.",
+            name=name,
+        ) from None
+
+
+def _names(error, name):
+    """Whether a ModuleNotFoundError is about `name` (or a package above it)."""
+    return error.name is not None and (name == error.name or name.startswith(error.name + "."))
+
+
+def _missing(name, relpath):
+    filename = os.path.basename(relpath)
+    if "." in name:
+        top = name.split(".")[0]
+        what = f"the module {name!r} ({filename} in the package {top!r})"
+        holder = f"the folder that holds the package {top!r}"
+    else:
+        what, holder = filename, f"the folder that holds {filename}"
+    return ModuleNotFoundError(
+        f"The fixed model in {_HERE} needs the model's own code, {what}, which is neither "
+        f"at {os.path.normpath(os.path.join(_HERE, relpath))} ({relpath} from this folder, "
+        f"as when it was written) nor importable from sys.path. Put {holder} on sys.path "
+        "(sys.path.insert(0, FOLDER)) or on PYTHONPATH, then load the model again.",
+        name=name,
+    )
+
+
+def _load_objects(classes, map_location):
+    """objects.pt: the submodules and values other than tensors the graph keeps.
+
+    weights_only=True rebuilds only tensors, plain containers and the classes passed here,
+    which this file imports by name; no code stored in the file runs.
+    """
+    path = os.path.join(_HERE, "objects.pt")
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(classes):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    serialization.add_safe_globals(classes)  # torch 2.4: no context manager yet
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _materialize(module):
+    """A kept submodule from objects.pt, whose weights are stored there as shapes only
+    (meta tensors): empty tensors in their place, for load_state_dict to fill."""
+    done = {}
+    for m in module.modules():
+        for table in (m._parameters, m._buffers):
+            for key, t in table.items():
+                if t is None or not t.is_meta:
+                    continue
+                if id(t) not in done:
+                    empty = torch.empty(t.shape, dtype=t.dtype)
+                    if isinstance(t, torch.nn.Parameter):
+                        empty = torch.nn.Parameter(empty, requires_grad=t.requires_grad)
+                    done[id(t)] = empty
+                table[key] = done[id(t)]
+    return module
+
 ${statements}
 
 class ${class_name}(torch.nn.Module):
@@ -225,6 +315,11 @@ _FORWARD_FLAT = string.Template("""\
         return self.graph_forward(${params})
 """)
 
+# Modules whose import fails only where torch itself is missing: imported plainly. The
+# others (the model's own code, other libraries) go through `_require`, whose error says
+# what to do.
+_PLAIN_IMPORTS = {"torch", "fxgrad", *sys.stdlib_module_names}
+
 
 def _resolve(module_name: str, qualname: str) -> Any:
     obj: Any = importlib.import_module(module_name)
@@ -249,42 +344,68 @@ class _Imports:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.lines: list[str] = []
-        self.sources: dict[str, str] = {}
+        self.sources: dict[str, str] = {}  # the model's files: module name -> alias
+        self.modules: dict[str, str] = {}  # other modules through _require: name -> alias
+        # What module.py imports besides torch, fxgrad and the standard library, for the
+        # manifest and the load instructions: {"module": name, "file": path from the folder}.
+        self.needs: list[dict[str, str]] = []
 
-    def _ref(self, obj: Any) -> str:
+    def ref(self, obj: Any, what: str = "calls") -> str:
         """An expression evaluating to obj in the written module."""
         module_name = getattr(obj, "__module__", None)
         qualname = getattr(obj, "__qualname__", None)
         if not module_name or not qualname or "<" in qualname:
             raise FxgradError(
-                f"The fixed graph calls {obj!r}, which cannot be written as an import.",
+                f"The fixed graph {what} {obj!r}, which cannot be written as an import.",
                 hint="Define it at the top level of a module (no lambdas or local functions).",
             )
-        root = _package_root(module_name)
-        if module_name in _FILE_MODULES or root is not None:
-            alias = self.sources.get(module_name)
-            if alias is None:
-                alias = f"_src_{len(self.sources)}"
-                if root is not None:  # a package's module: imported from the package's folder
-                    where = os.path.relpath(root, self.folder)
-                    self.lines.append(f"{alias} = _source({module_name!r}, None, {where!r})")
-                else:
-                    rel = os.path.relpath(_FILE_MODULES[module_name], self.folder)
-                    self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
-                self.sources[module_name] = alias
-            return f"{alias}.{qualname}"
+        if module_name in _FILE_MODULES or _package_root(module_name) is not None:
+            return f"{self._source(module_name)}.{qualname}"
         for candidate in (module_name.lstrip("_"), module_name):
             try:
                 if _resolve(candidate, qualname) is obj:
-                    self.lines.append(f"import {candidate}")
-                    return f"{candidate}.{qualname}"
+                    return f"{self._module(candidate)}.{qualname}"
             except Exception:  # try the next spelling
                 continue
         raise FxgradError(
-            f"The fixed graph calls {module_name}.{qualname}, which cannot be imported by "
+            f"The fixed graph {what} {module_name}.{qualname}, which cannot be imported by "
             "that name.",
             hint="Define it at the top level of an importable module.",
         )
+
+    def _source(self, module_name: str) -> str:
+        """The alias of a module the CLI imported from a file (the model's own code), found
+        relative to the written folder when it loads."""
+        alias = self.sources.get(module_name)
+        if alias is not None:
+            return alias
+        alias = self.sources[module_name] = f"_src_{len(self.sources)}"
+        root = _package_root(module_name)
+        file = _FILE_MODULES.get(module_name) or getattr(
+            sys.modules.get(module_name), "__file__", None
+        )
+        if file is None and root is not None:  # a package's module the CLI did not import
+            file = root.joinpath(*module_name.split(".")).with_suffix(".py")
+        rel = os.path.relpath(file, self.folder)
+        if root is not None:  # a package's module: imported from the package's folder
+            where = os.path.relpath(root, self.folder)
+            self.lines.append(f"{alias} = _source({module_name!r}, {rel!r}, {where!r})")
+        else:
+            self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
+        self.needs.append({"module": module_name, "file": rel})
+        return alias
+
+    def _module(self, name: str) -> str:
+        """The expression for module `name`, imported by name."""
+        if name.split(".")[0] in _PLAIN_IMPORTS:
+            self.lines.append(f"import {name}")
+            return name
+        alias = self.modules.get(name)
+        if alias is None:
+            alias = self.modules[name] = f"_mod_{len(self.modules)}"
+            self.lines.append(f"{alias} = _require({name!r})")
+            self.needs.append({"module": name})
+        return alias
 
     def add(self, name: str, obj: Any) -> None:
         from torch.fx.graph import _custom_builtins
@@ -292,14 +413,17 @@ class _Imports:
         if name in _custom_builtins:
             self.lines.append(_custom_builtins[name].import_str)
         elif isinstance(obj, types.ModuleType):
-            self.lines.append(f"import {obj.__name__} as {name}")
+            if obj.__name__.split(".")[0] in _PLAIN_IMPORTS:
+                self.lines.append(f"import {obj.__name__} as {name}")
+            else:
+                self.lines.append(f"{name} = {self._module(obj.__name__)}")
         elif isinstance(obj, (str, int, float, bool)) or obj is None:
             self.lines.append(f"{name} = {obj!r}")
         elif getattr(obj, "_fxgrad_function", None) is not None:  # a custom autograd.Function
             self.lines.append("from fxgrad.runtime import function_apply")
-            self.lines.append(f"{name} = function_apply({self._ref(obj._fxgrad_function)})")
+            self.lines.append(f"{name} = function_apply({self.ref(obj._fxgrad_function)})")
         else:
-            self.lines.append(f"{name} = {self._ref(obj)}")
+            self.lines.append(f"{name} = {self.ref(obj)}")
 
 
 def _module_expr(module: nn.Module) -> str | None:
@@ -332,15 +456,34 @@ def _module_expr(module: nn.Module) -> str | None:
         theirs = rebuilt.state_dict()
         expr += f".to({dtype})"
     if any(mine[k].dtype != theirs[k].dtype for k in mine):
-        return None  # mixed dtypes: pickled with its weights instead
+        return None  # mixed dtypes: kept in objects.pt instead
     return expr
 
 
-def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
-    """Write the fixed graph as `module.py` + `state_dict.pt`; return the class name."""
+def write_folder(fixed: fxgrad.FixedModule, folder: str | Path) -> str:
+    """Write the fixed graph as a folder; return the class name.
+
+    The folder holds `module.py` (the code, its imports and a class that loads the
+    weights), `__init__.py`, `state_dict.pt`, and `objects.pt` when the graph keeps
+    submodules or values that are not tensors. Nothing in it is loaded by running pickled
+    code: a kept submodule's class is imported by name.
+    """
+    folder = Path(os.path.abspath(folder))
+    class_name, text, contents = _render(fixed, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _inside(folder, "module.py").write_text(text)
+    _inside(folder, "__init__.py").write_text(f"from .module import {class_name}\n")
+    state = {k: v.detach().cpu() for k, v in contents.state.items()}
+    torch.save(state, _inside(folder, "state_dict.pt"))
+    if contents.objects:
+        torch.save(contents.objects, _inside(folder, "objects.pt"))
+    return class_name
+
+
+def _render(fixed: fxgrad.FixedModule, folder: Path) -> tuple[str, str, _Contents]:
+    """The class name, module.py's text and what the other files hold."""
     gm = fixed.graph_module
     captured = fixed._captured()  # the graph and output structure for the current mode
-    folder.mkdir(parents=True, exist_ok=True)
     class_name = "Fixed" + re.sub(r"\W", "_", fixed.report.model or "Model")
     imports = _Imports(folder)
     code = gm.graph.python_code(root_module="self")
@@ -351,8 +494,11 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
     top_level, graph_forward = _split_prologue(code.src)
     contents = _Contents()
     modules = _module_targets(gm)
-    _install_modules(gm, modules, contents)
+    _install_modules(gm, modules, contents, imports)
     _install_attributes(gm, modules, contents)
+    if contents.objects:
+        classes = ", ".join(contents.classes.values())
+        contents.install.insert(0, f"objects = _load_objects([{classes}], map_location)")
     try:
         out_spec = pytree.treespec_dumps(captured.out_spec)
     except Exception:  # an output structure pytree cannot serialize: return the flat tuple
@@ -378,12 +524,17 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
         forward=forward,
         graph_forward=textwrap.indent(graph_forward.strip("\n"), "    ").rstrip() + "\n",
     )
-    (folder / "module.py").write_text(text)
-    (folder / "__init__.py").write_text(f"from .module import {class_name}\n")
-    torch.save({k: v.detach().cpu() for k, v in contents.state.items()}, folder / "state_dict.pt")
-    for target, obj in contents.blobs.items():
-        torch.save(obj, folder / f"{target}.pt")
-    return class_name
+    contents.needs = imports.needs
+    return class_name, text, contents
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """`folder / name`, checked to be a file directly inside `folder`: nothing fxgrad
+    writes lands elsewhere, whatever the model's names are."""
+    path = Path(os.path.normpath(folder / name))
+    if name in ("", os.curdir, os.pardir) or path.parent != Path(os.path.normpath(folder)):
+        raise FxgradError(f"Refusing to write {name!r}, which is not a file name inside {folder}.")
+    return path
 
 
 def _split_prologue(src: str) -> tuple[list[str], str]:
@@ -405,7 +556,11 @@ class _Contents:
 
     install: list[str] = field(default_factory=list)  # lines of __init__
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # into state_dict.pt
-    blobs: dict[str, Any] = field(default_factory=dict)  # pickled, one `<target>.pt` each
+    # Kept submodules and non-tensor values by target, all in objects.pt (the model's names
+    # never become file names), and the classes its weights_only load may rebuild.
+    objects: dict[str, Any] = field(default_factory=dict)
+    classes: dict[type, str] = field(default_factory=dict)  # class -> its expression
+    needs: list[dict[str, str]] = field(default_factory=list)  # see _Imports.needs
 
 
 def _module_targets(gm: fx.GraphModule) -> list[str]:
@@ -422,21 +577,30 @@ def _module_targets(gm: fx.GraphModule) -> list[str]:
     return modules
 
 
-def _install_modules(gm: fx.GraphModule, modules: list[str], contents: _Contents) -> None:
-    """Rebuild each submodule from its repr, or unpickle it; its weights go to the state."""
+def _install_modules(
+    gm: fx.GraphModule, modules: list[str], contents: _Contents, imports: _Imports
+) -> None:
+    """Rebuild each submodule from its repr, or from objects.pt with its class imported by
+    name; its weights go to the state."""
     for target in modules:
         sub = gm.get_submodule(target)
         expr = _module_expr(sub)
-        if expr is None:  # not rebuildable from its repr: pickle it, as to_folder does
-            contents.blobs[target] = sub
-            expr = f"torch.load(os.path.join(_HERE, {target + '.pt'!r}), weights_only=False)"
+        if expr is None:  # not rebuildable from its repr: its tree goes to objects.pt
+            for m in sub.modules():
+                cls = type(m)
+                if cls not in contents.classes:
+                    contents.classes[cls] = imports.ref(cls, f"keeps {target!r}, of class")
+            contents.objects[target] = _check_loadable(
+                target, _without_weights(sub), list(contents.classes)
+            )
+            expr = f"_materialize(objects[{target!r}])"
         contents.install.append(f"_install(self, {target!r}, {expr})")
         contents.state.update({f"{target}.{k}": v for k, v in sub.state_dict().items()})
 
 
 def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Contents) -> None:
     """Tensors the graph reads outside those modules: empty, loaded from the state; other
-    values unpickled."""
+    values from objects.pt."""
     for node in gm.graph.nodes:
         if node.op != "get_attr" or node.target in contents.state:
             continue
@@ -444,11 +608,9 @@ def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Conte
             continue  # part of a module written above
         value = fx.graph_module._get_attr(gm, node.target)
         if not isinstance(value, torch.Tensor):
-            contents.blobs[node.target] = value
-            contents.install.append(
-                f"setattr(self, {node.target!r}, torch.load(os.path.join(_HERE, "
-                f"{node.target + '.pt'!r}), weights_only=False))"
-            )
+            if node.target not in contents.objects:
+                contents.objects[node.target] = _check_loadable(node.target, value, [])
+                contents.install.append(f"setattr(self, {node.target!r}, objects[{node.target!r}])")
             continue
         init = f"torch.empty({list(value.shape)}, dtype={value.dtype})"
         if isinstance(value, nn.Parameter):
@@ -457,12 +619,86 @@ def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Conte
         contents.state[node.target] = value
 
 
+def _without_weights(module: nn.Module) -> nn.Module:
+    """A copy of the module tree for objects.pt whose saved weights (those in its state
+    dict, which state_dict.pt holds) are meta tensors: shapes and dtypes, no data. Other
+    attributes are shared with the module, not copied; tied tensors and shared submodules
+    stay shared."""
+    saved = {id(t) for t in module.state_dict(keep_vars=True).values()}
+    tensors: dict[int, torch.Tensor] = {}
+    copies: dict[int, nn.Module] = {}
+
+    def shape_only(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or id(t) not in saved:
+            return t  # a non-persistent buffer keeps its values: no state dict holds them
+        if id(t) not in tensors:
+            meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+            if isinstance(t, nn.Parameter):
+                meta = nn.Parameter(meta, requires_grad=t.requires_grad)
+            tensors[id(t)] = meta
+        return tensors[id(t)]
+
+    def copy(m: nn.Module) -> nn.Module:
+        if id(m) not in copies:
+            new = copies[id(m)] = type(m).__new__(type(m))
+            state = dict(m.__dict__)
+            state["_parameters"] = {k: shape_only(v) for k, v in m._parameters.items()}
+            state["_buffers"] = {k: shape_only(v) for k, v in m._buffers.items()}
+            state["_modules"] = {k: v if v is None else copy(v) for k, v in m._modules.items()}
+            new.__dict__.update(state)
+        return copies[id(m)]
+
+    return copy(module)
+
+
+def _safe_load(source: Any, classes: list[type]) -> Any:
+    """torch.load(weights_only=True) that may rebuild `classes` too, as module.py loads."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(classes):
+            return torch.load(source, weights_only=True)
+    serialization.add_safe_globals(classes)  # torch 2.4: no context manager yet
+    return torch.load(source, weights_only=True)
+
+
+def _check_loadable(target: str, value: Any, classes: list[type]) -> Any:
+    """`value`, once it is known to load back as module.py loads objects.pt: with
+    weights_only=True, rebuilding no class but `classes`. Anything else could only be
+    unpickled by running code stored in the file, which fix -o does not write."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        _safe_load(buffer, classes)
+    except Exception as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        found = named.group(1) if named else _first_line(e)
+        what = (
+            f"the submodule {target!r} ({type(value).__module__}.{type(value).__qualname__})"
+            if isinstance(value, nn.Module)
+            else f"the value {target!r}"
+        )
+        raise FxgradError(
+            f"The fixed graph keeps {what}, which holds {found}: loading it would mean "
+            "unpickling code, which fix -o does not write.",
+            hint="Keep only tensors, numbers, strings, torch.nn modules and containers of "
+            "these on it (a hook or another Python object cannot be written), or save the "
+            "fixed module with torch.save(fixed) and load that only from a source you trust.",
+        ) from e
+    return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _load_instructions(folder: Path, class_name: str) -> str:
-    parent = str(folder.parent) or "."
+    folder = Path(os.path.abspath(folder))  # loads from any directory
     if folder.name.isidentifier():
         return (
             f"load it with:\n"
-            f"    import sys; sys.path.insert(0, {parent!r})\n"
+            f"    import sys; sys.path.insert(0, {str(folder.parent)!r})\n"
             f"    from {folder.name} import {class_name}\n"
             f"    model = {class_name}()"
         )

@@ -1,16 +1,24 @@
 """What `fxgrad fix -o DIR` writes, beyond computing the same as the fixed model
-(tests/test_fix_output.py): it imports only what the graph uses and loads its weights with
-`weights_only=True`.
+(tests/test_fix_output.py): it imports only what the graph uses, loads from any directory
+and says what it needs when it cannot, runs no pickled code when it loads, and writes
+nothing outside DIR.
 """
 
 from __future__ import annotations
 
+import os
+import runpy
+import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+import fxgrad
 from fxgrad.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +55,253 @@ def test_module_py_loads_the_weights_with_weights_only(example_folder):
     assert loads
     assert "weights_only=False" not in text
     assert text.count("weights_only=True") >= len(loads)
+
+
+# ---------------------------------------------------------------------------------------
+# A kept submodule of the user's class: imported by name, never unpickled as code
+
+CHECKPOINTED = """
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.register_buffer("shift", torch.linspace(-1, 1, 8), persistent=False)
+        self.scale = 0.5
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x) + self.shift) * self.scale
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        for name in NAMES:
+            self.add_module(name, Block())
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        for name in NAMES:
+            x = checkpoint(getattr(self, name), x, use_reentrant=False)
+        y = torch.sigmoid(self.head(x))
+        y.mul_(2)
+        return y
+
+
+def inputs():
+    return (torch.randn(4, 8),)
+"""
+
+LOAD_AND_COMPARE = """
+import sys
+from pathlib import Path
+
+import torch
+
+folder, check = Path(sys.argv[1]), torch.load(sys.argv[2])
+sys.path.insert(0, str(folder.parent))
+module = __import__(folder.name)
+model = getattr(module, check["class_name"])()
+torch.testing.assert_close(model(check["x"]), check["expected"])
+print("loaded and matched")
+"""
+
+
+def _model_file(folder: Path, stem: str, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.py"
+    path.write_text(f"NAMES = {names!r}\n" + CHECKPOINTED)
+    return path
+
+
+def _expect(model_file: Path, out: Path, check: Path) -> dict:
+    """What the written folder must compute: the model with the written weights, fixed in
+    this process, on fresh inputs; stored for a loader in another process."""
+    namespace = runpy.run_path(str(model_file))
+    model = namespace["Model"]()
+    model.load_state_dict(torch.load(out / "state_dict.pt"))
+    x = torch.randn(4, 8)
+    expected = fxgrad.fix(model, (x,))(x).detach()
+    class_name = next(
+        line.split()[1].split("(")[0]
+        for line in (out / "module.py").read_text().splitlines()
+        if line.startswith("class Fixed")
+    )
+    torch.save({"x": x, "expected": expected, "class_name": class_name}, check)
+    return {"x": x, "expected": expected}
+
+
+def _python(code: str, *args: str, cwd: Path, env: dict | None = None):
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *(env or {}).get("PYTHONPATH", [])])
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_printed_instructions_load_the_folder_from_another_directory(tmp_path, monkeypatch):
+    model_file = _model_file(tmp_path / "project", "printed_model", ["block"])
+    monkeypatch.chdir(tmp_path / "project")
+    result = fix("printed_model.py:Model", "-o", "fixed_printed")
+    assert result.exit_code == 1, result.stderr
+    out = tmp_path / "project" / "fixed_printed"
+    _expect(model_file, out, tmp_path / "check.pt")
+    snippet = result.stdout.split("load it with:\n", 1)[1]
+    snippet = textwrap.dedent("\n".join(snippet.splitlines()[:3]))
+    code = snippet + textwrap.dedent(
+        """
+        import torch
+        check = torch.load(sys.argv[1])
+        torch.testing.assert_close(model(check["x"]), check["expected"])
+        print("loaded and matched")
+        """
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _python(code, str(tmp_path / "check.pt"), cwd=elsewhere)
+    assert done.stdout.strip() == "loaded and matched", done.stderr
+
+
+def test_a_moved_folder_says_which_code_it_needs_and_loads_once_importable(tmp_path):
+    model_file = _model_file(tmp_path / "project", "moved_model", ["block"])
+    out = tmp_path / "project" / "fixed_moved"
+    result = fix(f"{model_file}:Model", "-o", str(out))
+    assert result.exit_code == 1, result.stderr
+    _expect(model_file, out, tmp_path / "check.pt")
+    copy = tmp_path / "copies" / "fixed_moved"
+    shutil.copytree(out, copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    missing = _python(LOAD_AND_COMPARE, str(copy), str(tmp_path / "check.pt"), cwd=elsewhere)
+    assert missing.returncode != 0
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: "), missing.stderr
+    assert "moved_model.py" in last and "sys.path" in last and "PYTHONPATH" in last
+    assert "FileNotFoundError" not in missing.stderr
+
+    # as the message says: the folder holding moved_model.py on PYTHONPATH
+    found = _python(
+        LOAD_AND_COMPARE,
+        str(copy),
+        str(tmp_path / "check.pt"),
+        cwd=elsewhere,
+        env={"PYTHONPATH": [str(model_file.parent)]},
+    )
+    assert found.stdout.strip() == "loaded and matched", found.stderr
+
+
+def test_a_plain_torch_folder_loads_anywhere(example_folder, tmp_path):
+    model = runpy.run_path(str(ROOT / "examples" / "unsafe_inplace.py"))["Model"]()
+    model.load_state_dict(torch.load(example_folder / "state_dict.pt"))
+    x = torch.randn(4, 8)
+    expected = fxgrad.fix(model, (x,))(x).detach()
+    torch.save({"x": x, "expected": expected, "class_name": "FixedModel"}, tmp_path / "c.pt")
+    copy = tmp_path / "copies" / "fixed_example"
+    shutil.copytree(example_folder, copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _python(LOAD_AND_COMPARE, str(copy), str(tmp_path / "c.pt"), cwd=elsewhere)
+    assert done.stdout.strip() == "loaded and matched", done.stderr
+
+
+@pytest.mark.parametrize("kind", ["slash", "absolute"])
+def test_submodule_names_never_become_paths_outside_the_folder(tmp_path, kind):
+    outside = tmp_path / "outside"
+    name = "a/b" if kind == "slash" else str(outside / "evil")
+    model_file = _model_file(tmp_path / "project", f"named_{kind}", [name, "block"])
+    out = tmp_path / "project" / "fixed_named"
+    result = fix(f"{model_file}:Model", "-o", str(out))
+    assert result.exit_code == 1, (result.stderr, result.exception)
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted([model_file, *(p for p in out.rglob("*") if p.is_file())])
+    assert not outside.exists()
+    check = _expect(model_file, out, tmp_path / "check.pt")
+    loaded = runpy.run_path(str(out / "module.py"))["FixedModel"]()
+    torch.testing.assert_close(loaded(check["x"]), check["expected"])
+
+
+PAYLOAD = """
+import pathlib
+import sys
+
+import torch
+
+
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(sys.argv[2]),))
+
+
+for path in pathlib.Path(sys.argv[1]).glob("*.pt"):
+    torch.save({"block": Payload(), "state": Payload()}, path)
+"""
+
+
+def test_a_crafted_pickle_in_the_folder_does_not_run_on_load(tmp_path):
+    model_file = _model_file(tmp_path / "project", "crafted_model", ["block"])
+    out = tmp_path / "project" / "fixed_crafted"
+    result = fix(f"{model_file}:Model", "-o", str(out))
+    assert result.exit_code == 1, result.stderr
+    marker = tmp_path / "payload_ran"
+    plant = _python(PAYLOAD, str(out), str(marker), cwd=tmp_path)
+    assert plant.returncode == 0, plant.stderr
+    assert not marker.exists()
+    load = "import sys; sys.path.insert(0, sys.argv[1]); import fixed_crafted; fixed_crafted.FixedModel()"
+    done = _python(load, str(out.parent), cwd=tmp_path)
+    assert not marker.exists(), "the pickled payload ran"
+    assert done.returncode != 0
+    assert "Weights only load failed" in done.stderr, done.stderr
+
+
+HOOKED = """
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def report(module, args, output):
+    print("hook ran")
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.register_forward_hook(report)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x))
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+
+    def forward(self, x):
+        y = torch.sigmoid(checkpoint(self.block, x, use_reentrant=False))
+        y.mul_(2)
+        return y
+"""
+
+
+def test_a_kept_submodule_that_only_pickling_could_write_is_refused(tmp_path):
+    model_file = tmp_path / "hooked_model.py"
+    model_file.write_text(HOOKED)
+    out = tmp_path / "fixed_hooked"
+    result = fix(f"{model_file}:Model", "-o", str(out), "--input", "float32[4,8]")
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    assert result.stderr.startswith("error: The fixed graph keeps the submodule 'block'")
+    assert "hooked_model.report" in result.stderr
+    assert "hint: " in result.stderr
+    assert not out.exists()
