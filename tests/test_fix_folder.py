@@ -305,3 +305,117 @@ def test_a_kept_submodule_that_only_pickling_could_write_is_refused(tmp_path):
     assert "hooked_model.report" in result.stderr
     assert "hint: " in result.stderr
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Writing: never over files fxgrad did not write, and all or nothing
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_fix_refuses_to_overwrite_files_it_did_not_write(tmp_path):
+    package = tmp_path / "mypackage"
+    package.mkdir()
+    (package / "__init__.py").write_text("VERSION = 1  # the package's own\n")
+    (package / "other.py").write_text("x = 1\n")
+    before = _snapshot(package)
+    refused = fix(UNSAFE, "-o", str(package))
+    assert refused.exit_code == 2, (refused.stderr, refused.exception)
+    assert refused.stderr.startswith("error: ")
+    assert "__init__.py" in refused.stderr and "--force" in refused.stderr
+    assert _snapshot(package) == before
+
+    forced = fix(UNSAFE, "-o", str(package), "--force")
+    assert forced.exit_code == 1, forced.stderr
+    assert (package / "__init__.py").read_text() == "from .module import FixedModel\n"
+    assert (package / "other.py").read_text() == "x = 1\n"
+    model = runpy.run_path(str(package / "module.py"))["FixedModel"]()
+    assert model(torch.randn(4, 8)).shape == (4, 4)
+
+
+def test_fix_rewrites_its_own_output_but_not_once_edited(tmp_path):
+    out = tmp_path / "fixed_again"
+    assert fix(UNSAFE, "-o", str(out)).exit_code == 1
+    again = fix(UNSAFE, "-o", str(out))
+    assert again.exit_code == 1, again.stderr
+    with open(out / "module.py", "a") as f:
+        f.write("# edited by hand\n")
+    edited = fix(UNSAFE, "-o", str(out))
+    assert edited.exit_code == 2
+    assert "module.py" in edited.stderr and "--force" in edited.stderr
+    assert (out / "module.py").read_text().endswith("# edited by hand\n")
+
+
+def test_write_folder_takes_force(tmp_path):
+    from fxgrad.export import write_folder
+
+    fixed = _fixed_example()
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "state_dict.pt").write_bytes(b"not fxgrad's")
+    with pytest.raises(fxgrad.FxgradError, match="force=True"):
+        write_folder(fixed, folder)
+    assert (folder / "state_dict.pt").read_bytes() == b"not fxgrad's"
+    assert write_folder(fixed, folder, force=True) == "FixedModel"
+    assert set(torch.load(folder / "state_dict.pt")) == set(fixed.state_dict())
+
+
+def _fixed_example():
+    namespace = runpy.run_path(str(ROOT / "examples" / "unsafe_inplace.py"))
+    return fxgrad.fix(namespace["Model"](), namespace["inputs"]())
+
+
+def _failing_save(monkeypatch):
+    """torch.save that leaves half a file and fails, as a full disk would."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(b"half a file")
+            raise OSError(28, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_failed_write_leaves_no_folder_and_no_leftovers(tmp_path, monkeypatch):
+    from fxgrad.export import write_folder
+
+    fixed = _fixed_example()
+    _failing_save(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write_folder(fixed, tmp_path / "new" / "fixed_model")
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_failed_rewrite_leaves_the_earlier_output_as_it_was(tmp_path, monkeypatch):
+    from fxgrad.export import write_folder
+
+    fixed = _fixed_example()
+    folder = tmp_path / "fixed_model"
+    write_folder(fixed, folder)
+    (folder / "notes.txt").write_text("mine\n")
+    before = _snapshot(folder)
+    _failing_save(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write_folder(fixed, folder)
+    assert _snapshot(folder) == before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed_model"]
+
+
+def test_a_rewrite_removes_files_only_the_earlier_output_had(tmp_path):
+    model_file = _model_file(tmp_path / "project", "stale_model", ["block"])
+    out = tmp_path / "fixed_stale"
+    assert fix(f"{model_file}:Model", "-o", str(out)).exit_code == 1
+    assert (out / "objects.pt").exists()
+    result = fix(UNSAFE, "-o", str(out))  # keeps no submodule: no objects.pt
+    assert result.exit_code == 1, result.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != "__pycache__") == [
+        "__init__.py",
+        "fxgrad-manifest.json",
+        "module.py",
+        "state_dict.pt",
+    ]
