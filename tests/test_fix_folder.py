@@ -177,6 +177,8 @@ def test_a_moved_folder_says_which_code_it_needs_and_loads_once_importable(tmp_p
     result = fix(f"{model_file}:Model", "-o", str(out))
     assert result.exit_code == 1, result.stderr
     _expect(model_file, out, tmp_path / "check.pt")
+    for file in out.rglob("*"):  # the model's code is named relative to the folder
+        assert not file.is_file() or str(tmp_path).encode() not in file.read_bytes(), file
     copy = tmp_path / "copies" / "fixed_moved"
     shutil.copytree(out, copy)
     elsewhere = tmp_path / "elsewhere"
