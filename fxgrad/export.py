@@ -203,14 +203,14 @@ def _source(name, relpath, root=None):
         except ModuleNotFoundError as e:
             if not _names(e, name):
                 raise
-            raise _missing(name, relpath) from None
+            raise _missing(name, relpath, package=True) from None
     path = os.path.normpath(os.path.join(_HERE, relpath))
     if not os.path.isfile(path):
         filename = os.path.basename(relpath)
         found = [os.path.join(d or os.curdir, filename) for d in sys.path if isinstance(d, str)]
         path = next((p for p in found if os.path.isfile(p)), None)
         if path is None:
-            raise _missing(name, relpath)
+            raise _missing(name, relpath, package=False)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -242,14 +242,14 @@ def _names(error, name):
     return error.name is not None and (name == error.name or name.startswith(error.name + "."))
 
 
-def _missing(name, relpath):
-    filename = os.path.basename(relpath)
-    if "." in name:
+def _missing(name, relpath, package):
+    if package:
         top = name.split(".")[0]
-        what = f"the module {name!r} ({filename} in the package {top!r})"
+        what = f"the module {name!r} of the package {top!r}"
         holder = f"the folder that holds the package {top!r}"
     else:
-        what, holder = filename, f"the folder that holds {filename}"
+        what = os.path.basename(relpath)
+        holder = f"the folder that holds {what}"
     return ModuleNotFoundError(
         f"The fixed model in {_HERE} needs the model's own code, {what}, which is neither "
         f"at {os.path.normpath(os.path.join(_HERE, relpath))} ({relpath} from this folder, "
@@ -341,6 +341,21 @@ def _package_root(module_name: str) -> Path | None:
     return None
 
 
+def _model_folder(module_name: str) -> Path | None:
+    """The folder of a model file the CLI imported by path, when `module_name` was imported
+    from there: a module or package beside the model file (the CLI puts the file's folder
+    on sys.path, as python does), which the written folder finds the same way as the file."""
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if not file or not _FILE_MODULES:
+        return None
+    path = Path(file).resolve()
+    levels = module_name.count(".") + (path.name == "__init__.py")
+    if levels >= len(path.parents):
+        return None
+    folder = path.parents[levels]
+    return folder if any(folder == f.parent for f in _FILE_MODULES.values()) else None
+
+
 class _Imports:
     """Import lines for the objects generated code refers to."""
 
@@ -362,7 +377,11 @@ class _Imports:
                 f"The fixed graph {what} {obj!r}, which cannot be written as an import.",
                 hint="Define it at the top level of a module (no lambdas or local functions).",
             )
-        if module_name in _FILE_MODULES or _package_root(module_name) is not None:
+        if (
+            module_name in _FILE_MODULES
+            or _package_root(module_name) is not None
+            or _model_folder(module_name) is not None
+        ):
             return f"{self._source(module_name)}.{qualname}"
         for candidate in (module_name.lstrip("_"), module_name):
             try:
@@ -389,6 +408,9 @@ class _Imports:
         )
         if file is None and root is not None:  # a package's module the CLI did not import
             file = root.joinpath(*module_name.split(".")).with_suffix(".py")
+        if root is None and module_name not in _FILE_MODULES:  # beside the model file
+            if "." in module_name or Path(file).name == "__init__.py":
+                root = _model_folder(module_name)  # a package: imported by its name
         rel = os.path.relpath(file, self.folder)
         if root is not None:  # a package's module: imported from the package's folder
             where = os.path.relpath(root, self.folder)

@@ -60,11 +60,12 @@ def test_module_py_loads_the_weights_with_weights_only(example_folder):
 # ---------------------------------------------------------------------------------------
 # A kept submodule of the user's class: imported by name, never unpickled as code
 
-CHECKPOINTED = """
+IMPORTS = """
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
+"""
+BLOCK = """
 
 class Block(nn.Module):
     def __init__(self):
@@ -75,7 +76,8 @@ class Block(nn.Module):
 
     def forward(self, x):
         return torch.tanh(self.lin(x) + self.shift) * self.scale
-
+"""
+MODEL = """
 
 class Model(nn.Module):
     def __init__(self):
@@ -95,6 +97,7 @@ class Model(nn.Module):
 def inputs():
     return (torch.randn(4, 8),)
 """
+CHECKPOINTED = IMPORTS + BLOCK + MODEL
 
 LOAD_AND_COMPARE = """
 import sys
@@ -111,10 +114,16 @@ print("loaded and matched")
 """
 
 
-def _model_file(folder: Path, stem: str, names: list[str]) -> Path:
+def _model_file(folder: Path, stem: str, names: list[str], beside: str = "") -> Path:
+    """A model that keeps a Block per name inside checkpoint(); the Block class is in the
+    model file, or in a module `beside` it that the model file imports."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.py"
-    path.write_text(f"NAMES = {names!r}\n" + CHECKPOINTED)
+    if beside:
+        (folder / f"{beside}.py").write_text(IMPORTS + BLOCK)
+        path.write_text(f"NAMES = {names!r}\n" + IMPORTS + f"from {beside} import Block\n" + MODEL)
+    else:
+        path.write_text(f"NAMES = {names!r}\n" + CHECKPOINTED)
     return path
 
 
@@ -149,11 +158,13 @@ def _python(code: str, *args: str, cwd: Path, env: dict | None = None):
 
 
 def test_the_printed_instructions_load_the_folder_from_another_directory(tmp_path, monkeypatch):
-    model_file = _model_file(tmp_path / "project", "printed_model", ["block"])
+    model_file = _model_file(
+        tmp_path / "project", "printed_model", ["block"], beside="printed_blocks"
+    )
     monkeypatch.chdir(tmp_path / "project")
-    result = fix("printed_model.py:Model", "-o", "fixed_printed")
+    result = fix("printed_model.py:Model", "-o", os.path.join("..", "written", "fixed_printed"))
     assert result.exit_code == 1, result.stderr
-    out = tmp_path / "project" / "fixed_printed"
+    out = tmp_path / "written" / "fixed_printed"
     _expect(model_file, out, tmp_path / "check.pt")
     snippet = result.stdout.split("load it with:\n", 1)[1]
     snippet = textwrap.dedent("\n".join(snippet.splitlines()[:3]))
