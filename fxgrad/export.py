@@ -551,7 +551,7 @@ def check_overwrite(
     if theirs and not force:
         raise FxgradError(
             f"{folder} already holds {', '.join(theirs)}, which fxgrad did not write (or "
-            "which changed since it did); fix -o does not overwrite them.",
+            "which changed since it did); fxgrad does not overwrite them.",
             hint="Pass --force (force=True from Python) to replace them, or write to "
             "another folder.",
         )
@@ -819,7 +819,7 @@ def _check_loadable(target: str, value: Any, classes: list[type]) -> Any:
         )
         raise FxgradError(
             f"The fixed graph keeps {what}, which holds {found}: loading it would mean "
-            "unpickling code, which fix -o does not write.",
+            "unpickling code, which fxgrad does not write into a folder.",
             hint="Keep only tensors, numbers, strings, torch.nn modules and containers of "
             "these on it (a hook or another Python object cannot be written), or save the "
             "fixed module with torch.save(fixed) and load that only from a source you trust.",
