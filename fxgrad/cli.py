@@ -903,6 +903,11 @@ def diff(
     type=click.Path(file_okay=False),
     help="Folder to write module.py and state_dict.pt into.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite files in the output folder that fxgrad did not write.",
+)
 def fix(
     target,
     input_specs,
@@ -915,18 +920,23 @@ def fix(
     verbose,
     no_measure,
     output,
+    force,
 ):
     """Write TARGET's fixed graph to a folder as importable code and weights.
 
     The folder holds module.py (the code, its imports and a class that loads the
     weights) and state_dict.pt. The report goes to stderr (stdout with --format json).
     """
-    from fxgrad.export import _load_instructions, write_folder
+    from fxgrad.export import _load_instructions, check_overwrite, write_folder
 
+    folder = Path(output)
+    try:
+        check_overwrite(folder, force)  # before the capture, which can take a while
+    except FxgradError as e:
+        raise UsageFailure(e.message, e.hint) from e
     fixed = _run(target, input_specs, inputs_from, training, select, ignore, no_measure)
     report = _report(fixed)
-    folder = Path(output)
-    class_name = write_folder(fixed, folder)
+    class_name = write_folder(fixed, folder, force=force)
     if fmt == "json":
         click.echo(report.to_json())
     else:

@@ -6,9 +6,13 @@ the command layer stays thin and these writers can be used from code.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import io
+import json
 import os
 import re
+import secrets
 import shutil
 import string
 import subprocess
@@ -141,10 +145,12 @@ def write_dot(path: str, gm: fx.GraphModule, report: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# fix -o DIR: the fixed graph as importable code and a state dict
+# fix -o DIR: the fixed graph as importable code, a state dict and the objects it keeps
 
 # The written module.py: fx's code for the graph (graph_forward), inside a module that
-# rebuilds the submodules and tensors it reads and loads their weights.
+# rebuilds the submodules and tensors it reads and loads their weights. Nothing it loads
+# runs pickled code: every torch.load is weights_only=True, and the only classes
+# objects.pt may rebuild are the ones this file imports by name.
 _MODULE = string.Template('''\
 """${class_name}: ${model} with fxgrad's rewrites applied.
 
@@ -153,12 +159,15 @@ this order: ${params}. Weights are in state_dict.pt next to this file.
 """
 
 import importlib
+import io
 import importlib.util
 import os
 import sys
 
 import torch
 import torch.utils._pytree as _fxgrad_pytree
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _install(root, target, value):
@@ -177,34 +186,120 @@ def _install(root, target, value):
 
 
 def _source(name, relpath, root=None):
-    """Import the model file the graph refers to, found relative to this folder.
+    """Import the model's own code the graph refers to: the file at `relpath` from this
+    folder, else a file of that name in a folder on sys.path.
 
-    A file inside a package (`root` holds its top package) is imported as its package's
-    module, so that its relative imports work.
+    A file inside a package (`root` holds its top package) is imported by its package name,
+    so that its relative imports work.
     """
     if name in sys.modules:
         return sys.modules[name]
-    here = os.path.dirname(os.path.abspath(__file__))
     if root is not None:
-        root = os.path.normpath(os.path.join(here, root))
-        if root not in sys.path:
+        root = os.path.normpath(os.path.join(_HERE, root))
+        if os.path.isdir(root) and root not in sys.path:
             sys.path.insert(0, root)
-        return importlib.import_module(name)
-    path = os.path.join(here, relpath)
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not _names(e, name):
+                raise
+            raise _missing(name, relpath, package=True) from None
+    path = os.path.normpath(os.path.join(_HERE, relpath))
+    if not os.path.isfile(path):
+        filename = os.path.basename(relpath)
+        found = [os.path.join(d or os.curdir, filename) for d in sys.path if isinstance(d, str)]
+        path = next((p for p in found if os.path.isfile(p)), None)
+        if path is None:
+            raise _missing(name, relpath, package=False)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+
+def _require(name):
+    """Import a module the graph refers to; if it is missing, say how to make it importable."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if not _names(e, name):
+            raise
+        raise ModuleNotFoundError(
+            f"The fixed model in {_HERE} needs the module {name!r}, which cannot be "
+            "imported here. Install it, or put the folder that holds it on sys.path "
+            "(sys.path.insert(0, FOLDER)) or on PYTHONPATH, then load the model again.",
+            name=name,
+        ) from None
+
+
+def _names(error, name):
+    """Whether a ModuleNotFoundError is about `name` (or a package above it)."""
+    return error.name is not None and (name == error.name or name.startswith(error.name + "."))
+
+
+def _missing(name, relpath, package):
+    if package:
+        top = name.split(".")[0]
+        what = f"the module {name!r} of the package {top!r}"
+        holder = f"the folder that holds the package {top!r}"
+    else:
+        what = os.path.basename(relpath)
+        holder = f"the folder that holds {what}"
+    return ModuleNotFoundError(
+        f"The fixed model in {_HERE} needs the model's own code, {what}, which is neither "
+        f"at {os.path.normpath(os.path.join(_HERE, relpath))} ({relpath} from this folder, "
+        f"as when it was written) nor importable from sys.path. Put {holder} on sys.path "
+        "(sys.path.insert(0, FOLDER)) or on PYTHONPATH, then load the model again.",
+        name=name,
+    )
+
+
+def _load_objects(classes, map_location):
+    """objects.pt: the submodules and values other than tensors the graph keeps.
+
+    weights_only=True rebuilds only tensors, plain containers and the classes passed here,
+    which this file imports by name; no code stored in the file runs.
+    """
+    path = os.path.join(_HERE, "objects.pt")
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(classes):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    serialization.add_safe_globals(classes)  # torch 2.4: no context manager yet
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _materialize(module):
+    """A kept submodule from objects.pt, whose weights are stored there as shapes only
+    (meta tensors): empty tensors in their place, for load_state_dict to fill."""
+    done = {}
+    for m in module.modules():
+        for table in (m._parameters, m._buffers):
+            for key, t in table.items():
+                if t is None or not t.is_meta:
+                    continue
+                if id(t) not in done:
+                    empty = torch.empty(t.shape, dtype=t.dtype)
+                    if isinstance(t, torch.nn.Parameter):
+                        empty = torch.nn.Parameter(empty, requires_grad=t.requires_grad)
+                    done[id(t)] = empty
+                table[key] = done[id(t)]
+    return module
+
 ${statements}
 
 class ${class_name}(torch.nn.Module):
     def __init__(self, map_location=None):
         super().__init__()
 ${install}\
-        state = torch.load(os.path.join(_HERE, 'state_dict.pt'), map_location=map_location)
+        state = torch.load(
+            os.path.join(_HERE, 'state_dict.pt'), map_location=map_location, weights_only=True
+        )
         self.load_state_dict(state)
         self.train(${training})
 
@@ -222,6 +317,11 @@ _FORWARD_FLAT = string.Template("""\
     def forward(${signature}):
         return self.graph_forward(${params})
 """)
+
+# Modules whose import fails only where torch itself is missing: imported plainly. The
+# others (the model's own code, other libraries) go through `_require`, whose error says
+# what to do.
+_PLAIN_IMPORTS = {"torch", "fxgrad", *sys.stdlib_module_names}
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
@@ -241,48 +341,96 @@ def _package_root(module_name: str) -> Path | None:
     return None
 
 
+def _model_folder(module_name: str) -> Path | None:
+    """The folder of a model file the CLI imported by path, when `module_name` was imported
+    from there: a module or package beside the model file (the CLI puts the file's folder
+    on sys.path, as python does), which the written folder finds the same way as the file."""
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if not file or not _FILE_MODULES:
+        return None
+    path = Path(file).resolve()
+    levels = module_name.count(".") + (path.name == "__init__.py")
+    if levels >= len(path.parents):
+        return None
+    folder = path.parents[levels]
+    return folder if any(folder == f.parent for f in _FILE_MODULES.values()) else None
+
+
 class _Imports:
     """Import lines for the objects generated code refers to."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.lines: list[str] = []
-        self.sources: dict[str, str] = {}
+        self.sources: dict[str, str] = {}  # the model's files: module name -> alias
+        self.modules: dict[str, str] = {}  # other modules through _require: name -> alias
+        # What module.py imports besides torch, fxgrad and the standard library, for the
+        # manifest and the load instructions: {"module": name, "file": path from the folder}.
+        self.needs: list[dict[str, str]] = []
 
-    def _ref(self, obj: Any) -> str:
+    def ref(self, obj: Any, what: str = "calls") -> str:
         """An expression evaluating to obj in the written module."""
         module_name = getattr(obj, "__module__", None)
         qualname = getattr(obj, "__qualname__", None)
         if not module_name or not qualname or "<" in qualname:
             raise FxgradError(
-                f"The fixed graph calls {obj!r}, which cannot be written as an import.",
+                f"The fixed graph {what} {obj!r}, which cannot be written as an import.",
                 hint="Define it at the top level of a module (no lambdas or local functions).",
             )
-        root = _package_root(module_name)
-        if module_name in _FILE_MODULES or root is not None:
-            alias = self.sources.get(module_name)
-            if alias is None:
-                alias = f"_src_{len(self.sources)}"
-                if root is not None:  # a package's module: imported from the package's folder
-                    where = os.path.relpath(root, self.folder)
-                    self.lines.append(f"{alias} = _source({module_name!r}, None, {where!r})")
-                else:
-                    rel = os.path.relpath(_FILE_MODULES[module_name], self.folder)
-                    self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
-                self.sources[module_name] = alias
-            return f"{alias}.{qualname}"
+        if (
+            module_name in _FILE_MODULES
+            or _package_root(module_name) is not None
+            or _model_folder(module_name) is not None
+        ):
+            return f"{self._source(module_name)}.{qualname}"
         for candidate in (module_name.lstrip("_"), module_name):
             try:
                 if _resolve(candidate, qualname) is obj:
-                    self.lines.append(f"import {candidate}")
-                    return f"{candidate}.{qualname}"
+                    return f"{self._module(candidate)}.{qualname}"
             except Exception:  # try the next spelling
                 continue
         raise FxgradError(
-            f"The fixed graph calls {module_name}.{qualname}, which cannot be imported by "
+            f"The fixed graph {what} {module_name}.{qualname}, which cannot be imported by "
             "that name.",
             hint="Define it at the top level of an importable module.",
         )
+
+    def _source(self, module_name: str) -> str:
+        """The alias of a module the CLI imported from a file (the model's own code), found
+        relative to the written folder when it loads."""
+        alias = self.sources.get(module_name)
+        if alias is not None:
+            return alias
+        alias = self.sources[module_name] = f"_src_{len(self.sources)}"
+        root = _package_root(module_name)
+        file = _FILE_MODULES.get(module_name) or getattr(
+            sys.modules.get(module_name), "__file__", None
+        )
+        if file is None and root is not None:  # a package's module the CLI did not import
+            file = root.joinpath(*module_name.split(".")).with_suffix(".py")
+        if root is None and module_name not in _FILE_MODULES:  # beside the model file
+            if "." in module_name or Path(file).name == "__init__.py":
+                root = _model_folder(module_name)  # a package: imported by its name
+        rel = os.path.relpath(file, self.folder)
+        if root is not None:  # a package's module: imported from the package's folder
+            where = os.path.relpath(root, self.folder)
+            self.lines.append(f"{alias} = _source({module_name!r}, {rel!r}, {where!r})")
+        else:
+            self.lines.append(f"{alias} = _source({module_name!r}, {rel!r})")
+        self.needs.append({"module": module_name, "file": rel})
+        return alias
+
+    def _module(self, name: str) -> str:
+        """The expression for module `name`, imported by name."""
+        if name.split(".")[0] in _PLAIN_IMPORTS:
+            self.lines.append(f"import {name}")
+            return name
+        alias = self.modules.get(name)
+        if alias is None:
+            alias = self.modules[name] = f"_mod_{len(self.modules)}"
+            self.lines.append(f"{alias} = _require({name!r})")
+            self.needs.append({"module": name})
+        return alias
 
     def add(self, name: str, obj: Any) -> None:
         from torch.fx.graph import _custom_builtins
@@ -290,14 +438,17 @@ class _Imports:
         if name in _custom_builtins:
             self.lines.append(_custom_builtins[name].import_str)
         elif isinstance(obj, types.ModuleType):
-            self.lines.append(f"import {obj.__name__} as {name}")
+            if obj.__name__.split(".")[0] in _PLAIN_IMPORTS:
+                self.lines.append(f"import {obj.__name__} as {name}")
+            else:
+                self.lines.append(f"{name} = {self._module(obj.__name__)}")
         elif isinstance(obj, (str, int, float, bool)) or obj is None:
             self.lines.append(f"{name} = {obj!r}")
         elif getattr(obj, "_fxgrad_function", None) is not None:  # a custom autograd.Function
             self.lines.append("from fxgrad.runtime import function_apply")
-            self.lines.append(f"{name} = function_apply({self._ref(obj._fxgrad_function)})")
+            self.lines.append(f"{name} = function_apply({self.ref(obj._fxgrad_function)})")
         else:
-            self.lines.append(f"{name} = {self._ref(obj)}")
+            self.lines.append(f"{name} = {self.ref(obj)}")
 
 
 def _module_expr(module: nn.Module) -> str | None:
@@ -330,25 +481,163 @@ def _module_expr(module: nn.Module) -> str | None:
         theirs = rebuilt.state_dict()
         expr += f".to({dtype})"
     if any(mine[k].dtype != theirs[k].dtype for k in mine):
-        return None  # mixed dtypes: pickled with its weights instead
+        return None  # mixed dtypes: kept in objects.pt instead
     return expr
 
 
-def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
-    """Write the fixed graph as `module.py` + `state_dict.pt`; return the class name."""
+# What fxgrad wrote into a folder, with each file's SHA-256: a later run may replace those
+# files (and only while unchanged); anything else there is the user's.
+MANIFEST = "fxgrad-manifest.json"
+# Every file fix -o writes. A manifest vouches for these names only, so a crafted one can
+# never make fxgrad replace or remove another file.
+_FILES = ("module.py", "__init__.py", "state_dict.pt", "objects.pt", MANIFEST)
+
+
+def write_folder(fixed: fxgrad.FixedModule, folder: str | Path, force: bool = False) -> str:
+    """Write the fixed graph as a folder; return the class name.
+
+    The folder holds `module.py` (the code, its imports and a class that loads the
+    weights), `__init__.py`, `state_dict.pt`, `objects.pt` when the graph keeps
+    submodules or values that are not tensors, and `fxgrad-manifest.json`. Nothing in it
+    is loaded by running pickled code: a kept submodule's class is imported by name.
+
+    Files of those names that fxgrad did not write (or that changed since) are replaced
+    only with `force`. The files are built in a new folder beside the target (inside it,
+    when it exists) and moved into place once all are written, so a failure leaves the
+    target as it was.
+    """
+    folder = Path(os.path.abspath(folder))
+    class_name, text, contents = _render(fixed, folder)
+    files = ["module.py", "__init__.py", "state_dict.pt"]
+    files += ["objects.pt"] if contents.objects else []
+    ours = check_overwrite(folder, force, [*files, MANIFEST])
+    stage = _stage(folder)
+    try:
+        _inside(stage, "module.py").write_text(text)
+        _inside(stage, "__init__.py").write_text(f"from .module import {class_name}\n")
+        state = {k: v.detach().cpu() for k, v in contents.state.items()}
+        torch.save(state, _inside(stage, "state_dict.pt"))
+        if contents.objects:
+            torch.save(contents.objects, _inside(stage, "objects.pt"))
+        manifest = {
+            "written_by": "fxgrad",
+            "version": fxgrad.__version__,
+            "class": class_name,
+            "needs": contents.needs,
+            "files": {name: _digest(stage / name) for name in files},
+        }
+        _inside(stage, MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _move_into_place(stage, folder, [*files, MANIFEST], stale=ours - {*files, MANIFEST})
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return class_name
+
+
+def check_overwrite(
+    folder: str | Path, force: bool = False, names: list[str] | None = None
+) -> set[str]:
+    """Refuse (FxgradError) to write `names` (by default the files every folder has) into
+    `folder` where a file of that name is not fxgrad's own unchanged output, unless
+    `force`. Return the files of `folder` that are fxgrad's."""
+    folder = Path(os.path.abspath(folder))
+    if folder.exists() and not folder.is_dir():
+        raise FxgradError(f"{folder} is a file, not a folder.", hint="Pass a folder to write to.")
+    if not folder.is_dir():
+        return set()
+    ours = _own_files(folder)
+    wanted = names if names is not None else ["module.py", "__init__.py", "state_dict.pt", MANIFEST]
+    theirs = [n for n in wanted if os.path.lexists(folder / n) and n not in ours]
+    if theirs and not force:
+        raise FxgradError(
+            f"{folder} already holds {', '.join(theirs)}, which fxgrad did not write (or "
+            "which changed since it did); fxgrad does not overwrite them.",
+            hint="Pass --force (force=True from Python) to replace them, or write to "
+            "another folder.",
+        )
+    return ours
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("written_by") == "fxgrad" else None
+
+
+def _own_files(folder: Path) -> set[str]:
+    """The files of `folder` fxgrad wrote that nobody changed since: its manifest, and the
+    files the manifest lists with the contents it records."""
+    manifest = _manifest(folder)
+    if manifest is None:
+        return set()
+    files = manifest.get("files")
+    ours = {MANIFEST}
+    for name, digest in (files if isinstance(files, dict) else {}).items():
+        path = folder / name
+        if name in _FILES and path.is_file() and not path.is_symlink() and _digest(path) == digest:
+            ours.add(name)
+    return ours
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _stage(folder: Path) -> Path:
+    """A new empty folder on the file system of `folder`, to build the output in: beside
+    it while it does not exist, else inside it (its parent may not be writable: `-o .`)."""
+    if folder.is_dir():
+        parent, prefix = folder, ".fxgrad-tmp-"
+    else:
+        parent, prefix = folder.parent, f".{folder.name}.fxgrad-tmp-"
+        parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        stage = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            stage.mkdir()  # not mkdtemp: a new folder gets the umask's permissions
+            return stage
+        except FileExistsError:
+            continue
+
+
+def _move_into_place(stage: Path, folder: Path, files: list[str], stale: set[str]) -> None:
+    """The staged files into `folder`: one rename of the whole folder while it does not
+    exist, else one rename per file, the manifest last; then fxgrad's own earlier files
+    that this output no longer has go."""
+    if not folder.exists():
+        os.rename(stage, folder)
+        return
+    for name in files:
+        os.replace(_inside(stage, name), _inside(folder, name))
+    for name in stale:
+        _inside(folder, name).unlink(missing_ok=True)
+
+
+def _render(fixed: fxgrad.FixedModule, folder: Path) -> tuple[str, str, _Contents]:
+    """The class name, module.py's text and what the other files hold."""
     gm = fixed.graph_module
     captured = fixed._captured()  # the graph and output structure for the current mode
-    folder.mkdir(parents=True, exist_ok=True)
     class_name = "Fixed" + re.sub(r"\W", "_", fixed.report.model or "Model")
     imports = _Imports(folder)
     code = gm.graph.python_code(root_module="self")
+    used = set(re.findall(r"[A-Za-z_]\w*", code.src))
     for name, obj in code.globals.items():
-        imports.add(name, obj)
+        if name in used:  # fx lists every builtin it knows (numpy's `np` whenever installed)
+            imports.add(name, obj)
     top_level, graph_forward = _split_prologue(code.src)
     contents = _Contents()
     modules = _module_targets(gm)
-    _install_modules(gm, modules, contents)
+    _install_modules(gm, modules, contents, imports)
     _install_attributes(gm, modules, contents)
+    if contents.objects:
+        classes = ", ".join(contents.classes.values())
+        contents.install.insert(0, f"objects = _load_objects([{classes}], map_location)")
     try:
         out_spec = pytree.treespec_dumps(captured.out_spec)
     except Exception:  # an output structure pytree cannot serialize: return the flat tuple
@@ -374,12 +663,17 @@ def write_folder(fixed: fxgrad.FixedModule, folder: Path) -> str:
         forward=forward,
         graph_forward=textwrap.indent(graph_forward.strip("\n"), "    ").rstrip() + "\n",
     )
-    (folder / "module.py").write_text(text)
-    (folder / "__init__.py").write_text(f"from .module import {class_name}\n")
-    torch.save({k: v.detach().cpu() for k, v in contents.state.items()}, folder / "state_dict.pt")
-    for target, obj in contents.blobs.items():
-        torch.save(obj, folder / f"{target}.pt")
-    return class_name
+    contents.needs = imports.needs
+    return class_name, text, contents
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """`folder / name`, checked to be a file directly inside `folder`: nothing fxgrad
+    writes lands elsewhere, whatever the model's names are."""
+    path = Path(os.path.normpath(folder / name))
+    if name in ("", os.curdir, os.pardir) or path.parent != Path(os.path.normpath(folder)):
+        raise FxgradError(f"Refusing to write {name!r}, which is not a file name inside {folder}.")
+    return path
 
 
 def _split_prologue(src: str) -> tuple[list[str], str]:
@@ -401,7 +695,11 @@ class _Contents:
 
     install: list[str] = field(default_factory=list)  # lines of __init__
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # into state_dict.pt
-    blobs: dict[str, Any] = field(default_factory=dict)  # pickled, one `<target>.pt` each
+    # Kept submodules and non-tensor values by target, all in objects.pt (the model's names
+    # never become file names), and the classes its weights_only load may rebuild.
+    objects: dict[str, Any] = field(default_factory=dict)
+    classes: dict[type, str] = field(default_factory=dict)  # class -> its expression
+    needs: list[dict[str, str]] = field(default_factory=list)  # see _Imports.needs
 
 
 def _module_targets(gm: fx.GraphModule) -> list[str]:
@@ -418,21 +716,30 @@ def _module_targets(gm: fx.GraphModule) -> list[str]:
     return modules
 
 
-def _install_modules(gm: fx.GraphModule, modules: list[str], contents: _Contents) -> None:
-    """Rebuild each submodule from its repr, or unpickle it; its weights go to the state."""
+def _install_modules(
+    gm: fx.GraphModule, modules: list[str], contents: _Contents, imports: _Imports
+) -> None:
+    """Rebuild each submodule from its repr, or from objects.pt with its class imported by
+    name; its weights go to the state."""
     for target in modules:
         sub = gm.get_submodule(target)
         expr = _module_expr(sub)
-        if expr is None:  # not rebuildable from its repr: pickle it, as to_folder does
-            contents.blobs[target] = sub
-            expr = f"torch.load(os.path.join(_HERE, {target + '.pt'!r}), weights_only=False)"
+        if expr is None:  # not rebuildable from its repr: its tree goes to objects.pt
+            for m in sub.modules():
+                cls = type(m)
+                if cls not in contents.classes:
+                    contents.classes[cls] = imports.ref(cls, f"keeps {target!r}, of class")
+            contents.objects[target] = _check_loadable(
+                target, _without_weights(sub), list(contents.classes)
+            )
+            expr = f"_materialize(objects[{target!r}])"
         contents.install.append(f"_install(self, {target!r}, {expr})")
         contents.state.update({f"{target}.{k}": v for k, v in sub.state_dict().items()})
 
 
 def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Contents) -> None:
     """Tensors the graph reads outside those modules: empty, loaded from the state; other
-    values unpickled."""
+    values from objects.pt."""
     for node in gm.graph.nodes:
         if node.op != "get_attr" or node.target in contents.state:
             continue
@@ -440,11 +747,9 @@ def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Conte
             continue  # part of a module written above
         value = fx.graph_module._get_attr(gm, node.target)
         if not isinstance(value, torch.Tensor):
-            contents.blobs[node.target] = value
-            contents.install.append(
-                f"setattr(self, {node.target!r}, torch.load(os.path.join(_HERE, "
-                f"{node.target + '.pt'!r}), weights_only=False))"
-            )
+            if node.target not in contents.objects:
+                contents.objects[node.target] = _check_loadable(node.target, value, [])
+                contents.install.append(f"setattr(self, {node.target!r}, objects[{node.target!r}])")
             continue
         init = f"torch.empty({list(value.shape)}, dtype={value.dtype})"
         if isinstance(value, nn.Parameter):
@@ -453,17 +758,104 @@ def _install_attributes(gm: fx.GraphModule, modules: list[str], contents: _Conte
         contents.state[node.target] = value
 
 
+def _without_weights(module: nn.Module) -> nn.Module:
+    """A copy of the module tree for objects.pt whose saved weights (those in its state
+    dict, which state_dict.pt holds) are meta tensors: shapes and dtypes, no data. Other
+    attributes are shared with the module, not copied; tied tensors and shared submodules
+    stay shared."""
+    saved = {id(t) for t in module.state_dict(keep_vars=True).values()}
+    tensors: dict[int, torch.Tensor] = {}
+    copies: dict[int, nn.Module] = {}
+
+    def shape_only(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or id(t) not in saved:
+            return t  # a non-persistent buffer keeps its values: no state dict holds them
+        if id(t) not in tensors:
+            meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+            if isinstance(t, nn.Parameter):
+                meta = nn.Parameter(meta, requires_grad=t.requires_grad)
+            tensors[id(t)] = meta
+        return tensors[id(t)]
+
+    def copy(m: nn.Module) -> nn.Module:
+        if id(m) not in copies:
+            new = copies[id(m)] = type(m).__new__(type(m))
+            state = dict(m.__dict__)
+            state["_parameters"] = {k: shape_only(v) for k, v in m._parameters.items()}
+            state["_buffers"] = {k: shape_only(v) for k, v in m._buffers.items()}
+            state["_modules"] = {k: v if v is None else copy(v) for k, v in m._modules.items()}
+            new.__dict__.update(state)
+        return copies[id(m)]
+
+    return copy(module)
+
+
+def _safe_load(source: Any, classes: list[type]) -> Any:
+    """torch.load(weights_only=True) that may rebuild `classes` too, as module.py loads."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(classes):
+            return torch.load(source, weights_only=True)
+    serialization.add_safe_globals(classes)  # torch 2.4: no context manager yet
+    return torch.load(source, weights_only=True)
+
+
+def _check_loadable(target: str, value: Any, classes: list[type]) -> Any:
+    """`value`, once it is known to load back as module.py loads objects.pt: with
+    weights_only=True, rebuilding no class but `classes`. Anything else could only be
+    unpickled by running code stored in the file, which fix -o does not write."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        _safe_load(buffer, classes)
+    except Exception as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        found = named.group(1) if named else _first_line(e)
+        what = (
+            f"the submodule {target!r} ({type(value).__module__}.{type(value).__qualname__})"
+            if isinstance(value, nn.Module)
+            else f"the value {target!r}"
+        )
+        raise FxgradError(
+            f"The fixed graph keeps {what}, which holds {found}: loading it would mean "
+            "unpickling code, which fxgrad does not write into a folder.",
+            hint="Keep only tensors, numbers, strings, torch.nn modules and containers of "
+            "these on it (a hook or another Python object cannot be written), or save the "
+            "fixed module with torch.save(fixed) and load that only from a source you trust.",
+        ) from e
+    return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _load_instructions(folder: Path, class_name: str) -> str:
-    parent = str(folder.parent) or "."
+    folder = Path(os.path.abspath(folder))  # loads from any directory
     if folder.name.isidentifier():
-        return (
+        text = (
             f"load it with:\n"
-            f"    import sys; sys.path.insert(0, {parent!r})\n"
+            f"    import sys; sys.path.insert(0, {str(folder.parent)!r})\n"
             f"    from {folder.name} import {class_name}\n"
             f"    model = {class_name}()"
         )
-    return (
-        f"load it with:\n"
-        f"    import runpy\n"
-        f"    model = runpy.run_path({str(folder / 'module.py')!r})[{class_name!r}]()"
-    )
+    else:
+        text = (
+            f"load it with:\n"
+            f"    import runpy\n"
+            f"    model = runpy.run_path({str(folder / 'module.py')!r})[{class_name!r}]()"
+        )
+    needs = (_manifest(folder) or {}).get("needs") or []
+    files = [n["file"] for n in needs if "file" in n]
+    modules = [n["module"] for n in needs if "file" not in n]
+    if files:
+        text += (
+            f"\nit imports the model's own code from {', '.join(files)} (relative to the "
+            "folder); if the folder moves without that code, put the folder that holds it "
+            "on sys.path or PYTHONPATH"
+        )
+    if modules:
+        text += f"\nit imports {', '.join(modules)}, which must be importable where it loads"
+    return text

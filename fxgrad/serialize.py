@@ -9,6 +9,8 @@ rebuilt from those, so `torch.save(fixed)` / `torch.load` give back the same pro
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +54,33 @@ def graph_state(graph: fx.Graph) -> list[tuple]:
         args = fx.node.map_arg(n.args, lambda a: _Ref(a.name))
         kwargs = fx.node.map_arg(n.kwargs, lambda a: _Ref(a.name))
         meta = {k: n.meta[k] for k in _KEPT_META if k in n.meta}
+        if meta.get("fxgrad_loc"):
+            file, line = meta["fxgrad_loc"]
+            meta["fxgrad_loc"] = (_portable(file), line)
         nodes.append((n.name, n.op, _target_state(n.target), args, kwargs, n.type, meta))
     return nodes
+
+
+def _portable(file: str) -> str:
+    """A source file's path without the machine's folders: relative to the sys.path entry
+    that holds it, which is where linecache looks for a relative name (the error notes of
+    a loaded module show the line), else the file's name alone."""
+    if not os.path.isabs(file):
+        return file
+    best = None
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            continue
+        root = os.path.abspath(entry or os.curdir)
+        if os.path.dirname(root) == root:
+            continue  # the file system's root: relative to it is the whole path
+        try:
+            rel = os.path.relpath(file, root)
+        except ValueError:  # another drive
+            continue
+        if not rel.startswith(os.pardir) and (best is None or len(rel) < len(best)):
+            best = rel
+    return best or os.path.basename(file)
 
 
 def graph_from_state(nodes: list[tuple]) -> fx.Graph:

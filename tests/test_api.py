@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import pickle
 
 import fxgrad.passes
@@ -15,7 +16,7 @@ import fxgrad
 import fxgrad.api
 from fxgrad.changes import Change
 from fxgrad.errors import EquivalenceError, FxgradError, PassError, SelectionError, TraceError
-from fxgrad.graph_utils import eliminate_dead_code, writes_to
+from fxgrad.graph_utils import eliminate_dead_code, source_line, writes_to
 from fxgrad.registry import Pass
 
 
@@ -200,6 +201,36 @@ def test_pickling_keeps_the_fixed_program(tmp_path):
         want = fxgrad.fix(again._fxgrad_root, (x5,))(x5)
     torch.testing.assert_close(got, want)
     assert len(again.reports) == n + 1
+
+
+def test_a_pickled_fixed_module_holds_no_path_of_the_model_file(tmp_path, monkeypatch):
+    folder = tmp_path / "models_here"
+    folder.mkdir()
+    (folder / "pathless_model.py").write_text(
+        "import torch\n"
+        "from torch import nn\n\n\n"
+        "class Model(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = nn.Linear(4, 4)\n\n"
+        "    def forward(self, x):\n"
+        "        h = torch.sigmoid(self.lin(x))\n"
+        "        h.mul_(2)\n"
+        "        return h\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    from pathless_model import Model
+
+    fixed = fxgrad.fix(Model(), (torch.randn(3, 4),))
+    assert fixed.report.applied
+    buffer = io.BytesIO()
+    torch.save(fixed, buffer)
+    assert str(tmp_path).encode() not in buffer.getvalue()
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    # the loaded graph still finds the model's lines where the model's module is importable
+    lines = {source_line(n) for n in loaded.graph_module.graph.nodes}
+    assert "h = torch.sigmoid(self.lin(x))" in lines
 
 
 def test_static_mode_reports_what_only_example_inputs_can_decide():
