@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import torch
 from torch import fx
 
 try:
@@ -66,6 +67,8 @@ def _key_of(gm: fx.GraphModule) -> str | None:
 
 def keep(gm: fx.GraphModule) -> None:
     """Keep the source of `gm`'s code while `gm` lives (tracebacks through it show lines)."""
+    if torch.compiler.is_compiling():  # a runner made while Dynamo traces: Dynamo's own
+        return
     key = _key_of(gm)
     if _LOADER is None or key is None or key in _KEPT or key not in _LOADER.eval_cache:
         return
@@ -96,6 +99,8 @@ def drops_transient_code(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
         with deciding():
             return fn(*args, **kwargs)
 

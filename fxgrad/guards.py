@@ -239,51 +239,24 @@ def _tensors(tables: Sequence[dict]) -> Iterator[torch.Tensor]:
     return filter(_NOT_NONE, itertools.chain.from_iterable(map(dict.values, tables)))
 
 
-class Facts:
-    """The dtype, device and requires_grad of every parameter and buffer of a tree.
-
-    Compared by value, hashed once: a key holds one of these instead of thousands of
-    tuples, so comparing two keys of a 1,000-block model is one identity test.
-    """
-
-    __slots__ = ("items", "_hash")
-
-    def __init__(self, items: tuple) -> None:
-        self.items = items
-        self._hash = hash(items)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (
-            type(other) is Facts and self._hash == other._hash and self.items == other.items
-        )
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __reduce__(self) -> tuple:  # hashes of dtypes and devices differ between processes
-        return (Facts, (self.items,))
-
-    def __repr__(self) -> str:
-        return f"Facts({len(self.items)} tensors)"
-
-
 class TensorState:
-    """The `Facts` of a module tree's parameters and buffers, per call, at C++ speed.
+    """The dtype, device and requires_grad of a module tree's parameters and buffers, per
+    call, at C++ speed.
 
     PyTorch says nothing when a parameter's `requires_grad` is flipped or its `.data`
     replaced, so every tensor is looked at on every call. Reading three properties of each
     from Python costs ~180 ns a tensor (0.5 ms for a 1,000-block MLP); Dynamo's
     `TensorGuards` checks the same facts (and the dispatch keys) of all of them in one C++
     call. Only when it fails are the facts read in Python; equal facts give the very same
-    `Facts` object, so keys compare by identity.
+    tuple, so two keys compare by identity, not item by item.
     """
 
     def __init__(self) -> None:
-        self._known: dict[Facts, Facts] = {}
-        self._checks: dict[tuple[bool, bool], tuple[Any, Facts, Sequence[dict]]] = {}
+        self._known: dict[tuple, tuple] = {}
+        self._checks: dict[tuple[bool, bool], tuple[Any, tuple, Sequence[dict]]] = {}
         self._flat: tuple[Sequence[dict], tuple, list[torch.Tensor]] | None = None
 
-    def facts(self, tables: Sequence[dict]) -> Facts:
+    def facts(self, tables: Sequence[dict]) -> tuple:
         tensors = self._flatten(tables)
         where = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         hit = self._checks.get(where)
@@ -293,7 +266,7 @@ class TensorState:
                     return hit[1]
             except TypeError:  # a tensor added or removed
                 pass
-        facts = Facts(tuple(map(_DTYPE_DEVICE, tensors)))
+        facts = tuple(map(_DTYPE_DEVICE, tensors))
         facts = self._known.setdefault(facts, facts)
         if len(self._known) > 64:  # a tree flipping flags all the time: keep the latest
             self._known = {facts: facts}
@@ -339,8 +312,8 @@ _PLAIN = (torch.Tensor, nn.Parameter, getattr(nn, "Buffer", nn.Parameter))
 
 def module_state(
     modules: Sequence[nn.Module], tables: Sequence[dict], state: TensorState | None = None
-) -> tuple[tuple, Facts]:
-    """The `training` flags of the given modules, and the `Facts` of their tensors."""
+) -> tuple[tuple, tuple]:
+    """The `training` flags of the given modules, and the facts of their tensors."""
     modes = tuple(map(_TRAINING, modules))
     return modes, (state or TensorState()).facts(tables)
 

@@ -353,6 +353,6 @@ def test_tensor_state_reuses_facts_and_sees_every_flip():
     lin.weight.requires_grad_(True)
     assert state.facts(tables) is first
     lin.bias = None  # a slot that holds None is no tensor
-    assert len(state.facts(tables).items) == 1
+    assert len(state.facts(tables)) == 1
     lin.weight.data = lin.weight.data.half()
-    assert state.facts(tables).items[0][0] is torch.float16
+    assert state.facts(tables)[0][0] is torch.float16
