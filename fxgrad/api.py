@@ -37,6 +37,7 @@ from fxgrad.guards import (
     structure,
     tensor_tables,
 )
+from fxgrad.interop import outside_transforms
 from fxgrad.observe import Observation
 from fxgrad.pipeline import (
     Reference,
@@ -799,7 +800,7 @@ def _eager_error_on(base: nn.Module, args: tuple, kwargs: dict) -> BaseException
     call, leaves = call_spec(base, args, kwargs)
     root = twin(base)
     quiet_user_hooks(root)
-    with _gc_paused(), private_state(root) as state:
+    with outside_transforms(), _gc_paused(), private_state(root) as state:
         return _eager_error(root, call, leaves, state)
 
 
@@ -987,13 +988,17 @@ def _decide(
     at_call: bool = False,
     static: bool = False,
 ) -> Variant:
-    """Decide on one call (or statically) and bind the result to the user's module."""
-    call, leaves = call_spec(base, args, kwargs)
-    if not static:
-        _check_leaves(args or (), kwargs or {}, leaves)
-    decision = _decide_on(
-        base, call, leaves, opts, grad_enabled=grad_enabled, static=static, at_call=at_call
-    )
+    """Decide on one call (or statically) and bind the result to the user's module.
+
+    A call made under inference mode or inside torch.func transforms is decided outside
+    them (fxgrad.interop)."""
+    with outside_transforms():
+        call, leaves = call_spec(base, args, kwargs)
+        if not static:
+            _check_leaves(args or (), kwargs or {}, leaves)
+        decision = _decide_on(
+            base, call, leaves, opts, grad_enabled=grad_enabled, static=static, at_call=at_call
+        )
     assert decision is not None
     return _variant_of(base, decision)
 

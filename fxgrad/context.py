@@ -16,6 +16,7 @@ import torch
 from torch import fx
 
 from fxgrad.observe import ExtensionFactory, Observation
+from fxgrad.state import functorch_unwrapped
 
 Measure = Callable[[str, Callable[[], Any]], float]
 
@@ -77,11 +78,12 @@ def _storage_id(x: torch.Tensor) -> tuple | None:
 
 
 def _copy_like(x: torch.Tensor) -> torch.Tensor:
-    if _overlaps(x):
-        return _copy_of_overlapping(x, x)
+    src = functorch_unwrapped(x)  # the values; `requires_grad` and leaf-ness are x's
+    if _overlaps(src):
+        return _copy_of_overlapping(src, x)
     with torch.no_grad():
-        c = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=x.device)
-        c.copy_(x)
+        c = torch.empty_strided(src.size(), src.stride(), dtype=src.dtype, device=src.device)
+        c.copy_(src)
     if not x.requires_grad:
         return c
     c.requires_grad_(True)
@@ -100,7 +102,7 @@ def _overlaps(x: torch.Tensor) -> bool:
 
 def _copy_of_overlapping(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     """A copy of an input whose elements share memory, sharing it the same way, with
-    the `requires_grad` and leaf-ness of `flags`.
+    the `requires_grad` and leaf-ness of `flags` (the input, where `x` stands for it).
 
     No tensor with such strides can be written element by element (`copy_` refuses), so
     the memory span `x` reads is copied and viewed with `x`'s strides: a write into the

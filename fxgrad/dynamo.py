@@ -36,6 +36,7 @@ from fxgrad.changes import Change
 from fxgrad.context import Context, default_measure, seeded
 from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import _is_internal, location, render_node
+from fxgrad.interop import in_transform, outside_transforms, transform_refusal
 from fxgrad.observe import storage_of
 from fxgrad.pipeline import (
     Reference,
@@ -95,7 +96,7 @@ class Piece:
         report = Report(
             mode="exact", model=f"{self.backend.name} (graph {self.index})", frontend="dynamo"
         )
-        with forked_rng(), _gc_paused():
+        with outside_transforms(), forked_rng(), _gc_paused():
             ctx = Context(
                 example_inputs=inputs,
                 measure=self.backend.measure or default_measure,
@@ -348,6 +349,8 @@ def compile_module(module: torch.nn.Module, backend: Backend) -> Callable[..., A
     }
 
     def run(*args: Any, **kwargs: Any) -> Any:
+        if in_transform():
+            raise transform_refusal(backend.name)
         try:
             with torch._dynamo.config.patch(limits):
                 return compiled(*args, **kwargs)

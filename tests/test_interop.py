@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 import fxgrad
 from fxgrad.context import clone_inputs
+from fxgrad.errors import FxgradError
 
 
 class Gate(nn.Module):
@@ -104,3 +105,94 @@ def test_channels_last_inputs(frontend):
     assert_close(out, want)
     got = torch.autograd.grad(out.sum(), [x, *model.parameters()])
     assert_close(got, torch.autograd.grad(want.sum(), [x, *model.parameters()]))
+
+
+# --- torch.inference_mode() ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend", ["fx", "dynamo"])
+@pytest.mark.parametrize("example", [False, True])
+def test_calls_under_inference_mode_give_eager_values(frontend, example):
+    torch._dynamo.reset()
+    model, x = Gate(), _x()
+    fixed = fxgrad.fix(model, (x,) if example else None, frontend=frontend)
+    with torch.inference_mode():
+        want = model(x)  # eager runs: nothing is saved for backward
+        out = fixed(x)  # without example inputs, this first call decides
+        fresh = torch.randn(4, 6)  # an inference tensor
+        fresh_out, fresh_want = fixed(fresh), model(fresh)
+    assert out.is_inference()
+    assert_close(out, want)
+    assert_close(fresh_out, fresh_want)
+    _assert_grads_match(fixed, model, x)  # and training afterwards is fixed as before
+
+
+def test_fix_with_example_inputs_under_inference_mode():
+    model, x = Gate(), _x()
+    with torch.inference_mode():
+        fixed = fxgrad.fix(model, (x,))  # decides for training, as fix() always does
+        assert_close(fixed(x), model(x))
+    assert fixed.reports[0].applied
+    _assert_grads_match(fixed, model, x)
+
+
+# --- torch.func transforms ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", [False, True])
+def test_torch_func_grad_over_a_fixed_module(example):
+    model, x = Gate(), _x()
+    fixed = fxgrad.fix(model, (x,) if example else None)
+    ref = corrected(model)
+    got = torch.func.grad(lambda t: fixed(t).square().sum())(x)
+    want = torch.func.grad(lambda t: ref(t).square().sum())(x)
+    assert_close(got, want)
+    assert fixed.report.applied
+
+
+def test_a_first_call_inside_vmap():
+    model, x = Gate(), _x()
+    fixed = fxgrad.fix(model)
+    assert_close(torch.vmap(fixed)(x), corrected(model)(x))
+    assert torch.vmap(fixed)(x).shape == (4, 3)
+
+
+def test_functional_call_per_sample_grads_and_jacrev_keep_working():
+    model, x = Gate(), _x()
+    ref = corrected(model)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    for fixed in (fxgrad.fix(model, (x,)), fxgrad.fix(model)):
+        assert_close(
+            torch.func.functional_call(fixed, params, (x,)),
+            torch.func.functional_call(ref, params, (x,)),
+        )
+
+        def per_sample(module: nn.Module):
+            def loss(p, xi):
+                return torch.func.functional_call(module, p, (xi[None],)).square().sum()
+
+            return torch.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+
+        assert_close(per_sample(fixed), per_sample(ref))
+        assert_close(torch.func.jacrev(fixed)(x), torch.func.jacrev(ref)(x))
+
+
+class Branchy(Gate):
+    """A data-dependent branch: fxgrad's tracer refuses it, Dynamo captures it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.fc(x))
+        if h.sum() > 0:
+            h.mul_(2)
+        return self.head(h)
+
+
+def test_dynamo_front_end_refuses_to_run_inside_torch_func_transforms():
+    torch._dynamo.reset()
+    model, x = Branchy(), _x()
+    fixed = fxgrad.fix(model)
+    for transform in (torch.vmap, lambda f: torch.func.grad(lambda t: f(t).sum())):
+        with pytest.raises(FxgradError, match="frontend='fx'"):
+            transform(fixed)(x)
+    # Refused before Dynamo ran anything: a later call is still captured and fixed.
+    _assert_grads_match(fixed, model, x)
