@@ -37,7 +37,12 @@ from fxgrad.guards import (
     structure,
     tensor_tables,
 )
-from fxgrad.interop import outside_transforms
+from fxgrad.interop import (
+    initialize_lazy,
+    lazy_refusal,
+    outside_transforms,
+    uninitialized,
+)
 from fxgrad.observe import Observation
 from fxgrad.pipeline import (
     Reference,
@@ -661,6 +666,15 @@ def _unwrap(model: Any) -> nn.Module:
     return model
 
 
+def _initialized_copy(model: nn.Module, args: tuple, kwargs: dict) -> nn.Module:
+    """A copy of a model with lazy modules, initialized on a call (the RNG put back after),
+    for checking without changing the model."""
+    copied = copy.deepcopy(model)
+    with forked_rng():
+        initialize_lazy(copied, args, kwargs)
+    return copied
+
+
 def _normalize_inputs(example_inputs: Any) -> tuple | None:
     if example_inputs is None:
         return None
@@ -991,8 +1005,10 @@ def _decide(
     """Decide on one call (or statically) and bind the result to the user's module.
 
     A call made under inference mode or inside torch.func transforms is decided outside
-    them (fxgrad.interop)."""
+    them (fxgrad.interop); a call's lazy modules are initialized first, as eager would."""
     with outside_transforms():
+        if at_call and uninitialized(base):
+            initialize_lazy(base, args or (), kwargs or {})
         call, leaves = call_spec(base, args, kwargs)
         if not static:
             _check_leaves(args or (), kwargs or {}, leaves)
@@ -1187,6 +1203,10 @@ def fix(
     fixed = FixedModule(model, opts)
     if inputs is None and example_kwargs is None:
         return fixed  # decided on the first call
+    if uninitialized(model):
+        # Lazy modules initialize on the first call, which fix() must not make for you:
+        # that call decides (fxgrad.interop).
+        return fixed
     if frontend == "dynamo":
         _decide_with_dynamo(fixed, model, inputs or (), example_kwargs)
         return fixed
@@ -1242,6 +1262,8 @@ def fix_static(
     every call with the forward's own parameters.
     """
     model = _unwrap(model)
+    if uninitialized(model):
+        raise lazy_refusal("Deciding without example inputs")
     opts = _options(select, ignore, True, None, MAX_VARIANTS)
     fixed = FixedModule(model, opts)
     with _gc_paused():
@@ -1268,6 +1290,10 @@ def check(
     opts = _options(select, ignore, True, measure, MAX_VARIANTS)
     inputs = _normalize_inputs(example_inputs)
     static = inputs is None and example_kwargs is None
+    if uninitialized(model):
+        if static:
+            raise lazy_refusal("fxgrad.check() without example inputs")
+        model = _initialized_copy(model, inputs or (), example_kwargs or {})
     with _gc_paused():
         call, leaves = call_spec(model, None if static else inputs or (), example_kwargs)
         if not static:

@@ -8,14 +8,20 @@
   deciding runs outside them, on plain stand-ins of the transformed tensors (their values,
   and for `vmap` one sample), since the probing runs (private copies, `requires_grad_`, a
   backward) are what transforms forbid. The decided graph runs inside the transforms.
+- Lazy modules (`nn.LazyLinear`): eager initializes their parameters on the first call, so
+  the first call that is decided does the same to the user's module, with the same random
+  draws, before capturing. `fix(model, example_inputs)` never changes the model, so a model
+  with uninitialized lazy modules is decided on its first call instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
+from torch import nn
 
 from fxgrad.errors import FxgradError
 
@@ -67,4 +73,94 @@ def transform_refusal(model: str) -> FxgradError:
         hint="Call the fixed module outside the transform, or make the forward traceable "
         "by fxgrad's tracer (fxgrad explain capture) and fix it with frontend='fx', whose "
         "fixed module runs inside torch.func transforms.",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Lazy modules
+
+
+def uninitialized(root: nn.Module) -> bool:
+    """Whether a module of the tree holds a parameter or buffer a lazy module has not
+    initialized yet."""
+    return any(_lazy_tensors(m) for m in root.modules())
+
+
+def _lazy_tensors(m: nn.Module) -> bool:
+    lazy = nn.parameter.UninitializedTensorMixin
+    return any(isinstance(t, lazy) for t in (*m._parameters.values(), *m._buffers.values()))
+
+
+class _Initialized(BaseException):  # not caught by a forward's `except Exception:`
+    """Every lazy module the call reached is initialized: the rest of the forward is moot."""
+
+
+def initialize_lazy(root: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Initialize the user's lazy modules on this call, as eager's first call would.
+
+    The forward runs on a twin (the user's module objects untouched, user hooks quiet,
+    everything else on private copies) up to the pre-hook of the last lazy module it
+    reaches; the twin shares the uninitialized parameters, which `materialize` fills in
+    place, so they become the user's initialized parameters, drawn from torch's RNG in
+    eager's order. Then the user's lazy modules become their plain class, as eager leaves
+    them. Random draws of the forward before the last lazy module advance the RNG too.
+    """
+    from fxgrad.context import clone_inputs
+    from fxgrad.state import PrivateState
+    from fxgrad.tracing.module_copy import quiet_user_hooks, twin
+
+    probe = twin(root)
+    quiet_user_hooks(probe)
+    lazies = [m for m in probe.modules() if _lazy_tensors(m)]
+
+    def stop(*_: Any) -> None:
+        if not any(_lazy_tensors(m) for m in lazies):
+            raise _Initialized
+
+    handles = [m.register_forward_pre_hook(stop) for m in lazies]
+    state = PrivateState(probe)  # its uninitialized tensors stay the user's, shared
+    state.reset()
+    call_args = clone_inputs(list(args))
+    call_kwargs = dict(zip(kwargs, clone_inputs(list(kwargs.values()))))
+    try:
+        with torch.no_grad():
+            probe(*call_args, **call_kwargs)
+    except _Initialized:
+        pass
+    finally:  # also when the forward raised (as eager's first call would) after some
+        for h in handles:
+            h.remove()
+        state.restore()
+        twins = dict(probe.named_modules(remove_duplicate=False))
+        for name, m in root.named_modules(remove_duplicate=False):
+            if "_initialize_hook" in m.__dict__ and not _lazy_tensors(m):
+                _finish_lazy(m, twins.get(name))
+
+
+# Python values a lazy module's `initialize_parameters` sets (`in_features`).
+_SIZES = (int, float, bool, str, tuple, type(None))
+
+
+def _finish_lazy(m: nn.Module, initialized: nn.Module | None) -> None:
+    """What LazyModuleMixin's pre-hook does to a module whose tensors are initialized,
+    with the sizes its twin inferred while initializing them (`in_features`)."""
+    if initialized is not None:
+        for k, v in initialized.__dict__.items():
+            if type(v) in _SIZES and k in m.__dict__ and m.__dict__[k] != v:
+                m.__dict__[k] = v
+    for name in ("_initialize_hook", "_load_hook"):
+        handle = m.__dict__.pop(name, None)
+        if handle is not None:
+            handle.remove()
+    become = getattr(m, "cls_to_become", None)
+    if become is not None:
+        m.__class__ = become
+
+
+def lazy_refusal(what: str) -> FxgradError:
+    return FxgradError(
+        f"{what} needs the model's parameters, and some lazy modules (nn.LazyLinear, ...) "
+        "have not initialized theirs yet.",
+        hint="Run one forward of the model first (model(x)), or use "
+        "fxgrad.fix(model), which initializes them on its first call as eager does.",
     )

@@ -54,7 +54,11 @@ class PrivateState:
             self._params.add(id(m._parameters))
             self._buffers.add(id(m._buffers))
             for table in (m._parameters, m._buffers):
-                self.slots.extend((table, name, t) for name, t in table.items() if t is not None)
+                self.slots.extend(
+                    (table, name, t)
+                    for name, t in table.items()
+                    if t is not None and not isinstance(t, _LAZY)  # unused: no copy needed
+                )
             self.slots.extend((m.__dict__, k, m.__dict__[k]) for k in plain_tensor_attributes(m))
         if any(t.is_meta for _, _, t in self.slots):
             raise _meta_error("model's parameters or buffers")
@@ -176,6 +180,7 @@ def _set_rng_state(g: Any, state: Any) -> None:
 
 
 _GONE = object()
+_LAZY = nn.parameter.UninitializedTensorMixin  # a lazy module's, until its first call
 _INTERNALS = frozenset(nn.Module().__dict__)
 # Plain Python values a forward may rebind on a module (`self.step += 1`).
 _PLAIN = frozenset({int, float, str, bool, type(None)})

@@ -196,3 +196,52 @@ def test_dynamo_front_end_refuses_to_run_inside_torch_func_transforms():
             transform(fixed)(x)
     # Refused before Dynamo ran anything: a later call is still captured and fixed.
     _assert_grads_match(fixed, model, x)
+
+
+# --- lazy modules ---------------------------------------------------------------------------
+
+
+def _eager_first_call(x: torch.Tensor) -> tuple[Gate, torch.Tensor, torch.Tensor]:
+    """A lazy Gate's first eager call from seed 0: the model, output, and next draws."""
+    torch.manual_seed(0)
+    model = Gate(lazy=True)
+    out = model(x)
+    return model, out, torch.rand(3)
+
+
+@pytest.mark.parametrize(
+    "how", ["first call", "example inputs", "dynamo first call", "dynamo example inputs"]
+)
+def test_lazy_modules_initialize_on_the_first_call_as_eager(how):
+    torch._dynamo.reset()
+    x = _x()
+    eager, want, eager_draws = _eager_first_call(x)
+    torch.manual_seed(0)
+    model = Gate(lazy=True)
+    frontend = "dynamo" if how.startswith("dynamo") else "auto"
+    example = (x,) if how.endswith("example inputs") else None
+    fixed = fxgrad.fix(model, example, frontend=frontend)
+    # fix() changes nothing: the parameters initialize on the first call, as in eager.
+    assert isinstance(model.fc.weight, nn.parameter.UninitializedParameter)
+    out = fixed(x)
+    assert_close(torch.rand(3), eager_draws)  # the same draws, in the same order
+    assert_close(out, want)
+    assert type(model.fc) is nn.Linear and model.fc.in_features == 6
+    assert not model.fc._forward_pre_hooks
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert_close(p, q, msg=name)
+    assert fixed.report.applied
+    _assert_grads_match(fixed, model, x)
+    fixed(x)
+    assert len(fixed.reports) == 1  # the initialized model's calls share the decision
+
+
+def test_checking_a_lazy_model_leaves_it_alone():
+    torch.manual_seed(0)
+    model, x = Gate(lazy=True), _x()
+    rng = torch.random.get_rng_state()
+    assert fxgrad.check(model, (x,)).applied
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert isinstance(model.fc.weight, nn.parameter.UninitializedParameter)
+    with pytest.raises(FxgradError, match=r"Run one forward of the model first"):
+        fxgrad.check(model)
