@@ -41,6 +41,8 @@ from fxgrad.interop import (
     initialize_lazy,
     lazy_refusal,
     outside_transforms,
+    refuse_distributed,
+    refuse_sharded,
     uninitialized,
 )
 from fxgrad.observe import Observation
@@ -79,8 +81,9 @@ from fxgrad.view import build as build_view
 MAX_VARIANTS = 8
 
 # Attributes a fixed module keeps for itself; any other attribute set on it is the user's.
-# (`_is_torch_compile`: torch.compile marks the module it wraps, the fixed one, not yours.)
-_OWN_NAMES = frozenset(nn.Module().__dict__) | {"training", "_is_torch_compile"}
+# (`_is_torch_compile`: torch.compile marks the module it wraps, the fixed one, not yours;
+# `__class__`: FSDP's fully_shard gives the module it shards, the fixed one, a subclass.)
+_OWN_NAMES = frozenset(nn.Module().__dict__) | {"training", "_is_torch_compile", "__class__"}
 
 # nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
 # registered on either run when the fixed module is called.
@@ -1007,8 +1010,10 @@ def _decide(
     A call made under inference mode or inside torch.func transforms is decided outside
     them (fxgrad.interop); a call's lazy modules are initialized first, as eager would."""
     with outside_transforms():
-        if at_call and uninitialized(base):
-            initialize_lazy(base, args or (), kwargs or {})
+        if at_call:
+            refuse_sharded(base)  # fully_shard(layer) after fix(): what fxgrad cannot copy
+            if uninitialized(base):
+                initialize_lazy(base, args or (), kwargs or {})
         call, leaves = call_spec(base, args, kwargs)
         if not static:
             _check_leaves(args or (), kwargs or {}, leaves)
@@ -1197,6 +1202,7 @@ def fix(
     (data-dependent control flow) to Dynamo, whose graphs get the same passes (see
     fxgrad.dynamo); "fx" and "dynamo" use one of them only.
     """
+    refuse_distributed(model)  # DDP and FSDP wrap the fixed module, not the other way
     model = _unwrap(model)
     opts = _options(select, ignore, verify, measure, max_variants, frontend)
     inputs = _normalize_inputs(example_inputs)
@@ -1261,6 +1267,7 @@ def fix_static(
     For tools that cannot run the model (the CLI without `--input`); the result serves
     every call with the forward's own parameters.
     """
+    refuse_distributed(model)
     model = _unwrap(model)
     if uninitialized(model):
         raise lazy_refusal("Deciding without example inputs")
@@ -1286,6 +1293,7 @@ def check(
     runs) and conservative. The mode the model is not in is checked too, and its findings
     are added when its graph differs.
     """
+    refuse_distributed(model, ddp=False)  # a report only: DDP's module is what it runs
     model = _unwrap(model)
     opts = _options(select, ignore, True, measure, MAX_VARIANTS)
     inputs = _normalize_inputs(example_inputs)

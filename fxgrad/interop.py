@@ -1,4 +1,4 @@
-"""A fixed module among the rest of PyTorch: the calls it must meet as eager does.
+"""A fixed module among the rest of PyTorch: the calls and wrappers it must meet as eager does.
 
 - `torch.inference_mode()` (Lightning validates under it): a call made in it is decided
   with inference mode off and grad disabled, which is what it implies for autograd, because
@@ -12,11 +12,15 @@
   the first call that is decided does the same to the user's module, with the same random
   draws, before capturing. `fix(model, example_inputs)` never changes the model, so a model
   with uninitialized lazy modules is decided on its first call instead.
+- DistributedDataParallel and FSDP must wrap the fixed module, not the other way round:
+  fixing the module inside would drop the wrapper (DDP's all-reduce) or fail on sharded
+  parameters, so fix() refuses them and says which order works.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,3 +168,70 @@ def lazy_refusal(what: str) -> FxgradError:
         hint="Run one forward of the model first (model(x)), or use "
         "fxgrad.fix(model), which initializes them on its first call as eager does.",
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Distributed wrappers
+
+
+def refuse_distributed(model: nn.Module, *, ddp: bool = True) -> None:
+    """Raise when `model` is wrapped in DistributedDataParallel (`ddp`) or holds modules
+    FSDP shards: the fixed module must be what they wrap."""
+    if not isinstance(model, nn.Module):
+        return  # not a module at all: the caller says so
+    m = model
+    while True:
+        inner = getattr(m, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            m = inner
+        elif isinstance(m, nn.DataParallel):
+            m = m.module
+        else:
+            break
+    if ddp and isinstance(m, nn.parallel.DistributedDataParallel):
+        raise FxgradError(
+            "fxgrad.fix() was given a model wrapped in DistributedDataParallel. The fixed "
+            "module would run the module inside without DDP, so its gradients would no "
+            "longer be all-reduced across processes.",
+            hint="Fix the model first, then wrap the fixed module: "
+            "model = DistributedDataParallel(fxgrad.fix(model, (x,))).",
+        )
+    refuse_sharded(m)
+
+
+def refuse_sharded(model: nn.Module) -> None:
+    """Raise when a module of the tree is sharded by FSDP (fully_shard, or FSDP1's
+    wrapper): its parameters are shards FSDP gathers in its own hooks, which fxgrad
+    cannot copy or capture."""
+    for name, m in model.named_modules():
+        if _is_fsdp(m):
+            where = f" at `{name}`" if name else ""
+            raise FxgradError(
+                f"fxgrad was given a model with a module sharded by FSDP "
+                f"({type(m).__name__}{where}); fxgrad cannot copy or capture modules whose "
+                "parameters FSDP shards and gathers in its own hooks.",
+                hint="Fix the model first, then shard the fixed module as a whole: "
+                "fixed = fxgrad.fix(model); fully_shard(fixed) (or "
+                "FullyShardedDataParallel(fixed) without an auto-wrap policy), with no "
+                "fully_shard on the model's own submodules.",
+            )
+
+
+def _is_fsdp(m: nn.Module) -> bool:
+    cls = type(m)
+    if cls.__module__.startswith("torch.distributed.fsdp") and (
+        cls.__name__.startswith("FSDP") or cls.__name__ == "FullyShardedDataParallel"
+    ):
+        return True
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # loaded where FSDP was used
+    if fsdp is None:
+        return False
+    kinds = tuple(
+        k
+        for k in (
+            getattr(fsdp, "FSDPModule", None),
+            getattr(fsdp, "FullyShardedDataParallel", None),
+        )
+        if isinstance(k, type)
+    )
+    return bool(kinds) and isinstance(m, kinds)

@@ -7,12 +7,16 @@ values are compared with eager PyTorch, gradients with the model corrected by ha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.testing import assert_close
 
 import fxgrad
+from fxgrad.api import fix_static
 from fxgrad.context import clone_inputs
 from fxgrad.errors import FxgradError
 
@@ -245,3 +249,89 @@ def test_checking_a_lazy_model_leaves_it_alone():
     assert isinstance(model.fc.weight, nn.parameter.UninitializedParameter)
     with pytest.raises(FxgradError, match=r"Run one forward of the model first"):
         fxgrad.check(model)
+
+
+# --- DistributedDataParallel and FSDP -----------------------------------------------------
+
+
+@pytest.fixture
+def process_group(tmp_path: Path):
+    """A gloo process group of one process, torn down after the test."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not built in")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_must_wrap_the_fixed_module(process_group):
+    model, x = Gate(), _x()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    for wrapped in (ddp, torch.compile(ddp)):
+        for args in ((), ((x,),)):
+            with pytest.raises(FxgradError, match=r"DistributedDataParallel\(fxgrad\.fix\(model"):
+                fxgrad.fix(wrapped, *args)
+    with pytest.raises(FxgradError, match="all-reduced"):
+        fix_static(ddp)
+    assert fxgrad.check(ddp, (x,)).applied  # a report only: it checks the module inside
+
+    right = nn.parallel.DistributedDataParallel(fxgrad.fix(model))
+    _assert_grads_match(right, model, x)
+
+
+def test_fsdp_must_shard_the_fixed_module(process_group):
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    fully_shard = getattr(fsdp, "fully_shard", None)
+    if fully_shard is None:
+        pytest.skip("no fully_shard in this torch")
+    x = _x()
+    sharded = Gate()
+    fully_shard(sharded.fc)
+    fully_shard(sharded)
+    for args in ((), ((x,),)):
+        with pytest.raises(FxgradError, match=r"fully_shard\(fixed\)"):
+            fxgrad.fix(sharded, *args)
+    with pytest.raises(FxgradError, match="sharded by FSDP"):
+        fxgrad.check(sharded, (x,))
+
+    # A submodule sharded after fixing: refused on the call that decides.
+    model = Gate()
+    fixed = fxgrad.fix(model)
+    fully_shard(model.fc)
+    with pytest.raises(FxgradError, match=r"FSDPLinear at `fc`"):
+        fixed(x)
+
+    # The fixed module sharded as a whole trains as the corrected model does.
+    model = Gate()
+    ref = corrected(model)
+    fixed = fxgrad.fix(model)
+    fully_shard(fixed)
+    assert type(model) is Gate  # fully_shard gave the fixed module its class, not the model
+    out = fixed(x)
+    out.square().sum().backward()
+    want = ref(x)
+    want.square().sum().backward()
+    assert_close(out, want)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert_close(p.grad.full_tensor(), q.grad)
+
+
+def test_fsdp1_must_wrap_the_fixed_module(process_group):
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    wrapper = fsdp.FullyShardedDataParallel
+    cpu = torch.device("cpu")
+    x = _x()
+    with pytest.raises(FxgradError, match="FullyShardedDataParallel"):
+        fxgrad.fix(wrapper(Gate(), device_id=cpu), (x,))
+    model = Gate()
+    ref = corrected(model)
+    right = wrapper(fxgrad.fix(model), device_id=cpu, use_orig_params=True)
+    out = right(x)
+    out.square().sum().backward()
+    want = ref(x)
+    want.square().sum().backward()
+    assert_close(out, want)
+    assert_close([p.grad for p in right.parameters()], [q.grad for q in ref.parameters()])
