@@ -38,6 +38,7 @@ from fxgrad.guards import (
     tensor_tables,
 )
 from fxgrad.interop import (
+    forward_with_signature,
     initialize_lazy,
     lazy_refusal,
     outside_transforms,
@@ -291,6 +292,9 @@ class FixedModule(nn.Module):
                 d[name] = root.__dict__[name]
         d["_fxgrad"] = _Shared(options)
         d["original_class"] = type(root)
+        forward = forward_with_signature(self, root)  # inspect.signature: the model's
+        if forward is not None:
+            d["forward"] = forward
 
     # -- the user's module, seen through -------------------------------------------------
 
@@ -552,6 +556,13 @@ class FixedModule(nn.Module):
         shared.current = variant
 
     # -- copies ----------------------------------------------------------------------------
+
+    def _replicate_for_data_parallel(self) -> FixedModule:
+        replica = super()._replicate_for_data_parallel()
+        forward = replica.__dict__.get("forward")
+        if isinstance(forward, types.MethodType):  # bound to the replica, not to self
+            replica.__dict__["forward"] = types.MethodType(forward.__func__, replica)
+        return replica
 
     def extra_repr(self) -> str:
         return f"fixed {self.original_class.__name__}: {self.report.summary()}"

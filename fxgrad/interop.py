@@ -15,13 +15,17 @@
 - DistributedDataParallel and FSDP must wrap the fixed module, not the other way round:
   fixing the module inside would drop the wrapper (DDP's all-reduce) or fail on sharded
   parameters, so fix() refuses them and says which order works.
+- `inspect.signature(fixed.forward)` is the model's own forward signature (HF Trainer drops
+  dataset columns the forward does not name).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -235,3 +239,33 @@ def _is_fsdp(m: nn.Module) -> bool:
         if isinstance(k, type)
     )
     return bool(kinds) and isinstance(m, kinds)
+
+
+# ---------------------------------------------------------------------------------------
+# The forward's signature
+
+
+def forward_with_signature(fixed: nn.Module, root: nn.Module) -> Callable[..., Any] | None:
+    """`fixed.forward` bound to `fixed` with `root.forward`'s signature, or None where that
+    has none. The function is a copy of the class's (the same code, nothing added to a
+    call), so `inspect.signature` reads the model's parameters, not `(*args, **kwargs)`."""
+    try:
+        sig = inspect.signature(root.forward)
+        sig = sig.replace(
+            parameters=[
+                inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                *sig.parameters.values(),
+            ]
+        )
+    except (TypeError, ValueError):
+        return None
+    base = type(fixed).forward
+    fn = types.FunctionType(
+        base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__
+    )
+    fn.__kwdefaults__ = base.__kwdefaults__
+    fn.__qualname__ = base.__qualname__
+    fn.__module__ = base.__module__
+    fn.__doc__ = getattr(root.forward, "__doc__", None) or base.__doc__
+    fn.__signature__ = sig  # type: ignore[attr-defined]
+    return types.MethodType(fn, fixed)

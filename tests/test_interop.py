@@ -7,6 +7,9 @@ values are compared with eager PyTorch, gradients with the model corrected by ha
 
 from __future__ import annotations
 
+import copy
+import inspect
+import pickle
 from pathlib import Path
 
 import pytest
@@ -335,3 +338,49 @@ def test_fsdp1_must_wrap_the_fixed_module(process_group):
     want.square().sum().backward()
     assert_close(out, want)
     assert_close([p.grad for p in right.parameters()], [q.grad for q in ref.parameters()])
+
+
+# --- inspect.signature ----------------------------------------------------------------------
+
+
+class Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Tag each token."""
+        h = torch.sigmoid(self.emb(input_ids))
+        h.mul_(2)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        return self.head(h)
+
+
+def test_forward_signature_is_the_models():
+    model = Tagger()
+    fixed = fxgrad.fix(model)
+    sig = inspect.signature(fixed.forward)
+    assert sig == inspect.signature(model.forward)
+    assert list(sig.parameters) == ["input_ids", "attention_mask"]
+    assert sig.parameters["attention_mask"].default is None
+    assert fixed.forward.__doc__ == "Tag each token."
+    # What HF Trainer does to drop dataset columns the model does not take.
+    columns = {"input_ids", "attention_mask", "text", "label_names"}
+    assert columns & set(sig.parameters) == {"input_ids", "attention_mask"}
+
+    ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5)
+    out = fixed(input_ids=ids, attention_mask=mask)
+    want = model.head(torch.sigmoid(model.emb(ids)) * 2 * mask[..., None])
+    assert_close(out, want)
+    assert_close(fixed(ids), model.head(torch.sigmoid(model.emb(ids)) * 2))
+
+    # Copies, pickles and DataParallel replicas keep it, each bound to itself.
+    for other in (copy.deepcopy(fixed), pickle.loads(pickle.dumps(fixed))):
+        assert inspect.signature(other.forward) == sig
+        assert other.forward.__self__ is other
+        assert_close(other(ids, mask), out)
+    replica = fixed._replicate_for_data_parallel()
+    assert replica.forward.__self__ is replica
+    assert inspect.signature(replica.forward) == sig
