@@ -41,6 +41,15 @@ from fxgrad.guards import (
     structure,
     tensor_tables,
 )
+from fxgrad.interop import (
+    forward_with_signature,
+    initialize_lazy,
+    lazy_refusal,
+    outside_transforms,
+    refuse_distributed,
+    refuse_sharded,
+    uninitialized,
+)
 from fxgrad.observe import Observation
 from fxgrad.pipeline import (
     Reference,
@@ -78,8 +87,9 @@ from fxgrad.view import build as build_view
 MAX_VARIANTS = 8
 
 # Attributes a fixed module keeps for itself; any other attribute set on it is the user's.
-# (`_is_torch_compile`: torch.compile marks the module it wraps, the fixed one, not yours.)
-_OWN_NAMES = frozenset(nn.Module().__dict__) | {"training", "_is_torch_compile"}
+# (`_is_torch_compile`: torch.compile marks the module it wraps, the fixed one, not yours;
+# `__class__`: FSDP's fully_shard gives the module it shards, the fixed one, a subclass.)
+_OWN_NAMES = frozenset(nn.Module().__dict__) | {"training", "_is_torch_compile", "__class__"}
 
 # nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
 # registered on either run when the fixed module is called.
@@ -308,6 +318,9 @@ class FixedModule(nn.Module):
                 d[name] = root.__dict__[name]
         d["_fxgrad"] = _Shared(options)
         d["original_class"] = type(root)
+        forward = forward_with_signature(self, root)  # inspect.signature: the model's
+        if forward is not None:
+            d["forward"] = forward
 
     # -- the user's module, seen through -------------------------------------------------
 
@@ -576,6 +589,13 @@ class FixedModule(nn.Module):
 
     # -- copies ----------------------------------------------------------------------------
 
+    def _replicate_for_data_parallel(self) -> FixedModule:
+        replica = super()._replicate_for_data_parallel()
+        forward = replica.__dict__.get("forward")
+        if isinstance(forward, types.MethodType):  # bound to the replica, not to self
+            replica.__dict__["forward"] = types.MethodType(forward.__func__, replica)
+        return replica
+
     def extra_repr(self) -> str:
         return f"fixed {self.original_class.__name__}: {self.report.summary()}"
 
@@ -693,6 +713,15 @@ def _unwrap(model: Any) -> nn.Module:
             hint="Call fxgrad.fix() on the original model instead.",
         )
     return model
+
+
+def _initialized_copy(model: nn.Module, args: tuple, kwargs: dict) -> nn.Module:
+    """A copy of a model with lazy modules, initialized on a call (the RNG put back after),
+    for checking without changing the model."""
+    copied = copy.deepcopy(model)
+    with forked_rng():
+        initialize_lazy(copied, args, kwargs)
+    return copied
 
 
 def _normalize_inputs(example_inputs: Any) -> tuple | None:
@@ -834,7 +863,7 @@ def _eager_error_on(base: nn.Module, args: tuple, kwargs: dict) -> BaseException
     call, leaves = call_spec(base, args, kwargs)
     root = twin(base)
     quiet_user_hooks(root)
-    with _gc_paused(), private_state(root) as state:
+    with outside_transforms(), _gc_paused(), private_state(root) as state:
         return _eager_error(root, call, leaves, state)
 
 
@@ -1040,7 +1069,30 @@ def _decide(
     serves every value (a diffusion timestep, an annealed scale). When the forward uses
     one as a Python value (a branch, a size), it is baked in as a constant instead, and a
     call with another value is decided anew.
+
+    A call made under inference mode or inside torch.func transforms is decided outside
+    them (fxgrad.interop); a call's lazy modules are initialized first, as eager would.
     """
+    with outside_transforms():
+        if at_call:
+            refuse_sharded(base)  # fully_shard(layer) after fix(): what fxgrad cannot copy
+            if uninitialized(base):
+                initialize_lazy(base, args or (), kwargs or {})
+        return _decide_numbers_first(
+            base, args, kwargs, opts, grad_enabled=grad_enabled, at_call=at_call, static=static
+        )
+
+
+def _decide_numbers_first(
+    base: nn.Module,
+    args: tuple | None,
+    kwargs: dict | None,
+    opts: _Options,
+    *,
+    grad_enabled: bool,
+    at_call: bool,
+    static: bool,
+) -> Variant:
     kept = ""
     if not static:
         call, leaves = call_spec(base, args, kwargs, numbers=True)
@@ -1270,12 +1322,17 @@ def fix(
     (data-dependent control flow) to Dynamo, whose graphs get the same passes (see
     fxgrad.dynamo); "fx" and "dynamo" use one of them only.
     """
+    refuse_distributed(model)  # DDP and FSDP wrap the fixed module, not the other way
     model = _unwrap(model)
     opts = _options(select, ignore, verify, measure, max_variants, frontend)
     inputs = _normalize_inputs(example_inputs)
     fixed = FixedModule(model, opts)
     if inputs is None and example_kwargs is None:
         return fixed  # decided on the first call
+    if uninitialized(model):
+        # Lazy modules initialize on the first call, which fix() must not make for you:
+        # that call decides (fxgrad.interop).
+        return fixed
     if frontend == "dynamo":
         _decide_with_dynamo(fixed, model, inputs or (), example_kwargs)
         return fixed
@@ -1330,7 +1387,10 @@ def fix_static(
     For tools that cannot run the model (the CLI without `--input`); the result serves
     every call with the forward's own parameters.
     """
+    refuse_distributed(model)
     model = _unwrap(model)
+    if uninitialized(model):
+        raise lazy_refusal("Deciding without example inputs")
     opts = _options(select, ignore, True, None, MAX_VARIANTS)
     fixed = FixedModule(model, opts)
     with _gc_paused():
@@ -1353,10 +1413,15 @@ def check(
     runs) and conservative. The mode the model is not in is checked too, and its findings
     are added when its graph differs.
     """
+    refuse_distributed(model, ddp=False)  # a report only: DDP's module is what it runs
     model = _unwrap(model)
     opts = _options(select, ignore, True, measure, MAX_VARIANTS)
     inputs = _normalize_inputs(example_inputs)
     static = inputs is None and example_kwargs is None
+    if uninitialized(model):
+        if static:
+            raise lazy_refusal("fxgrad.check() without example inputs")
+        model = _initialized_copy(model, inputs or (), example_kwargs or {})
     with _gc_paused():
         call, leaves = call_spec(model, None if static else inputs or (), example_kwargs)
         if not static:

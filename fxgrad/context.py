@@ -16,6 +16,7 @@ import torch
 from torch import fx
 
 from fxgrad.observe import ExtensionFactory, Observation
+from fxgrad.state import functorch_unwrapped
 
 Measure = Callable[[str, Callable[[], Any]], float]
 
@@ -77,13 +78,48 @@ def _storage_id(x: torch.Tensor) -> tuple | None:
 
 
 def _copy_like(x: torch.Tensor) -> torch.Tensor:
+    src = functorch_unwrapped(x)  # the values; `requires_grad` and leaf-ness are x's
+    if _overlaps(src):
+        return _copy_of_overlapping(src, x)
     with torch.no_grad():
-        c = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=x.device)
-        c.copy_(x)
+        c = torch.empty_strided(src.size(), src.stride(), dtype=src.dtype, device=src.device)
+        c.copy_(src)
     if not x.requires_grad:
         return c
     c.requires_grad_(True)
     return c if x.is_leaf else c.clone()  # no leaf, as the original is none
+
+
+def _overlaps(x: torch.Tensor) -> bool:
+    """Whether elements of `x` share memory: `expand` (stride 0), some `as_strided`."""
+    if x.layout != torch.strided or x.is_meta or x.numel() < 2:
+        return False
+    try:
+        return torch._debug_has_internal_overlap(x) == 1
+    except (AttributeError, RuntimeError):
+        return any(st == 0 and n > 1 for n, st in zip(x.size(), x.stride()))
+
+
+def _copy_of_overlapping(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """A copy of an input whose elements share memory, sharing it the same way, with
+    the `requires_grad` and leaf-ness of `flags` (the input, where `x` stands for it).
+
+    No tensor with such strides can be written element by element (`copy_` refuses), so
+    the memory span `x` reads is copied and viewed with `x`'s strides: a write into the
+    copy fails as one into `x` does, and a size-1 dimension broadcast by `expand` stays
+    one read, as in the caller's tensor.
+    """
+    span = 1 + sum((n - 1) * st for n, st in zip(x.size(), x.stride()))
+    with torch.no_grad():
+        base = x.detach().as_strided((span,), (1,)).clone()
+        if not flags.requires_grad or flags.is_leaf:
+            c = base.as_strided(x.size(), x.stride(), 0)
+    if not flags.requires_grad:
+        return c
+    if flags.is_leaf:
+        return c.requires_grad_(True)
+    base.requires_grad_(True)
+    return base.as_strided(x.size(), x.stride(), 0)  # no leaf, as the original is none
 
 
 def _view_of_shared_copy(

@@ -36,6 +36,13 @@ from fxgrad.changes import Change
 from fxgrad.context import Context, default_measure, seeded
 from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import _is_internal, location, render_node
+from fxgrad.interop import (
+    in_transform,
+    initialize_lazy,
+    outside_transforms,
+    transform_refusal,
+    uninitialized,
+)
 from fxgrad.observe import storage_of
 from fxgrad.pipeline import (
     Reference,
@@ -96,7 +103,7 @@ class Piece:
         report = Report(
             mode="exact", model=f"{self.backend.name} (graph {self.index})", frontend="dynamo"
         )
-        with forked_rng(), _gc_paused():
+        with outside_transforms(), forked_rng(), _gc_paused():
             ctx = Context(
                 example_inputs=inputs,
                 measure=self.backend.measure or default_measure,
@@ -348,7 +355,17 @@ def compile_module(module: torch.nn.Module, backend: Backend) -> Callable[..., A
         "use_numpy_random_stream": True,
     }
 
+    # Lazy modules are initialized before Dynamo sees the call, as eager's first call
+    # would (Dynamo, meeting them mid-trace, runs the whole forward unfixed instead).
+    lazy = [uninitialized(module)]
+
     def run(*args: Any, **kwargs: Any) -> Any:
+        if in_transform():
+            raise transform_refusal(backend.name)
+        if lazy[0]:
+            with outside_transforms():
+                initialize_lazy(module, args, kwargs)
+            lazy[0] = uninitialized(module)
         try:
             with torch._dynamo.config.patch(limits):
                 return compiled(*args, **kwargs)

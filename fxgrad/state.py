@@ -54,7 +54,11 @@ class PrivateState:
             self._params.add(id(m._parameters))
             self._buffers.add(id(m._buffers))
             for table in (m._parameters, m._buffers):
-                self.slots.extend((table, name, t) for name, t in table.items() if t is not None)
+                self.slots.extend(
+                    (table, name, t)
+                    for name, t in table.items()
+                    if t is not None and not isinstance(t, _LAZY)  # unused: no copy needed
+                )
             self.slots.extend((m.__dict__, k, m.__dict__[k]) for k in plain_tensor_attributes(m))
         if any(t.is_meta for _, _, t in self.slots):
             raise _meta_error("model's parameters or buffers")
@@ -117,8 +121,10 @@ def _private_copy(t: torch.Tensor) -> torch.Tensor:
     """A copy of `t` that autograd sees as it sees `t`: a Parameter stays one, and a plain
     tensor keeps `requires_grad` and leaf-ness (a `self.w = torch.randn(..., requires_grad=
     True)` attribute, fast weights passed through `torch.func.functional_call`), so a write
-    into it is judged as eager would judge a write into the original."""
-    c = t.detach().clone()
+    into it is judged as eager would judge a write into the original. A tensor a
+    torch.func transform wrapped (`functional_call` inside `vmap(grad(...))`) is copied
+    from its plain stand-in."""
+    c = functorch_unwrapped(t).detach().clone()
     if isinstance(t, nn.Parameter):
         return nn.Parameter(c, requires_grad=t.requires_grad)
     if t.requires_grad:
@@ -127,6 +133,23 @@ def _private_copy(t: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 c = c.clone()  # not a leaf, and not a view: like the original
     return c
+
+
+def functorch_unwrapped(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor standing for a tensor `torch.func` transforms wrapped: its values
+    (under `vmap`, those of the first sample), for runs made outside the transforms.
+    Any other tensor is returned as it is."""
+    functorch = torch._C._functorch
+    if not functorch.is_functorch_wrapped_tensor(t):
+        return t
+    bdims = []
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            bdims.append(functorch.maybe_get_bdim(t))
+        t = functorch.get_unwrapped(t)
+    for dim in reversed(bdims):  # the innermost vmap's dimension is outermost in memory
+        t = t.select(dim, 0)
+    return t
 
 
 def _is_rng(v: Any) -> bool:
@@ -157,6 +180,7 @@ def _set_rng_state(g: Any, state: Any) -> None:
 
 
 _GONE = object()
+_LAZY = nn.parameter.UninitializedTensorMixin  # a lazy module's, until its first call
 _INTERNALS = frozenset(nn.Module().__dict__)
 # Plain Python values a forward may rebind on a module (`self.step += 1`).
 _PLAIN = frozenset({int, float, str, bool, type(None)})

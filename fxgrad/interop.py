@@ -1,0 +1,271 @@
+"""A fixed module among the rest of PyTorch: the calls and wrappers it must meet as eager does.
+
+- `torch.inference_mode()` (Lightning validates under it): a call made in it is decided
+  with inference mode off and grad disabled, which is what it implies for autograd, because
+  deciding copies tensors and reads their version counters, which inference tensors lack.
+  The decided graph then runs in the caller's inference mode.
+- `torch.func` transforms (`grad`, `vmap`, `jacrev`) around a call that needs a decision:
+  deciding runs outside them, on plain stand-ins of the transformed tensors (their values,
+  and for `vmap` one sample), since the probing runs (private copies, `requires_grad_`, a
+  backward) are what transforms forbid. The decided graph runs inside the transforms.
+- Lazy modules (`nn.LazyLinear`): eager initializes their parameters on the first call, so
+  the first call that is decided does the same to the user's module, with the same random
+  draws, before capturing. `fix(model, example_inputs)` never changes the model, so a model
+  with uninitialized lazy modules is decided on its first call instead.
+- DistributedDataParallel and FSDP must wrap the fixed module, not the other way round:
+  fixing the module inside would drop the wrapper (DDP's all-reduce) or fail on sharded
+  parameters, so fix() refuses them and says which order works.
+- `inspect.signature(fixed.forward)` is the model's own forward signature (HF Trainer drops
+  dataset columns the forward does not name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxgrad.errors import FxgradError
+
+
+@contextlib.contextmanager
+def outside_transforms() -> Iterator[None]:
+    """Run a decision outside inference mode and torch.func transforms (see module doc)."""
+    with contextlib.ExitStack() as stack:
+        if torch.is_inference_mode_enabled():
+            grad = torch.is_grad_enabled()
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.set_grad_enabled(grad))
+        if in_transform():
+            from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+
+            stack.enter_context(temporarily_clear_interpreter_stack())
+            stack.enter_context(_saved_tensors_hooks_allowed())
+        yield
+
+
+@contextlib.contextmanager
+def _saved_tensors_hooks_allowed() -> Iterator[None]:
+    """Allow saved-tensor hooks (fxgrad's observation of a probing run), which
+    `torch.func.grad` and its kin disable while they run, and disable them again after."""
+    autograd = torch._C._autograd
+    message = autograd._saved_tensors_hooks_get_disabled_error_message()
+    if message is None:
+        yield
+        return
+    autograd._saved_tensors_hooks_enable()
+    try:
+        yield
+    finally:
+        autograd._saved_tensors_hooks_disable(message)
+
+
+def in_transform() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
+def transform_refusal(model: str) -> FxgradError:
+    """Dynamo does not compile a frame called inside torch.func transforms: it would run
+    the unfixed forward, silently, there and on later calls."""
+    return FxgradError(
+        f"{model} is fixed through the Dynamo front-end, which cannot run inside torch.func "
+        "transforms (grad, vmap, jacrev, ...): Dynamo would run the unfixed forward.",
+        hint="Call the fixed module outside the transform, or make the forward traceable "
+        "by fxgrad's tracer (fxgrad explain capture) and fix it with frontend='fx', whose "
+        "fixed module runs inside torch.func transforms.",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Lazy modules
+
+
+def uninitialized(root: nn.Module) -> bool:
+    """Whether a module of the tree holds a parameter or buffer a lazy module has not
+    initialized yet."""
+    return any(_lazy_tensors(m) for m in root.modules())
+
+
+def _lazy_tensors(m: nn.Module) -> bool:
+    lazy = nn.parameter.UninitializedTensorMixin
+    return any(isinstance(t, lazy) for t in (*m._parameters.values(), *m._buffers.values()))
+
+
+class _Initialized(BaseException):  # not caught by a forward's `except Exception:`
+    """Every lazy module the call reached is initialized: the rest of the forward is moot."""
+
+
+def initialize_lazy(root: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Initialize the user's lazy modules on this call, as eager's first call would.
+
+    The forward runs on a twin (the user's module objects untouched, user hooks quiet,
+    everything else on private copies) up to the pre-hook of the last lazy module it
+    reaches; the twin shares the uninitialized parameters, which `materialize` fills in
+    place, so they become the user's initialized parameters, drawn from torch's RNG in
+    eager's order. Then the user's lazy modules become their plain class, as eager leaves
+    them. Random draws of the forward before the last lazy module advance the RNG too.
+    """
+    from fxgrad.context import clone_inputs
+    from fxgrad.state import PrivateState
+    from fxgrad.tracing.module_copy import quiet_user_hooks, twin
+
+    probe = twin(root)
+    quiet_user_hooks(probe)
+    lazies = [m for m in probe.modules() if _lazy_tensors(m)]
+
+    def stop(*_: Any) -> None:
+        if not any(_lazy_tensors(m) for m in lazies):
+            raise _Initialized
+
+    handles = [m.register_forward_pre_hook(stop) for m in lazies]
+    state = PrivateState(probe)  # its uninitialized tensors stay the user's, shared
+    state.reset()
+    call_args = clone_inputs(list(args))
+    call_kwargs = dict(zip(kwargs, clone_inputs(list(kwargs.values()))))
+    try:
+        with torch.no_grad():
+            probe(*call_args, **call_kwargs)
+    except _Initialized:
+        pass
+    finally:  # also when the forward raised (as eager's first call would) after some
+        for h in handles:
+            h.remove()
+        state.restore()
+        twins = dict(probe.named_modules(remove_duplicate=False))
+        for name, m in root.named_modules(remove_duplicate=False):
+            if "_initialize_hook" in m.__dict__ and not _lazy_tensors(m):
+                _finish_lazy(m, twins.get(name))
+
+
+# Python values a lazy module's `initialize_parameters` sets (`in_features`).
+_SIZES = (int, float, bool, str, tuple, type(None))
+
+
+def _finish_lazy(m: nn.Module, initialized: nn.Module | None) -> None:
+    """What LazyModuleMixin's pre-hook does to a module whose tensors are initialized,
+    with the sizes its twin inferred while initializing them (`in_features`)."""
+    if initialized is not None:
+        for k, v in initialized.__dict__.items():
+            if type(v) in _SIZES and k in m.__dict__ and m.__dict__[k] != v:
+                m.__dict__[k] = v
+    for name in ("_initialize_hook", "_load_hook"):
+        handle = m.__dict__.pop(name, None)
+        if handle is not None:
+            handle.remove()
+    become = getattr(m, "cls_to_become", None)
+    if become is not None:
+        m.__class__ = become
+
+
+def lazy_refusal(what: str) -> FxgradError:
+    return FxgradError(
+        f"{what} needs the model's parameters, and some lazy modules (nn.LazyLinear, ...) "
+        "have not initialized theirs yet.",
+        hint="Run one forward of the model first (model(x)), or use "
+        "fxgrad.fix(model), which initializes them on its first call as eager does.",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Distributed wrappers
+
+
+def refuse_distributed(model: nn.Module, *, ddp: bool = True) -> None:
+    """Raise when `model` is wrapped in DistributedDataParallel (`ddp`) or holds modules
+    FSDP shards: the fixed module must be what they wrap."""
+    if not isinstance(model, nn.Module):
+        return  # not a module at all: the caller says so
+    m = model
+    while True:
+        inner = getattr(m, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            m = inner
+        elif isinstance(m, nn.DataParallel):
+            m = m.module
+        else:
+            break
+    if ddp and isinstance(m, nn.parallel.DistributedDataParallel):
+        raise FxgradError(
+            "fxgrad.fix() was given a model wrapped in DistributedDataParallel. The fixed "
+            "module would run the module inside without DDP, so its gradients would no "
+            "longer be all-reduced across processes.",
+            hint="Fix the model first, then wrap the fixed module: "
+            "model = DistributedDataParallel(fxgrad.fix(model, (x,))).",
+        )
+    refuse_sharded(m)
+
+
+def refuse_sharded(model: nn.Module) -> None:
+    """Raise when a module of the tree is sharded by FSDP (fully_shard, or FSDP1's
+    wrapper): its parameters are shards FSDP gathers in its own hooks, which fxgrad
+    cannot copy or capture."""
+    for name, m in model.named_modules():
+        if _is_fsdp(m):
+            where = f" at `{name}`" if name else ""
+            raise FxgradError(
+                f"fxgrad was given a model with a module sharded by FSDP "
+                f"({type(m).__name__}{where}); fxgrad cannot copy or capture modules whose "
+                "parameters FSDP shards and gathers in its own hooks.",
+                hint="Fix the model first, then shard the fixed module as a whole: "
+                "fixed = fxgrad.fix(model); fully_shard(fixed) (or "
+                "FullyShardedDataParallel(fixed) without an auto-wrap policy), with no "
+                "fully_shard on the model's own submodules.",
+            )
+
+
+def _is_fsdp(m: nn.Module) -> bool:
+    cls = type(m)
+    if cls.__module__.startswith("torch.distributed.fsdp") and (
+        cls.__name__.startswith("FSDP") or cls.__name__ == "FullyShardedDataParallel"
+    ):
+        return True
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # loaded where FSDP was used
+    if fsdp is None:
+        return False
+    kinds = tuple(
+        k
+        for k in (
+            getattr(fsdp, "FSDPModule", None),
+            getattr(fsdp, "FullyShardedDataParallel", None),
+        )
+        if isinstance(k, type)
+    )
+    return bool(kinds) and isinstance(m, kinds)
+
+
+# ---------------------------------------------------------------------------------------
+# The forward's signature
+
+
+def forward_with_signature(fixed: nn.Module, root: nn.Module) -> Callable[..., Any] | None:
+    """`fixed.forward` bound to `fixed` with `root.forward`'s signature, or None where that
+    has none. The function is a copy of the class's (the same code, nothing added to a
+    call), so `inspect.signature` reads the model's parameters, not `(*args, **kwargs)`."""
+    try:
+        sig = inspect.signature(root.forward)
+        sig = sig.replace(
+            parameters=[
+                inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                *sig.parameters.values(),
+            ]
+        )
+    except (TypeError, ValueError):
+        return None
+    base = type(fixed).forward
+    fn = types.FunctionType(
+        base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__
+    )
+    fn.__kwdefaults__ = base.__kwdefaults__
+    fn.__qualname__ = base.__qualname__
+    fn.__module__ = base.__module__
+    fn.__doc__ = getattr(root.forward, "__doc__", None) or base.__doc__
+    fn.__signature__ = sig  # type: ignore[attr-defined]
+    return types.MethodType(fn, fixed)
