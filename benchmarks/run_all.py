@@ -118,6 +118,14 @@ BENCHES = (
         ("--markdown", "--quick"),
         True,
     ),
+    Bench(
+        "lifecycle",
+        "over a fixed module's life: changing numbers, modules built elsewhere, memory, leftovers",
+        "lifecycle.py",
+        ("--markdown",),
+        ("--markdown", "--quick"),
+        True,
+    ),
     Bench("inplace_memory", "in-place rewrites: memory", "inplace_memory.py", (), (), False),
     Bench("numpy", "NumPy round trips", "numpy_detour.py", (), (), False),
 )

@@ -960,25 +960,7 @@ def _decide_on(
         torch.set_grad_enabled(grad_enabled),
     ):
         if static:
-            with forked_rng():
-                captured = capture(root, call, None)
-                if captured.counters:  # numbers the forward writes back: read them live
-                    captured = capture(root, call, None, live=captured.counters)
-            if captured.gm.code == skip_if_code:
-                return None
-            code = captured.gm.code
-            ctx = Context(
-                example_inputs=None,
-                measure=_timer(opts),
-                measure_enabled=opts.measure is not False,
-                module=root,
-            )
-            changes, notes = run_passes(captured.gm, opts.passes, ctx, None, opts.verify)
-            report.code_before, report.code_after = code, captured.gm.code
-            report.changes.extend(changes)
-            report.notes.extend(n for n in captured.notes + notes if n not in report.notes)
-            report.variant = _describe_call(root, call, leaves, grad_enabled) + "; static"
-            return _Decision(captured, report, code)
+            return _decide_static(root, call, leaves, opts, report, grad_enabled, skip_if_code)
         with private_state(root) as state:
             try:
                 captured = capture(root, call, clone_inputs(leaves))
@@ -1000,6 +982,37 @@ def _decide_on(
                     raise _NumbersStay(why)
             _decide_captured(root, call, captured, example, state, opts, report, at_call)
     report.variant = _describe_call(root, call, leaves, grad_enabled)
+    return _Decision(captured, report, code)
+
+
+def _decide_static(
+    root: nn.Module,
+    call: CallSpec,
+    leaves: list[Any],
+    opts: _Options,
+    report: Report,
+    grad_enabled: bool,
+    skip_if_code: str | None,
+) -> _Decision | None:
+    """Capture the twin `root` without running it, and run the passes statically."""
+    with forked_rng():
+        captured = capture(root, call, None)
+        if captured.counters:  # numbers the forward writes back: read them live
+            captured = capture(root, call, None, live=captured.counters)
+    if captured.gm.code == skip_if_code:
+        return None
+    code = captured.gm.code
+    ctx = Context(
+        example_inputs=None,
+        measure=_timer(opts),
+        measure_enabled=opts.measure is not False,
+        module=root,
+    )
+    changes, notes = run_passes(captured.gm, opts.passes, ctx, None, opts.verify)
+    report.code_before, report.code_after = code, captured.gm.code
+    report.changes.extend(changes)
+    report.notes.extend(n for n in captured.notes + notes if n not in report.notes)
+    report.variant = _describe_call(root, call, leaves, grad_enabled) + "; static"
     return _Decision(captured, report, code)
 
 
@@ -1439,6 +1452,10 @@ def check(
             return fixed.report
         assert first is not None
         report = first.report
+        if not first.captured.reads_mode:
+            # No traced code read a `training` flag: the other mode's capture would be the
+            # same code, which is all the second decision compared.
+            return report
         other = _decide_on(
             model,
             call,

@@ -31,24 +31,11 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from fxgrad.dict_versions import dict_version
 from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
 from fxgrad.tracing.callspec import box_objects, is_number
 from fxgrad.tracing.names import NUMBER_META
-
-try:  # the dict version tags Dynamo's guards use: one C read a dict
-    from torch._C._dynamo.guards import dict_version
-
-    _probe: dict = {}
-    _before = dict_version(_probe)
-    _probe["x"] = 1
-    if dict_version(_probe) == _before:  # a Python without version tags
-        raise ImportError
-except (ImportError, AttributeError, TypeError):
-
-    def dict_version(d: dict) -> Any:  # what a version tag would tell, in Python
-        return (tuple(d), tuple(map(id, d.values())))
-
 
 # Positions in a key, and what each means to a person reading an error.
 STRUCTURE, TENSORS, ALIASING, GRAD, MODES, STATE, DEFAULT_DTYPE, AUTOCAST = range(8)

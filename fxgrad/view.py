@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from fxgrad.dict_versions import dict_version as _dict_version
 from fxgrad.guards import Identity
-from fxgrad.guards import dict_version as _dict_version
 from fxgrad.state import plain_object
 
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

@@ -774,3 +774,39 @@ def test_a_live_fixed_modules_generated_code_still_shows_in_tracebacks():
         fixed(torch.randn(5, 5))
     text = "".join(traceback.format_exception(info.value))
     assert "x.view(3, -1)" in text or "view = x.view(3, -1)" in text
+
+
+class WritesOnlyInTraining(nn.Module):
+    """The unsafe write happens only in train mode: `check` finds it from either mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))
+        if self.training:
+            h.mul_(2)  # overwrites sigmoid's saved output
+        return h
+
+
+class NoModeRead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc(x))
+        h.mul_(2)
+        return h
+
+
+def test_check_reports_the_other_modes_findings_only_where_the_mode_is_read():
+    model = WritesOnlyInTraining().eval()
+    report = fxgrad.check(model, (torch.randn(2, 4),))
+    assert [c.code for c in report.changes] == ["FXG101"]  # found in train mode
+    assert not model.training  # the user's mode is left as it was
+    plain = NoModeRead().eval()
+    before = fxgrad.check(plain, (torch.randn(2, 4),))
+    assert [c.code for c in before.changes] == ["FXG101"]
+    assert len(before.changes) == 1  # the same finding, not once per mode

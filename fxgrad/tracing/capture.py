@@ -47,6 +47,8 @@ class Captured:
     # Numbers the forward writes back to a module (`self.step += 1`), by (path, name):
     # captured again with them as graph values (see `live`).
     counters: set[tuple[str, str]] = field(default_factory=set)
+    # Whether the traced code read any module's `training` flag (else no mode changes it).
+    reads_mode: bool = True
 
 
 def capture(
@@ -83,6 +85,7 @@ def capture(
         cells=cells,
         traced=list(dict.fromkeys(tracer.traced_paths)),
         counters=session.counters - set(live),
+        reads_mode=session.log.mode_read,
     )
 
 

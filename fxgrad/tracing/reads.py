@@ -43,6 +43,9 @@ class ReadLog:
         # values, not guarded constants (see capture's second pass)
         self.live: set[tuple[int, str]] = set()
         self.active = True
+        # Whether traced code read a module's `training` flag: when none did, the code is
+        # the same in both modes (see fxgrad.check).
+        self.mode_read = False
 
     def note(self, module: nn.Module, name: str, value: Any) -> None:
         key = (id(module), name)
@@ -59,6 +62,10 @@ def _recording_getattribute(base: type) -> Any:
     def __getattribute__(self: Any, name: str) -> Any:
         value = get(self, name)
         if name in _MODULE_INTERNALS or not _LOGS:
+            if name == "training" and _LOGS:
+                log, tracer = _LOGS[-1]
+                if log.active and not tracer.in_propagation:
+                    log.mode_read = True
             return value
         log, tracer = _LOGS[-1]
         if not log.active or tracer.in_propagation:

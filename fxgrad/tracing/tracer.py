@@ -13,6 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad.dict_versions import dict_version
 from fxgrad.errors import TraceError
 from fxgrad.graph_utils import (
     find_submodule,
@@ -150,6 +151,11 @@ class FxgradTracer(fx.Tracer):
         self.module_paths: dict[int, str] = {}
         # Tensors the modules hold in containers before tracing (caches), by id.
         self.state_tensors: set[int] = set()
+        # The root's parameters and buffers by id (see getattr), and the tables they came
+        # from with their version tags when indexed.
+        self._index: tuple[dict, dict] = ({}, {})
+        self._index_tables: list[dict] | None = None
+        self._index_versions: tuple = ()
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -237,12 +243,63 @@ class FxgradTracer(fx.Tracer):
             self.in_propagation = False
         self._values[node] = value
 
-    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:  # noqa: ARG002
         if self.in_propagation or threading.get_ident() != self.thread:
             # Running real values (modules see their real parameters), or another thread
             # reading a module while fx has nn.Module patched: the real tensor.
             return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val
+        # fx searches `root.named_parameters()` (and named_buffers) for every tensor read,
+        # walking the whole tree each time: on a model of 600 tensors read 500 times, most
+        # of a capture. The same answer from an index, made again when a table changed.
+        name = self._indexed_name(attr_val, fresh=False)
+        if name is None or not self._names(attr_val, name):
+            name = self._indexed_name(attr_val, fresh=True)  # a table changed meanwhile
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def _indexed_name(self, t: torch.Tensor, fresh: bool) -> str | None:
+        params, buffers = self._tensor_index(fresh)
+        found = None
+        if isinstance(t, torch.nn.Parameter):
+            found = params.get(id(t))
+        if found is None and self.proxy_buffer_attributes:
+            found = buffers.get(id(t))
+        return found[0] if found is not None and found[1] is t else None
+
+    def _names(self, t: torch.Tensor, name: str) -> bool:
+        """Whether `name` still names `t` in the root's tables (an index hit is checked so)."""
+        *path, leaf = name.split(".")
+        m: Any = self.root
+        for atom in path:
+            m = m._modules.get(atom)
+            if m is None:
+                return False
+        return m._parameters.get(leaf) is t or m._buffers.get(leaf) is t
+
+    def _tensor_index(
+        self, fresh: bool
+    ) -> tuple[dict[int, tuple[str, Any]], dict[int, tuple[str, Any]]]:
+        """The root's parameters and buffers by identity, with the first name fx would find;
+        with `fresh`, indexed again when a table changed since."""
+        tables = self._index_tables
+        if tables is None or (fresh and tuple(map(dict_version, tables)) != self._index_versions):
+            modules = list(self.root.modules())
+            tables = [t for m in modules for t in (m._parameters, m._buffers, m._modules)]
+            params: dict[int, tuple[str, Any]] = {}
+            buffers: dict[int, tuple[str, Any]] = {}
+            for n, p in self.root.named_parameters():
+                params.setdefault(id(p), (n, p))
+            for n, b in self.root.named_buffers():
+                buffers.setdefault(id(b), (n, b))
+            self._index = (params, buffers)
+            self._index_tables = tables
+            self._index_versions = tuple(map(dict_version, tables))
+        return self._index
 
     def create_arg(self, a: Any) -> Any:
         if (
