@@ -109,3 +109,22 @@ def test_setup_shows_pips_output_when_the_install_fails(tmp_path):
     assert failed.returncode == 1
     assert "ERROR: no matching torch" in failed.stderr
     assert not (repo / ".venv" / ".fxgrad-installed").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_setup_tries_the_cpu_only_torch_where_there_is_no_gpu(tmp_path):
+    repo, log = _repo(tmp_path)
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA GPU: the CPU-only build is not wanted")
+    first = _setup(repo, tmp_path)
+    assert first.returncode == 0, first.stderr
+    calls = log.read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.14.1+cpu" in calls
+    assert "CPU-only build" in first.stderr  # says what it does while it does it
+
+    repo2, log2 = _repo(tmp_path / "gpu")
+    (tmp_path / "gpu" / "bin" / "nvidia-smi").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (tmp_path / "gpu" / "bin" / "nvidia-smi").chmod(0o755)
+    with_gpu = _setup(repo2, tmp_path / "gpu")
+    assert with_gpu.returncode == 0, with_gpu.stderr
+    assert "whl/cpu" not in log2.read_text()
