@@ -65,7 +65,12 @@ def capture(
     """
     tracer = FxgradTracer(leaves, call.in_spec, call)
     session = _Session(root, tracer, live)
-    graph, error = session.run()
+    try:
+        graph, error = session.run()
+    finally:
+        # A second net: an interrupt can land in run()'s own clean-up before its first
+        # step runs; putting back is idempotent, so running it again costs nothing.
+        finish(session.clean_up)
     if error is not None:
         raise _capture_error(tracer, error) from error
     tracer._values.clear()
@@ -130,6 +135,8 @@ class _Session:
         self.swapped: list = []
         self.depth = len(_ACTIVE)
         self.locked = False
+        self.cleanups: list = []  # what to run again on clean-up (see _patched)
+        self.mode_depth: int | None = None  # the torch function mode stack before tracing
         self.counters: set[tuple[str, str]] = set()
 
     def run(self) -> tuple[fx.Graph | None, Exception | None]:
@@ -139,7 +146,8 @@ class _Session:
             self.swapped.extend(swap_in(self.modules))
             _ACTIVE.append(tracer)
             _LOGS.append((self.log, tracer))
-            with _patched(self.modules), ModuleTensorsAsNodes(tracer, self.names):
+            self.mode_depth = torch._C._len_torch_function_stack()
+            with _patched(self.modules, self.cleanups), ModuleTensorsAsNodes(tracer, self.names):
                 return tracer.trace(self.root), None
         except Exception as e:
             return None, e
@@ -149,6 +157,11 @@ class _Session:
 
     def clean_up(self) -> None:
         """Put back what tracing changed (safe to run twice: see finish())."""
+        for undo in self.cleanups:  # torch's patches, if their own putting back was cut
+            undo()
+        if self.mode_depth is not None:  # and the torch function mode
+            while torch._C._len_torch_function_stack() > self.mode_depth:
+                torch._C._pop_torch_function_stack()
         while len(_ACTIVE) > self.depth:  # as deep as before, however far setting up got
             _ACTIVE.pop()
         while len(_LOGS) > self.depth:

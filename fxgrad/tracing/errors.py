@@ -86,9 +86,20 @@ def _innermost_user_line(e: BaseException) -> str:
 
     frames = traceback.extract_tb(e.__traceback__)
     for fr in reversed(frames):
-        if not _is_internal(fr.filename):
+        if not _is_internal(fr.filename) and not _in_stdlib(fr.filename):
             return f"{os.path.basename(fr.filename)}:{fr.lineno}"
     return "an unknown line"
+
+
+def _in_stdlib(filename: str) -> bool:
+    """A file of Python's standard library (`copy.py` while tracing copies something): no
+    line a user can act on; installed packages are not in it."""
+    import os
+    import sysconfig
+
+    stdlib = os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), "")
+    path = os.path.abspath(filename)
+    return path.startswith(stdlib) and "-packages" + os.sep not in path
 
 
 def _control_flow_error(where: str, kind: str) -> TraceError:

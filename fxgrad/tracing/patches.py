@@ -519,12 +519,19 @@ def _patch_classes(modules: list[torch.nn.Module], originals: list[tuple[type, s
 
 
 @contextlib.contextmanager
-def _patched(modules: list[torch.nn.Module]) -> Iterator[None]:
-    """Patch torch entry points that plain tracing cannot see, for the trace's duration."""
+def _patched(
+    modules: list[torch.nn.Module], cleanups: list[Callable[[], None]] | None = None
+) -> Iterator[None]:
+    """Patch torch entry points that plain tracing cannot see, for the trace's duration.
+
+    The putting back is also added to `cleanups`, for a caller's own clean-up to run again
+    (it is idempotent): an interrupt can land in this one's before it starts."""
     replacements, places = _replacements()
     places += _imported_by_name(modules, replacements)
     undo: list[tuple[Any, str, Any]] = []
     originals: list[tuple[type, str, Any]] = []
+    if cleanups is not None:
+        cleanups.append(lambda: _unpatch(originals, undo))
     try:
         for ns, name, value in places:
             new = replacements.get(value)
