@@ -79,6 +79,7 @@ from fxgrad.tracing import (
     twin,
 )
 from fxgrad.tracing.callspec import is_number
+from fxgrad.tracing.errors import _innermost_user_line
 from fxgrad.tracing.module_copy import quiet_user_hooks
 from fxgrad.view import TreeWatch, ViewGuard, _walk
 from fxgrad.view import build as build_view
@@ -1021,10 +1022,28 @@ def _capture_on(
         if own is not None:
             if at_call:
                 raise own from None  # the model's own error, from the user's line
+            if isinstance(e, ModelError) and e.exception is not own:
+                raise _model_raises(own) from own  # in eager's words, not tracing's
             raise
         if isinstance(e, ModelError):
             raise _tracing_raised(e) from e
         raise
+
+
+def _model_raises(error: BaseException) -> ModelError:
+    """The ModelError for what eager's forward raises on the example inputs."""
+    where = _innermost_user_line(error)
+    text = str(error).strip()
+    known = where != "an unknown line"
+    return ModelError(
+        f"The model raises {type(error).__name__} in forward on the example inputs"
+        + (f" at {where}" if known else "")
+        + f": {text.splitlines()[0] if text else ''}",
+        hint="Check that the example inputs have the shapes, dtypes and devices the "
+        "model expects; fxgrad needs a forward that runs in eager PyTorch.",
+        exception=error,
+        where=where if known else "",
+    )
 
 
 def _tracing_raised(e: ModelError) -> TraceError:
@@ -1499,7 +1518,7 @@ def check(
             first = _decide_on(
                 model, call, leaves, opts, grad_enabled=True, static=static, at_call=False
             )
-        except TraceError as e:
+        except _FX_REFUSALS as e:
             if static:
                 raise
             # Dynamo captures what fxgrad's tracer refuses, in the model's own mode only.
@@ -1512,17 +1531,28 @@ def check(
             # No traced code read a `training` flag: the other mode's capture would be the
             # same code, which is all the second decision compared.
             return report
-        other = _decide_on(
-            model,
-            call,
-            leaves,
-            opts,
-            grad_enabled=True,
-            static=static,
-            at_call=False,
-            flip_mode=True,
-            skip_if_code=first.code,
-        )
+        try:
+            other = _decide_on(
+                model,
+                call,
+                leaves,
+                opts,
+                grad_enabled=True,
+                static=static,
+                at_call=False,
+                flip_mode=True,
+                skip_if_code=first.code,
+            )
+        except _FX_REFUSALS as e:
+            if static:
+                raise
+            # A fixed module hands such calls to Dynamo; this report is fxgrad's tracer's.
+            mode = "eval" if model.training else "train"
+            report.notes.append(
+                f"in {mode} mode fxgrad's tracer cannot capture or verify the forward, so a "
+                f"fixed module hands {mode}-mode calls to Dynamo (not checked here): {e.message}"
+            )
+            return report
     if other is not None:
         report.extend(other.report.changes)
         report.notes.extend(n for n in other.report.notes if n not in report.notes)
