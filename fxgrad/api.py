@@ -1022,7 +1022,7 @@ def _capture_on(
         if own is not None:
             if at_call:
                 raise own from None  # the model's own error, from the user's line
-            if isinstance(e, ModelError) and e.exception is not own:
+            if isinstance(e, ModelError) and type(e.exception) is not type(own):
                 raise _model_raises(own) from own  # in eager's words, not tracing's
             raise
         if isinstance(e, ModelError):
