@@ -28,7 +28,7 @@ from torch import fx, nn
 from fxgrad.code_cache import drops_transient_code
 from fxgrad.code_cache import keep as keep_code
 from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
-from fxgrad.errors import FxgradError, ModelError, TraceError
+from fxgrad.errors import EquivalenceError, FxgradError, ModelError, TraceError
 from fxgrad.guards import (
     ShapeCheck,
     TensorState,
@@ -79,6 +79,7 @@ from fxgrad.tracing import (
     twin,
 )
 from fxgrad.tracing.callspec import is_number
+from fxgrad.tracing.errors import _innermost_user_line
 from fxgrad.tracing.module_copy import quiet_user_hooks
 from fxgrad.view import TreeWatch, ViewGuard, _walk
 from fxgrad.view import build as build_view
@@ -557,10 +558,13 @@ class FixedModule(nn.Module):
                         grad_enabled=torch.is_grad_enabled(),
                         at_call=True,
                     )
-            except TraceError as e:
-                if shared.options.frontend != "auto" or shared.variants:
+            except _FX_REFUSALS as e:
+                if shared.options.frontend != "auto":
                     raise
-                raise _UseDynamo(e.message) from e
+                refusal = e.message
+                if shared.variants:
+                    refusal = _later_refusal(e, shared, self._base())
+                raise _UseDynamo(refusal) from e
             variant.key = key
             variant.shapes.remember(self, tensors)
             if stale:  # the same kind of call: a Python value the last decision read changed
@@ -775,6 +779,23 @@ def _mode(module: nn.Module, training: bool) -> Iterator[None]:
             m.training = f
 
 
+# What makes `frontend="auto"` hand a call to Dynamo: a forward fxgrad's tracer cannot
+# capture, or whose capture the check against eager finds different (the capture check is
+# the only source of EquivalenceError; a pass's result that differs is rolled back).
+_FX_REFUSALS = (TraceError, EquivalenceError)
+
+
+def _later_refusal(error: FxgradError, shared: _Shared, base: nn.Module) -> str:
+    """Why a module fxgrad's tracer served so far goes to Dynamo on this call."""
+    n = len(shared.variants)
+    mode = "train" if base.training else "eval"
+    return (
+        f"{error.message} (on a later call, in {mode} mode; from then on Dynamo takes "
+        f"every call, and the {n} variant{'s' if n != 1 else ''} fxgrad's tracer decided "
+        "before are no longer used)"
+    )
+
+
 class _UseDynamo(Exception):
     """fxgrad's tracer refused the forward; the Dynamo front-end is to take over."""
 
@@ -970,16 +991,10 @@ def _decide_on(
         if static:
             return _decide_static(root, call, leaves, opts, report, grad_enabled, skip_if_code)
         with private_state(root) as state:
-            try:
-                captured = capture(root, call, clone_inputs(leaves))
-            except FxgradError:
-                own = _eager_error(root, call, leaves, state) if at_call else None
-                if own is not None:
-                    raise own from None  # the model's own error, from the user's line
-                raise
+            captured = _capture_on(root, call, leaves, state, at_call)
             if captured.counters:  # numbers the forward writes back: read them live
                 state.reset()
-                captured = capture(root, call, clone_inputs(leaves), live=captured.counters)
+                captured = _capture_on(root, call, leaves, state, at_call, captured.counters)
             if captured.gm.code == skip_if_code:
                 return None
             code = captured.gm.code
@@ -991,6 +1006,66 @@ def _decide_on(
             _decide_captured(root, call, captured, example, state, opts, report, at_call)
     report.variant = _describe_call(root, call, leaves, grad_enabled)
     return _Decision(captured, report, code)
+
+
+def _capture_on(
+    root: nn.Module,
+    call: CallSpec,
+    leaves: list[Any],
+    state: PrivateState,
+    at_call: bool,
+    live: set[tuple[str, str]] | frozenset = frozenset(),
+) -> Captured:
+    """Capture the twin `root` on a call; where capture fails, say whose failure it is.
+
+    An error the model raises in eager PyTorch on this call is the model's: raised as eager
+    raises it on a real call, as the capture error (which names the line) on example inputs.
+    One that only tracing raised (an op run on traced values, a check that tests a traced
+    value) is a capture failure, a TraceError, even where tracing saw it as the model's.
+    """
+    try:
+        return capture(root, call, clone_inputs(leaves), live=live)
+    except FxgradError as e:
+        own = _eager_error(root, call, leaves, state)
+        if own is not None:
+            if at_call:
+                raise own from None  # the model's own error, from the user's line
+            if isinstance(e, ModelError) and type(e.exception) is not type(own):
+                raise _model_raises(own) from own  # in eager's words, not tracing's
+            raise
+        if isinstance(e, ModelError):
+            raise _tracing_raised(e) from e
+        raise
+
+
+def _model_raises(error: BaseException) -> ModelError:
+    """The ModelError for what eager's forward raises on the example inputs."""
+    where = _innermost_user_line(error)
+    text = str(error).strip()
+    known = where != "an unknown line"
+    return ModelError(
+        f"The model raises {type(error).__name__} in forward on the example inputs"
+        + (f" at {where}" if known else "")
+        + f": {text.splitlines()[0] if text else ''}",
+        hint="Check that the example inputs have the shapes, dtypes and devices the "
+        "model expects; fxgrad needs a forward that runs in eager PyTorch.",
+        exception=error,
+        where=where if known else "",
+    )
+
+
+def _tracing_raised(e: ModelError) -> TraceError:
+    """A TraceError for an error tracing ran into that eager does not raise on the call."""
+    inner = e.exception if e.exception is not None else e
+    text = str(inner).strip()
+    first = text.splitlines()[0] if text else ""
+    where = e.where or "an unknown line"
+    return TraceError(
+        f"fxgrad could not capture the forward at {where}: tracing it raised "
+        f"{type(inner).__name__} ({first}) where eager PyTorch runs on the same inputs.",
+        hint="This is a capture bug in fxgrad; please report it with the model. Meanwhile "
+        '`fxgrad.fix(model)` (frontend="auto") or frontend="dynamo" captures it with Dynamo.',
+    )
 
 
 def _decide_static(
@@ -1361,7 +1436,7 @@ def fix(
         with _gc_paused():
             # An explicit fix() decides for training: grad on, whatever the caller's mode.
             variant = _decide(model, inputs or (), example_kwargs, opts, grad_enabled=True)
-    except TraceError as e:
+    except _FX_REFUSALS as e:
         if frontend != "auto":
             raise
         _decide_with_dynamo(fixed, model, inputs or (), example_kwargs, e.message)
@@ -1451,7 +1526,7 @@ def check(
             first = _decide_on(
                 model, call, leaves, opts, grad_enabled=True, static=static, at_call=False
             )
-        except TraceError as e:
+        except _FX_REFUSALS as e:
             if static:
                 raise
             # Dynamo captures what fxgrad's tracer refuses, in the model's own mode only.
@@ -1464,17 +1539,28 @@ def check(
             # No traced code read a `training` flag: the other mode's capture would be the
             # same code, which is all the second decision compared.
             return report
-        other = _decide_on(
-            model,
-            call,
-            leaves,
-            opts,
-            grad_enabled=True,
-            static=static,
-            at_call=False,
-            flip_mode=True,
-            skip_if_code=first.code,
-        )
+        try:
+            other = _decide_on(
+                model,
+                call,
+                leaves,
+                opts,
+                grad_enabled=True,
+                static=static,
+                at_call=False,
+                flip_mode=True,
+                skip_if_code=first.code,
+            )
+        except _FX_REFUSALS as e:
+            if static:
+                raise
+            # A fixed module hands such calls to Dynamo; this report is fxgrad's tracer's.
+            mode = "eval" if model.training else "train"
+            report.notes.append(
+                f"in {mode} mode fxgrad's tracer cannot capture or verify the forward, so a "
+                f"fixed module hands {mode}-mode calls to Dynamo (not checked here): {e.message}"
+            )
+            return report
     if other is not None:
         report.extend(other.report.changes)
         report.notes.extend(n for n in other.report.notes if n not in report.notes)

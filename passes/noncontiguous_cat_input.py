@@ -52,6 +52,8 @@ decision, taken or not, is reported with the times.
 - measuring is off or the budget is spent and no decision is cached (reported per site)
 - the inputs are not a literal list of tensors (`torch.cat(x.split(2))`), or `out=` is given
 - the cat cannot be replayed on fresh tensors of the same layouts (reported, not measured)
+- the cat runs inside a torch.func transform the graph runs itself (`vmap` as Dynamo
+  captures it): its tensors exist only inside the transform (reported, not measured)
 """
 
 from __future__ import annotations
@@ -229,6 +231,9 @@ class Observed:
     layouts: dict[fx.Node, Layout]
     values: dict[fx.Node, Any]  # detached values of the nodes the timed consumers read
     step_s: float | None = None  # the observed forward plus its backward
+    # Nodes computed inside a torch.func transform the graph runs (Dynamo inlines
+    # `torch.func.vmap` as nesting calls): their values are wrappers that outlived it.
+    transformed: set[fx.Node] = field(default_factory=set)
 
     def step_seconds(self) -> float | None:
         """Seconds of the observed forward plus its backward; None if either failed."""
@@ -242,13 +247,24 @@ def observe(gm: fx.GraphModule, ctx: Context, keep: set[fx.Node]) -> Observed:
     backward will see; a forward that fails part way still leaves the layouts it reached.
     """
     obs = ctx.observe(gm)
-    layouts = {n: Layout.of(v) for n, v in obs.values.items() if isinstance(v, torch.Tensor)}
+    transformed = {n for n, v in obs.values.items() if _transformed(v)}
+    layouts = {
+        n: Layout.of(v)
+        for n, v in obs.values.items()
+        if isinstance(v, torch.Tensor) and n not in transformed
+    }
     values = {
         n: v.detach() if isinstance(v, torch.Tensor) else v
         for n, v in obs.values.items()
-        if n in keep
+        if n in keep and n not in transformed
     }
-    return Observed(layouts, values, obs.step_seconds())
+    return Observed(layouts, values, obs.step_seconds(), transformed)
+
+
+def _transformed(v: Any) -> bool:
+    """Whether `v` is a torch.func wrapper (a vmapped or grad-tracked tensor) left over
+    from a transform the graph ran: it cannot be read, timed or even detached outside."""
+    return isinstance(v, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(v)
 
 
 def is_cat(node: fx.Node) -> bool:
@@ -1102,6 +1118,11 @@ SMALL = "small"  # _site's answer for a cat too small to time
 def _site(gm: fx.GraphModule, node: fx.Node, seen: Observed) -> Site | str | None:
     """The site to decide; a reason string when the analysis alone leaves it as is."""
     tensors = list(node.args[0])
+    if node in seen.transformed or any(t in seen.transformed for t in tensors):
+        return (
+            "not timed: it runs inside a torch.func transform (vmap), whose per-sample "
+            "tensors cannot be measured outside it"
+        )
     if node not in seen.layouts or any(t not in seen.layouts for t in tensors):
         return None  # the example run never reached it, so its layouts are unknown
     layouts = [seen.layouts[t] for t in tensors]

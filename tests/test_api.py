@@ -493,7 +493,15 @@ def test_capture_mismatch_is_an_error_not_a_different_model():
             return x * len(calls)  # a Python side effect a graph cannot replay
 
     with pytest.raises(EquivalenceError, match="differs from eager"):
-        fxgrad.fix(Impure(), (torch.randn(3),))
+        fxgrad.fix(Impure(), (torch.randn(3),), frontend="fx")
+    # frontend="auto" hands what fxgrad's capture check finds different to Dynamo.
+    torch._dynamo.reset()
+    fixed = fxgrad.fix(Impure(), (torch.randn(3),))
+    assert fixed.report.frontend == "dynamo"
+    assert any("differs from eager" in n for n in fixed.report.notes)
+    x = torch.randn(3)
+    out = fixed(x)
+    torch.testing.assert_close(out, x * len(calls))
 
 
 def test_capture_mismatch_is_caught_when_the_in_place_probe_is_the_check():
@@ -507,7 +515,7 @@ def test_capture_mismatch_is_caught_when_the_in_place_probe_is_the_check():
             return y
 
     with pytest.raises(EquivalenceError, match="differs from eager"):
-        fxgrad.fix(ImpureWithWrite(), (torch.randn(3),))
+        fxgrad.fix(ImpureWithWrite(), (torch.randn(3),), frontend="fx")
 
 
 def test_fixing_under_no_grad_decides_as_with_grad():
