@@ -47,6 +47,7 @@ from fxgrad.interop import (
     lazy_refusal,
     outside_transforms,
     refuse_distributed,
+    refuse_scripted,
     refuse_sharded,
     uninitialized,
 )
@@ -715,6 +716,7 @@ def _unwrap(model: Any) -> nn.Module:
         return _unwrap(inner)
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return _unwrap(model.module)
+    refuse_scripted(model)
     if isinstance(model, FixedModule):
         raise FxgradError(
             "This model was already fixed by fxgrad.",

@@ -17,6 +17,7 @@
   parameters, so fix() refuses them and says which order works.
 - `inspect.signature(fixed.forward)` is the model's own forward signature (HF Trainer drops
   dataset columns the forward does not name).
+- TorchScript modules are refused: their forward is TorchScript, not Python.
 """
 
 from __future__ import annotations
@@ -269,3 +270,23 @@ def forward_with_signature(fixed: nn.Module, root: nn.Module) -> Callable[..., A
     fn.__doc__ = getattr(root.forward, "__doc__", None) or base.__doc__
     fn.__signature__ = sig  # type: ignore[attr-defined]
     return types.MethodType(fn, fixed)
+
+
+# ---------------------------------------------------------------------------------------
+# TorchScript
+
+
+def refuse_scripted(model: nn.Module) -> None:
+    """Raise for a TorchScript module (torch.jit.script or torch.jit.trace output), the
+    model itself or one of its submodules: its forward is no longer Python."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            where = f" at `{name}`" if name else ""
+            raise FxgradError(
+                f"fxgrad was given a TorchScript module{where} ({type(m).__name__}, from "
+                "torch.jit.script or torch.jit.trace): its forward is TorchScript, no "
+                "longer Python, so fxgrad cannot capture or rewrite it.",
+                hint="Fix the eager model (with eager submodules), then trace, export or "
+                "compile the fixed module: fixed = fxgrad.fix(model, (x,)); "
+                "torch.jit.trace(fixed, (x,)) or torch.compile(fixed).",
+            )

@@ -384,3 +384,19 @@ def test_forward_signature_is_the_models():
     replica = fixed._replicate_for_data_parallel()
     assert replica.forward.__self__ is replica
     assert inspect.signature(replica.forward) == sig
+
+
+# --- TorchScript modules ----------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_modules_are_refused():
+    model, x = Gate(), _x()
+    for scripted in (torch.jit.script(model), torch.jit.trace(model, (x,))):
+        with pytest.raises(FxgradError, match=r"TorchScript.*\n.*fxgrad\.fix\(model, \(x,\)\)"):
+            fxgrad.fix(scripted, (x,))
+        with pytest.raises(FxgradError, match="TorchScript"):
+            fxgrad.check(scripted, (x,))
+    model.fc = torch.jit.script(model.fc)
+    with pytest.raises(FxgradError, match="TorchScript module at `fc`"):
+        fxgrad.fix(model)
