@@ -212,12 +212,17 @@ class Variant:
             return plain
         epoch = shared.tree(root).epoch
         hit = self._bound
-        if hit is not None and hit[0] is module and hit[1] == epoch and hit[2] is plain:
-            if hit[3] is not None:
-                return type(hit[3]).forward
-            runner = _bind_submodules(self.gm, module)  # the second call: worth binding
-            self._bound = (module, epoch, plain, runner)
-            return type(runner).forward
+        if hit is not None and hit[0] is module and hit[2] is plain:
+            if hit[1] != epoch and hit[3] is not None and _same_submodules(hit[3], module):
+                # The tree's dicts changed but not its modules (`train()`/`eval()` write
+                # `training`): the same code, which torch.compile has compiled already.
+                hit = self._bound = (module, epoch, plain, hit[3])
+            if hit[1] == epoch:
+                if hit[3] is not None:
+                    return type(hit[3]).forward
+                runner = _bind_submodules(self.gm, module)  # the second call: worth binding
+                self._bound = (module, epoch, plain, runner)
+                return type(runner).forward
         self._bound = (module, epoch, plain, None)
         return plain
 
@@ -229,12 +234,14 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, env))
+    bound: list[tuple[str, nn.Module]] = []
     for node in list(graph.nodes):
         if node.op != "call_module":
             continue
         mod: Any = owner
         for atom in str(node.target).split("."):
             mod = getattr(mod, atom)
+        bound.append((str(node.target), mod))
         caller = functools.partial(mod)  # calls mod(...) from C, hooks included
         caller.__name__ = "m_" + str(node.target).replace(".", "_")  # type: ignore[attr-defined]
         caller.__module__ = "fxgrad_bound"  # type: ignore[attr-defined]
@@ -247,8 +254,20 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
     runner = fx.GraphModule({}, fx.Graph(), class_name=type(gm).__name__)
     runner.__dict__.update({k: gm.__dict__[k] for k in ("_modules", "_parameters", "_buffers")})
     runner.graph = graph
+    runner.__dict__["_fxgrad_bound"] = bound
     keep_code(runner)
     return runner
+
+
+def _same_submodules(runner: fx.GraphModule, owner: nn.Module) -> bool:
+    """Whether each module `runner` calls is still the one at its path under `owner`."""
+    for target, bound in runner.__dict__["_fxgrad_bound"]:
+        mod: Any = owner
+        for atom in target.split("."):
+            mod = getattr(mod, atom, None)
+        if mod is not bound:
+            return False
+    return True
 
 
 class _Shared:
