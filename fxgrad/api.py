@@ -42,12 +42,21 @@ from fxgrad.guards import (
     tensor_tables,
 )
 from fxgrad.interop import (
+    code_is_recorded,
+    fake_trace_refusal,
+    fits_traced_call,
     forward_with_signature,
+    in_jit_scope,
     initialize_lazy,
+    jit_dynamo_refusal,
+    jit_tracing_paused,
     lazy_refusal,
     outside_transforms,
     refuse_distributed,
+    refuse_scripted,
     refuse_sharded,
+    run_eagerly_under_dynamo,
+    tracer_of,
     uninitialized,
 )
 from fxgrad.observe import Observation
@@ -95,6 +104,17 @@ _OWN_NAMES = frozenset(nn.Module().__dict__) | {"training", "_is_torch_compile",
 # nn.Module's hook tables: a fixed module shares them with the user's module, so hooks
 # registered on either run when the fixed module is called.
 _HOOK_TABLES = tuple(k for k in nn.Module().__dict__ if "hook" in k)
+
+
+class _NoGraph(FxgradError, AttributeError):
+    """No one graph to give (nothing decided yet, or Dynamo's several): an AttributeError
+    too, so `hasattr(fixed, "code")` is False, as tools that scan a module's attributes
+    expect (torch.jit.trace looks for exported methods on the module it traces)."""
+
+
+# FixedModule's properties that raise _NoGraph; Python then asks __getattr__, which must
+# raise it again rather than look the name up on the user's module.
+_GRAPH_PROPERTIES = frozenset({"graph_module", "code"})
 
 
 @dataclass
@@ -212,14 +232,35 @@ class Variant:
             return plain
         epoch = shared.tree(root).epoch
         hit = self._bound
-        if hit is not None and hit[0] is module and hit[1] == epoch and hit[2] is plain:
-            if hit[3] is not None:
-                return type(hit[3]).forward
-            runner = _bind_submodules(self.gm, module)  # the second call: worth binding
-            self._bound = (module, epoch, plain, runner)
-            return type(runner).forward
+        if hit is not None and hit[0] is module and hit[2] is plain:
+            if hit[1] != epoch and hit[3] is not None and _same_submodules(hit[3], module):
+                # The tree's dicts changed but not its modules (`train()`/`eval()` write
+                # `training`): the same code, which torch.compile has compiled already.
+                hit = self._bound = (module, epoch, plain, hit[3])
+            if hit[1] == epoch:
+                if hit[3] is not None:
+                    return type(hit[3]).forward
+                if code_is_recorded():
+                    return plain  # compiled or traced: the code its first call ran
+                runner = _bind_submodules(self.gm, module)  # the second call: worth binding
+                self._bound = (module, epoch, plain, runner)
+                return type(runner).forward
         self._bound = (module, epoch, plain, None)
         return plain
+
+
+class _KeyModules:
+    """What `_modules_for_key` keeps on a fixed module between calls. Not a tuple, which
+    torch.export would search for tensors: the tables hold the parameters, and export
+    warns about tensors it finds assigned to module attributes while it traced."""
+
+    __slots__ = ("epoch", "moded", "modules", "tables")
+
+    def __init__(self, modules: dict, epoch: int, moded: list, mods: list[nn.Module]) -> None:
+        self.modules = modules
+        self.epoch = epoch
+        self.moded = moded
+        self.tables = tensor_tables(mods)
 
 
 @drops_transient_code
@@ -229,12 +270,14 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, env))
+    bound: list[tuple[str, nn.Module]] = []
     for node in list(graph.nodes):
         if node.op != "call_module":
             continue
         mod: Any = owner
         for atom in str(node.target).split("."):
             mod = getattr(mod, atom)
+        bound.append((str(node.target), mod))
         caller = functools.partial(mod)  # calls mod(...) from C, hooks included
         caller.__name__ = "m_" + str(node.target).replace(".", "_")  # type: ignore[attr-defined]
         caller.__module__ = "fxgrad_bound"  # type: ignore[attr-defined]
@@ -247,8 +290,20 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
     runner = fx.GraphModule({}, fx.Graph(), class_name=type(gm).__name__)
     runner.__dict__.update({k: gm.__dict__[k] for k in ("_modules", "_parameters", "_buffers")})
     runner.graph = graph
+    runner.__dict__["_fxgrad_bound"] = bound
     keep_code(runner)
     return runner
+
+
+def _same_submodules(runner: fx.GraphModule, owner: nn.Module) -> bool:
+    """Whether each module `runner` calls is still the one at its path under `owner`."""
+    for target, bound in runner.__dict__["_fxgrad_bound"]:
+        mod: Any = owner
+        for atom in target.split("."):
+            mod = getattr(mod, atom, None)
+        if mod is not bound:
+            return False
+    return True
 
 
 class _Shared:
@@ -358,6 +413,8 @@ class FixedModule(nn.Module):
         root = d.get(ROOT_ATTR)
         if root is None or name.startswith("__"):
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        if name in _GRAPH_PROPERTIES:  # the property raised _NoGraph: raise it, not root's
+            return getattr(FixedModule, name).fget(self)
         value = getattr(root, name)  # the user's own attributes: config, num_classes...
         if isinstance(value, types.MethodType) and value.__self__ is root:
             # A method of the user's class (`embed`, `generate`): bound to the user's model
@@ -390,7 +447,7 @@ class FixedModule(nn.Module):
         shared = self._fxgrad
         v = shared.current or shared.static or (shared.variants[-1] if shared.variants else None)
         if v is None:
-            raise FxgradError(
+            raise _NoGraph(
                 "This fixed module has not been called yet, so nothing has been decided.",
                 hint="Call it once (fxgrad decides on the first call's inputs), or pass "
                 "example inputs: fxgrad.fix(model, (x,)).",
@@ -425,7 +482,7 @@ class FixedModule(nn.Module):
         """The rewritten GraphModule of the variant used last."""
         backend = self._fxgrad.backend
         if backend is not None:
-            raise FxgradError(
+            raise _NoGraph(
                 f"This model was captured by Dynamo in {len(backend.pieces)} graph(s), "
                 "so there is no one GraphModule to return or export.",
                 hint="fixed.report.code_after shows every rewritten graph; to export one "
@@ -459,13 +516,28 @@ class FixedModule(nn.Module):
                     raise own from None  # the model's own error, not Dynamo's words for it
                 raise
         try:
-            if torch.compiler.is_compiling():
+            if torch.compiler.is_dynamo_compiling():  # inlined into a caller's trace
                 variant, leaves = _dispatch_outside_dynamo()(self, args, kwargs)
             else:
                 variant, leaves = self._dispatch(args, kwargs)
         except _UseDynamo as e:  # fxgrad's tracer refused this forward
             return self._use_dynamo(e.refusal)(*args, **kwargs)
         return variant.run(self, leaves)
+
+    def _slow_forward(self, *args: Any, **kwargs: Any) -> Any:
+        """What nn.Module calls instead of forward while torch.jit.trace records: dispatch,
+        and any decision, outside the recording; the chosen variant's graph inside it."""
+        if torch._C._get_tracing_state() is None:
+            return self.forward(*args, **kwargs)
+        shared = self._fxgrad
+        if shared.dynamo is not None or shared.options.frontend == "dynamo":
+            raise jit_dynamo_refusal()
+        try:
+            with jit_tracing_paused():
+                variant, leaves = self._dispatch(args, kwargs)
+        except _UseDynamo:
+            raise jit_dynamo_refusal() from None
+        return in_jit_scope(self, lambda: variant.run(self, leaves))
 
     def _dispatch(self, args: tuple, kwargs: dict) -> tuple[Variant, list[Any]]:
         shared = self._fxgrad
@@ -495,7 +567,47 @@ class FixedModule(nn.Module):
             ):
                 shared.current = v
                 return v, leaves
+        tracer = tracer_of(tensors)
+        if tracer is not None:  # torch.export, make_fx, torch.jit.trace (fxgrad.interop)
+            return self._traced_call(args, kwargs, key, tensors, leaves, tracer), leaves
         return self._specialize(args, kwargs, key, tensors, leaves), leaves
+
+    def _traced_call(
+        self,
+        args: tuple,
+        kwargs: dict,
+        key: tuple,
+        tensors: list,
+        leaves: list[Any] | None,
+        tracer: str,
+    ) -> Variant:
+        """The variant to record for a traced call that no variant serves as it stands.
+
+        A variant decided on the same facts but for the tracer's own tensor types, or with
+        grad enabled where the trace runs without, is recorded as is (see
+        `fits_traced_call`). Otherwise jit's real inputs are decided on, with its
+        recording paused and grad enabled (the trace serves training too); a trace
+        without values is refused."""
+        shared = self._fxgrad
+        root = self.__dict__[ROOT_ATTR]
+        epoch = shared.tree(root).check()
+        for v in [shared.current, *reversed(shared.variants)]:
+            if (
+                v is not None
+                and v.key is not None
+                and fits_traced_call(v.key, key, tracer)
+                and v.shapes.holds(self, tensors)
+                and v.numbers_hold(leaves)
+                and v.view.holds(root, epoch)
+            ):
+                shared.current = v
+                return v
+        if tracer != "jit":
+            call, call_leaves = call_spec(self._base(), args, kwargs)
+            described = _describe_call(root, call, call_leaves, torch.is_grad_enabled())
+            raise fake_trace_refusal(described)
+        with jit_tracing_paused(), torch.enable_grad():
+            return self._specialize(args, kwargs, key, tensors, leaves)
 
     def _modules_for_key(self, tree: TreeWatch | None = None) -> tuple[list[nn.Module], list[dict]]:
         """The modules whose training flag is in the key (see `mode_matters`), and the
@@ -503,14 +615,14 @@ class FixedModule(nn.Module):
         d = self.__dict__
         tree = tree or d["_fxgrad"].tree(d[ROOT_ATTR])
         hit = d.get("_fxgrad_mods")
-        if hit is None or hit[0] is not d["_modules"] or hit[1] != tree.epoch:
+        if hit is None or hit.modules is not d["_modules"] or hit.epoch != tree.epoch:
             if d["_modules"] is tree.root._modules:
                 mods = tree.modules
             else:  # a DataParallel replica: its own submodules
                 mods = [d[ROOT_ATTR], *_walk(d["_modules"])]
             moded = [m for m in mods if mode_matters(type(m))]
-            hit = d["_fxgrad_mods"] = (d["_modules"], tree.epoch, moded, tensor_tables(mods))
-        return hit[2], hit[3]
+            hit = d["_fxgrad_mods"] = _KeyModules(d["_modules"], tree.epoch, moded, mods)
+        return hit.moded, hit.tables
 
     def _restatic(self, old: Variant) -> Variant:
         """The static decision again, after a Python value it read changed."""
@@ -719,6 +831,7 @@ def _unwrap(model: Any) -> nn.Module:
         return _unwrap(inner)
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return _unwrap(model.module)
+    refuse_scripted(model)
     if isinstance(model, FixedModule):
         raise FxgradError(
             "This model was already fixed by fxgrad.",
@@ -1565,3 +1678,21 @@ def check(
         report.extend(other.report.changes)
         report.notes.extend(n for n in other.report.notes if n not in report.notes)
     return report
+
+
+# torch.compile(fixed): Dynamo runs forward and variant.run as Python and compiles the
+# variant's generated code they call; dispatch and deciding it never compiles.
+run_eagerly_under_dynamo(
+    frame=[FixedModule.forward, Variant.run, Variant._forward_for, code_is_recorded],
+    tree=[
+        FixedModule._dispatch,
+        FixedModule._use_dynamo,
+        _Shared.tree,
+        _same_submodules,
+        _bind_submodules,
+        Variant._name_the_line,
+        _eager_error_on,
+        autocast_state,
+        restore_autocast,
+    ],
+)

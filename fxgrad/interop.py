@@ -17,6 +17,15 @@
   parameters, so fix() refuses them and says which order works.
 - `inspect.signature(fixed.forward)` is the model's own forward signature (HF Trainer drops
   dataset columns the forward does not name).
+- Tracers. `torch.compile(fixed)`: Dynamo runs the fixed module's forward and dispatch as
+  plain Python (they read dict versions, copy modules and may decide) and compiles the
+  chosen variant's generated code, one frame per variant, so `fullgraph=True` holds.
+  `torch.export.export(fixed, ...)` and `make_fx` trace with tensors that hold no values:
+  a call no variant serves runs a variant decided earlier for the same facts (the tensors'
+  fake type aside), and is refused where none was. `torch.jit.trace(fixed, ...)` records
+  one variant: its check, which runs again under no_grad, gets the variant decided with
+  grad enabled, and a first call under the trace decides with tracing paused.
+- TorchScript modules are refused: their forward is TorchScript, not Python.
 """
 
 from __future__ import annotations
@@ -24,14 +33,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
+import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from fxgrad.errors import FxgradError
+from fxgrad.guards import GRAD, TENSORS
 
 
 @contextlib.contextmanager
@@ -269,3 +280,157 @@ def forward_with_signature(fixed: nn.Module, root: nn.Module) -> Callable[..., A
     fn.__doc__ = getattr(root.forward, "__doc__", None) or base.__doc__
     fn.__signature__ = sig  # type: ignore[attr-defined]
     return types.MethodType(fn, fixed)
+
+
+# ---------------------------------------------------------------------------------------
+# Tracers: torch.compile, torch.export, make_fx, torch.jit.trace
+
+
+def run_eagerly_under_dynamo(*, frame: Iterable[Callable], tree: Iterable[Callable]) -> None:
+    """Have Dynamo run these functions as plain Python wherever it meets their frames.
+
+    `frame`: the frame runs eagerly and the frames it calls are Dynamo's to compile (a fixed
+    module's forward, which calls the chosen variant's generated code). `tree`: neither the
+    frame nor anything it calls is compiled (dispatch and deciding, which read dict
+    versions, copy modules and run the model). The strategy is set once per code object,
+    in C: nothing runs per call, and only Dynamo's frame hook ever reads it. Where this
+    torch lacks the hook, Dynamo traces forward as before.
+    """
+    try:
+        from torch._C._dynamo.eval_frame import (
+            _FrameAction,
+            _FrameExecStrategy,
+            set_code_exec_strategy,
+        )
+    except (ImportError, AttributeError):
+        return
+    skip, default = _FrameAction.SKIP, _FrameAction.DEFAULT
+    for fns, strategy in (
+        (frame, _FrameExecStrategy(skip, default)),
+        (tree, _FrameExecStrategy(skip, skip)),
+    ):
+        for fn in fns:
+            set_code_exec_strategy(fn.__code__, strategy)
+
+
+def code_is_recorded() -> bool:
+    """Whether the code fxgrad calls next is compiled or recorded: torch.compile's frame
+    hook is on (fxgrad's own frames run as Python inside a compiled module's call), or
+    torch.jit.trace records. Binding submodules into new code then saves nothing, and
+    jit's check must meet the code its trace met."""
+    if torch._C._get_tracing_state() is not None:
+        return True
+    get = getattr(torch._C._dynamo.eval_frame, "get_eval_frame_callback", None)
+    return get is not None and callable(get())
+
+
+def tracer_of(tensors: Sequence[Any]) -> str | None:
+    """Which tracer records this call: "jit" (torch.jit.trace: real values), "fake"
+    (torch.export, make_fx, a FakeTensorMode: values fxgrad cannot decide on), or None.
+
+    Asked only for a call no variant serves, so plain calls never pay for it."""
+    if torch._C._get_tracing_state() is not None or getattr(_JIT, "paused", False):
+        return "jit"
+    if torch.compiler.is_exporting():
+        return "fake"
+    modes = torch._C._TorchDispatchModeKey
+    if any(
+        torch._C._get_dispatch_mode(k) is not None
+        for k in (modes.PROXY, modes.FAKE, modes.FUNCTIONAL)
+    ):
+        return "fake"
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(isinstance(t, torch.Tensor) and is_fake(t) for t in tensors):
+        return "fake"
+    return None
+
+
+def fits_traced_call(decided: tuple, call: tuple, tracer: str) -> bool:
+    """Whether a variant decided on a call with key `decided` may run a traced call with
+    key `call`: the same facts, except that a fake tracer's tensors are of its own types
+    (FakeTensor, FunctionalTensor), and that a variant decided with grad enabled also
+    serves grad disabled (its rewrites only keep autograd's saved values intact; jit's
+    check traces again under no_grad and must record the same graph)."""
+    for i, (a, b) in enumerate(zip(decided, call)):
+        if a == b:
+            continue
+        if i == GRAD and a:
+            continue
+        if tracer == "fake" and i == TENSORS and len(a) == len(b):
+            if all(x[:-1] == y[:-1] for x, y in zip(a, b)):
+                continue
+        return False
+    return True
+
+
+_JIT = threading.local()  # `paused`: a dispatch for torch.jit.trace, outside its recording
+
+
+@contextlib.contextmanager
+def jit_tracing_paused() -> Iterator[None]:
+    """Dispatch and decide outside torch.jit.trace's recording (dispatch reads sizes, a
+    decision runs the model: none of it is the forward), still known as jit's call."""
+    state = torch._C._get_tracing_state()
+    paused = getattr(_JIT, "paused", False)
+    torch._C._set_tracing_state(None)
+    _JIT.paused = True
+    try:
+        yield
+    finally:
+        _JIT.paused = paused
+        torch._C._set_tracing_state(state)
+
+
+def in_jit_scope(module: nn.Module, run: Callable[[], Any]) -> Any:
+    """`run()` recorded in `module`'s scope, as nn.Module's `_slow_forward` records forward."""
+    state = torch._C._get_tracing_state()
+    names = getattr(torch.jit._trace, "_trace_module_map", None)
+    name = names.get(module) if state is not None and names is not None else None
+    if name:
+        state.push_scope(name)
+    try:
+        return run()
+    finally:
+        if name:
+            state.pop_scope()
+
+
+def jit_dynamo_refusal() -> FxgradError:
+    return FxgradError(
+        "torch.jit.trace cannot record this fixed module: fxgrad's tracer could not "
+        "capture its forward, so it runs through Dynamo, which jit's tracer does not follow.",
+        hint="Use torch.compile(fixed) or torch.export.export on a forward fxgrad captures "
+        "(fxgrad explain capture says what stops it).",
+    )
+
+
+def fake_trace_refusal(described: str) -> FxgradError:
+    return FxgradError(
+        "torch.export (or make_fx) traces this fixed module with tensors that hold no "
+        "values, and no variant decided so far serves this call "
+        f"({described}): fxgrad decides by running the model on real inputs.",
+        hint="Decide first on real inputs like the ones you export with: "
+        "fixed = fxgrad.fix(model, (x,)) (or call fixed(x) once, in the same train()/eval() "
+        "mode), then torch.export.export(fixed, (x,)); or export fixed.graph_module.",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# TorchScript
+
+
+def refuse_scripted(model: nn.Module) -> None:
+    """Raise for a TorchScript module (torch.jit.script or torch.jit.trace output), the
+    model itself or one of its submodules: its forward is no longer Python."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            where = f" at `{name}`" if name else ""
+            raise FxgradError(
+                f"fxgrad was given a TorchScript module{where} ({type(m).__name__}, from "
+                "torch.jit.script or torch.jit.trace): its forward is TorchScript, no "
+                "longer Python, so fxgrad cannot capture or rewrite it.",
+                hint="Fix the eager model (with eager submodules), then trace, export or "
+                "compile the fixed module: fixed = fxgrad.fix(model, (x,)); "
+                "torch.jit.trace(fixed, (x,)) or torch.compile(fixed).",
+            )

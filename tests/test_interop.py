@@ -1,5 +1,6 @@
 """A fixed module among the rest of PyTorch: inference mode, expanded and channels-last
-inputs, DDP and FSDP, signature introspection, lazy modules and torch.func transforms.
+inputs, DDP and FSDP, signature introspection, lazy modules, torch.func transforms,
+torch.export, torch.jit.trace, torch.compile, and TorchScript modules.
 
 One model with an unsafe write (`sigmoid` saved `h`, then `h.mul_(2)`) goes through each:
 values are compared with eager PyTorch, gradients with the model corrected by hand.
@@ -10,7 +11,9 @@ from __future__ import annotations
 import copy
 import inspect
 import pickle
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -384,3 +387,111 @@ def test_forward_signature_is_the_models():
     replica = fixed._replicate_for_data_parallel()
     assert replica.forward.__self__ is replica
     assert inspect.signature(replica.forward) == sig
+
+
+# --- tracers: torch.export, torch.jit.trace, torch.compile ----------------------------------
+
+
+def _grads_match_reference(module: nn.Module, model: nn.Module, x: torch.Tensor) -> None:
+    """Gradients through `module` (with its own parameter objects, in `model`'s order)
+    equal those of the corrected model."""
+    ref = corrected(model)
+    got = torch.autograd.grad(module(x).square().sum(), list(module.parameters()))
+    want = torch.autograd.grad(ref(x).square().sum(), list(ref.parameters()))
+    assert_close(got, want)
+
+
+def test_torch_export_of_a_fixed_module():
+    model, x = Gate(), _x()
+    fixed = fxgrad.fix(model, (x,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exported = torch.export.export(fixed, (x,))
+    assert not [w for w in caught if "during export" in str(w.message)]
+    assert_close(exported.module()(x), model(x))
+    _grads_match_reference(exported.module(), model, x)
+
+    # A mode nothing was decided for: refused, saying how to decide first.
+    model.eval()
+    with pytest.raises(FxgradError, match=r"eval mode.*\n.*fxgrad\.fix\(model, \(x,\)\)"):
+        torch.export.export(fixed, (x,))
+    fixed(x)  # decides for eval, on real values
+    assert_close(torch.export.export(fixed, (x,)).module()(x), model(x))
+
+    with pytest.raises(FxgradError, match="tensors that hold no values"):
+        torch.export.export(fxgrad.fix(Gate()), (x,))  # nothing decided yet
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("example", [False, True])
+def test_torch_jit_trace_of_a_fixed_module(example):
+    model, x = Gate(), _x()
+    fixed = fxgrad.fix(model, (x,) if example else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(fixed, (x,))  # its check traces again, under no_grad
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert_close(traced(x), model(x))
+    fresh = torch.randn(4, 6)
+    assert_close(traced(fresh), model(fresh))
+    _grads_match_reference(traced, model, x)
+
+
+class _Graphs:
+    """A torch.compile backend that runs the graphs Dynamo hands it and counts them."""
+
+    def __init__(self) -> None:
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        self.graphs.append(gm)
+        return gm.forward
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+@pytest.mark.parametrize("example", [False, True])
+def test_torch_compile_of_a_fixed_module(fullgraph, example, capfd):
+    torch._dynamo.reset()
+    model, x = Gate(), _x()
+    fixed = fxgrad.fix(model, (x,) if example else None)
+    backend = _Graphs()
+    compiled = torch.compile(fixed, backend=backend, fullgraph=fullgraph)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_close(compiled(x), model(x))
+        _grads_match_reference(compiled, model, x)
+        assert len(backend.graphs) == 1  # the variant's code, in one graph
+        model.eval()  # a new variant, decided outside Dynamo, compiled once
+        assert_close(compiled(x), model(x))
+        fixed.train()
+        assert_close(compiled(x), corrected(model)(x))
+        assert len(backend.graphs) == 2  # back in train mode: the first graph again
+    printed = capfd.readouterr().err + "".join(str(w.message) for w in caught)
+    for text in ("dict_version", "lru_cache", "Error detected in", "Traceback"):
+        assert text not in printed
+    assert "mul_" not in backend.graphs[0].code  # Dynamo compiled the fixed code
+    assert fixed.report.applied
+
+
+def test_torch_compile_with_a_backend_that_trains():
+    torch._dynamo.reset()
+    model, x = Gate(), _x()
+    compiled = torch.compile(fxgrad.fix(model, (x,)), backend="aot_eager", fullgraph=True)
+    assert_close(compiled(x), model(x))
+    _grads_match_reference(compiled, model, x)
+
+
+# --- TorchScript modules ----------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_modules_are_refused():
+    model, x = Gate(), _x()
+    for scripted in (torch.jit.script(model), torch.jit.trace(model, (x,))):
+        with pytest.raises(FxgradError, match=r"TorchScript.*\n.*fxgrad\.fix\(model, \(x,\)\)"):
+            fxgrad.fix(scripted, (x,))
+        with pytest.raises(FxgradError, match="TorchScript"):
+            fxgrad.check(scripted, (x,))
+    model.fc = torch.jit.script(model.fc)
+    with pytest.raises(FxgradError, match="TorchScript module at `fc`"):
+        fxgrad.fix(model)
