@@ -1647,37 +1647,48 @@ def check(
             _decide_with_dynamo(fixed, model, inputs or (), example_kwargs, e.message)
             return fixed.report
         assert first is not None
-        report = first.report
-        if not first.captured.reads_mode:
-            # No traced code read a `training` flag: the other mode's capture would be the
-            # same code, which is all the second decision compared.
-            return report
-        try:
-            other = _decide_on(
-                model,
-                call,
-                leaves,
-                opts,
-                grad_enabled=True,
-                static=static,
-                at_call=False,
-                flip_mode=True,
-                skip_if_code=first.code,
-            )
-        except _FX_REFUSALS as e:
-            if static:
-                raise
-            # A fixed module hands such calls to Dynamo; this report is fxgrad's tracer's.
-            mode = "eval" if model.training else "train"
-            report.notes.append(
-                f"in {mode} mode fxgrad's tracer cannot capture or verify the forward, so a "
-                f"fixed module hands {mode}-mode calls to Dynamo (not checked here): {e.message}"
-            )
-            return report
+        if first.captured.reads_mode:
+            _add_other_mode(first, model, call, leaves, opts, static)
+    return first.report
+
+
+def _add_other_mode(
+    first: _Decision,
+    model: nn.Module,
+    call: CallSpec,
+    leaves: list[Any],
+    opts: _Options,
+    static: bool,
+) -> None:
+    """Add to `first`'s report what the mode the model is not in finds, where its capture
+    differs. Only called when traced code read a `training` flag: otherwise the other
+    mode's capture is the same code, which is all the second decision compares."""
+    report = first.report
+    try:
+        other = _decide_on(
+            model,
+            call,
+            leaves,
+            opts,
+            grad_enabled=True,
+            static=static,
+            at_call=False,
+            flip_mode=True,
+            skip_if_code=first.code,
+        )
+    except _FX_REFUSALS as e:
+        if static:
+            raise
+        # A fixed module hands such calls to Dynamo; this report is fxgrad's tracer's.
+        mode = "eval" if model.training else "train"
+        report.notes.append(
+            f"in {mode} mode fxgrad's tracer cannot capture or verify the forward, so a "
+            f"fixed module hands {mode}-mode calls to Dynamo (not checked here): {e.message}"
+        )
+        return
     if other is not None:
         report.extend(other.report.changes)
         report.notes.extend(n for n in other.report.notes if n not in report.notes)
-    return report
 
 
 # torch.compile(fixed): Dynamo runs forward and variant.run as Python and compiles the
