@@ -1,6 +1,7 @@
 """A fixed module among the rest of PyTorch: inference mode, expanded and channels-last
 inputs, DDP and FSDP, signature introspection, lazy modules, torch.func transforms,
-torch.export, torch.jit.trace, torch.compile, TorchScript modules, a training loop with a checkpoint, and HF generate().
+torch.export, torch.jit.trace, torch.compile, TorchScript modules, a training loop with a
+checkpoint, and HF generate().
 
 One model with an unsafe write (`sigmoid` saved `h`, then `h.mul_(2)`) goes through each:
 values are compared with eager PyTorch, gradients with the model corrected by hand.
