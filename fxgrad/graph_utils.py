@@ -367,6 +367,52 @@ def source_line(node: fx.Node) -> str:
     return _strip_comment(linecache.getline(loc[0], loc[1])).strip()
 
 
+def source_list_items(node: fx.Node, count: int) -> list[str] | None:
+    """The user's expressions for a call's list argument (`torch.cat([a.t(), y])` gives
+    `["a.t()", "y"]`), read from the node's source line; None where the line does not show
+    exactly one such call with `count` plain items (a call across lines, a `*rest`)."""
+    import ast
+
+    line = source_line(node)
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if not line or not name:
+        return None
+    try:
+        tree = ast.parse(line)
+    except SyntaxError:
+        return None
+    found = []
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
+            continue
+        func = call.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called != name:
+            continue
+        items = call.args[0] if call.args else None
+        if isinstance(items, (ast.List, ast.Tuple)) and len(items.elts) == count:
+            if not any(isinstance(e, ast.Starred) for e in items.elts):
+                found.append(items.elts)
+    if len(found) != 1:
+        return None
+    texts = [ast.get_source_segment(line, e) for e in found[0]]
+    if any(t is None for t in texts):
+        return None
+    return texts
+
+
+def as_primary(text: str) -> str:
+    """`text`, in parentheses where a method call after it would bind to a part (`y * 2`)."""
+    import ast
+
+    try:
+        expr = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return f"({text})"
+    simple = (ast.Name, ast.Attribute, ast.Call, ast.Subscript)
+    return text if isinstance(expr, simple) else f"({text})"
+
+
 def _strip_comment(line: str) -> str:
     """Drop a trailing `# comment` (a `#` inside a string literal stays)."""
     if "#" not in line:

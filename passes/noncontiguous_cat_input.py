@@ -79,9 +79,11 @@ from fxgrad.changes import Change
 from fxgrad.context import Context, default_measure
 from fxgrad.decision_cache import DecisionCache, device_key, digest
 from fxgrad.graph_utils import (
+    as_primary,
     has_side_effect,
     inplace_module,
     location,
+    source_list_items,
     submodule,
     target_name,
     writes_to,
@@ -1041,16 +1043,18 @@ def _budget(ctx: Context, seen: Observed) -> Budget:
 def render(node: fx.Node, decision: Variant = Variant.ORIGINAL, site: Site | None = None) -> str:
     """`torch.cat([a, b], dim=1)` as written, or as the chosen variant would read."""
     tensors = node.args[0]
-    made = set() if site is None else {tensors[i] for i in site.candidates}
+    made = set() if site is None else set(site.candidates)
+    # The user's own expressions (`a.t()`) where the source line shows them, else fx's names.
+    names = source_list_items(node, len(tensors)) or [t.name for t in tensors]
 
-    def item(t: fx.Node) -> str:
-        if decision is Variant.CONTIGUOUS and t in made:
-            return f"{t.name}.contiguous()"
+    def item(i: int) -> str:
+        if decision is Variant.CONTIGUOUS and i in made:
+            return f"{as_primary(names[i])}.contiguous()"
         if decision is Variant.PERMUTED and site is not None and site.permuted is not None:
-            return f"{t.name}.permute({', '.join(map(str, site.permuted.order))})"
-        return t.name
+            return f"{as_primary(names[i])}.permute({', '.join(map(str, site.permuted.order))})"
+        return names[i]
 
-    items = [item(t) for t in tensors]
+    items = [item(i) for i in range(len(tensors))]
     if isinstance(tensors, list) or decision is Variant.PERMUTED:
         listed = f"[{', '.join(items)}]"
     else:

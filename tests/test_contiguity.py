@@ -726,3 +726,32 @@ def test_benchmark_candidates_compute_the_plain_cat():
         outs = [f() for f in bench._variants(xs, dim).values()]
         for out in outs[1:]:
             torch.testing.assert_close(out, outs[0], rtol=0, atol=0)
+
+
+class _SpelledOut(nn.Module):
+    def forward(self, x, y):
+        one = torch.cat([x.t() * 2, y], dim=0)
+        two = torch.cat(
+            [y.t(), x],
+            dim=0,
+        )
+        return one, two
+
+
+def test_the_report_shows_cat_inputs_as_the_user_wrote_them():
+    """The row reads `torch.cat([x.t() * 2, y])` as written, not fx's `mul`; a call the
+    line does not show whole (it spans lines) keeps fx's names."""
+    example = (torch.randn(256, 256), torch.randn(256, 256))
+    timings = {"cat:original": 3.0e-3, "cat:contiguous": 1.0e-3}
+    timings |= {"cat_1:original": 3.0e-3, "cat_1:contiguous": 1.0e-3}
+    report = fxgrad.fix(_SpelledOut(), example, select=["FXG201"], measure=fake_measure(timings))
+    one, two = report.report.changes
+    assert (one.before, one.after) == (
+        "torch.cat([x.t() * 2, y], dim=0)",
+        "torch.cat([(x.t() * 2).contiguous(), y], dim=0)",
+    )
+    assert one.node == "cat"  # the node's name stays the key the graph knows
+    assert (two.before, two.after) == (
+        "torch.cat([t_1, x], dim=0)",
+        "torch.cat([t_1.contiguous(), x], dim=0)",
+    )
