@@ -29,6 +29,7 @@ from fxgrad.code_cache import drops_transient_code
 from fxgrad.code_cache import keep as keep_code
 from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
 from fxgrad.errors import EquivalenceError, FxgradError, ModelError, TraceError
+from fxgrad.graph_utils import run_forward
 from fxgrad.guards import (
     ShapeCheck,
     TensorState,
@@ -1026,7 +1027,7 @@ def _still_failing(gm: fx.GraphModule, ctx: Context) -> list[str]:
     """Say so when the fixed forward still raises what eager raised: nothing is hidden."""
     try:
         with seeded(ctx.seed):
-            gm.forward(*ctx.inputs())
+            run_forward(gm, *ctx.inputs())
     except Exception as e:
         return [
             f"the forward raises in eager PyTorch and still does after fixing: {_first_line(e)}"

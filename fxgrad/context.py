@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxgrad.graph_utils import run_forward
 from fxgrad.observe import ExtensionFactory, Observation
 from fxgrad.state import functorch_unwrapped
 
@@ -253,7 +254,7 @@ class Context:
     def run(self, gm: fx.GraphModule) -> Any:
         """Run the graph on fresh example inputs with the context's RNG seed."""
         with seeded(self.seed):
-            return gm.forward(*self.inputs())
+            return run_forward(gm, *self.inputs())
 
 
 @contextlib.contextmanager

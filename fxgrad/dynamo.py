@@ -35,7 +35,7 @@ from torch import fx
 from fxgrad.changes import Change
 from fxgrad.context import Context, default_measure, seeded
 from fxgrad.errors import FxgradError
-from fxgrad.graph_utils import _is_internal, location, render_node
+from fxgrad.graph_utils import _is_internal, location, render_node, run_forward
 from fxgrad.interop import (
     in_transform,
     initialize_lazy,
@@ -141,7 +141,7 @@ def _reference(gm: fx.GraphModule, ctx: Context) -> Reference:
     ref = Reference()
     try:
         with seeded(ctx.seed), torch.set_grad_enabled(ctx.grad_enabled):
-            out = gm.forward(*ctx.inputs())
+            out = run_forward(gm, *ctx.inputs())
     except Exception as e:
         ref.forward_error = e
         return ref

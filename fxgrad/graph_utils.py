@@ -107,6 +107,18 @@ def empty_graph_module(class_name: str) -> fx.GraphModule:
     return _LazyGraphModule({}, fx.Graph(), class_name=class_name)
 
 
+def run_forward(gm: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+    """`gm`'s forward, called without fx's wrapper around `gm(...)`, which prints its own
+    traceback to stderr for every error raised in the generated code: the errors fxgrad
+    expects while deciding (eager's, a rolled-back rewrite's) are reported, not printed.
+    A lazy GraphModule's first `forward` goes through that wrapper, so its code is
+    generated first."""
+    recompile = getattr(gm, "real_recompile", None)
+    if recompile is not None:
+        recompile()
+    return gm.forward(*args, **kwargs)
+
+
 _LITERALS = (immutable_list, immutable_dict, tuple)
 
 

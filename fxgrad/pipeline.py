@@ -16,7 +16,7 @@ from torch import fx
 from fxgrad.changes import Change
 from fxgrad.context import Context, seeded
 from fxgrad.errors import EquivalenceError, FxgradError, PassError
-from fxgrad.graph_utils import location
+from fxgrad.graph_utils import location, run_forward
 from fxgrad.observe import Observation
 from fxgrad.registry import Pass
 from fxgrad.tracing.callspec import box_objects
@@ -108,10 +108,9 @@ def run_forward_backward(
 
     The backward is `seeded_gradients` with respect to the parameters, then the inputs.
     """
-    if isinstance(fn, fx.GraphModule):
-        fn = fn.forward  # gm() would print fx's own traceback for errors we expect
     with seeded(seed):
-        out = fn(*inputs)
+        # gm() would print fx's own traceback for errors we expect
+        out = run_forward(fn, *inputs) if isinstance(fn, fx.GraphModule) else fn(*inputs)
     flat = flat_outputs(out)
     wrt = [t for t in params if t.requires_grad] + [
         t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad

@@ -114,16 +114,18 @@ class ViewOp(enum.Enum):
 
 _VIEW_METHODS = {
     "view", "view_as", "transpose", "t", "permute", "unsqueeze", "squeeze", "select",
-    "narrow", "diagonal", "expand", "expand_as", "unflatten", "movedim", "moveaxis",
-    "swapaxes", "swapdims", "unfold", "as_strided", "detach", "alias", "view_as_real",
-    "view_as_complex",
+    "narrow", "diagonal", "expand", "expand_as", "broadcast_to", "unflatten", "movedim",
+    "moveaxis", "swapaxes", "swapdims", "unfold", "as_strided", "detach", "alias",
+    "view_as_real", "view_as_complex",
 }  # fmt: skip
 # Ops that return a view or the tensor itself on some inputs and a copy on others.
 _MAYBE_VIEW_METHODS = {
     "reshape", "reshape_as", "contiguous", "flatten", "to", "type", "type_as", "float",
     "double", "half", "bfloat16", "cpu", "cuda", "ravel",
 }  # fmt: skip
-_MULTI_VIEW = {"unbind", "split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit"}
+_MULTI_VIEW = {
+    "unbind", "split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit",
+}  # fmt: skip
 _VIEW_ATTRS = {"T", "mT", "H", "mH", "real", "imag"}
 # Each view op by name (a method, or a torch function of the same name).
 _VIEW_OPS: dict[str, ViewOp] = {
@@ -194,7 +196,7 @@ class StepKind(enum.Enum):
     VIEW = "view"  # a view on every input: replayed as written
     MAYBE = "maybe"  # a view or a copy depending on the input: replayed once proven a view
     MULTI = "multi"  # one output of unbind/split/chunk, which autograd refuses to write into
-    EXPAND = "expand"  # expand/expand_as: its elements may overlap
+    EXPAND = "expand"  # expand/expand_as/broadcast_to: its elements may overlap
     DATA = "data"  # `.data`: the same memory outside autograd; nothing to replay
     OPAQUE = "opaque"  # memory shared through an op fxgrad cannot replay
 
@@ -209,6 +211,11 @@ class Step:
     kwargs: tuple = ()
     kind: StepKind = StepKind.VIEW
     index: int | None = None  # which output of a multi-view call (unbind/split/chunk)
+
+    def __post_init__(self) -> None:
+        # A plain string here would compare unequal to every StepKind and replay as a view.
+        if not isinstance(self.kind, StepKind):
+            raise TypeError(f"Step.kind must be a StepKind, not {self.kind!r}")
 
     def replay(self, graph: fx.Graph, base: fx.Node, *, writable: bool = False) -> fx.Node:
         """Rebuild this view on `base`; `writable` for the target of an in-place write."""
@@ -239,12 +246,16 @@ class Alias:
         return any(s.kind is kind for s in self.steps)
 
 
+# View ops whose elements may overlap (a stride of 0): eager refuses writes into them.
+_EXPANDING = frozenset({"expand", "expand_as", "broadcast_to"})
+
+
 def _step_of(node: fx.Node, kind: StepKind) -> Step:
     if kind is StepKind.DATA:
         return Step("call_function", builtins.getattr, ("data",), kind=StepKind.DATA)
     if node.target is operator.getitem or node.target is builtins.getattr:
         return Step("call_function", node.target, tuple(node.args[1:]), kind=StepKind.VIEW)
-    if _fn_name(node) in ("expand", "expand_as"):
+    if _fn_name(node) in _EXPANDING:
         kind = StepKind.EXPAND
     return Step(node.op, node.target, tuple(node.args[1:]), tuple(node.kwargs.items()), kind)
 
@@ -408,7 +419,7 @@ def _opaque_alias(node: fx.Node, values: dict, aliases: dict) -> Alias:
         ):
             parent = aliases.get(a, Alias(a))
             return Alias(
-                parent.root, parent.steps + (Step(node.op, node.target, (), kind="opaque"),)
+                parent.root, parent.steps + (Step(node.op, node.target, (), kind=StepKind.OPAQUE),)
             )
     return Alias(node)
 

@@ -23,7 +23,9 @@ from fxgrad.pipeline import run_forward_backward
 
 # Dynamo's own tracing refuses these forwards: its fake tensors run the write that autograd
 # refuses (a leaf, an output of split/chunk/unbind, a view made under no_grad, `out=`), or
-# its NumPy support lacks the call. The test checks that plain torch.compile refuses too.
+# its NumPy support lacks the call. The test checks that plain torch.compile refuses too,
+# and that fix(frontend="dynamo") says so in a clear FxgradError naming the user's line
+# (fxgrad's own tracer fixes these forwards: tests/test_cases.py).
 DYNAMO_REFUSES = {
     "FXG101/chunk_write",
     "FXG101/input_leaf_written",
@@ -70,6 +72,10 @@ def test_case_files_through_dynamo(path: Path) -> None:
     if name in DYNAMO_REFUSES:
         with pytest.raises(Exception):  # noqa: B017 (Dynamo's own error, whichever it is)
             torch.compile(copy.deepcopy(model), backend="eager")(*clone_inputs(list(example)))
+        torch._dynamo.reset()
+        fixed = fxgrad.fix(copy.deepcopy(model), frontend="dynamo")
+        with pytest.raises(fxgrad.FxgradError, match=f"Dynamo could not compile .*{path.name}:"):
+            _seeded(fixed, example)
         return
     if name in DYNAMO_TRANSLATES:
         _check_translated(model, example, DYNAMO_TRANSLATES[name])
@@ -79,10 +85,13 @@ def test_case_files_through_dynamo(path: Path) -> None:
     got = _seeded(fixed, example)
     try:
         want = _seeded(eager, example)
-    except (RuntimeError, ValueError):
-        want = None  # eager refuses the forward; the Reference decides below
-    if want is not None:
-        torch.testing.assert_close(got, want, equal_nan=True)
+    except (RuntimeError, ValueError) as e:
+        # Eager refuses the forward: the fixed one computes what the Reference computes.
+        assert hasattr(case, "Reference"), f"eager raises {e!r}: the case needs a Reference"
+        reference = case.Reference()
+        reference.load_state_dict(model.state_dict())
+        want = _seeded(reference, example)
+    torch.testing.assert_close(got, want, equal_nan=True)
     params = [p for p in model.parameters() if p.requires_grad]
     _, grads, err = run_forward_backward(fixed, clone_inputs(list(example)), params, 0)
     assert err is None, f"backward fails: {err}"

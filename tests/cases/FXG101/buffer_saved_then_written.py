@@ -16,5 +16,12 @@ class Model(nn.Module):
         return y * x + self.scale
 
 
+class Reference(Model):
+    def forward(self, x):
+        y = self.w * self.scale.clone()
+        self.scale.clamp_(0.5, 2.0)
+        return y * x + self.scale
+
+
 def inputs():
     return (torch.randn(4, 5, dtype=torch.float64, requires_grad=True),)

@@ -15,5 +15,12 @@ class Model(nn.Module):
         return y + x
 
 
+class Reference(Model):
+    def forward(self, x):
+        y = x.clone() * self.w
+        x.mul_(2)
+        return y + x
+
+
 def inputs():
     return (torch.randn(4, 5, dtype=torch.float64),)
