@@ -80,10 +80,16 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
 
 
 def _block_size(fn: Callable[[], object], target_s: float = 0.02) -> int:
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    return max(1, min(10_000, int(target_s / once)))
+    """Calls per timed block: about `target_s` of them, sized on the fastest of five calls
+    (one slow call, such as a fixed module binding its submodules on a variant's second
+    call, would otherwise make blocks so short that the first call after each block's
+    gc.collect() weighs on the mean)."""
+    once = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        fn()
+        once = min(once, time.perf_counter() - start)
+    return max(1, min(10_000, int(target_s / max(once, 1e-7))))
 
 
 def _time(fn: Callable[[], object], n: int) -> float:
@@ -131,7 +137,8 @@ def measure(name: str, make: Callable, repeats: int) -> list[list[object]]:
             fns["guards"] = guards_only
             fns["no_grad"] = no_grad_only
         for fn in fns.values():
-            fn()  # the fixed module decides no_grad calls on their own first call
+            for _ in range(3):  # no_grad calls are decided on their own first call, and a
+                fn()  # variant binds its submodules on its second
         sizes = {k: _block_size(fn) for k, fn in fns.items()}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(repeats):
