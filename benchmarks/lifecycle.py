@@ -263,38 +263,31 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, 1 thread, torch {torch.__version__}; "
         f"medians of {repeats} rounds of {calls} calls.\n"
     )
-    print("A Python number that changes on every call\n")
-    print(
-        tabulate(
-            changing_numbers(repeats, calls),
-            headers=["call", "eager (us)", "fixed (us)", "fixed / eager", "decisions"],
-            tablefmt=fmt,
-        )
+    tables = (
+        (
+            "A Python number that changes on every call",
+            lambda: changing_numbers(repeats, calls),
+            ["call", "eager (us)", "fixed (us)", "fixed / eager", "decisions"],
+        ),
+        (
+            "A module built elsewhere between calls",
+            lambda: modules_built_elsewhere(repeats, calls),
+            ["fixed module", "per call (us)", "with a build (us)", "ratio", "Dynamo"],
+        ),
+        (
+            "Peak memory over the process's RSS before the step (MiB), 96 MiB of parameters",
+            memory,
+            ["step", "parameters (MiB)", "peak over before (MiB)", "vs eager step"],
+        ),
+        (
+            "Left behind per fix once the module is gone (100 fixes of a 3-layer model)",
+            lambda: leftovers(100),
+            ["what", "objects left per fix", "fx code-cache entries per fix"],
+        ),
     )
-    print("\nA module built elsewhere between calls\n")
-    print(
-        tabulate(
-            modules_built_elsewhere(repeats, calls),
-            headers=["fixed module", "per call (us)", "with a build (us)", "ratio", "Dynamo"],
-            tablefmt=fmt,
-        )
-    )
-    print("\nPeak memory over the process's RSS before the step (MiB), 96 MiB of parameters\n")
-    print(
-        tabulate(
-            memory(),
-            headers=["step", "parameters (MiB)", "peak over before (MiB)", "vs eager step"],
-            tablefmt=fmt,
-        )
-    )
-    print("\nLeft behind per fix once the module is gone (100 fixes of a 3-layer model)\n")
-    print(
-        tabulate(
-            leftovers(100),
-            headers=["what", "objects left per fix", "fx code-cache entries per fix"],
-            tablefmt=fmt,
-        )
-    )
+    for i, (title, rows, headers) in enumerate(tables):
+        print(f"{chr(10) if i else ''}{title}\n")
+        print(tabulate(rows(), headers=headers, tablefmt=fmt))
 
 
 if __name__ == "__main__":

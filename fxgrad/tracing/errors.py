@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from torch import fx
@@ -95,11 +96,18 @@ def _in_stdlib(filename: str) -> bool:
     """A file of Python's standard library (`copy.py` while tracing copies something): no
     line a user can act on; installed packages are not in it."""
     import os
+
+    path = os.path.abspath(filename)
+    return path.startswith(_stdlib_dir()) and "-packages" + os.sep not in path
+
+
+@functools.cache
+def _stdlib_dir() -> str:
+    """Asked once: the innermost-line search checks every frame of a deep traceback."""
+    import os
     import sysconfig
 
-    stdlib = os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), "")
-    path = os.path.abspath(filename)
-    return path.startswith(stdlib) and "-packages" + os.sep not in path
+    return os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), "")
 
 
 def _control_flow_error(where: str, kind: str) -> TraceError:
