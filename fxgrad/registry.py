@@ -138,6 +138,12 @@ def _read_pass(path: Path) -> PassDoc:
     )
 
 
+def _pass_source(folder: Path, name: str) -> Path:
+    """A pass is a module (`name.py`) or a package (`name/__init__.py` defines PASS)."""
+    module = folder / f"{name}.py"
+    return module if module.exists() else folder / name / "__init__.py"
+
+
 def _read_pass_sources() -> list[PassDoc] | None:
     try:
         spec = importlib.util.find_spec("fxgrad.passes")
@@ -160,7 +166,7 @@ def _read_pass_sources() -> list[PassDoc] | None:
         for item in order.elts:
             if not (isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name)):
                 return None
-            docs.append(_read_pass(folder / f"{item.value.id}.py"))
+            docs.append(_read_pass(_pass_source(folder, item.value.id)))
         return docs
     except (OSError, SyntaxError, ValueError, KeyError, StopIteration, ImportError):
         return None

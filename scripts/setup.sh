@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install fxgrad with its test and zoo extras.
-# Installs only when needed: on the first run, and again only when pyproject.toml or this
+# Installs only when needed: on the first run, and again only when pyproject.toml, setup.py or this
 # script changed since the last install (their hash is kept in .venv/.fxgrad-installed).
 # FXGRAD_REINSTALL=1 forces an install; FXGRAD_CUDA_TORCH=1 skips looking for the CPU-only
 # torch build on a machine without an NVIDIA GPU.
@@ -13,7 +13,7 @@ stamp=.venv/.fxgrad-installed
 wanted=$(.venv/bin/python - <<'EOF'
 import hashlib
 digest = hashlib.sha256()
-for name in ("pyproject.toml", "scripts/setup.sh"):
+for name in ("pyproject.toml", "setup.py", "scripts/setup.sh"):
     with open(name, "rb") as f:
         digest.update(f.read())
 print(digest.hexdigest())

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
     for package in ("fxgrad", "passes"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -47,8 +47,9 @@ def test_wheel_holds_the_package_passes_script_and_plugin(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("__init__", "api", "cli", "report", "testing", "pytest_plugin", "registry"):
         assert f"fxgrad/{module}.py" in names
-    for module in (ROOT / "passes").glob("*.py"):
-        assert f"fxgrad/passes/{module.name}" in names  # passes/ ships as fxgrad.passes
+    for module in (ROOT / "passes").rglob("*.py"):  # a pass may be a package
+        relative = module.relative_to(ROOT / "passes").as_posix()
+        assert f"fxgrad/passes/{relative}" in names  # passes/ ships as fxgrad.passes
     assert not any(n.startswith(("tests/", "passes/", "benchmarks/")) for n in names)
     (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
     parser = configparser.ConfigParser()

@@ -37,6 +37,7 @@ def _repo(tmp_path: Path) -> tuple[Path, Path]:
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "setup.sh", repo / "scripts" / "setup.sh")
     shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    shutil.copy(ROOT / "setup.py", repo / "setup.py")
     log = tmp_path / "pip.log"
     log.touch()
     # `python3 -m venv .venv` on a fresh clone makes the stand-in
