@@ -25,6 +25,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from fxgrad.changes import Note
 from fxgrad.code_cache import drops_transient_code
 from fxgrad.code_cache import keep as keep_code
 from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
@@ -1014,12 +1015,15 @@ def _backward_note(ref: Reference, first: Observation) -> str:
     """Say why backward fails, in eager's own words (eager backward runs only for this)."""
     error = ref.backward_error
     if error is not None:
-        return "eager backward fails on the example inputs: " + _first_line(error)
+        return Note(
+            "eager backward fails on the example inputs: " + _first_line(error), actionable=True
+        )
     what = first.backward_error
-    return (
+    return Note(
         "the captured graph's backward fails where eager's runs"
         + (f": {_first_line(what)}" if what is not None else "")
-        + "; please report this model"
+        + "; please report this model",
+        actionable=True,
     )
 
 
@@ -1030,7 +1034,11 @@ def _still_failing(gm: fx.GraphModule, ctx: Context) -> list[str]:
             run_forward(gm, *ctx.inputs())
     except Exception as e:
         return [
-            f"the forward raises in eager PyTorch and still does after fixing: {_first_line(e)}"
+            Note(
+                "the forward raises in eager PyTorch and still does after fixing: "
+                + _first_line(e),
+                actionable=True,
+            )
         ]
     return []
 

@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class PassKind(str, Enum):
+    """What a pass's findings mean, which decides whether a change left as is is a finding.
+
+    A hazard pass (in-place writes, NumPy detours) reports code that is wrong under autograd:
+    leaving it is a finding. A speed pass (layout) only makes code faster: leaving code as is
+    there is a measured decision, never a finding, unless its rewrite was rolled back.
+    """
+
+    HAZARD = "hazard"
+    SPEED = "speed"
 
 
 @dataclass(frozen=True)
@@ -25,6 +38,19 @@ class Change:
     applied: bool = True
     module: str = ""  # dotted path of the submodule whose forward made the node ("" = root)
     source: str = ""  # the user's source line of the node, where the report could find it
+    # Set by the pipeline from the pass that made the change (Pass.kind).
+    kind: PassKind = PassKind.HAZARD
+    # The rewrite was made, failed verification and was undone (applied is then False).
+    rolled_back: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, PassKind):  # read back from JSON
+            object.__setattr__(self, "kind", PassKind(self.kind))
+
+    @property
+    def left_as_is(self) -> bool:
+        """Whether the code the change is about was left as it was (found, not rewritten)."""
+        return not self.applied
 
     def line(self) -> str:
         """Render the change as one line: `model.py:42 FXG101 before -> after (note)`."""
@@ -42,12 +68,7 @@ class Change:
 
     def to_dict(self) -> dict:
         """Return the record as a JSON-ready dict."""
-        return asdict(self)
-
-
-# Layout passes (FXG2xx) only make code faster: leaving code as is there is a measured
-# decision (or an unmeasured one: no inputs, no budget), never a hazard.
-_SPEED_ONLY = ("FXG2",)
+        return {**asdict(self), "kind": self.kind.value}
 
 
 def is_finding(change: Change) -> bool:
@@ -58,4 +79,32 @@ def is_finding(change: Change) -> bool:
     """
     if change.applied:
         return True
-    return not change.code.startswith(_SPEED_ONLY) or "rolled back" in change.note
+    return change.kind is PassKind.HAZARD or change.rolled_back
+
+
+class Note(str):
+    """A report note: text, and whether the user must act on it.
+
+    A str, so that notes print, compare and serialize as they always have; `actionable` is
+    what the report's exit code reads (eager backward fails, a rewrite was rolled back),
+    never the note's wording.
+    """
+
+    actionable: bool
+
+    def __new__(cls, text: str, *, actionable: bool = False) -> Note:
+        note = super().__new__(cls, text)
+        note.actionable = actionable
+        return note
+
+    def __reduce__(self) -> tuple:
+        return (_note, (str(self), self.actionable))
+
+
+def _note(text: str, actionable: bool) -> Note:
+    return Note(text, actionable=actionable)
+
+
+def is_actionable(note: str) -> bool:
+    """Whether a report note asks the user to act (a plain str never does)."""
+    return getattr(note, "actionable", False)

@@ -1007,7 +1007,13 @@ def passes(fmt):
     from fxgrad.registry import pass_docs
 
     rows = [
-        {"code": p.code, "name": p.name, "default": p.default, "summary": p.summary}
+        {
+            "code": p.code,
+            "name": p.name,
+            "default": p.default,
+            "kind": p.kind.value,
+            "summary": p.summary,
+        }
         for p in pass_docs()
     ]
     if fmt == "json":

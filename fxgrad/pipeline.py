@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
-from fxgrad.changes import Change
+from fxgrad.changes import Change, Note
 from fxgrad.context import Context, seeded
 from fxgrad.errors import EquivalenceError, FxgradError, PassError
 from fxgrad.graph_utils import location, run_forward
@@ -325,7 +325,7 @@ def run_passes(
         # A snapshot to roll back to is needed only where a result can be verified.
         saved = copy.deepcopy(gm.graph) if can_verify else None
         try:
-            found = p.run(gm, ctx)
+            found = [dataclasses.replace(c, kind=p.kind) for c in p.run(gm, ctx)]
             if any(c.applied for c in found):
                 gm.graph.lint()
                 gm.recompile()
@@ -353,10 +353,13 @@ def run_passes(
             reach = _merged(reach, Reach.of(ctx.observe(gm)))
         if problem is not None and saved is not None:
             gm.graph = saved
-            notes.append(f"{p.code} ({p.name}) was rolled back: {problem}.")
+            notes.append(Note(f"{p.code} ({p.name}) was rolled back: {problem}.", actionable=True))
             found = [
                 dataclasses.replace(
-                    c, applied=False, note=f"{c.note}; rolled back: {problem}".lstrip("; ")
+                    c,
+                    applied=False,
+                    rolled_back=True,
+                    note=f"{c.note}; rolled back: {problem}".lstrip("; "),
                 )
                 if c.applied
                 else c

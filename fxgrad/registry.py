@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fxgrad.changes import PassKind
 from fxgrad.errors import SelectionError
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ class Pass:
     run: Callable[[fx.GraphModule, Context], list[Change]]
     doc: str
     default: bool = True  # 9xx passes are off unless selected
+    # Hazard passes report code that is wrong under autograd (what assert_autograd_safe and
+    # the CLI's exit code answer to); speed passes only make code faster.
+    kind: PassKind = PassKind.HAZARD
     # A quick scan: False when the graph holds nothing the pass looks at, so the pipeline
     # skips it without snapshotting the graph or running the model for it.
     applies: Callable[[fx.GraphModule], bool] | None = None
@@ -80,6 +84,7 @@ class PassDoc:
     name: str
     doc: str
     default: bool = True
+    kind: PassKind = PassKind.HAZARD
 
     @property
     def summary(self) -> str:
@@ -101,12 +106,15 @@ def pass_docs() -> list[PassDoc]:
         from fxgrad.passes import ALL
     else:
         ALL = loaded.ALL  # noqa: N806
-    return [PassDoc(p.code, p.name, p.doc, p.default) for p in ALL]
+    return [PassDoc(p.code, p.name, p.doc, p.default, p.kind) for p in ALL]
 
 
 def _literal(node: ast.expr | None, names: dict[str, object]) -> object:
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        if node.value.id == "PassKind":  # kind=PassKind.SPEED
+            return PassKind[node.attr]
     if isinstance(node, ast.Constant):
         return node.value
     raise ValueError("not a literal")
@@ -130,11 +138,13 @@ def _read_pass(path: Path) -> PassDoc:
     if spec is None:
         raise ValueError(f"no PASS = Pass(...) in {path}")
     default = _literal(spec["default"], names) if "default" in spec else True
+    kind = _literal(spec["kind"], names) if "kind" in spec else PassKind.HAZARD
     return PassDoc(
         code=str(_literal(spec["code"], names)),
         name=str(_literal(spec["name"], names)),
         doc=str(_literal(spec["doc"], names)),
         default=bool(default),
+        kind=PassKind(kind),
     )
 
 

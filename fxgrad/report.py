@@ -9,14 +9,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fxgrad.changes import Change, is_finding
+from fxgrad.changes import Change, Note, is_actionable, is_finding
 
 _CLEANUP = re.compile(r";\s*(\w+\s*=\s*)+None\s*$")
-
-# Notes that say something is wrong with the model or with fxgrad's result (a CI job must
-# fail on them); the others describe how the fixed module differs (a submodule kept whole
-# for its hooks, a checkpoint traced through) and need no action.
-_ACTIONABLE_NOTES = ("backward fails", "forward raises", "was rolled back")
 
 # The table wraps the reason at this width, so that a long one stays readable (code
 # columns are not wrapped: a line break inside code misleads).
@@ -36,11 +31,6 @@ _TORCH_TAILS = re.compile(
 def clean_torch_error(text: str) -> str:
     """Drop torch's "Hint: enable anomaly detection" / "Good luck!" tails from an error."""
     return _TORCH_TAILS.sub("", text)
-
-
-def is_actionable_note(note: str) -> bool:
-    """Whether a report note is a finding (eager backward fails, a rewrite rolled back)."""
-    return any(p in note for p in _ACTIONABLE_NOTES)
 
 
 def normalize_code(code: str) -> str:
@@ -94,7 +84,7 @@ class Report:
         NumPy call with no torch twin, a rolled-back rewrite, a write a `--ignore` skipped
         while eager backward fails) all exit 1; 0 means nothing to do.
         """
-        if self.findings or any(is_actionable_note(n) for n in self.notes):
+        if self.findings or any(is_actionable(n) for n in self.notes):
             return 1
         return 0
 
@@ -113,7 +103,7 @@ class Report:
             text += f", {left} finding{'s' if left != 1 else ''} left as is"
         if kept:
             text += f", {kept} layout decision{'s' if kept != 1 else ''} to keep the code"
-        act = sum(1 for n in self.notes if is_actionable_note(n))
+        act = sum(1 for n in self.notes if is_actionable(n))
         if act:
             text += f", {act} note{'s' if act != 1 else ''} to act on"
         return f"{text} ({decided})."
@@ -201,7 +191,9 @@ class Report:
             "frontend": self.frontend,
             "exit_code": self.exit_code,
             "changes": [c.to_dict() for c in self.changes],
-            "notes": list(self.notes),
+            "notes": [str(n) for n in self.notes],
+            # Which notes ask the user to act (eager backward fails, a rollback), by index.
+            "actionable_notes": [i for i, n in enumerate(self.notes) if is_actionable(n)],
             "code_before": self.code_before,
             "code_after": self.code_after,
         }
@@ -218,7 +210,7 @@ class Report:
             code_before=data.get("code_before", ""),
             code_after=data.get("code_after", ""),
             mode=data.get("mode", "static"),
-            notes=list(data.get("notes", [])),
+            notes=_notes(data),
             model=data.get("model", ""),
             variant=data.get("variant", ""),
             inputs_from=data.get("inputs_from", ""),
@@ -318,3 +310,8 @@ def _colorize(line: str) -> str:
     if line.startswith("@@"):
         return f"\x1b[36m{line.rstrip(chr(10))}\x1b[0m\n"
     return line
+
+
+def _notes(data: dict) -> list[str]:
+    act = set(data.get("actionable_notes", []))
+    return [Note(n, actionable=i in act) for i, n in enumerate(data.get("notes", []))]

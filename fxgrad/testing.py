@@ -32,6 +32,7 @@ from torch import fx, nn
 
 import fxgrad
 from fxgrad.api import FixedModule
+from fxgrad.changes import PassKind
 from fxgrad.context import Context, clone_inputs
 from fxgrad.export import with_module_paths
 from fxgrad.graph_utils import (
@@ -61,8 +62,6 @@ __all__ = [
     "check_custom_functions",
 ]
 
-# Pass families that report hazards; FXG2xx only makes cat faster, which is no hazard.
-_HAZARD_PREFIXES = ("FXG1", "FXG3")
 _SEED = 0
 
 
@@ -354,7 +353,7 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
     hazards = [
         c
         for c in report.changes
-        if c.code.startswith(_HAZARD_PREFIXES)
+        if c.kind is PassKind.HAZARD
         and not (isinstance(module, FixedModule) and c.applied)
     ]
     # Dynamo's graphs are pieces of the forward: only the report speaks for them.
@@ -377,11 +376,11 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
 def _unreported_detours(gm: fx.GraphModule, cuts: list[_Cut], report: Report) -> list[list[str]]:
     """Rows for NumPy detours that cut gradients and that the NumPy pass does not report."""
     rows = []
-    reported = {c.where for c in report.changes if c.code.startswith("FXG3")}
+    reported = {c.where for c in report.changes if c.kind is PassKind.HAZARD}
     for cut, back in _numpy_detours(gm, cuts):
         chain = descendants([cut.node]) & ancestors([back])
         if reported & {location(n) for n in chain}:
-            continue  # the NumPy pass already reports this detour
+            continue  # a pass's row already reports this detour
         rows.append(
             [
                 location(cut.node) or "?",
@@ -409,11 +408,11 @@ def _unreported_writes(gm: fx.GraphModule, report: Report, saved_at: str) -> lis
     nodes = list(gm.graph.nodes)
     savers = [i for i, n in enumerate(nodes) if saved_at and location(n) == saved_at]
     after = nodes[savers[0] + 1 :] if savers else nodes
-    reported_writes = {c.where for c in report.changes if c.code.startswith("FXG1")}
+    reported_writes = {c.where for c in report.changes if c.kind is PassKind.HAZARD}
     rows = []
     for n in (n for n in after if writes_to(n, gm) is not None):
         if location(n) in reported_writes:
-            continue  # the in-place pass's row says it better
+            continue  # a pass's row says it better
         rows.append([location(n) or "?", _code(n), "in-place write in the forward"])
     return rows
 

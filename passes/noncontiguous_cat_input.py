@@ -75,7 +75,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from fxgrad.changes import Change
+from fxgrad.changes import Change, PassKind
 from fxgrad.context import Context, default_measure
 from fxgrad.decision_cache import DecisionCache, device_key, digest
 from fxgrad.graph_utils import (
@@ -1359,5 +1359,6 @@ PASS = Pass(
     name="noncontiguous-cat-input",
     run=run,
     doc=__doc__,
+    kind=PassKind.SPEED,  # a layout decision to keep code is never a finding
     applies=lambda gm: any(is_cat(n) for n in gm.graph.nodes),
 )

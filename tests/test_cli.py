@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from torch import fx
 
 import fxgrad
-from fxgrad.changes import Change
+from fxgrad.changes import Change, PassKind
 from fxgrad.cli import load_target, main, parse_input
 from fxgrad.context import Context
 from fxgrad.graph_utils import location
@@ -234,6 +234,7 @@ def test_passes_json(test_pass):
             "code": "FXG190",
             "name": "test-sigmoid",
             "default": True,
+            "kind": "hazard",
             "summary": "Rewrites sigmoid into expit, for tests.",
         }
     ]
@@ -1140,6 +1141,7 @@ KEPT_LAYOUT = Pass(
     name="test-kept-layout",
     run=_kept_layout,
     doc="FXG290 test-kept-layout\n\n## What it does\nMeasures and keeps, for tests.\n",
+    kind=PassKind.SPEED,
 )
 
 
