@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,21 +16,9 @@ from torch import fx
 from fxgrad.graph_utils import run_forward
 from fxgrad.observe import ExtensionFactory, Observation
 from fxgrad.state import functorch_unwrapped
+from fxgrad.tracing.callspec import private_object
 
 Measure = Callable[[str, Callable[[], Any]], float]
-
-
-def _private_object(x: Any, memo: dict[int, Any]) -> Any:
-    """A copy of a stateful object passed to the forward (transformers' `DynamicCache`),
-    so a probing run's updates, or a trace's values, never land in the caller's object."""
-    if not hasattr(x, "__dict__") or callable(x) or isinstance(x, (type, types.ModuleType)):
-        return x
-    if id(x) not in memo:
-        try:
-            memo[id(x)] = copy.deepcopy(x)
-        except Exception:
-            memo[id(x)] = x  # it refuses to be copied: shared, as before
-    return memo[id(x)]
 
 
 def clone_inputs(inputs: list[Any]) -> list[Any]:
@@ -56,7 +42,7 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
     out = []
     for x in inputs:
         if not isinstance(x, torch.Tensor):
-            out.append(_private_object(x, memo))
+            out.append(private_object(x, memo))
             continue
         if id(x) not in memo:
             sid = _storage_id(x)

@@ -353,8 +353,7 @@ def assert_autograd_safe(model: nn.Module, *inputs: Any) -> Report:
     hazards = [
         c
         for c in report.changes
-        if c.kind is PassKind.HAZARD
-        and not (isinstance(module, FixedModule) and c.applied)
+        if c.kind is PassKind.HAZARD and not (isinstance(module, FixedModule) and c.applied)
     ]
     # Dynamo's graphs are pieces of the forward: only the report speaks for them.
     whole = report.frontend == "fx"

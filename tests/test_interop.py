@@ -583,11 +583,6 @@ def test_generate_through_the_fixed_forward_gives_the_same_tokens():
     assert fixed.report.frontend == "fx"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fx trace reads a DynamicCache tensor's numel() for a bool and refuses; the "
-    "cache it mutated is then handed on to the Dynamo fallback, which fails the same way",
-)
 def test_generate_with_the_kv_cache_through_the_fixed_forward():
     model = _tiny_gpt2()
     fixed = fxgrad.fix(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import inspect
 import types
@@ -37,10 +38,15 @@ class CallSpec:
     numbers: frozenset[int] = frozenset()
 
     def unflatten(self, leaves: list[Any]) -> tuple[tuple, dict]:
-        """Rebuild (args, kwargs) of a call from its non-constant leaves, in order."""
+        """Rebuild (args, kwargs) of a call from its non-constant leaves, in order.
+
+        Constant objects are private copies (see `private_object`): fxgrad's own runs of the
+        forward (eager's reference, a probe) must not fill the caller's cache object.
+        """
         it = iter(leaves)
+        memo: dict[int, Any] = {}
         full = [
-            self.constants[i] if i in self.constants else next(it)
+            private_object(self.constants[i], memo) if i in self.constants else next(it)
             for i in range(self.in_spec.num_leaves)
         ]
         return pytree.tree_unflatten(full, self.in_spec)
@@ -49,6 +55,19 @@ class CallSpec:
         """The non-constant leaves of a call made with this structure, in placeholder order."""
         leaves = pytree.tree_leaves(box_objects((args, kwargs)))
         return [leaf for i, leaf in enumerate(leaves) if i not in self.constants]
+
+
+def private_object(x: Any, memo: dict[int, Any]) -> Any:
+    """A copy of a stateful object passed to the forward (transformers' `DynamicCache`),
+    so a probing run's updates, or a trace's values, never land in the caller's object."""
+    if not hasattr(x, "__dict__") or callable(x) or isinstance(x, (type, types.ModuleType)):
+        return x
+    if id(x) not in memo:
+        try:
+            memo[id(x)] = copy.deepcopy(x)
+        except Exception:
+            memo[id(x)] = x  # it refuses to be copied: shared, as before
+    return memo[id(x)]
 
 
 def _same_constant(a: Any, b: Any) -> bool:

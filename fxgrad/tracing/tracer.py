@@ -22,6 +22,7 @@ from fxgrad.graph_utils import (
 from fxgrad.runtime import _ANSWERS, fxgrad_guard
 from fxgrad.tracing.callspec import _register_dataclasses, box_objects
 from fxgrad.tracing.errors import FIXED_UNPACK, LENGTHS, _control_flow_error
+from fxgrad.tracing.input_writes import InputWrites
 from fxgrad.tracing.names import NUMBER_META, ROOT_ATTR, STOWED_PREFIX
 from fxgrad.tracing.numpy_args import (
     _numpy_dtype_names,
@@ -467,7 +468,14 @@ class FxgradTracer(fx.Tracer):
 
         def flat_forward(root: torch.nn.Module, *_: Any) -> tuple[Any, ...]:
             args, kwargs = pytree.tree_unflatten(placeholders, in_spec)
-            out = root_fn(root, *args, **kwargs)
+            watch = InputWrites(args, kwargs, call.signature)
+            try:
+                out = root_fn(root, *args, **kwargs)
+                written = watch.changed()
+            finally:
+                watch.restore()  # no traced value stays in an object the caller keeps
+            if written:
+                raise _input_write_error(written)
             _register_dataclasses(out)
             leaves, self.out_spec = pytree.tree_flatten(box_objects(out))
             return tuple(leaves)
@@ -658,3 +666,13 @@ def _static_length(node: fx.Node) -> int | None:
         if isinstance(sizes, (list, tuple)):
             return len(sizes)
     return None
+
+
+def _input_write_error(written: list[str]) -> TraceError:
+    shown = ", ".join(written[:3]) + (f" and {len(written) - 3} more" if len(written) > 3 else "")
+    return TraceError(
+        f"The forward writes to an object it was called with ({shown}), and a captured "
+        "graph cannot replay a write to the caller's object: it would leave it as it was.",
+        hint="fix(model) hands such a forward to the Dynamo front-end, which replays the "
+        "writes; or return the new values from forward instead of storing them.",
+    )
