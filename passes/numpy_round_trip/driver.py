@@ -29,7 +29,6 @@ from fxgrad.passes.numpy_round_trip.helpers import (
 from fxgrad.passes.numpy_round_trip.memory import _Memory
 from fxgrad.passes.numpy_round_trip.recording import _record, _Run
 from fxgrad.passes.numpy_round_trip.render import (
-    _render,
     _render_after,
     _render_call_name,
     _source_text,
@@ -40,7 +39,7 @@ from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.context import Context
-from fxgrad.graph_utils import has_side_effect, location, writes_to
+from fxgrad.graph_utils import has_side_effect, location, render_node, writes_to
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
@@ -277,9 +276,7 @@ def _refusal(
         # NumPy writes are translated with the detour; a torch write into a tensor the
         # detour reads or hands back changes memory both sides share.
         if target in watched and isinstance(values.get(target), torch.Tensor):
-            return _Unmapped(
-                f"{_render(n, set())} writes in place into memory the detour shares", n
-            )
+            return _Unmapped(f"{render_node(n)} writes in place into memory the detour shares", n)
     needs_grad = any(
         isinstance(values.get(s), torch.Tensor) and values[s].requires_grad for s in sources
     )

@@ -29,8 +29,10 @@ from fxgrad.passes.numpy_round_trip.mappings import (
     _tables,
     _ufunc_method_spec,
 )
-from fxgrad.passes.numpy_round_trip.render import _render_call_name, _render_target
+from fxgrad.passes.numpy_round_trip.render import _render_call_name
 from torch import fx
+
+from fxgrad.graph_utils import target_name
 
 
 def _map_args(a: Any, tv: dict, values: dict) -> Any:
@@ -182,7 +184,7 @@ def _bound_parameters(_e: _Emitter, c: _Call, _values: dict) -> dict[str, Any]:
     if c.target is operator.getitem:
         return {"a": c.mapped_args[0], "key": c.mapped_args[1]}
     p = _bind(c.target, c.mapped_args, c.mapped_kwargs)
-    _check_allowed(p, c.spec, _render_target(c.target))
+    _check_allowed(p, c.spec, target_name(c.target))
     return p
 
 
