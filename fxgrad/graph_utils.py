@@ -16,7 +16,7 @@ import linecache
 import operator
 import os
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import torch
@@ -444,7 +444,7 @@ def _strip_comment(line: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Rendering nodes as short Python
 
-_OPERATOR_SYMBOLS = {
+OPERATOR_SYMBOLS = {
     operator.add: "+",
     operator.sub: "-",
     operator.mul: "*",
@@ -465,86 +465,187 @@ _OPERATOR_SYMBOLS = {
     operator.gt: ">",
     operator.ge: ">=",
 }
+_UNARY_SYMBOLS = {operator.neg: "-", operator.pos: "+", operator.invert: "~"}
 
+# How tightly Python binds each operator, so that an operand written out in place is
+# parenthesized only where it must be: `(a + b) * c`, `a - (b - c)`, `(a < b) == c`.
+_COMPARISON, _UNARY, _POWER, _PRIMARY = 1, 8, 9, 10
+_PRECEDENCE = {
+    **dict.fromkeys(
+        (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge), _COMPARISON
+    ),
+    operator.or_: 2,
+    operator.xor: 3,
+    operator.and_: 4,
+    operator.lshift: 5,
+    operator.rshift: 5,
+    operator.add: 6,
+    operator.sub: 6,
+    **dict.fromkeys(
+        (operator.mul, operator.truediv, operator.floordiv, operator.mod, operator.matmul), 7
+    ),
+    **dict.fromkeys(_UNARY_SYMBOLS, _UNARY),
+    operator.pow: _POWER,
+}
 
-def _arg(a: Any) -> str:
-    if isinstance(a, fx.Node):
-        return a.name
-    if isinstance(a, tuple):
-        inner = ", ".join(_arg(x) for x in a)
-        return f"({inner},)" if len(a) == 1 else f"({inner})"
-    if isinstance(a, list):
-        return "[" + ", ".join(_arg(x) for x in a) + "]"
-    if isinstance(a, slice):
-        parts = [
-            "" if a.start is None else _arg(a.start),
-            "" if a.stop is None else _arg(a.stop),
-        ]
-        if a.step is not None:
-            parts.append(_arg(a.step))
-        return ":".join(parts)
-    if isinstance(a, dict):
-        return "{" + ", ".join(f"{k!r}: {_arg(v)}" for k, v in a.items()) + "}"
-    return repr(a)
-
-
-def _index(a: Any) -> str:
-    if isinstance(a, tuple):
-        return ", ".join(_arg(x) for x in a)
-    return _arg(a)
-
-
-def _call_args(args: tuple, kwargs: dict) -> str:
-    parts = [_arg(a) for a in args] + [f"{k}={_arg(v)}" for k, v in kwargs.items()]
-    return ", ".join(parts)
+# torch's functions of torch.linalg, torch.special and torch.fft are builtins named
+# `linalg_vector_norm`, `special_expit`, `fft_fft` in these modules.
+_TORCH_NAMESPACES = {
+    "torch._C._linalg": "linalg",
+    "torch._C._special": "special",
+    "torch._C._fft": "fft",
+}
 
 
 def target_name(target: Any) -> str:
-    """Return a readable name for a call_function target (`torch.relu`, `np.sin`)."""
+    """Return a readable name for a call_function target (`torch.relu`, `np.sin`,
+    `torch.linalg.vector_norm`, `np.linalg.norm`, `np.add.at`)."""
+    ufunc = getattr(target, "_fxgrad_ufunc", None)
+    if ufunc is not None:  # the tracer's stand-in for a ufunc method (`np.add.at`)
+        return f"np.{ufunc.__name__}.{target._fxgrad_ufunc_method}"
     module = getattr(target, "__module__", None) or ""
     name = getattr(target, "__name__", None) or repr(target)
+    namespace = _TORCH_NAMESPACES.get(module)
+    if namespace is not None and name.startswith(f"{namespace}_"):
+        return f"torch.{namespace}.{name[len(namespace) + 1 :]}"
     if module.startswith("torch.nn.functional"):
         return f"F.{name}"
     if module.startswith("torch"):
         return f"torch.{name}"
-    if module.startswith("numpy") or type(target).__name__ == "ufunc":
+    if type(target).__name__ == "ufunc" or module == "numpy":
         return f"np.{name}"
+    if module.startswith("numpy."):  # a public submodule names itself (`np.linalg.norm`)
+        sub = module.split(".")[1]
+        return f"np.{name}" if sub.startswith("_") else f"np.{sub}.{name}"
     if module in ("_operator", "operator"):
         return f"operator.{name}"
     return name
 
 
-def render_node(node: fx.Node) -> str:
-    """Render a node as one short line of Python, the way the generated code reads."""
+def render_node(node: fx.Node, inline: Collection[fx.Node] = ()) -> str:
+    """Render a node as one short line of Python, the way the generated code reads.
+
+    An argument that is a call in `inline` is written out in place, parenthesized where
+    Python's precedence needs it, so that a chain of nodes reads as one expression
+    (`torch.sum(torch.sin(h) * 2, dim=1)`); any other node reads as its name.
+    """
+    r = _Renderer(inline)
     args, kwargs = node.args, node.kwargs
-    if node.op == "call_method":
-        return f"{_arg(args[0])}.{node.target}({_call_args(args[1:], kwargs)})"
     if node.op == "call_module":
-        return f"self.{node.target}({_call_args(args, kwargs)})"
+        return f"self.{node.target}({r.call(args, kwargs)})"
     if node.op == "get_attr":
         return f"self.{node.target}"
     if node.op == "placeholder":
         return str(node.target)
     if node.op == "output":
-        return f"return {_arg(args[0])}"
-    target = node.target
-    if getattr(target, "__name__", "") == "writable_piece" and len(args) == 5:
-        base, op, op_args, op_kwargs, index = args
-        name = op if isinstance(op, str) else getattr(op, "__name__", "?")
-        return f"{_arg(base)}.{name}({_call_args(tuple(op_args), dict(op_kwargs))})[{index}]"
-    if target is operator.setitem:
-        return f"{_arg(args[0])}[{_index(args[1])}] = {_arg(args[2])}"
-    if target is operator.getitem:
-        return f"{_arg(args[0])}[{_index(args[1])}]"
-    if target in INPLACE_OPERATORS:
-        return f"{_arg(args[0])} {_OPERATOR_SYMBOLS[INPLACE_OPERATORS[target]]}= {_arg(args[1])}"
-    if target in _OPERATOR_SYMBOLS and len(args) == 2 and not kwargs:
-        return f"{_arg(args[0])} {_OPERATOR_SYMBOLS[target]} {_arg(args[1])}"
-    if target is builtins.getattr:
-        return f"{_arg(args[0])}.{args[1]}"
-    return f"{target_name(target)}({_call_args(args, kwargs)})"
+        return f"return {r.lit(args[0])}"
+    if node.op == "call_function" and node.target in INPLACE_OPERATORS:
+        symbol = OPERATOR_SYMBOLS[INPLACE_OPERATORS[node.target]]
+        return f"{r.lit(args[0])} {symbol}= {r.lit(args[1])}"
+    return r.expr(node)
 
 
 def render_assignment(node: fx.Node) -> str:
     """Render `name = <expr>` for a node that produces a value."""
     return f"{node.name} = {render_node(node)}"
+
+
+class _Renderer:
+    """Python text for a node's arguments; nodes in `inline` are written out in place."""
+
+    def __init__(self, inline: Collection[fx.Node]) -> None:
+        self.inline = inline
+
+    def lit(self, a: Any) -> str:
+        if isinstance(a, fx.Node):
+            return self.expr(a) if a in self.inline else a.name
+        if isinstance(a, tuple):
+            inner = ", ".join(self.lit(x) for x in a)
+            return f"({inner},)" if len(a) == 1 else f"({inner})"
+        if isinstance(a, list):
+            return "[" + ", ".join(self.lit(x) for x in a) + "]"
+        if isinstance(a, slice):
+            parts = [
+                "" if a.start is None else self.lit(a.start),
+                "" if a.stop is None else self.lit(a.stop),
+            ]
+            if a.step is not None:
+                parts.append(self.lit(a.step))
+            return ":".join(parts)
+        if isinstance(a, dict):
+            return "{" + ", ".join(f"{k!r}: {self.lit(v)}" for k, v in a.items()) + "}"
+        if a is Ellipsis:
+            return "..."
+        return repr(a)
+
+    def operand(self, a: Any, outer: int = _PRIMARY, right: bool = False) -> str:
+        """`a` as an operand of an operator of precedence `outer`, parenthesized if need be.
+
+        Comparisons chain (`a < b == c` is not `(a < b) == c`) and `**` groups from the
+        right, so an operand of equal precedence gets parentheses on either side of them.
+        """
+        text = self.lit(a)
+        if isinstance(a, fx.Node) and a in self.inline and a.op == "call_function":
+            inner = _PRECEDENCE.get(a.target, _PRIMARY)
+            if inner < outer or (inner == outer and (right or outer in (_COMPARISON, _POWER))):
+                return f"({text})"
+        return text
+
+    def call(self, args: tuple, kwargs: dict) -> str:
+        return ", ".join(
+            [self.lit(a) for a in args] + [f"{k}={self.lit(v)}" for k, v in kwargs.items()]
+        )
+
+    def index(self, a: Any) -> str:
+        if isinstance(a, tuple):
+            return ", ".join(self.lit(x) for x in a) if a else "()"
+        return self.lit(a)
+
+    def expr(self, n: fx.Node) -> str:
+        """`n` as an expression; a node that is not a call reads as its name."""
+        args, kwargs = n.args, n.kwargs
+        if n.op == "call_method":
+            return f"{self.operand(args[0])}.{n.target}({self.call(args[1:], kwargs)})"
+        if n.op != "call_function":
+            return n.name
+        special = _SPELLINGS.get(n.target)
+        if special is None and getattr(n.target, "__name__", "") == "writable_piece":
+            special = _Renderer.writable_piece
+        text = special(self, args, kwargs, n.target) if special is not None else None
+        if text is not None:
+            return text
+        return f"{target_name(n.target)}({self.call(args, kwargs)})"
+
+    def binary(self, args: tuple, kwargs: dict, target: Any) -> str | None:
+        if len(args) != 2 or kwargs:
+            return None
+        prec = _PRECEDENCE[target]
+        left, right = self.operand(args[0], prec), self.operand(args[1], prec, right=True)
+        return f"{left} {OPERATOR_SYMBOLS[target]} {right}"
+
+    def unary(self, args: tuple, _kwargs: dict, target: Any) -> str | None:
+        return (
+            f"{_UNARY_SYMBOLS[target]}{self.operand(args[0], _UNARY)}" if len(args) == 1 else None
+        )
+
+    def writable_piece(self, args: tuple, _kwargs: dict, _target: Any) -> str | None:
+        """FXG101's `writable_piece(base, op, args, kwargs, i)`: piece i of `base.op(...)`."""
+        if len(args) != 5:
+            return None
+        base, op, op_args, op_kwargs, index = args
+        name = op if isinstance(op, str) else getattr(op, "__name__", "?")
+        return f"{self.lit(base)}.{name}({self.call(tuple(op_args), dict(op_kwargs))})[{index}]"
+
+
+# Functions written as Python syntax rather than as calls: (renderer, args, kwargs, target)
+# -> the text, or None to write the call.
+_SPELLINGS: dict[Any, Callable[[_Renderer, tuple, dict, Any], str | None]] = {
+    builtins.getattr: lambda r, args, _kw, _t: f"{r.operand(args[0])}.{args[1]}",
+    operator.getitem: lambda r, args, _kw, _t: f"{r.operand(args[0])}[{r.index(args[1])}]",
+    operator.setitem: lambda r, args, _kw, _t: (
+        f"{r.operand(args[0])}[{r.index(args[1])}] = {r.lit(args[2])}"
+    ),
+    **dict.fromkeys(OPERATOR_SYMBOLS, _Renderer.binary),
+    **dict.fromkeys(_UNARY_SYMBOLS, _Renderer.unary),
+    operator.abs: lambda r, args, _kw, _t: f"abs({r.lit(args[0])})",
+}

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from fxgrad.passes import numpy_round_trip as fxg301
+from fxgrad.passes.numpy_round_trip.aliasing import _numpy_write
 from torch import fx
 
 import fxgrad
@@ -476,7 +477,7 @@ def _recorded_writes(fn, *examples) -> dict[str, str]:
     values = dict(zip(names, examples))
     found = {}
     for n in graph.nodes:
-        w = fxg301._numpy_write(n, values)
+        w = _numpy_write(n, values)
         if w is not None:
             found[n.name] = w.kind
     return found
