@@ -12,7 +12,7 @@ import copy
 from fxgrad.passes.inplace_op.aliases import Alias
 from fxgrad.passes.inplace_op.exact import exact_findings
 from fxgrad.passes.inplace_op.findings import Finding, FindingKind, _write_text
-from fxgrad.passes.inplace_op.rewrite import CannotRewrite, _drop_dead, rewrite
+from fxgrad.passes.inplace_op.rewrites import CannotRewrite, _drop_dead, rewrite
 from fxgrad.passes.inplace_op.static import static_findings
 from torch import fx
 
