@@ -23,6 +23,10 @@ from fxgrad.context import Context, clone_inputs, fake_measure
 
 # Imported by name: linters take fxgrad.passes (shipped from passes/) for a third party.
 fxg201 = importlib.import_module("fxgrad.passes.noncontiguous_cat_input")
+# The parts whose names tests replace: a name is replaced in the module that reads it.
+fxg201_timing = importlib.import_module("fxgrad.passes.noncontiguous_cat_input.timing")
+fxg201_cache = importlib.import_module("fxgrad.passes.noncontiguous_cat_input.cache")
+fxg201_downstream = importlib.import_module("fxgrad.passes.noncontiguous_cat_input.downstream")
 Variant = fxg201.Variant
 
 
@@ -231,7 +235,7 @@ def test_real_timings_keep_values_and_gradients(name):
 @pytest.fixture
 def roomy_budget(monkeypatch):
     """Fake timers that run the timed code are charged its real time: allow plenty."""
-    monkeypatch.setattr(fxg201, "BUDGET_FLOOR_S", 60.0)
+    monkeypatch.setattr(fxg201_timing, "BUDGET_FLOOR_S", 60.0)
 
 
 def _always_wins(winner):
@@ -434,8 +438,10 @@ def test_spent_budget_means_no_measurement_and_no_rewrite():
 
 def test_the_budget_is_about_one_forward_and_backward(monkeypatch):
     # With fix()'s own timer, a site that would take longer than the budget is not timed.
-    monkeypatch.setattr(fxg201, "BUDGET_FLOOR_S", 0.0)
-    monkeypatch.setattr(fxg201, "_Sampler", lambda number: pytest.fail("timed past the budget"))
+    monkeypatch.setattr(fxg201_timing, "BUDGET_FLOOR_S", 0.0)
+    monkeypatch.setattr(
+        fxg201_timing, "_Sampler", lambda number: pytest.fail("timed past the budget")
+    )
     gm, ctx = _traced(Transposed(), BIG)
     ctx.step_s = 1e-6  # as if one forward+backward of the model took a microsecond
     (change,) = fxg201.run(gm, ctx)
@@ -530,11 +536,13 @@ def test_a_second_fix_measures_nothing_and_gives_the_same_code():
 
 
 def test_a_site_that_cannot_be_replayed_is_cached_too(monkeypatch):
-    monkeypatch.setattr(fxg201, "_warm_up", lambda site: None)  # fails on fresh tensors
+    monkeypatch.setattr(fxg201_timing, "_warm_up", lambda site: None)  # fails on fresh tensors
     gm, ctx = _traced(Transposed(), BIG)
     (change,) = fxg201.run(gm, ctx)
     assert not change.applied and "fails when replayed" in change.note
-    monkeypatch.setattr(fxg201, "_warm_up", lambda site: pytest.fail("not read from the cache"))
+    monkeypatch.setattr(
+        fxg201_timing, "_warm_up", lambda site: pytest.fail("not read from the cache")
+    )
     gm, ctx = _traced(Transposed(), BIG)
     (change,) = fxg201.run(gm, ctx)
     assert not change.applied and "fails when replayed" in change.note
@@ -582,11 +590,13 @@ def test_the_key_holds_device_and_torch_version(monkeypatch):
     n = len(calls)
     fxgrad.fix(PrefixHeads(), example, select=["FXG201"], measure=measure)
     assert len(calls) == n  # cached
-    here = fxg201.device_key(torch.device("cpu"))
-    monkeypatch.setattr(fxg201, "device_key", lambda device: here.replace("torch ", "torch 9"))
+    here = fxg201_cache.device_key(torch.device("cpu"))
+    monkeypatch.setattr(
+        fxg201_cache, "device_key", lambda device: here.replace("torch ", "torch 9")
+    )
     fxgrad.fix(PrefixHeads(), example, select=["FXG201"], measure=measure)
     assert len(calls) == 2 * n  # another torch version: measured again
-    monkeypatch.setattr(fxg201, "device_key", lambda device: "cuda: some GPU; torch 2.14")
+    monkeypatch.setattr(fxg201_cache, "device_key", lambda device: "cuda: some GPU; torch 2.14")
     fxgrad.fix(PrefixHeads(), example, select=["FXG201"], measure=measure)
     assert len(calls) == 3 * n  # another device: measured again
 
@@ -678,7 +688,7 @@ def test_layout_fresh_tensors_match_strides():
 
 
 def test_a_budget_spent_after_enough_rounds_decides_on_them(monkeypatch):
-    monkeypatch.setattr(fxg201, "BUDGET_FLOOR_S", 0.0)
+    monkeypatch.setattr(fxg201_timing, "BUDGET_FLOOR_S", 0.0)
     gm, ctx = _traced(Transposed(), BIG)
     ctx.step_s = 10.0
     rounds_done = []
@@ -690,7 +700,7 @@ def test_a_budget_spent_after_enough_rounds_decides_on_them(monkeypatch):
         return 2e-3 if key.endswith("original") else 1e-3
 
     budget_spender = fxg201.Budget(10.0)
-    monkeypatch.setattr(fxg201, "_budget", lambda ctx, seen: budget_spender)
+    monkeypatch.setattr(fxg201_cache, "_budget", lambda ctx, seen: budget_spender)
     ctx.measure = measure
     (change,) = fxg201.run(gm, ctx)
     assert len(rounds_done) == 2 * fxg201.MIN_ROUNDS
@@ -702,7 +712,7 @@ def test_readers_too_far_to_follow_forbid_both(monkeypatch):
         def forward(self, x, y):
             return torch.cat([x, y], 1).relu().sigmoid().tanh().exp()
 
-    monkeypatch.setattr(fxg201, "MAX_WALK", 2)
+    monkeypatch.setattr(fxg201_downstream, "MAX_WALK", 2)
     gm, _ = _traced(Long(), ())
     cat = next(n for n in gm.graph.nodes if n.name == "cat")
     uses = fxg201.readers(gm, cat)
