@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import linecache
 import os
 import threading
@@ -25,10 +24,11 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from fxgrad.autograd_run import gc_paused, seeded
 from fxgrad.changes import Note
 from fxgrad.code_cache import drops_transient_code
 from fxgrad.code_cache import keep as keep_code
-from fxgrad.context import Context, Measure, clone_inputs, default_measure, seeded
+from fxgrad.context import Context, Measure, clone_inputs, default_measure
 from fxgrad.errors import EquivalenceError, FxgradError, ModelError, TraceError
 from fxgrad.graph_utils import run_forward
 from fxgrad.guards import (
@@ -629,7 +629,7 @@ class FixedModule(nn.Module):
     def _restatic(self, old: Variant) -> Variant:
         """The static decision again, after a Python value it read changed."""
         shared = self._fxgrad
-        with shared.lock, _gc_paused():
+        with shared.lock, gc_paused():
             variant = _decide(
                 self._base(), None, None, shared.options, grad_enabled=True, static=True
             )
@@ -663,7 +663,7 @@ class FixedModule(nn.Module):
             if len(shared.variants) >= shared.options.max_variants:
                 raise _too_many_variants(shared, key, stale[-1] if stale else None)
             try:
-                with _gc_paused():
+                with gc_paused():
                     variant = _decide(
                         self._base(),
                         args,
@@ -1007,7 +1007,7 @@ def _eager_error_on(base: nn.Module, args: tuple, kwargs: dict) -> BaseException
     call, leaves = call_spec(base, args, kwargs)
     root = twin(base)
     quiet_user_hooks(root)
-    with outside_transforms(), _gc_paused(), private_state(root) as state:
+    with outside_transforms(), gc_paused(), private_state(root) as state:
         return _eager_error(root, call, leaves, state)
 
 
@@ -1458,24 +1458,6 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while deciding.
-
-    Capture and the passes allocate many small objects (nodes, proxies, frames); each full
-    collection walks every live object, so with the collector on, time per node grew with
-    graph size (1.3x from 1k to 50k nodes, plain `symbolic_trace` 1.35x) and is flat with
-    it paused. Garbage made meanwhile is collected as usual afterwards.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _all_passes() -> Sequence[Pass]:
     from fxgrad.passes import ALL
 
@@ -1555,7 +1537,7 @@ def fix(
         _decide_with_dynamo(fixed, model, inputs or (), example_kwargs)
         return fixed
     try:
-        with _gc_paused():
+        with gc_paused():
             # An explicit fix() decides for training: grad on, whatever the caller's mode.
             variant = _decide(model, inputs or (), example_kwargs, opts, grad_enabled=True)
     except _FX_REFUSALS as e:
@@ -1590,7 +1572,7 @@ def _decide_with_dynamo(
     run = fixed._use_dynamo(refusal)
     call_args = clone_inputs(list(args))
     call_kwargs = dict(zip(kwargs or {}, clone_inputs(list((kwargs or {}).values()))))
-    with _gc_paused(), python_state_restored(model), private_state(model), torch.enable_grad():
+    with gc_paused(), python_state_restored(model), private_state(model), torch.enable_grad():
         run(*call_args, **call_kwargs)
 
 
@@ -1611,7 +1593,7 @@ def fix_static(
         raise lazy_refusal("Deciding without example inputs")
     opts = _options(select, ignore, True, None, MAX_VARIANTS)
     fixed = FixedModule(model, opts)
-    with _gc_paused():
+    with gc_paused():
         fixed._adopt(_decide(model, None, None, opts, grad_enabled=True, static=True))
     return fixed
 
@@ -1640,7 +1622,7 @@ def check(
         if static:
             raise lazy_refusal("fxgrad.check() without example inputs")
         model = _initialized_copy(model, inputs or (), example_kwargs or {})
-    with _gc_paused():
+    with gc_paused():
         call, leaves = call_spec(model, None if static else inputs or (), example_kwargs)
         if not static:
             _check_leaves(inputs or (), example_kwargs or {}, leaves)

@@ -32,8 +32,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad.autograd_run import gc_paused, seeded
 from fxgrad.changes import Change
-from fxgrad.context import Context, default_measure, seeded
+from fxgrad.context import Context, default_measure
 from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import _is_internal, location, render_node, run_forward
 from fxgrad.interop import (
@@ -95,15 +96,13 @@ class Piece:
         return out
 
     def _decide(self, inputs: list[Any]) -> Callable[..., Any]:
-        from fxgrad.api import _gc_paused
-
         work = fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph))
         locate(work)
         passes = self.backend.passes
         report = Report(
             mode="exact", model=f"{self.backend.name} (graph {self.index})", frontend="dynamo"
         )
-        with outside_transforms(), forked_rng(), _gc_paused():
+        with outside_transforms(), forked_rng(), gc_paused():
             ctx = Context(
                 example_inputs=inputs,
                 measure=self.backend.measure or default_measure,

@@ -13,8 +13,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad.autograd_run import differentiable_outputs, seeded, seeded_gradients
 from fxgrad.changes import Change, Note
-from fxgrad.context import Context, seeded
+from fxgrad.context import Context
 from fxgrad.errors import EquivalenceError, FxgradError, PassError
 from fxgrad.graph_utils import location, run_forward
 from fxgrad.observe import Observation
@@ -66,39 +67,6 @@ class Reference:
 def flat_outputs(out: Any) -> list[Any]:
     """A forward's outputs as a flat list, tensors inside plain objects (a cache) included."""
     return pytree.tree_leaves(box_objects(out))
-
-
-def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
-    """Floating-point tensor outputs that carry a gradient."""
-    return [
-        o
-        for o in outputs
-        if isinstance(o, torch.Tensor)
-        and (o.is_floating_point() or o.is_complex())
-        and o.requires_grad
-    ]
-
-
-def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Deterministic random output gradients, so reductions cannot hide a wrong gradient."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    return [
-        torch.randn(o.shape, generator=gen, dtype=o.dtype if o.is_complex() else torch.float64).to(
-            dtype=o.dtype, device=o.device
-        )
-        for o in outputs
-    ]
-
-
-def seeded_gradients(
-    outputs: list[torch.Tensor], wrt: list[torch.Tensor], seed: int
-) -> list[torch.Tensor | None]:
-    """The gradients of `wrt` (None where unused) for `outputs` weighted by `cotangents`.
-
-    Gradients come from `torch.autograd.grad`, so no `.grad` is ever left on a parameter.
-    Errors of the backward propagate.
-    """
-    return list(torch.autograd.grad(outputs, wrt, cotangents(outputs, seed), allow_unused=True))
 
 
 def run_forward_backward(

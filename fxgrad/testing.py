@@ -32,6 +32,7 @@ from torch import fx, nn
 
 import fxgrad
 from fxgrad.api import FixedModule
+from fxgrad.autograd_run import differentiable_outputs, seeded_gradients
 from fxgrad.changes import PassKind
 from fxgrad.context import Context, clone_inputs
 from fxgrad.export import with_module_paths
@@ -45,12 +46,7 @@ from fxgrad.graph_utils import (
     writes_to,
 )
 from fxgrad.observe import Extension, Observation, Observer, observe
-from fxgrad.pipeline import (
-    compare_outputs,
-    differentiable_outputs,
-    flat_outputs,
-    seeded_gradients,
-)
+from fxgrad.pipeline import compare_outputs, flat_outputs
 from fxgrad.report import Report, clean_torch_error
 from fxgrad.state import restored
 
