@@ -64,8 +64,8 @@ from fxgrad.interop import (
 from fxgrad.observe import Observation
 from fxgrad.pipeline import (
     Reference,
-    _first_line,
     check_capture,
+    first_line,
     flat_outputs,
     run_forward_backward,
     run_passes,
@@ -90,9 +90,9 @@ from fxgrad.tracing import (
     twin,
 )
 from fxgrad.tracing.callspec import is_number
-from fxgrad.tracing.errors import _innermost_user_line
+from fxgrad.tracing.errors import innermost_user_line
 from fxgrad.tracing.module_copy import quiet_user_hooks
-from fxgrad.view import TreeWatch, ViewGuard, _walk
+from fxgrad.view import TreeWatch, ViewGuard, walk_modules
 from fxgrad.view import build as build_view
 
 # How many variants one fixed module keeps before it refuses a call that needs another.
@@ -621,7 +621,7 @@ class FixedModule(nn.Module):
             if d["_modules"] is tree.root._modules:
                 mods = tree.modules
             else:  # a DataParallel replica: its own submodules
-                mods = [d[ROOT_ATTR], *_walk(d["_modules"])]
+                mods = [d[ROOT_ATTR], *walk_modules(d["_modules"])]
             moded = [m for m in mods if mode_matters(type(m))]
             hit = d["_fxgrad_mods"] = _KeyModules(d["_modules"], tree.epoch, moded, mods)
         return hit.moded, hit.tables
@@ -1016,12 +1016,12 @@ def _backward_note(ref: Reference, first: Observation) -> str:
     error = ref.backward_error
     if error is not None:
         return Note(
-            "eager backward fails on the example inputs: " + _first_line(error), actionable=True
+            "eager backward fails on the example inputs: " + first_line(error), actionable=True
         )
     what = first.backward_error
     return Note(
         "the captured graph's backward fails where eager's runs"
-        + (f": {_first_line(what)}" if what is not None else "")
+        + (f": {first_line(what)}" if what is not None else "")
         + "; please report this model",
         actionable=True,
     )
@@ -1035,8 +1035,7 @@ def _still_failing(gm: fx.GraphModule, ctx: Context) -> list[str]:
     except Exception as e:
         return [
             Note(
-                "the forward raises in eager PyTorch and still does after fixing: "
-                + _first_line(e),
+                "the forward raises in eager PyTorch and still does after fixing: " + first_line(e),
                 actionable=True,
             )
         ]
@@ -1162,7 +1161,7 @@ def _capture_on(
 
 def _model_raises(error: BaseException) -> ModelError:
     """The ModelError for what eager's forward raises on the example inputs."""
-    where = _innermost_user_line(error)
+    where = innermost_user_line(error)
     text = str(error).strip()
     known = where != "an unknown line"
     return ModelError(

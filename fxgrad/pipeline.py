@@ -179,13 +179,13 @@ def verify(
     obs = ctx.observe(gm)
     e = obs.forward_error
     if e is not None:
-        return f"the rewritten forward raises {type(e).__name__}: {_first_line(e)}"
+        return f"the rewritten forward raises {type(e).__name__}: {first_line(e)}"
     if ref.outputs is not None and obs.outputs is not None:
         bad = compare_outputs(list(obs.outputs), ref.outputs)
         if bad is not None:
             return bad[1]
     if obs.backward_error is not None:
-        return f"backward fails: {_first_line(obs.backward_error)}"
+        return f"backward fails: {first_line(obs.backward_error)}"
     if reach is not None:
         lost = reach.lost(Reach.of(obs), lambda: ref.grad_names)
         if lost is not None:
@@ -205,7 +205,8 @@ def verify(
     return None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing), for one-line notes."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -224,7 +225,7 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
         raise EquivalenceError(
             f"The captured graph raises {type(e).__name__} where eager PyTorch "
             f"{'raises ' + type(ref.forward_error).__name__ if ref.forward_error else 'runs'}: "
-            f"{_first_line(e)}",
+            f"{first_line(e)}",
             hint="This is a capture bug in fxgrad; please report it with the model. "
             'Meanwhile `fxgrad.fix(model, frontend="dynamo")` captures it with Dynamo.',
         ) from e
@@ -302,7 +303,7 @@ def run_passes(
         except Exception as e:
             node = getattr(e, "fxgrad_node", "")
             raise PassError(
-                f"Pass {p.code} ({p.name}) crashed: {type(e).__name__}: {_first_line(e)}\n"
+                f"Pass {p.code} ({p.name}) crashed: {type(e).__name__}: {first_line(e)}\n"
                 + "".join(traceback.format_exception(e)[-3:]),
                 hint=f"Skip it with ignore=['{p.code}'] (CLI: --ignore {p.code}) and please "
                 "report this model; this is a bug in fxgrad.",
