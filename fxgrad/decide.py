@@ -1,17 +1,19 @@
 """The decision sequence: capture one call, check the capture, run and verify the passes.
 
-fxgrad's tracer captures the whole forward on a private twin of the model (`decide`,
-`decide_on`), checks the capture against eager, runs the passes, each result verified and
-rolled back where it fails, and binds the result to the user's module as a variant
-(fxgrad.variant).
+Both front-ends decide through it. fxgrad's tracer captures the whole forward on a private
+twin of the model (`decide`, `decide_on`), checks the capture against eager, and binds the
+result to the user's module as a variant (fxgrad.variant); Dynamo hands each graph it
+captured to fxgrad.dynamo, which holds the graph as Dynamo captured it for the reference.
+Either way the passes then run in the same context on the same kind of reference, each
+result verified and rolled back where it fails (`decision_context`, `decide_graph`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.utils._pytree as pytree
@@ -48,6 +50,9 @@ from fxgrad.tracing.errors import innermost_user_line
 from fxgrad.tracing.module_copy import quiet_user_hooks
 from fxgrad.variant import Variant, bind, take_constants
 from fxgrad.view import build as build_view
+
+T = TypeVar("T")
+
 
 # How many variants one fixed module keeps before it refuses a call that needs another.
 MAX_VARIANTS = 8
@@ -415,16 +420,7 @@ def _decide_captured(
 ) -> None:
     """Check the capture against eager on the call, then run and verify the passes."""
     state.copy_always = _writes_through_data(captured.gm)
-    ctx = Context(
-        example_inputs=example,
-        measure=_timer(opts),
-        measure_enabled=opts.measure is not False,
-        reset_state=state.reset,
-        private_state=True,
-        module=root,
-        grad_enabled=torch.is_grad_enabled(),
-        extensions=[make for p in opts.passes for make in p.observes],
-    )
+    ctx = decision_context(opts, example, reset_state=state.reset, module=root)
     try:
         ref = _eager_reference(root, call, ctx, _all_passes())
     except _ModelError as e:
@@ -443,14 +439,53 @@ def _decide_captured(
     if first.backward_fails:
         report.notes.append(_backward_note(ref, first))
     report.notes.extend(n for n in captured.notes if n not in report.notes)
-    before = captured.gm.code
-    changes, notes = run_passes(captured.gm, opts.passes, ctx, ref, opts.verify)
+    decide_graph(captured.gm, ctx, ref, opts, report)
+
+
+def decision_context(opts: Options, example: list[Any], **facts: Any) -> Context:
+    """The context the passes decide in on one call, whichever front-end captured it.
+
+    The call's inputs, the options' timer, the grad mode the call runs in, and what the
+    passes record in an observed run; the tensors it reads are private copies (`facts`
+    says how to reset them, and on which module, where the front-end keeps them).
+    """
+    return Context(
+        example_inputs=example,
+        measure=_timer(opts),
+        measure_enabled=opts.measure is not False,
+        private_state=True,
+        grad_enabled=torch.is_grad_enabled(),
+        extensions=[make for p in opts.passes for make in p.observes],
+        **facts,
+    )
+
+
+def decide_graph(
+    gm: fx.GraphModule,
+    ctx: Context,
+    ref: Reference,
+    opts: Options,
+    report: Report,
+    finish: Callable[[fx.GraphModule, Context], T] | None = None,
+) -> T | None:
+    """Run the passes on a captured graph, verified against `ref`, into `report`.
+
+    The step both front-ends share once they hold a graph and what it must compute: each
+    pass's result is verified on the call and rolled back where it fails, and a forward
+    that raised in the reference and still raises says so. `finish` runs last on the
+    rewritten graph while its observed run is still kept (Dynamo's front-end reads what
+    autograd saved there), and its result is returned.
+    """
+    before = gm.code
+    changes, notes = run_passes(gm, opts.passes, ctx, ref, opts.verify)
     if ref.forward_error is not None:
-        notes.extend(_still_failing(captured.gm, ctx))
-    report.code_before, report.code_after = before, captured.gm.code
+        notes.extend(_still_failing(gm, ctx))
+    done = finish(gm, ctx) if finish is not None else None
+    report.code_before, report.code_after = before, gm.code
     report.changes.extend(changes)
     report.notes.extend(n for n in notes if n not in report.notes)
     ctx.forget_observation()  # its values hold a forward's activations
+    return done
 
 
 def decide(

@@ -19,9 +19,8 @@ import torch
 from torch import fx, nn
 
 from fxgrad.autograd_run import gc_paused
-from fxgrad.context import clone_inputs
 from fxgrad.decide import FX_REFUSALS, Options, decide, describe_call, eager_error_on
-from fxgrad.dynamo import Backend, compile_module
+from fxgrad.dynamo import Backend, compile_module, run_example_call
 from fxgrad.errors import FxgradError
 from fxgrad.guards import (
     TensorState,
@@ -43,7 +42,6 @@ from fxgrad.interop import (
 )
 from fxgrad.report import Report
 from fxgrad.serialize import variant_parts, variant_state
-from fxgrad.state import private_state, python_state_restored
 from fxgrad.tracing import ROOT_ATTR, call_spec
 from fxgrad.variant import Variant, bind, rebound
 from fxgrad.view import TreeWatch, walk_modules
@@ -465,10 +463,7 @@ class FixedModule(nn.Module):
         with shared.lock:
             if shared.dynamo is None:
                 root = self.__dict__[ROOT_ATTR]
-                opts = shared.options
-                shared.backend = Backend(
-                    type(root).__name__, opts.passes, opts.verify, opts.measure, opts.max_variants
-                )
+                shared.backend = Backend(type(root).__name__, shared.options)
                 shared.dynamo = compile_module(root, shared.backend)
                 shared.fx_refusal = refusal
         return shared.dynamo
@@ -648,21 +643,9 @@ def decide_statically(fixed: FixedModule) -> None:
 def decide_with_dynamo(
     fixed: FixedModule, args: tuple, kwargs: dict[str, Any] | None, refusal: str = ""
 ) -> None:
-    """Hand `fixed` to the Dynamo front-end and run the example call through it now, so
-    each graph it captures is decided on it (`refusal`: why fxgrad's tracer did not
-    capture the forward).
-
-    The call runs on private copies of the model's tensors with the RNG restored after, and
-    what it changes in the modules' Python state (a hook a forward installs) is put back, so
-    fixing leaves the model as it was; later calls reuse the decided graphs wherever
-    Dynamo's guards hold, and graphs first met later are decided on their first call.
-    """
-    run = fixed._use_dynamo(refusal)
-    model = fixed.__dict__[ROOT_ATTR]
-    call_args = clone_inputs(list(args))
-    call_kwargs = dict(zip(kwargs or {}, clone_inputs(list((kwargs or {}).values()))))
-    with gc_paused(), python_state_restored(model), private_state(model), torch.enable_grad():
-        run(*call_args, **call_kwargs)
+    """Hand `fixed` to the Dynamo front-end and decide each graph it captures on the
+    example call now (`refusal`: why fxgrad's tracer did not capture the forward)."""
+    run_example_call(fixed._use_dynamo(refusal), fixed.__dict__[ROOT_ATTR], args, kwargs)
 
 
 def current_variant(fixed: FixedModule) -> Variant:
