@@ -323,16 +323,21 @@ def run_passes(
         if problem is not None and saved is not None:
             gm.graph = saved
             notes.append(Note(f"{p.code} ({p.name}) was rolled back: {problem}.", actionable=True))
-            found = [
-                dataclasses.replace(
-                    c,
-                    applied=False,
-                    rolled_back=True,
-                    note=f"{c.note}; rolled back: {problem}".lstrip("; "),
-                )
-                if c.applied
-                else c
-                for c in found
-            ]
+            found = _rolled_back(found, problem)
         changes.extend(found)
     return changes, notes
+
+
+def _rolled_back(found: list[Change], problem: str) -> list[Change]:
+    """A rolled-back pass's changes: what it applied is marked undone, with the reason."""
+    return [
+        dataclasses.replace(
+            c,
+            applied=False,
+            rolled_back=True,
+            note=f"{c.note}; rolled back: {problem}".lstrip("; "),
+        )
+        if c.applied
+        else c
+        for c in found
+    ]
