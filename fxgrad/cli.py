@@ -825,8 +825,9 @@ def _report(fixed: fxgrad.FixedModule) -> fxgrad.Report:
     """The report, each change naming the block it is in (for one row per repeated block),
     and where the example inputs came from."""
     from fxgrad.export import with_module_paths
+    from fxgrad.fixed import captured_by_dynamo
 
-    if fixed._fxgrad.backend is not None:  # captured by Dynamo: one graph per piece
+    if captured_by_dynamo(fixed):  # captured by Dynamo: one graph per piece
         report = fixed.report
     else:
         report = with_module_paths(fixed.report, fixed.graph_module)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx
 
+from fxgrad.autograd_run import seeded
 from fxgrad.graph_utils import run_forward
-from fxgrad.observe import ExtensionFactory, Observation
+from fxgrad.observe import ExtensionFactory, Observation, observe
 from fxgrad.state import functorch_unwrapped
 from fxgrad.tracing.callspec import private_object
 
@@ -216,8 +215,6 @@ class Context:
         hit = self._observed
         if hit is not None and hit[0] is gm and hit[1] == key and not missing:
             return hit[2]
-        from fxgrad.observe import observe
-
         extensions = [e for make in self.extensions if (e := make(gm)) is not None]
         obs = observe(gm, self, extensions)
         self._observed = (gm, key, obs)
@@ -241,20 +238,6 @@ class Context:
         """Run the graph on fresh example inputs with the context's RNG seed."""
         with seeded(self.seed):
             return run_forward(gm, *self.inputs())
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run with a fixed RNG seed (torch's and NumPy's global one), restoring the caller's
-    RNG state afterwards."""
-    from fxgrad.state import forked_rng
-
-    with forked_rng():
-        torch.manual_seed(seed)
-        np = sys.modules.get("numpy")
-        if np is not None:
-            np.random.seed(seed)
-        yield
 
 
 def median(xs: list[float]) -> float:

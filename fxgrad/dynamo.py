@@ -5,10 +5,10 @@ hold (`if x.sum() > 0:`, a `.item()` deciding a loop). Dynamo captures such a fo
 pieces, breaking the graph where Python must run, and calls a backend with each piece: a
 torch-level graph whose inputs are the tensors it reads (parameters and buffers included)
 and whose nodes carry the user's stack traces. This backend runs the same passes on each
-piece, decided exactly on the piece's first real inputs and verified against the piece as
-Dynamo captured it, and runs the rewritten piece eagerly (no Inductor). Dynamo's own guards
-decide when a piece is captured anew (another dtype, grad mode, sizes), and each new piece
-is decided on its first call.
+piece through the same decision sequence (fxgrad.decide), decided exactly on the piece's
+first real inputs and verified against the piece as Dynamo captured it, and runs the
+rewritten piece eagerly (no Inductor). Dynamo's own guards decide when a piece is captured
+anew (another dtype, grad mode, sizes), and each new piece is decided on its first call.
 
 Across a graph break, an op in one piece can save a tensor for backward that code in a
 later piece writes in place (the piece ends at `if h.sum() > 0:` after `h = sigmoid(...)`,
@@ -32,8 +32,10 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad.autograd_run import gc_paused, seeded
 from fxgrad.changes import Change
-from fxgrad.context import Context, default_measure, seeded
+from fxgrad.context import Context, clone_inputs
+from fxgrad.decide import Options, decide_graph, decision_context
 from fxgrad.errors import FxgradError
 from fxgrad.graph_utils import _is_internal, location, render_node, run_forward
 from fxgrad.interop import (
@@ -44,15 +46,9 @@ from fxgrad.interop import (
     uninitialized,
 )
 from fxgrad.observe import storage_of
-from fxgrad.pipeline import (
-    Reference,
-    flat_outputs,
-    run_forward_backward,
-    run_passes,
-)
-from fxgrad.registry import Pass
+from fxgrad.pipeline import Reference, flat_outputs, run_forward_backward
 from fxgrad.report import Report
-from fxgrad.state import forked_rng
+from fxgrad.state import forked_rng, private_state, python_state_restored
 from fxgrad.tracing.errors import TOO_DEEP_HINT, too_deep, too_deep_message
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
@@ -95,31 +91,19 @@ class Piece:
         return out
 
     def _decide(self, inputs: list[Any]) -> Callable[..., Any]:
-        from fxgrad.api import _gc_paused
-
+        """Decide on the piece's first inputs, through the decision sequence fxgrad's own
+        tracer uses (fxgrad.decide), with the piece as Dynamo captured it for reference."""
         work = fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph))
         locate(work)
-        passes = self.backend.passes
         report = Report(
             mode="exact", model=f"{self.backend.name} (graph {self.index})", frontend="dynamo"
         )
-        with outside_transforms(), forked_rng(), _gc_paused():
-            ctx = Context(
-                example_inputs=inputs,
-                measure=self.backend.measure or default_measure,
-                measure_enabled=self.backend.measure is not False,
-                private_state=True,
-                grad_enabled=torch.is_grad_enabled(),
-                extensions=[make for p in passes for make in p.observes],
-            )
+        opts = self.backend.options
+        with outside_transforms(), forked_rng(), gc_paused():
+            ctx = decision_context(opts, inputs)
             ref = _reference(self.gm, ctx)
-            report.code_before = work.code
-            changes, notes = run_passes(work, list(passes), ctx, ref, self.backend.verify)
-            self.copied = protect_escaping(work, ctx)
-            report.code_after = work.code
-            ctx.forget_observation()
-        report.changes.extend(changes)
-        report.notes.extend(notes)
+            copied = decide_graph(work, ctx, ref, opts, report, finish=protect_escaping)
+        self.copied = copied or []
         report.variant = "captured by Dynamo: " + _describe(inputs)
         self.report = report
         self.decided = work
@@ -237,20 +221,11 @@ def _written_at(gm: fx.GraphModule, index: int, piece: int) -> str:
 class Backend:
     """A torch.compile backend running fxgrad's passes; it keeps every piece it decided."""
 
-    def __init__(
-        self,
-        name: str,
-        passes: Sequence[Pass],
-        verify: bool,
-        measure: Any = None,
-        max_variants: int = 8,
-    ) -> None:
+    def __init__(self, name: str, options: Options) -> None:
         self.name = name
-        self.max_variants = max_variants
+        self.options = options
+        self.max_variants = options.max_variants
         self._compiles: dict[Any, int] = {}  # Dynamo frame -> graphs compiled for it
-        self.passes = tuple(passes)
-        self.verify = verify
-        self.measure = measure
         self.pieces: list[Piece] = []
         self._made = 0
         # The copies pieces handed out on their last call, to see whether a graph decided
@@ -384,6 +359,22 @@ def compile_module(module: torch.nn.Module, backend: Backend) -> Callable[..., A
             raise dynamo_error(e, backend.name) from e
 
     return run
+
+
+def run_example_call(
+    run: Callable[..., Any], model: torch.nn.Module, args: tuple, kwargs: dict[str, Any] | None
+) -> None:
+    """Run the example call through Dynamo now, so each graph it captures is decided on it.
+
+    The call runs on private copies of the model's tensors with the RNG restored after, and
+    what it changes in the modules' Python state (a hook a forward installs) is put back, so
+    fixing leaves the model as it was; later calls reuse the decided graphs wherever
+    Dynamo's guards hold, and graphs first met later are decided on their first call.
+    """
+    call_args = clone_inputs(list(args))
+    call_kwargs = dict(zip(kwargs or {}, clone_inputs(list((kwargs or {}).values()))))
+    with gc_paused(), python_state_restored(model), private_state(model), torch.enable_grad():
+        run(*call_args, **call_kwargs)
 
 
 _USER_FRAME = re.compile(r'from user code:.*File "([^"]+)", line (\d+)', re.S)

@@ -29,6 +29,7 @@ from torch import fx, nn
 
 import fxgrad
 from fxgrad.errors import FxgradError
+from fxgrad.fixed import current_variant
 from fxgrad.report import Report
 
 # Modules the CLI imported from a file path: name -> file (the written folder needs them).
@@ -622,7 +623,7 @@ def _move_into_place(stage: Path, folder: Path, files: list[str], stale: set[str
 def _render(fixed: fxgrad.FixedModule, folder: Path) -> tuple[str, str, _Contents]:
     """The class name, module.py's text and what the other files hold."""
     gm = fixed.graph_module
-    captured = fixed._captured()  # the graph and output structure for the current mode
+    captured = current_variant(fixed)  # the graph and output structure for the current mode
     class_name = "Fixed" + re.sub(r"\W", "_", fixed.report.model or "Model")
     imports = _Imports(folder)
     code = gm.graph.python_code(root_module="self")

@@ -25,6 +25,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad.autograd_run import cotangents, differentiable_outputs, seeded
 from fxgrad.graph_utils import fresh_containers, writes_to
 from fxgrad.state import restored
 
@@ -263,8 +264,6 @@ def observe(gm: fx.GraphModule, ctx: Context, extensions: Sequence[Extension] = 
     copies reset before every run; otherwise whatever the run wrote is put back
     (fxgrad.state.restored).
     """
-    from fxgrad.context import seeded
-
     state = [] if ctx.private_state else [*gm.parameters(), *gm.buffers()]
     run = Observer(gm, extensions)
     obs = run.obs
@@ -297,8 +296,6 @@ def observe(gm: fx.GraphModule, ctx: Context, extensions: Sequence[Extension] = 
 
 
 def _backward(obs: Observation, params: list, inputs: list, seed: int) -> None:
-    from fxgrad.pipeline import cotangents, differentiable_outputs
-
     wrt = [p for p in params if p.requires_grad] + [
         t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
     ]

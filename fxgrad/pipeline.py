@@ -13,8 +13,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad.autograd_run import differentiable_outputs, seeded, seeded_gradients
 from fxgrad.changes import Change, Note
-from fxgrad.context import Context, seeded
+from fxgrad.context import Context
 from fxgrad.errors import EquivalenceError, FxgradError, PassError
 from fxgrad.graph_utils import location, run_forward
 from fxgrad.observe import Observation
@@ -66,39 +67,6 @@ class Reference:
 def flat_outputs(out: Any) -> list[Any]:
     """A forward's outputs as a flat list, tensors inside plain objects (a cache) included."""
     return pytree.tree_leaves(box_objects(out))
-
-
-def differentiable_outputs(outputs: list[Any]) -> list[torch.Tensor]:
-    """Floating-point tensor outputs that carry a gradient."""
-    return [
-        o
-        for o in outputs
-        if isinstance(o, torch.Tensor)
-        and (o.is_floating_point() or o.is_complex())
-        and o.requires_grad
-    ]
-
-
-def cotangents(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Deterministic random output gradients, so reductions cannot hide a wrong gradient."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    return [
-        torch.randn(o.shape, generator=gen, dtype=o.dtype if o.is_complex() else torch.float64).to(
-            dtype=o.dtype, device=o.device
-        )
-        for o in outputs
-    ]
-
-
-def seeded_gradients(
-    outputs: list[torch.Tensor], wrt: list[torch.Tensor], seed: int
-) -> list[torch.Tensor | None]:
-    """The gradients of `wrt` (None where unused) for `outputs` weighted by `cotangents`.
-
-    Gradients come from `torch.autograd.grad`, so no `.grad` is ever left on a parameter.
-    Errors of the backward propagate.
-    """
-    return list(torch.autograd.grad(outputs, wrt, cotangents(outputs, seed), allow_unused=True))
 
 
 def run_forward_backward(
@@ -211,13 +179,13 @@ def verify(
     obs = ctx.observe(gm)
     e = obs.forward_error
     if e is not None:
-        return f"the rewritten forward raises {type(e).__name__}: {_first_line(e)}"
+        return f"the rewritten forward raises {type(e).__name__}: {first_line(e)}"
     if ref.outputs is not None and obs.outputs is not None:
         bad = compare_outputs(list(obs.outputs), ref.outputs)
         if bad is not None:
             return bad[1]
     if obs.backward_error is not None:
-        return f"backward fails: {_first_line(obs.backward_error)}"
+        return f"backward fails: {first_line(obs.backward_error)}"
     if reach is not None:
         lost = reach.lost(Reach.of(obs), lambda: ref.grad_names)
         if lost is not None:
@@ -237,7 +205,8 @@ def verify(
     return None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing), for one-line notes."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -256,7 +225,7 @@ def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> 
         raise EquivalenceError(
             f"The captured graph raises {type(e).__name__} where eager PyTorch "
             f"{'raises ' + type(ref.forward_error).__name__ if ref.forward_error else 'runs'}: "
-            f"{_first_line(e)}",
+            f"{first_line(e)}",
             hint="This is a capture bug in fxgrad; please report it with the model. "
             'Meanwhile `fxgrad.fix(model, frontend="dynamo")` captures it with Dynamo.',
         ) from e
@@ -334,7 +303,7 @@ def run_passes(
         except Exception as e:
             node = getattr(e, "fxgrad_node", "")
             raise PassError(
-                f"Pass {p.code} ({p.name}) crashed: {type(e).__name__}: {_first_line(e)}\n"
+                f"Pass {p.code} ({p.name}) crashed: {type(e).__name__}: {first_line(e)}\n"
                 + "".join(traceback.format_exception(e)[-3:]),
                 hint=f"Skip it with ignore=['{p.code}'] (CLI: --ignore {p.code}) and please "
                 "report this model; this is a bug in fxgrad.",
@@ -354,16 +323,21 @@ def run_passes(
         if problem is not None and saved is not None:
             gm.graph = saved
             notes.append(Note(f"{p.code} ({p.name}) was rolled back: {problem}.", actionable=True))
-            found = [
-                dataclasses.replace(
-                    c,
-                    applied=False,
-                    rolled_back=True,
-                    note=f"{c.note}; rolled back: {problem}".lstrip("; "),
-                )
-                if c.applied
-                else c
-                for c in found
-            ]
+            found = _rolled_back(found, problem)
         changes.extend(found)
     return changes, notes
+
+
+def _rolled_back(found: list[Change], problem: str) -> list[Change]:
+    """A rolled-back pass's changes: what it applied is marked undone, with the reason."""
+    return [
+        dataclasses.replace(
+            c,
+            applied=False,
+            rolled_back=True,
+            note=f"{c.note}; rolled back: {problem}".lstrip("; "),
+        )
+        if c.applied
+        else c
+        for c in found
+    ]

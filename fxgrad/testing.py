@@ -31,10 +31,11 @@ from tabulate import tabulate
 from torch import fx, nn
 
 import fxgrad
-from fxgrad.api import FixedModule
+from fxgrad.autograd_run import differentiable_outputs, seeded_gradients
 from fxgrad.changes import PassKind
 from fxgrad.context import Context, clone_inputs
 from fxgrad.export import with_module_paths
+from fxgrad.fixed import FixedModule, current_variant
 from fxgrad.graph_utils import (
     _is_internal,
     ancestors,
@@ -45,12 +46,7 @@ from fxgrad.graph_utils import (
     writes_to,
 )
 from fxgrad.observe import Extension, Observation, Observer, observe
-from fxgrad.pipeline import (
-    compare_outputs,
-    differentiable_outputs,
-    flat_outputs,
-    seeded_gradients,
-)
+from fxgrad.pipeline import compare_outputs, flat_outputs
 from fxgrad.report import Report, clean_torch_error
 from fxgrad.state import restored
 
@@ -115,7 +111,7 @@ def _capture(module: nn.Module, inputs: tuple) -> FixedModule:
 
 def _leaves(fixed: FixedModule, inputs: tuple) -> list[Any]:
     """The graph's placeholder values for a call with `inputs`, in placeholder order."""
-    return fixed._captured().call.flatten(tuple(inputs), {})
+    return current_variant(fixed).call.flatten(tuple(inputs), {})
 
 
 def _input_names(module: nn.Module, n: int) -> list[str]:

@@ -113,7 +113,7 @@ class TreeWatch:
         self._walk()
 
     def _walk(self) -> None:
-        mods = [self.root, *_walk(self.root._modules)]
+        mods = [self.root, *walk_modules(self.root._modules)]
         self.modules = mods
         inner = [m for m in mods if m._modules or m is self.root]
         self.dicts = [d for m in inner for d in (m.__dict__, m._modules)]
@@ -127,7 +127,8 @@ class TreeWatch:
         return self.epoch
 
 
-def _walk(modules: dict[str, nn.Module | None]) -> Iterator[nn.Module]:
+def walk_modules(modules: dict[str, nn.Module | None]) -> Iterator[nn.Module]:
+    """Every module below a `_modules` table, each once, parents before their children."""
     seen: set[int] = set()
     stack = [m for m in reversed(modules.values()) if m is not None]
     while stack:

@@ -22,6 +22,7 @@ from test_cases import _case_files, load_case
 import fxgrad
 from fxgrad.cli import main
 from fxgrad.context import clone_inputs
+from fxgrad.fixed import current_variant
 
 ATTENTION = '''
 import math
@@ -155,7 +156,7 @@ def _write_and_expect(case_id: str, path: Path, out: Path) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(1)
         expected = fixed(*clone_inputs(list(example)))
-    leaves = fixed._captured().call.flatten(tuple(clone_inputs(list(example))), {})
+    leaves = current_variant(fixed).call.flatten(tuple(clone_inputs(list(example))), {})
     class_name = next(
         line.split()[1].split("(")[0]
         for line in (out / "module.py").read_text().splitlines()

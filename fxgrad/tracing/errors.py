@@ -14,7 +14,7 @@ from fxgrad.graph_utils import (
 
 
 def _trace_error(e: Exception) -> TraceError:
-    where = _innermost_user_line(e)
+    where = innermost_user_line(e)
     if too_deep(e):
         return TraceError(
             f"fxgrad could not capture the forward at {where}: {too_deep_message()}",
@@ -81,7 +81,8 @@ def _model_error(e: BaseException, node: fx.Node | None) -> FxgradError:
     )
 
 
-def _innermost_user_line(e: BaseException) -> str:
+def innermost_user_line(e: BaseException) -> str:
+    """`file.py:line` of the innermost frame of an error's traceback in the user's code."""
     import os
     import traceback
 
