@@ -187,6 +187,12 @@ _ROWS: tuple[tuple[tuple[str, ...], Override], ...] = (
             views=(),
         ),
     ),
+    # Tags missing on some overloads of elementwise ops (`masked_fill.Tensor` takes a 0-dim
+    # value tensor; `true_divide.Scalar`, `rsub.Tensor`, `xlogy_.Scalar_Other`).
+    (
+        ("masked_fill", "true_divide", "rsub", "xlogy_"),
+        _o("elementwise in every overload; torch tags only some of them", pointwise=True),
+    ),
     # Views whose elements may overlap.
     (
         ("expand", "expand_as", "broadcast_to", "broadcast_tensors", "meshgrid"),
@@ -318,17 +324,24 @@ def _read(op: torch._ops.OpOverload) -> _Overload:
     if output is Output.NEW and torch.Tag.maybe_aliasing_or_mutating in op.tags:
         # dropout(p=0), atleast_1d of a 1-d tensor: the input itself, by the tag
         output, views = Output.MAYBE_VIEW, {0}
-    names = {a.name for a in args}
     sections = output is Output.VIEWS and any(
         a.name == "sections" and str(a.type) in ("int", "SymInt") for a in args
     )
-    factory = output is Output.NEW and _OPTIONS <= names
+    # TensorOptions and no tensor to read values from (`self` of `zeros_like` is a template)
+    factory = _OPTIONS <= {a.name for a in args} and not any(
+        _holds_tensor(a.type) for a in args if a.name != "self"
+    )
+    factory = factory and output is Output.NEW
     return _Overload(output, frozenset(views), writes, factory, sections)
 
 
 def _signature(op: torch._ops.OpOverload) -> tuple:
-    """An overload's arguments, without alias annotations: in-place and out-of-place agree."""
-    return tuple((a.name, str(a.type), a.kwarg_only) for a in op._schema.arguments)
+    """An overload's arguments as a method call passes them, without alias annotations, so
+    in-place and out-of-place agree: `polygamma_(self, n)` and `polygamma(n, self)` are
+    both `x.polygamma(n)`."""
+    args = op._schema.arguments
+    rest = tuple((a.name, str(a.type), a.kwarg_only) for a in args if a.name != "self")
+    return (any(a.name == "self" for a in args), rest)
 
 
 @functools.cache

@@ -300,7 +300,8 @@ def test_reductions_and_cat_are_not_pointwise() -> None:
     for name in ("sum", "softmax", "cat", "mean", "matmul"):
         assert not ops.is_pointwise(name), name
         assert ops.returns_new_tensor(name), name
-    for target in ("add", "mul", "relu", torch.sigmoid, F.gelu, F.relu):
+    assert not ops.is_pointwise("where")  # `torch.where(condition)` is nonzero
+    for target in ("add", "mul", "relu", torch.sigmoid, F.gelu, F.relu, "masked_fill"):
         assert ops.is_pointwise(target), target
 
 
@@ -311,6 +312,7 @@ def test_inplace_writes_and_counterparts() -> None:
     assert ops.functional_counterpart(F.elu_) == "elu"
     assert ops.functional_counterpart("normal_") is None  # aten::normal takes a mean tensor
     assert ops.functional_counterpart("resize_") is None
+    assert ops.functional_counterpart("polygamma_") == "polygamma"  # aten puts `n` first
     assert ops.is_random("normal_") and ops.is_random("bernoulli_")
     assert not ops.is_inplace("add") and ops.functional_counterpart("add") is None
 
@@ -359,6 +361,7 @@ def test_random_and_factories() -> None:
     for name in ("zeros", "ones", "empty", "full", "arange", "eye", "zeros_like", "new_zeros"):
         assert ops.is_factory(name) and not ops.is_random(name), name
     assert not ops.is_factory("to") and not ops.is_factory("add")
+    assert not ops.is_factory("empty_quantized")  # reads its qtensor argument
 
 
 def test_import_reads_no_schema_and_fxgrad_does_not_import_it() -> None:
