@@ -14,11 +14,13 @@ compared with its inputs'.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -379,3 +381,17 @@ def test_python_values_from_metadata_or_data() -> None:
         assert not ops.returns_tensor(name) and not ops.is_data_dependent(name), name
     for name in ("item", "tolist", "equal", "allclose", "is_nonzero"):
         assert not ops.returns_tensor(name) and ops.is_data_dependent(name), name
+
+
+def test_the_diff_script_reports_every_old_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/op_facts_diff.py runs, and says of each table what it found (or that it is gone)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "op_facts_diff.py"
+    spec = importlib.util.spec_from_file_location("op_facts_diff", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    for table in script.TABLES:
+        lines = script.report(table)
+        assert lines[0].startswith(f"{table.module}.{table.name}: "), lines
+        assert len(lines) >= 2, lines
