@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import Enum
+from typing import Protocol
 
 
 class PassKind(str, Enum):
@@ -108,3 +109,26 @@ def _note(text: str, actionable: bool) -> Note:
 def is_actionable(note: str) -> bool:
     """Whether a report note asks the user to act (a plain str never does)."""
     return getattr(note, "actionable", False)
+
+
+class HandedOut(Protocol):
+    """An output a Dynamo graph hands out as a copy, as a pass's `on_dynamo_graph` decided.
+
+    Code after a graph break can write a graph's output in place, out of any one graph's
+    reach; a pass that must keep the value safe from such writes hands out a copy instead
+    and returns one record per copy. The Dynamo front-end watches each copy on later calls
+    and sets `written_at` once a graph decided later writes it; the record says what the
+    report shows then (`change()`) and, while no write is seen, names the copy (`label`)
+    and why it is made (`why`, shared by the copies one note lists).
+    """
+
+    output: int  # index among the graph's flat outputs
+    written_at: str  # where later code wrote the copy ("": no write seen)
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def why(self) -> str: ...
+
+    def change(self) -> Change: ...

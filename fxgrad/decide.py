@@ -473,8 +473,8 @@ def decide_graph(
     The step both front-ends share once they hold a graph and what it must compute: each
     pass's result is verified on the call and rolled back where it fails, and a forward
     that raised in the reference and still raises says so. `finish` runs last on the
-    rewritten graph while its observed run is still kept (Dynamo's front-end reads what
-    autograd saved there), and its result is returned.
+    rewritten graph while its observed run is still kept (Dynamo's front-end runs the
+    selected passes' `on_dynamo_graph` there), and its result is returned.
     """
     before = gm.code
     changes, notes = run_passes(gm, opts.passes, ctx, ref, opts.verify)

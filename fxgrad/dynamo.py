@@ -10,12 +10,13 @@ first real inputs and verified against the piece as Dynamo captured it, and runs
 rewritten piece eagerly (no Inductor). Dynamo's own guards decide when a piece is captured
 anew (another dtype, grad mode, sizes), and each new piece is decided on its first call.
 
-Across a graph break, an op in one piece can save a tensor for backward that code in a
-later piece writes in place (the piece ends at `if h.sum() > 0:` after `h = sigmoid(...)`,
-the next writes `h.mul_(2)`). A write into a piece's input is visible to the Python code
-after it, so it cannot simply be rebound; instead a piece hands out a copy of each output
-that autograd saved inside it (unless the output shares memory with another output or an
-input), so no later write can reach what backward needs.
+Across a graph break, code in a later piece can write in place what an earlier piece
+returned, out of either piece's reach (an op in one piece saved it for backward, the next
+writes it). A selected pass may answer for that (`Pass.on_dynamo_graph`): run on each piece
+after the passes, it hands outputs out as copies and returns a record of each
+(`fxgrad.changes.HandedOut`). The backend watches the copies' version counters on later
+calls, and when a piece decided later writes one, asks its record for the Change the
+report shows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import re
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,11 +33,11 @@ import torch.utils._pytree as pytree
 from torch import fx
 
 from fxgrad.autograd_run import gc_paused, seeded
-from fxgrad.changes import Change
+from fxgrad.changes import HandedOut
 from fxgrad.context import Context, clone_inputs
 from fxgrad.decide import Options, decide_graph, decision_context
 from fxgrad.errors import FxgradError
-from fxgrad.graph_utils import _is_internal, location, render_node, run_forward
+from fxgrad.graph_utils import _is_internal, location, run_forward
 from fxgrad.interop import (
     in_transform,
     initialize_lazy,
@@ -45,8 +45,8 @@ from fxgrad.interop import (
     transform_refusal,
     uninitialized,
 )
-from fxgrad.observe import storage_of
 from fxgrad.pipeline import Reference, flat_outputs, run_forward_backward
+from fxgrad.registry import Pass
 from fxgrad.report import Report
 from fxgrad.state import forked_rng, private_state, python_state_restored
 from fxgrad.tracing.errors import TOO_DEEP_HINT, too_deep, too_deep_message
@@ -72,7 +72,7 @@ class Piece:
         self.index = index
         self.run: Callable[..., Any] | None = None
         self.report: Report | None = None
-        self.copied: list[Copied] = []
+        self.copied: list[HandedOut] = []
         self.decided = gm  # the rewritten graph, once decided
 
     def __call__(self, *args: Any) -> Any:
@@ -102,7 +102,9 @@ class Piece:
         with outside_transforms(), forked_rng(), gc_paused():
             ctx = decision_context(opts, inputs)
             ref = _reference(self.gm, ctx)
-            copied = decide_graph(work, ctx, ref, opts, report, finish=protect_escaping)
+            copied = decide_graph(
+                work, ctx, ref, opts, report, finish=lambda gm, c: hand_out(gm, c, opts.passes)
+            )
         self.copied = copied or []
         report.variant = "captured by Dynamo: " + _describe(inputs)
         self.report = report
@@ -145,61 +147,12 @@ def _reference(gm: fx.GraphModule, ctx: Context) -> Reference:
     return ref
 
 
-@dataclass
-class Copied:
-    """An output a piece hands out as a copy, because autograd saved it inside the piece."""
-
-    output: int  # index among the piece's flat outputs
-    name: str
-    before: str
-    where: str
-    written_at: str = ""  # where later code wrote the copy ("": no write seen)
-
-    def change(self) -> Change:
-        return Change(
-            "FXG101",
-            self.name,
-            self.before,
-            f"{self.name}.clone() handed out",
-            self.where,
-            f"autograd saved `{self.name}` for backward and code after a graph break "
-            f"writes it in place ({self.written_at}): that code gets a copy, so backward "
-            "still has the value it saved",
-        )
-
-
-def protect_escaping(gm: fx.GraphModule, ctx: Context) -> list[Copied]:
-    """Hand out a copy of each output autograd saved inside the piece (see the module doc)."""
-    obs = ctx.observe(gm)
-    if not obs.complete or obs.backward_error is not None:
-        return []
-    output = gm.graph.output_node()
-    leaves = pytree.tree_leaves(output.args[0])
-    saved = {s.storage for s in obs.saved if s.storage is not None}
-    inputs = {
-        storage_of(obs.values.get(n)) for n in gm.graph.nodes if n.op in ("placeholder", "get_attr")
-    }
-    counts: dict[int | None, int] = {}
-    for n in leaves:
-        if isinstance(n, fx.Node):
-            st = storage_of(obs.values.get(n))
-            counts[st] = counts.get(st, 0) + 1
-    copied: list[Copied] = []
-    done: set[fx.Node] = set()
-    for i, n in enumerate(leaves):
-        if not isinstance(n, fx.Node) or n in done:
-            continue
-        done.add(n)
-        st = storage_of(obs.values.get(n))
-        if st is None or st not in saved or st in inputs or counts[st] > 1:
-            continue
-        with gm.graph.inserting_before(output):
-            clone = gm.graph.call_method("clone", (n,))
-        clone.meta.update({k: v for k, v in n.meta.items() if k == "fxgrad_loc"})
-        output.replace_input_with(n, clone)
-        copied.append(Copied(i, n.name, render_node(n), location(n)))
-    if copied:
-        gm.recompile()
+def hand_out(gm: fx.GraphModule, ctx: Context, passes: Sequence[Pass]) -> list[HandedOut]:
+    """Run the selected passes' Dynamo hooks on a decided piece: the copies it hands out."""
+    copied: list[HandedOut] = []
+    for p in passes:
+        if p.on_dynamo_graph is not None:
+            copied.extend(p.on_dynamo_graph(gm, ctx))
     return copied
 
 
@@ -230,7 +183,7 @@ class Backend:
         self._made = 0
         # The copies pieces handed out on their last call, to see whether a graph decided
         # later writes one: (piece, output) -> (the copy, its version then, its record).
-        self._watched: dict[tuple[int, int], tuple[weakref.ref, int, Copied]] = {}
+        self._watched: dict[tuple[int, int], tuple[weakref.ref, int, HandedOut]] = {}
 
     def watch(self, piece: Piece, out: Any) -> None:
         """Remember the copies `piece` just handed out (cheap: one weak reference each)."""
@@ -239,7 +192,7 @@ class Backend:
             t = flat[c.output]
             self._watched[(piece.index, c.output)] = (weakref.ref(t), t._version, c)
 
-    def watching(self, args: Sequence[Any]) -> list[tuple[int, torch.Tensor, int, Copied]]:
+    def watching(self, args: Sequence[Any]) -> list[tuple[int, torch.Tensor, int, HandedOut]]:
         """The handed-out copies among a graph's inputs, with their versions now."""
         live = {}
         for ref, _, copied in self._watched.values():
@@ -284,19 +237,23 @@ class Backend:
             out.notes.extend(n for n in piece.report.notes if n not in out.notes)
             written = [c.change() for c in piece.copied if c.written_at]
             out.changes.extend(c for c in written if c not in out.changes)
-            kept = [f"`{c.name}` ({c.where})" for c in piece.copied if not c.written_at]
-            if kept:
-                note = (
-                    f"graph {piece.index} hands out copies of {', '.join(kept)}: autograd "
-                    "saved them, and code after a graph break could write them in place "
-                    "(no write seen so far)"
-                )
-                if note not in out.notes:
-                    out.notes.append(note)
+            out.notes.extend(n for n in _unwritten(piece) if n not in out.notes)
             before.append(f"# graph {piece.index}\n{piece.report.code_before}")
             after.append(f"# graph {piece.index}\n{piece.report.code_after}")
         out.code_before, out.code_after = "\n".join(before), "\n".join(after)
         return out
+
+
+def _unwritten(piece: Piece) -> list[str]:
+    """One note per reason a piece hands out copies no later code was seen writing."""
+    kept: dict[str, list[str]] = {}
+    for c in piece.copied:
+        if not c.written_at:
+            kept.setdefault(c.why, []).append(c.label)
+    head = f"graph {piece.index} hands out copies of"
+    return [
+        f"{head} {', '.join(labels)}: {why} (no write seen so far)" for why, labels in kept.items()
+    ]
 
 
 _DYNAMO_LIMIT = 256  # graphs Dynamo keeps of one code object while fxgrad calls it

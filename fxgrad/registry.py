@@ -21,7 +21,7 @@ from fxgrad.errors import SelectionError
 if TYPE_CHECKING:
     from torch import fx
 
-    from fxgrad.changes import Change
+    from fxgrad.changes import Change, HandedOut
     from fxgrad.context import Context
     from fxgrad.observe import Extension
 
@@ -47,6 +47,12 @@ class Pass:
     # Errors eager PyTorch raises in forward that this pass repairs (autograd refusing a
     # write): fix() goes on past them instead of reporting the model's own error.
     repairs_errors: tuple[Callable[[BaseException], bool], ...] = ()
+    # Run on each graph Dynamo captured, after every pass, while the graph's observed run is
+    # kept (and whether or not `applies`): what a pass must do about code after a graph
+    # break, out of the graph's reach. It may hand outputs out as copies (edits `gm`) and
+    # returns a record of each, which the Dynamo front-end watches on later calls. Only
+    # selected passes run it, so `select=[]` leaves Dynamo's graphs as captured.
+    on_dynamo_graph: Callable[[fx.GraphModule, Context], Sequence[HandedOut]] | None = None
 
     def repairs(self, error: BaseException) -> bool:
         """Whether this pass repairs an error eager raised in forward."""

@@ -4,7 +4,8 @@ A forward fxgrad's tracer refuses (data-dependent control flow) is captured by D
 pieces; each piece is decided on its first call. These tests run the in-place and NumPy
 case files through `frontend="dynamo"` (values and gradients against eager or the case's
 hand-corrected Reference), and a model with a data-dependent branch and an unsafe write
-end to end.
+end to end, with FXG101 selected (a copy handed out across the break) and not (the graphs
+as captured).
 """
 
 from __future__ import annotations
@@ -179,6 +180,76 @@ def test_a_data_dependent_branch_with_an_unsafe_write_end_to_end():
     (change,) = report.applied
     assert change.code == "FXG101" and "graph break" in change.note
     assert change.where.startswith("test_dynamo.py:")
+
+
+@pytest.mark.parametrize("selection", [{"select": []}, {"ignore": ["FXG101"]}])
+def test_unselected_fxg101_leaves_dynamos_graphs_as_captured(selection):
+    """FXG101 not selected: no graph hands out a copy, and eager's backward error stays."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Branchy()
+    fixed = fxgrad.fix(model, frontend="dynamo", **selection)
+    for scale in (1.0, -3.0, 1.0):  # both branches, and back
+        x = torch.randn(3, 4) + scale
+        with torch.no_grad():
+            want = copy.deepcopy(model)(x.clone())
+        torch.testing.assert_close(fixed(x.clone()), want)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        fixed(torch.randn(3, 4) + 1.0).sum().backward()  # as eager's backward fails
+    report = fixed.report
+    assert report.frontend == "dynamo"
+    assert not [c for c in report.changes if c.code == "FXG101"]
+    assert not [n for n in report.notes if "hands out copies" in n]
+    assert "clone" not in report.code_after
+
+
+class TanhThenBranch(nn.Module):
+    """tanh saves its output; the graph after a data-dependent branch writes it in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))  # the first graph: nothing in it is written
+        if x.sum() > 0:
+            h.mul_(3)
+        else:
+            h.sub_(1)
+        return h.sum(dim=1)
+
+
+def test_selected_fxg101_copies_a_saved_value_written_after_a_graph_break():
+    """With only FXG101 selected, the graph that saved `h` hands out a copy (FXG101 finds no
+    write in that graph: its hook runs all the same), so gradients are eager's by hand."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TanhThenBranch()
+    reference = copy.deepcopy(model)
+
+    def by_hand(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(m.fc(x))
+        h = h * 3 if x.sum() > 0 else h - 1
+        return h.sum(dim=1)
+
+    x = torch.randn(5, 4) + 1.0
+    fixed = fxgrad.fix(model, (x,), frontend="dynamo", select=["FXG101"])
+    for xx in (x, torch.randn(5, 4) - 1.0, torch.randn(7, 4) + 1.0):
+        xx = xx.requires_grad_()
+        got = fixed(xx)
+        (g, *pg) = torch.autograd.grad(got.sum(), [xx, *model.parameters()])
+        xr = xx.detach().requires_grad_()
+        want = by_hand(reference, xr)
+        (w, *pw) = torch.autograd.grad(want.sum(), [xr, *reference.parameters()])
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(g, w)
+        torch.testing.assert_close(pg, pw)
+    report = fixed.report
+    assert len(report.applied) == 2  # one per write seen: `h.mul_(3)` and `h.sub_(1)`
+    for change in report.applied:
+        assert change.code == "FXG101" and "graph break" in change.note
+        assert change.after == "h.clone() handed out"
+    assert ".clone()" in report.code_after
 
 
 class BranchyNorm(nn.Module):

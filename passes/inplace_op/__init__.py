@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from fxgrad.passes.inplace_op.aliases import Step, StepKind, alias_map
 from fxgrad.passes.inplace_op.driver import applies, refused_write, run
+from fxgrad.passes.inplace_op.dynamo import protect_escaping
 from fxgrad.passes.inplace_op.saves import MODULE_OPS, STATIC_SAVES, Saves, module_op
 from fxgrad.passes.inplace_op.views import _VIEW_OPS, ViewOp
 
@@ -91,4 +92,5 @@ PASS = Pass(
     doc=__doc__,
     applies=applies,
     repairs_errors=(refused_write,),
+    on_dynamo_graph=protect_escaping,
 )
