@@ -226,7 +226,7 @@ def _package_module(path: Path) -> tuple[str, Path] | None:
 
 def _import_package_file(path: Path, name: str, root: Path) -> types.ModuleType | None:
     """Import a file inside a package as `name` (relative imports work); None if shadowed."""
-    from fxgrad.export import _FILE_MODULES
+    from fxgrad.export_imports import _FILE_MODULES
 
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -259,7 +259,7 @@ def _same_file(a: str | None, b: Path) -> bool:
 
 
 def _import_file(path: Path, spec: str) -> types.ModuleType:
-    from fxgrad.export import _FILE_MODULES
+    from fxgrad.export_imports import _FILE_MODULES
 
     if not path.is_file():
         raise LoadFailure(
@@ -329,7 +329,7 @@ def _import_module(name: str, spec: str) -> types.ModuleType:
 def _remember_local(module: types.ModuleType) -> None:
     """Note a module that lives under the current directory: `fix -o` writes code that
     imports it relative to the written folder, not from the import path."""
-    from fxgrad.export import _FILE_MODULES
+    from fxgrad.export_imports import _FILE_MODULES
 
     file = getattr(module, "__file__", None)
     if not file:
@@ -837,7 +837,7 @@ def _report(fixed: fxgrad.FixedModule) -> fxgrad.Report:
 
 def _write_dot(dot: str | None, fixed: fxgrad.FixedModule, report: fxgrad.Report) -> None:
     if dot:
-        from fxgrad.export import write_dot
+        from fxgrad.export_dot import write_dot
 
         write_dot(dot, fixed.graph_module, report)
 
