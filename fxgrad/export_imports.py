@@ -111,10 +111,17 @@ class _Imports:
         )
         if file is None and root is not None:  # a package's module the CLI did not import
             file = root.joinpath(*module_name.split(".")).with_suffix(".py")
+        if file is None:
+            raise FxgradError(
+                f"The fixed module calls code from {module_name}, which has no source file "
+                "to import it from.",
+                hint="Keep that code in a module with a .py file, or save the fixed module "
+                "with torch.save instead of writing a folder.",
+            )
         if root is None and module_name not in _FILE_MODULES:  # beside the model file
             if "." in module_name or Path(file).name == "__init__.py":
                 root = _model_folder(module_name)  # a package: imported by its name
-        rel = os.path.relpath(file, self.folder)
+        rel = os.path.relpath(str(file), self.folder)
         if root is not None:  # a package's module: imported from the package's folder
             where = os.path.relpath(root, self.folder)
             self.lines.append(f"{alias} = _source({module_name!r}, {rel!r}, {where!r})")

@@ -52,8 +52,7 @@ def _render(fixed: fxgrad.FixedModule, folder: Path) -> tuple[str, str, _Content
     forward = (_FORWARD if out_spec is not None else _FORWARD_FLAT).substitute(
         signature=", ".join(["self", *params]), params=", ".join(params)
     )
-    seen: set[str] = set()
-    import_lines = [ln for ln in imports.lines if not (ln in seen or seen.add(ln))]
+    import_lines = list(dict.fromkeys(imports.lines))  # each once, in order
     out_line = (
         f"_OUT_SPEC = _fxgrad_pytree.treespec_loads({out_spec!r})"
         if out_spec
@@ -224,10 +223,11 @@ def _without_weights(module: nn.Module) -> nn.Module:
 def _safe_load(source: Any, classes: list[type]) -> Any:
     """torch.load(weights_only=True) that may rebuild `classes` too, as module.py loads."""
     serialization = torch.serialization
+    allowed: list[Any] = list(classes)  # classes are what torch's list of callables holds
     if hasattr(serialization, "safe_globals"):
-        with serialization.safe_globals(classes):
+        with serialization.safe_globals(allowed):
             return torch.load(source, weights_only=True)
-    serialization.add_safe_globals(classes)  # torch 2.4: no context manager yet
+    serialization.add_safe_globals(allowed)  # torch 2.4: no context manager yet
     return torch.load(source, weights_only=True)
 
 

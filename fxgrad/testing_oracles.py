@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,8 +153,8 @@ def _why_cut(node: fx.Node, grad_enabled: bool) -> str:
         return ".data reads the values around autograd"
     if not grad_enabled:
         return "it runs inside a torch.no_grad() block"
-    if node.op == "call_function" and getattr(target, "_fxgrad_function", None) is not None:
-        cls = target._fxgrad_function
+    cls = getattr(target, "_fxgrad_function", None)
+    if node.op == "call_function" and cls is not None:
         return f"the custom autograd.Function {cls.__name__} returns no gradient here"
     if _is_numpy_node(node):
         return "NumPy values carry no gradient"
@@ -288,7 +288,7 @@ def _nonfinite_origin(module: nn.Module, args: list[Any], wrt: list[torch.Tensor
     return ""
 
 
-def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tuple:
+def _run(module: nn.Module, inputs: tuple, wrt_params: Sequence[torch.Tensor]) -> tuple:
     args = clone_inputs(list(inputs))
     with preserved_state(module, args):
         torch.manual_seed(_SEED)
@@ -297,7 +297,7 @@ def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tu
         except RuntimeError as e:
             return None, None, e, None
         flat = flat_outputs(out)
-        wrt = wrt_params + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
+        wrt = [*wrt_params] + [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
         diff = differentiable_outputs(flat)
         if not diff or not wrt:
             return flat, [], None, None
@@ -315,7 +315,7 @@ def _run(module: nn.Module, inputs: tuple, wrt_params: list[torch.Tensor]) -> tu
 @dataclass
 class _FunctionCall:
     node: fx.Node
-    cls: type
+    cls: type[torch.autograd.Function]
     args: tuple
     kwargs: dict
 
