@@ -20,15 +20,22 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import fx
+from torch.fx import graph_module as _graph_module
 
-try:
-    from torch.fx.graph_module import _loader as _LOADER
-except ImportError:  # pragma: no cover - a torch without the loader: nothing to clean
-    _LOADER = None
+
+class _Loader(Protocol):
+    """What is read and patched of fx's private source cache (graph_module._loader)."""
+
+    eval_cache: dict[str, str]
+    cache: Callable[..., str]
+
+
+# None in a torch without the loader: nothing to clean.
+_LOADER: _Loader | None = getattr(_graph_module, "_loader", None)
 
 _LOCAL = threading.local()
 _KEPT: set[str] = set()

@@ -30,7 +30,7 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
     """
     memo: dict[int, Any] = {}
     bases: dict[tuple, torch.Tensor] = {}
-    groups: dict[int, list[torch.Tensor]] = {}
+    groups: dict[tuple, list[torch.Tensor]] = {}  # by storage (_storage_id)
     for x in inputs:
         if isinstance(x, torch.Tensor):
             sid = _storage_id(x)
@@ -46,7 +46,11 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
         if id(x) not in memo:
             sid = _storage_id(x)
             shared = groups.get(sid, []) if sid is not None else []
-            if len(shared) > 1 and all(y.dtype == x.dtype and y.device == x.device for y in shared):
+            if (
+                sid is not None
+                and len(shared) > 1
+                and all(y.dtype == x.dtype and y.device == x.device for y in shared)
+            ):
                 memo[id(x)] = _view_of_shared_copy(x, sid, shared, bases)
             else:
                 memo[id(x)] = _copy_like(x)

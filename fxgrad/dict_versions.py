@@ -7,8 +7,11 @@ tags), a Python stand-in compares keys and value identities: slower, the same an
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
+# A dict's tag: equal to an earlier one until the dict is written to. Dynamo's is an int,
+# the stand-in's a tuple; callers only compare them.
+dict_version: Callable[[dict], object]
 try:  # the dict version tags Dynamo's guards use: one C read a dict
     from torch._C._dynamo.guards import dict_version
 
@@ -19,5 +22,5 @@ try:  # the dict version tags Dynamo's guards use: one C read a dict
         raise ImportError
 except (ImportError, AttributeError, TypeError):
 
-    def dict_version(d: dict) -> Any:  # what a version tag would tell, in Python
+    def dict_version(d: dict) -> object:  # what a version tag would tell, in Python
         return (tuple(d), tuple(map(id, d.values())))

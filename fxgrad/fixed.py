@@ -127,7 +127,7 @@ def _forward_view(fixed: FixedModule) -> nn.Module | None:
 
     try:
         view_cls = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})
-        view = object.__new__(view_cls)
+        view: nn.Module = object.__new__(view_cls)
         object.__setattr__(view, "__dict__", root.__dict__)
     except TypeError:
         return None
@@ -165,7 +165,7 @@ class FixedModule(nn.Module):
     # -- the user's module, seen through -------------------------------------------------
 
     @property
-    def training(self) -> bool:  # type: ignore[override]
+    def training(self) -> bool:
         root = self.__dict__.get(ROOT_ATTR)
         return True if root is None else root.training
 
@@ -393,7 +393,8 @@ class FixedModule(nn.Module):
                 mods = tree.modules
             else:  # a DataParallel replica: its own submodules
                 mods = [d[ROOT_ATTR], *walk_modules(d["_modules"])]
-            moded = [m for m in mods if mode_matters(type(m))]
+            # mypy takes a class for unhashable where functools.cache wants Hashable (mypy#11470)
+            moded = [m for m in mods if mode_matters(type(m))]  # type: ignore[arg-type]
             hit = d["_fxgrad_mods"] = _KeyModules(d["_modules"], tree.epoch, moded, mods)
         return hit.moded, hit.tables
 

@@ -17,6 +17,7 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Collection, Iterable
+from types import FrameType
 from typing import Any
 
 import torch
@@ -292,10 +293,10 @@ def descendants(nodes: Iterable[fx.Node]) -> set[fx.Node]:
 # Where a node came from in the user's code
 
 _INTERNAL_DIRS = tuple(
-    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-    for m in (torch,)
-    if getattr(m, "__file__", None)
-) + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (torch.__file__, __file__)
+    if path  # torch's is None where it is a namespace package
+)
 
 _internal_cache: dict[str, bool] = {}
 
@@ -316,8 +317,8 @@ def user_frame_location(start_depth: int = 1) -> tuple[str, int] | None:
     """
     import sys
 
-    frame = sys._getframe(start_depth)
-    fallback = None
+    frame: FrameType | None = sys._getframe(start_depth)
+    fallback: tuple[str, int] | None = None
     cache = _internal_cache
     while frame is not None:
         code = frame.f_code
@@ -356,7 +357,11 @@ def _frame_line(frame: Any) -> int:
             starts.append(start)
             lines.append(line)
         key = id(code)
-        entry = (weakref.ref(code, lambda _, key=key: _line_tables.pop(key, None)), starts, lines)
+
+        def forget(_: object) -> None:  # the code object is gone: its id may be reused
+            _line_tables.pop(key, None)
+
+        entry = (weakref.ref(code, forget), starts, lines)
         _line_tables[key] = entry
     i = bisect.bisect_right(entry[1], frame.f_lasti) - 1
     line = entry[2][i] if i >= 0 else None
@@ -408,9 +413,8 @@ def source_list_items(node: fx.Node, count: int) -> list[str] | None:
     if len(found) != 1:
         return None
     texts = [ast.get_source_segment(line, e) for e in found[0]]
-    if any(t is None for t in texts):
-        return None
-    return texts
+    segments = [t for t in texts if t is not None]
+    return segments if len(segments) == len(texts) else None
 
 
 def as_primary(text: str) -> str:
@@ -465,12 +469,16 @@ OPERATOR_SYMBOLS = {
     operator.gt: ">",
     operator.ge: ">=",
 }
-_UNARY_SYMBOLS = {operator.neg: "-", operator.pos: "+", operator.invert: "~"}
+_UNARY_SYMBOLS: dict[Callable[..., Any], str] = {
+    operator.neg: "-",
+    operator.pos: "+",
+    operator.invert: "~",
+}
 
 # How tightly Python binds each operator, so that an operand written out in place is
 # parenthesized only where it must be: `(a + b) * c`, `a - (b - c)`, `(a < b) == c`.
 _COMPARISON, _UNARY, _POWER, _PRIMARY = 1, 8, 9, 10
-_PRECEDENCE = {
+_PRECEDENCE: dict[Callable[..., Any], int] = {
     **dict.fromkeys(
         (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge), _COMPARISON
     ),
@@ -586,6 +594,7 @@ class _Renderer:
         """
         text = self.lit(a)
         if isinstance(a, fx.Node) and a in self.inline and a.op == "call_function":
+            assert not isinstance(a.target, str)  # a call_function's target is the function
             inner = _PRECEDENCE.get(a.target, _PRIMARY)
             if inner < outer or (inner == outer and (right or outer in (_COMPARISON, _POWER))):
                 return f"({text})"

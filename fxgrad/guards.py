@@ -25,7 +25,7 @@ import functools
 import itertools
 import operator
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -36,6 +36,9 @@ from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
 from fxgrad.tracing.callspec import box_objects, is_number
 from fxgrad.tracing.names import NUMBER_META
+
+if TYPE_CHECKING:
+    from torch._C._dynamo.guards import TensorGuards
 
 # Positions in a key, and what each means to a person reading an error.
 STRUCTURE, TENSORS, ALIASING, GRAD, MODES, STATE, DEFAULT_DTYPE, AUTOCAST = range(8)
@@ -112,7 +115,7 @@ def aliasing(tensors: Sequence[Any]) -> tuple | None:
     if len(tensors) < 2:
         return None
     first: dict[int, int] = {}
-    out = []
+    out: list[int | tuple[int, bool]] = []  # -1, or (that tensor's index, the same tensor)
     shared = False
     for i, t in enumerate(tensors):
         sid = _storage_id(t) if isinstance(t, torch.Tensor) else None
@@ -215,6 +218,7 @@ def tensor_tables(modules: Sequence[nn.Module]) -> list[dict]:
 _DTYPE_DEVICE = operator.attrgetter("dtype", "device", "requires_grad")
 _NOT_NONE = functools.partial(operator.is_not, None)
 
+_TensorGuards: type[TensorGuards] | None
 try:  # Dynamo's per-tensor check, in C++: dtype, device, requires_grad, dispatch keys
     from torch._C._dynamo.guards import TensorGuards as _TensorGuards
 except ImportError:  # pragma: no cover - every torch fxgrad supports has it
@@ -284,12 +288,18 @@ def _check_for(tensors: list[torch.Tensor]) -> Any:
             type(t) not in _PLAIN
             or t.layout != torch.strided
             or t.is_nested
-            or isinstance(t, nn.parameter.UninitializedTensorMixin)
+            # a lazy module's, not initialized yet (the class is missing from torch's stubs)
+            or isinstance(t, nn.parameter.UninitializedTensorMixin)  # type: ignore[attr-defined]
         ):
             return None
     dims = [[None] * t.dim() for t in tensors]  # sizes and strides: not facts of the key
     try:
-        return _TensorGuards(*tensors, dynamic_dims_sizes=dims, dynamic_dims_strides=dims)
+        # torch's stub types each as one list; TensorGuards takes one list per tensor.
+        return _TensorGuards(
+            *tensors,
+            dynamic_dims_sizes=dims,  # type: ignore[arg-type]
+            dynamic_dims_strides=dims,  # type: ignore[arg-type]
+        )
     except Exception:
         return None
 

@@ -106,7 +106,8 @@ def uninitialized(root: nn.Module) -> bool:
 
 
 def _lazy_tensors(m: nn.Module) -> bool:
-    lazy = nn.parameter.UninitializedTensorMixin
+    # The class of a lazy module's tensors; torch's nn/parameter.pyi omits it.
+    lazy = nn.parameter.UninitializedTensorMixin  # type: ignore[attr-defined]
     return any(isinstance(t, lazy) for t in (*m._parameters.values(), *m._buffers.values()))
 
 
@@ -373,13 +374,13 @@ def jit_tracing_paused() -> Iterator[None]:
     decision runs the model: none of it is the forward), still known as jit's call."""
     state = torch._C._get_tracing_state()
     paused = getattr(_JIT, "paused", False)
-    torch._C._set_tracing_state(None)
+    torch._C._set_tracing_state(None)  # type: ignore[attr-defined]  # missing from torch's stubs
     _JIT.paused = True
     try:
         yield
     finally:
         _JIT.paused = paused
-        torch._C._set_tracing_state(state)
+        torch._C._set_tracing_state(state)  # type: ignore[attr-defined]  # as above
 
 
 def in_jit_scope(module: nn.Module, run: Callable[[], Any]) -> Any:

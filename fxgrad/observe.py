@@ -46,7 +46,7 @@ def storage_of(t: Any) -> int | None:
 
 def same_view(a: torch.Tensor, b: Any) -> bool:
     """Whether b is the very same view of memory as a (storage, offset, shape, strides)."""
-    return (
+    return bool(  # a symbolic size's comparison gives a SymBool
         isinstance(b, torch.Tensor)
         and storage_of(a) is not None
         and storage_of(a) == storage_of(b)

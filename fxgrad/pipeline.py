@@ -317,7 +317,7 @@ def run_passes(
         if not edited:  # the graph changed although the pass reported no rewrite
             gm.graph.lint()
             gm.recompile()
-        problem = verify(gm, ctx, ref, reach) if can_verify else None
+        problem = verify(gm, ctx, ref, reach) if can_verify and ref is not None else None
         if problem is None and can_verify:
             reach = _merged(reach, Reach.of(ctx.observe(gm)))
         if problem is not None and saved is not None:

@@ -91,10 +91,10 @@ fxgrad_guard._fxgrad_side_effect = True  # type: ignore[attr-defined]
 # ---------------------------------------------------------------------------------------
 # Custom autograd.Function calls become one opaque node
 
-_apply_wrappers: dict[type, Callable] = {}
+_apply_wrappers: dict[type[torch.autograd.Function], Callable] = {}
 
 
-def function_apply(cls: type) -> Callable:
+def function_apply(cls: type[torch.autograd.Function]) -> Callable:
     """Return a stable, importable-by-reference callable that runs `cls.apply`."""
     wrapper = _apply_wrappers.get(cls)
     if wrapper is None:

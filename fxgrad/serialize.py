@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import fx
 
@@ -47,12 +47,17 @@ def _target(state: tuple) -> Any:
     return state[1]
 
 
+def _ref(node: fx.Node) -> fx.node.Argument:
+    # map_arg puts whatever this gives in the node's place; its stub wants an fx Argument.
+    return cast(fx.node.Argument, _Ref(node.name))
+
+
 def graph_state(graph: fx.Graph) -> list[tuple]:
     """The nodes of a graph as plain data."""
     nodes = []
     for n in graph.nodes:
-        args = fx.node.map_arg(n.args, lambda a: _Ref(a.name))
-        kwargs = fx.node.map_arg(n.kwargs, lambda a: _Ref(a.name))
+        args = fx.node.map_arg(n.args, _ref)
+        kwargs = fx.node.map_arg(n.kwargs, _ref)
         meta = {k: n.meta[k] for k in _KEPT_META if k in n.meta}
         if meta.get("fxgrad_loc"):
             file, line = meta["fxgrad_loc"]

@@ -180,7 +180,9 @@ def _set_rng_state(g: Any, state: Any) -> None:
 
 
 _GONE = object()
-_LAZY = nn.parameter.UninitializedTensorMixin  # a lazy module's, until its first call
+# A lazy module's parameters and buffers, until its first call (torch's nn/parameter.pyi
+# omits the class).
+_LAZY = nn.parameter.UninitializedTensorMixin  # type: ignore[attr-defined]
 _INTERNALS = frozenset(nn.Module().__dict__)
 # Plain Python values a forward may rebind on a module (`self.step += 1`).
 _PLAIN = frozenset({int, float, str, bool, type(None)})
@@ -205,7 +207,8 @@ def forked_rng() -> Iterator[None]:
         with torch.random.fork_rng(devices=devices):
             yield
     finally:
-        if np_state is not None:  # NumPy's global draws too (np.random.randn in a forward)
+        # NumPy's global draws too (np.random.randn in a forward)
+        if np is not None and np_state is not None:
             np.random.set_state(np_state)
 
 

@@ -170,7 +170,7 @@ def _bind_submodules(gm: fx.GraphModule, owner: nn.Module) -> fx.GraphModule:
         bound.append((str(node.target), mod))
         caller = functools.partial(mod)  # calls mod(...) from C, hooks included
         caller.__name__ = "m_" + str(node.target).replace(".", "_")  # type: ignore[attr-defined]
-        caller.__module__ = "fxgrad_bound"  # type: ignore[attr-defined]
+        caller.__module__ = "fxgrad_bound"
         with graph.inserting_before(node):
             call = graph.call_function(caller, node.args, node.kwargs)
         call.meta = node.meta

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import inspect
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,9 +283,10 @@ def _box_flatten(box: ObjectBox) -> tuple[list[Any], Any]:
     return [box.state], box.cls
 
 
-def _box_unflatten(children: list[Any], cls: type) -> Any:
+def _box_unflatten(children: Iterable[Any], cls: type[object]) -> Any:
+    (state,) = children  # the one child _box_flatten gives: the object's __dict__
     obj = cls.__new__(cls)
-    obj.__dict__.update(children[0])
+    obj.__dict__.update(state)
     return obj
 
 

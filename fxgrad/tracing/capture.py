@@ -73,6 +73,8 @@ def capture(
         finish(session.clean_up)
     if error is not None:
         raise _capture_error(tracer, error) from error
+    # A trace that ended without an error ran the flat forward, which sets the output spec.
+    assert graph is not None and tracer.out_spec is not None
     tracer._values.clear()
     paths, log = session.paths, session.log
     traced = set(tracer.traced_paths)

@@ -7,7 +7,8 @@ import contextlib
 import copy
 import functools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -23,7 +24,9 @@ def twin(module: torch.nn.Module, memo: dict[int, object] | None = None) -> torc
     top = memo is None
     memo = {} if memo is None else memo
     if id(module) in memo:
-        return memo[id(module)]
+        done = memo[id(module)]
+        assert isinstance(done, torch.nn.Module)  # a module's entry is its twin
+        return done
     new = _twin_one(module, memo)
     if top:  # every twin exists now: point the hooks and containers at them
         for obj in list(memo.values()):
@@ -54,7 +57,8 @@ def _rebind_containers(new: torch.nn.Module, memo: dict[int, object]) -> None:
 def _twin_one(module: torch.nn.Module, memo: dict[int, object]) -> torch.nn.Module:
     cls = type(module)
     new = None
-    if not _plain_copy(cls):
+    # mypy takes a class for unhashable where functools.cache wants Hashable (mypy#11470)
+    if not _plain_copy(cls):  # type: ignore[arg-type]
         with contextlib.suppress(Exception):  # parametrized modules refuse to be copied
             new = copy.copy(module)  # the class copies itself its own way
     if new is None:  # what copy.copy does for a module, without the generic protocol
@@ -234,7 +238,7 @@ def _object_twin(v: object, memo: dict) -> object:
     return hit
 
 
-def _refuse_proxies(container: object, name: str) -> None:
+def _refuse_proxies(container: Iterable[Any], name: str) -> None:
     """An earlier torch.fx trace left a Proxy in the model's state: say so, plainly."""
     from torch import fx
 
@@ -254,7 +258,7 @@ def _refuse_proxies(container: object, name: str) -> None:
 
 
 @functools.cache
-def _plain_copy(cls: type) -> bool:
+def _plain_copy(cls: type[torch.nn.Module]) -> bool:
     """Whether copy.copy of this module class just copies its __dict__ (nn.Module's way)."""
     return (
         cls.__reduce_ex__ is object.__reduce_ex__

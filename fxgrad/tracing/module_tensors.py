@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -104,7 +105,7 @@ def _name(func: Any) -> str:
 
 def _from_model_code() -> bool:
     """Whether the torch call comes from model code, not from fx or fxgrad themselves."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not _is_internal(filename):

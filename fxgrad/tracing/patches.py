@@ -6,6 +6,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -186,7 +187,7 @@ def _caller_is_model_code() -> bool:
     return not _is_internal(sys._getframe(2).f_code.co_filename)
 
 
-def _traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+def _traced_apply(cls: type[torch.autograd.Function], *args: Any, **kwargs: Any) -> Any:
     if _ACTIVE and _has_proxy((args, kwargs)):
         return _ACTIVE[-1].create_proxy("call_function", function_apply(cls), args, kwargs)
     return _ORIG_APPLY.__get__(None, cls)(*args, **kwargs)
@@ -247,7 +248,7 @@ def _called_from_user_code(depth: int = 3) -> bool:
     `depth` counts frames from this function to the caller of the switch; the context
     manager and decorator machinery in between is skipped.
     """
-    frame = sys._getframe(depth)
+    frame: FrameType | None = sys._getframe(depth)
     while frame is not None and frame.f_code.co_filename.endswith(
         ("_contextlib.py", "grad_mode.py", "contextlib.py", "autocast_mode.py")
     ):
@@ -455,24 +456,25 @@ def _replacements() -> tuple[dict[Any, Any], list[tuple[Any, str, Any]]]:
         }
     )
     replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
+    names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
+    places: list[tuple[Any, str, Any]] = [
+        (torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)
+    ]
+    places.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
     # `np.asarray(t.detach())` reads the tensor through __array__, which a traced value
     # cannot serve; recorded as a call, it enters the graph like `.numpy()` does. NumPy's
     # factories are recorded whenever model code calls them, as torch's are: an array made
     # once at capture time would be shared by every call (`m = np.zeros(4); m += a` would
     # accumulate), and a traced size (`np.zeros(a.shape)`) would be baked in.
     np = sys.modules.get("numpy")
-    np_names = _NUMPY_RECORDED if np is not None else ()
-    for n in np_names:
-        kind = _record_if_traced if n in _NUMPY_DATA_FUNCTIONS else _record_factory
-        replacements[getattr(np, n)] = _wrapped(kind, getattr(np, n))
-    np_random = _NUMPY_RANDOM if np is not None else ()
-    for n in np_random:
-        replacements[getattr(np.random, n)] = _wrapped(_record_factory, getattr(np.random, n))
-    names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
-    places = [(torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)]
-    places.append((_checkpoint_module, "checkpoint", _ORIG_CHECKPOINT))
-    places.extend((np, n, getattr(np, n)) for n in np_names)
-    places.extend((np.random, n, getattr(np.random, n)) for n in np_random)
+    if np is not None:
+        for n in _NUMPY_RECORDED:
+            kind = _record_if_traced if n in _NUMPY_DATA_FUNCTIONS else _record_factory
+            replacements[getattr(np, n)] = _wrapped(kind, getattr(np, n))
+        for n in _NUMPY_RANDOM:
+            replacements[getattr(np.random, n)] = _wrapped(_record_factory, getattr(np.random, n))
+        places.extend((np, n, getattr(np, n)) for n in _NUMPY_RECORDED)
+        places.extend((np.random, n, getattr(np.random, n)) for n in _NUMPY_RANDOM)
     return replacements, places
 
 
@@ -512,7 +514,8 @@ def _patch_classes(modules: list[torch.nn.Module], originals: list[tuple[type, s
     # than the rest of capturing a small model.
     for cls in dict.fromkeys(type(m) for m in modules):
         originals.append((cls, "__setattr__", cls.__dict__.get("__setattr__")))
-        cls.__setattr__ = _traced_module_setattr(cls.__setattr__)
+        # A method patched on purpose, for the trace's duration (put back by _unpatch).
+        cls.__setattr__ = _traced_module_setattr(cls.__setattr__)  # type: ignore[method-assign]
     for (cls, name), method in _GRAD_MODE_METHODS.items():
         originals.append((cls, name, cls.__dict__[name]))
         setattr(cls, name, method)
@@ -541,8 +544,9 @@ def _patched(
         torch.autograd.function.Function.apply = classmethod(_traced_apply)
         _patch_classes(modules, originals)
         torch.is_grad_enabled = _traced_is_grad_enabled
-        torch._C._set_grad_enabled = _traced_set_grad_enabled
-        torch._C._InferenceMode = _TracedInferenceMode
+        # Stand-ins that also take and record traced values; the stubs type the C originals.
+        torch._C._set_grad_enabled = _traced_set_grad_enabled  # type: ignore[assignment]
+        torch._C._InferenceMode = _TracedInferenceMode  # type: ignore[misc, assignment]
         yield
     finally:
         finish(lambda: _unpatch(originals, undo))
@@ -556,7 +560,7 @@ def _unpatch(originals: list[tuple[type, str, Any]], undo: list[tuple[Any, str, 
                 delattr(cls, name)  # it was inherited
         else:
             setattr(cls, name, method)
-    torch._C._InferenceMode = _INFERENCE_MODE
+    torch._C._InferenceMode = _INFERENCE_MODE  # type: ignore[misc]  # put back: see _patched
     torch.is_grad_enabled = _IS_GRAD_ENABLED
     torch._C._set_grad_enabled = _SET_GRAD_ENABLED
     torch.autograd.function.Function.apply = _ORIG_APPLY

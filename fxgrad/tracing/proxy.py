@@ -11,7 +11,7 @@ import math
 import operator
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.utils._pytree as pytree
 from torch import fx
@@ -20,6 +20,9 @@ from fxgrad.graph_utils import (
     INPLACE_OPERATORS,
 )
 from fxgrad.runtime import ufunc_method
+
+if TYPE_CHECKING:
+    from fxgrad.tracing.tracer import FxgradTracer
 
 # ---------------------------------------------------------------------------------------
 # The proxy
@@ -101,6 +104,7 @@ class FxgradProxy(fx.Proxy):
     """An fx Proxy that records item assignment, augmented assignment and NumPy calls."""
 
     __array_priority__ = 1000  # NumPy: defer binary operators to us
+    tracer: FxgradTracer  # the only tracer that makes these (FxgradTracer.proxy)
 
     def __getattr__(self, k: str) -> FxgradAttribute:
         if k.startswith("__array") or k in ("__len__", "__iter__"):
@@ -127,7 +131,8 @@ class FxgradProxy(fx.Proxy):
             unpacked = getattr(self.tracer, "unpacked", None)
             if unpacked is not None:
                 unpacked(self, count)
-            return (self[i] for i in range(count))
+            # fx.Proxy's operators are set on it at import, unseen by its stubs
+            return (self[i] for i in range(count))  # type: ignore[index]
         return self.tracer.iter(self)
 
     def __len__(self) -> int:

@@ -56,7 +56,7 @@ class ReadLog:
 _LOGS = ThreadStack()  # (log, tracer) of the capture in progress in this thread
 
 
-def _recording_getattribute(base: type) -> Any:
+def _recording_getattribute(base: type[object]) -> Any:
     get = base.__getattribute__
 
     def __getattribute__(self: Any, name: str) -> Any:
@@ -107,7 +107,7 @@ def swap_in(modules: list[nn.Module]) -> list[tuple[nn.Module, type]]:
     """Make each twin module record its reads; return what to put back."""
     swapped = []
     for m in modules:
-        cls = type(m)
+        cls: type = type(m)
         if "_fxgrad_recording_of" in cls.__dict__:
             continue
         try:

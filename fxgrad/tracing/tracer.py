@@ -222,9 +222,9 @@ class FxgradTracer(fx.Tracer):
                     obj = getattr(obj, atom)
                 value = obj
             elif node.op == "call_module":
-                value = find_submodule(self.root, node.target)(*args, **kwargs)
+                value = find_submodule(self.root, str(node.target))(*args, **kwargs)
             elif node.op == "call_method":
-                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+                value = getattr(args[0], str(node.target))(*args[1:], **kwargs)
             elif node.target in _MODE_SWITCHES:
                 value = None  # keep propagation itself under no_grad
             elif _writes_module_state(node, args):
@@ -233,6 +233,7 @@ class FxgradTracer(fx.Tracer):
                 # identity and read back as the buffer's *first* get_attr.
                 value = None
             else:
+                assert not isinstance(node.target, str)  # call_function: only those are left
                 value = node.target(*args, **kwargs)
         except Exception as e:  # the capture check reproduces this against eager
             self._propagate = False
@@ -572,7 +573,8 @@ class FxgradTracer(fx.Tracer):
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
         n = self._length(obj)
-        return iter([obj[i] for i in range(n)])
+        # fx.Proxy's operators are set on it at import, unseen by its stubs
+        return iter([obj[i] for i in range(n)])  # type: ignore[index]
 
     # -- module state written in forward -------------------------------------------------
 
