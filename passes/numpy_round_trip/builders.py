@@ -262,7 +262,15 @@ def _b_ravel(e: _Emitter, p: dict) -> fx.Node:
 
 
 def _b_same(name: str) -> Callable:
-    return lambda _e, p: p[name]
+    """`np.asarray(a)`, `np.copy(a)`: the array itself, not one made from a sequence of them."""
+
+    def build(_e: _Emitter, p: dict) -> fx.Node:
+        a = p[name]
+        if not isinstance(a, fx.Node):
+            raise _Unmapped("an array made from a sequence of values")
+        return a
+
+    return build
 
 
 def _b_dot(e: _Emitter, p: dict) -> fx.Node:

@@ -119,7 +119,8 @@ def _array_entries() -> tuple[Any, ...]:
     return (np.asarray, np.array, np.ascontiguousarray)
 
 
-def _entry_source_tensor(n: fx.Node) -> fx.Node:
+def _entry_source_tensor(n: fx.Node) -> fx.Node | None:
+    """The tensor `np.asarray(t.detach())` reads; None for one of a sequence (`[a, b]`)."""
     src = n.args[0]
     while (
         isinstance(src, fx.Node)
@@ -128,4 +129,4 @@ def _entry_source_tensor(n: fx.Node) -> fx.Node:
         and len(src.args) == 1
     ):
         src = src.args[0]
-    return src
+    return src if isinstance(src, fx.Node) else None

@@ -282,7 +282,9 @@ def _owner(r: fx.Node) -> str:
 
 
 def _entry_node_source(n: fx.Node) -> fx.Node:
-    return _entry_source(n)[0] if n.op == "call_method" else _entry_source_tensor(n)
+    src = _entry_source(n)[0] if n.op == "call_method" else _entry_source_tensor(n)
+    assert src is not None  # an entry reads a tensor (_find_detours), not a sequence
+    return src
 
 
 def _inverse_permutation(s: fx.Node, lay: _Layout, values: dict) -> tuple[int, ...]:

@@ -216,10 +216,12 @@ def _translate_source(e: _Emitter, n: fx.Node, tv: dict) -> fx.Node | None:
     """Where NumPy data comes from: a tensor, a constant array, an array input; else None."""
     if n.op == "call_method" and n.target == "numpy":
         return _entry_source(n)[0]
-    if n.op == "call_function" and n.target in _array_entries() and n.args[0] not in tv:
+    if n.op == "call_function" and n.target in _array_entries():
         src = _entry_source_tensor(n)  # np.asarray(t, dtype=...): the tensor, cast
-        dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
-        return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
+        # `np.asarray([a, b])` reads no tensor: it is translated as the NumPy call it is.
+        if src is not None and n.args[0] not in tv:
+            dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
+            return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
     if n.op == "get_attr":  # a constant array (`W = np.full(...)` at module level)
         return e.m("to", e.constant(e.env[n]), e.device())
     if n.op == "placeholder":  # an array passed to forward
