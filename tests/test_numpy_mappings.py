@@ -265,3 +265,26 @@ def _example_shapes(case: Case) -> list[tuple[int, ...]]:
     from hypothesis import find
 
     return find(case.shapes, lambda s: all(min(x) >= 2 for x in s))
+
+
+_ARRAYS_OF_SEQUENCES = [
+    ("asarray-tuple", lambda a: np.asarray((a * 2, a + 1))),
+    ("asarray-list", lambda a: np.asarray([a * 2, a + 1])),
+    ("array-list", lambda a: np.array([a * 2, a + 1])),
+]
+
+
+@pytest.mark.parametrize(
+    "fn", [f for _, f in _ARRAYS_OF_SEQUENCES], ids=[n for n, _ in _ARRAYS_OF_SEQUENCES]
+)
+def test_array_of_a_sequence_of_arrays_keeps_the_detour(fn) -> None:
+    """`np.asarray((a, b))` stacks its arrays, which no mapping does: the detour stays as it
+    is, reported with why, and the fixed module gives NumPy's result (the pass used to take
+    the sequence for a translated array and crash)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixed = fxgrad.fix(Detour(fn), (x,), select=["FXG301"])
+    (change,) = fixed.report.changes
+    assert not change.applied and "made from a sequence" in change.note, change.line()
+    torch.testing.assert_close(fixed(x), Detour(fn)(x))

@@ -117,7 +117,9 @@ def _replay(
             return module(*args, **kwargs)
         if user.op == "call_method":
             return getattr(args[0], str(user.target))(*args[1:], **kwargs)
-        return user.target(*args, **kwargs)
+        function = user.target
+        assert callable(function)  # a call_function: fx names the targets of the other ops
+        return function(*args, **kwargs)
 
     return call
 

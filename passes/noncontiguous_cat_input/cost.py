@@ -88,11 +88,12 @@ class Decision:
         """
         try:
             choice = Variant(record["choice"])
-            times = {Variant(k): _seconds(t) for k, t in record["times"].items()}
+            read = {Variant(k): _seconds(t) for k, t in record["times"].items()}
             label, why = record["label"], record["why_unmeasured"]
         except (KeyError, ValueError, TypeError, AttributeError):
             raise ValueError("a record of another shape") from None
-        if any(t is None for t in times.values()):
+        times = {v: t for v, t in read.items() if t is not None}
+        if len(times) != len(read):
             raise ValueError("a time that is not a finite, non-negative number")
         if choice not in variants or not set(times) <= set(variants):
             raise ValueError("a variant this site does not have")

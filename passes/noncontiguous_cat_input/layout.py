@@ -34,7 +34,7 @@ class Layout:
         return cls(
             tuple(t.shape),
             tuple(t.stride()),
-            t.storage_offset(),
+            int(t.storage_offset()),  # an int: observed tensors have no symbolic sizes
             t.dtype,
             t.device,
             t.requires_grad,
@@ -69,13 +69,13 @@ class Layout:
         extent = self.offset + 1
         if all(s > 0 for s in self.shape):
             extent += sum((s - 1) * st for s, st in zip(self.shape, self.stride))
-        kw = {"dtype": self.dtype, "device": self.device}
-        if self.dtype.is_floating_point or self.dtype.is_complex:
-            base = torch.randn(extent, **kw)
-        elif self.dtype == torch.bool:
-            base = torch.zeros(extent, **kw)
+        dtype, device = self.dtype, self.device
+        if dtype.is_floating_point or dtype.is_complex:
+            base = torch.randn(extent, dtype=dtype, device=device)
+        elif dtype == torch.bool:
+            base = torch.zeros(extent, dtype=dtype, device=device)
         else:
-            base = torch.randint(0, 8, (extent,), **kw)
+            base = torch.randint(0, 8, (extent,), dtype=dtype, device=device)
         t = base.as_strided(self.shape, self.stride, self.offset).detach()
         return t.requires_grad_(self.requires_grad)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxgrad.passes.noncontiguous_cat_input.cost import Variant
-from fxgrad.passes.noncontiguous_cat_input.sites import Site
+from fxgrad.passes.noncontiguous_cat_input.sites import Site, cat_inputs
 from torch import fx
 
 from fxgrad.graph_utils import as_primary, source_list_items, target_name
@@ -14,7 +14,7 @@ from fxgrad.graph_utils import as_primary, source_list_items, target_name
 
 def render(node: fx.Node, decision: Variant = Variant.ORIGINAL, site: Site | None = None) -> str:
     """`torch.cat([a, b], dim=1)` as written, or as the chosen variant would read."""
-    tensors = node.args[0]
+    tensors = cat_inputs(node)
     made = set() if site is None else set(site.candidates)
     # The user's own expressions (`a.t()`) where the source line shows them, else fx's names.
     names = source_list_items(node, len(tensors)) or [t.name for t in tensors]
@@ -27,7 +27,7 @@ def render(node: fx.Node, decision: Variant = Variant.ORIGINAL, site: Site | Non
         return names[i]
 
     items = [item(i) for i in range(len(tensors))]
-    if isinstance(tensors, list) or decision is Variant.PERMUTED:
+    if isinstance(node.args[0], list) or decision is Variant.PERMUTED:
         listed = f"[{', '.join(items)}]"
     else:
         listed = f"({', '.join(items)}{',' if len(items) == 1 else ''})"
@@ -49,7 +49,7 @@ def _copy_loc(src: fx.Node, dst: fx.Node) -> None:
 
 def _make_contiguous(graph: fx.Graph, site: Site) -> None:
     node = site.node
-    tensors = node.args[0]
+    tensors = cat_inputs(node)
     replacement: dict[fx.Node, fx.Node] = {}
     with graph.inserting_before(node):
         for i in sorted(site.candidates):
@@ -57,20 +57,21 @@ def _make_contiguous(graph: fx.Graph, site: Site) -> None:
             if t not in replacement:
                 replacement[t] = c = graph.call_method("contiguous", (t,))
                 _copy_loc(node, c)
-    new = type(tensors)(replacement.get(t, t) for t in tensors)
-    node.args = (new, *node.args[1:])
+    new = [replacement.get(t, t) for t in tensors]
+    node.args = (new if isinstance(node.args[0], list) else tuple(new), *node.args[1:])
 
 
 def _make_permuted(graph: fx.Graph, site: Site) -> None:
     node, permuted = site.node, site.permuted
     assert permuted is not None
+    tensors = cat_inputs(node)
     views: dict[fx.Node, fx.Node] = {}
     with graph.inserting_before(node):
-        for t in node.args[0]:
+        for t in tensors:
             if t not in views:
                 views[t] = v = graph.call_method("permute", (t, *permuted.order))
                 _copy_loc(node, v)
-    node.args = ([views[t] for t in node.args[0]], permuted.inner_dim)
+    node.args = ([views[t] for t in tensors], permuted.inner_dim)
     node.kwargs = {}
     with graph.inserting_after(node):
         out = graph.call_method("permute", (node, *permuted.outer))

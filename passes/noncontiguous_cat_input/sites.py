@@ -6,6 +6,7 @@ elements are read through strides, and its readers allow at least one candidate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,15 @@ def is_cat(node: fx.Node) -> bool:
     )
 
 
+def cat_inputs(node: fx.Node) -> list[fx.Node]:
+    """The tensors a cat that `is_cat` accepts joins: the nodes of its first argument."""
+    tensors = node.args[0]
+    assert isinstance(tensors, (list, tuple)), node.format_node()
+    nodes = [t for t in tensors if isinstance(t, fx.Node)]
+    assert len(nodes) == len(tensors), node.format_node()
+    return nodes
+
+
 def _dim(node: fx.Node, seen: Observed) -> Any:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", node.kwargs.get("axis", 0))
     if isinstance(dim, fx.Node):
@@ -69,13 +79,20 @@ class Site:
         """How much a rewrite could save: the elements read through strides."""
         return sum(self.layouts[i].numel for i in self.candidates)
 
+    @property
+    def function(self) -> Callable[..., torch.Tensor]:
+        """The cat or stack it calls, one of CAT_FUNCTIONS."""
+        target = self.node.target
+        assert callable(target), self.node.format_node()
+        return target
+
 
 SMALL = "small"  # _site's answer for a cat too small to time
 
 
 def _site(gm: fx.GraphModule, node: fx.Node, seen: Observed) -> Site | str | None:
     """The site to decide; a reason string when the analysis alone leaves it as is."""
-    tensors = list(node.args[0])
+    tensors = cat_inputs(node)
     if node in seen.transformed or any(t in seen.transformed for t in tensors):
         return (
             "not timed: it runs inside a torch.func transform (vmap), whose per-sample "
@@ -141,5 +158,5 @@ def _values_to_keep(cats: list[fx.Node]) -> set[fx.Node]:
     keep = {a for c in cats for n in near[c] for u in n.users for a in u.all_input_nodes} - {
         n for c in cats for n in near[c]
     }
-    keep |= {d for c in cats for d in c.all_input_nodes if d not in c.args[0]}  # a traced dim
+    keep |= {d for c in cats for d in c.all_input_nodes if d not in cat_inputs(c)}  # a traced dim
     return keep

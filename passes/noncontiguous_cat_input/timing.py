@@ -6,6 +6,7 @@ a site that cannot be timed within what is left of it is not timed.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def _bench(site: Site, consumers: list[Consumer]) -> tuple[dict[Variant, Callabl
     grad = bool(leaves)
     # Cotangents are fixed up front so every variant does the same backward work.
     cotangents: list[torch.Tensor] | None = None
-    target = site.node.target
+    target = site.function
 
     def forward(variant: Variant) -> torch.Tensor:
         if variant is Variant.PERMUTED:
@@ -75,7 +76,7 @@ def _bench(site: Site, consumers: list[Consumer]) -> tuple[dict[Variant, Callabl
             return torch.autograd.grad(diff, leaves, cotangents, allow_unused=True)
 
     names = " + ".join([str(getattr(target, "__name__", "cat"))] + [c.node.name for c in consumers])
-    calls = {v: (lambda v=v: step(v)) for v in site.variants}
+    calls: dict[Variant, Callable[[], Any]] = {v: functools.partial(step, v) for v in site.variants}
     return calls, f"{names} {'fwd+bwd' if grad else 'fwd'}"
 
 

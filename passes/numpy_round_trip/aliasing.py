@@ -18,9 +18,16 @@ import functools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from fxgrad.passes.numpy_round_trip.helpers import _is_array_value, _is_numpy_target, _np
+from fxgrad.passes.numpy_round_trip.helpers import (
+    _attr_read,
+    _is_array_value,
+    _is_numpy_target,
+    _method,
+    _node_arg,
+    _np,
+)
 from fxgrad.passes.numpy_round_trip.mappings import _tables
 from torch import fx
 
@@ -63,7 +70,7 @@ def _numpy_write(n: fx.Node, values: dict[fx.Node, Any]) -> _Write | None:
         return None
     np = _np()
 
-    def array(a: Any) -> bool:
+    def array(a: Any) -> TypeGuard[fx.Node]:
         return isinstance(a, fx.Node) and isinstance(values.get(a), np.ndarray)
 
     out = n.kwargs.get("out")
@@ -74,10 +81,11 @@ def _numpy_write(n: fx.Node, values: dict[fx.Node, Any]) -> _Write | None:
         return None
     first = n.args[0] if n.args else None
     if n.op == "call_method":
-        writes = n.target in _INPLACE_METHODS or (
-            n.target == "byteswap" and (n.kwargs.get("inplace") or n.args[1:2] == (True,))
+        method = _method(n)
+        writes = method in _INPLACE_METHODS or (
+            method == "byteswap" and (n.kwargs.get("inplace") or n.args[1:2] == (True,))
         )
-        return _Write(n, first, n.target) if writes and array(first) else None
+        return _Write(n, first, method) if writes and array(first) else None
     if n.target is operator.setitem or n.target in INPLACE_OPERATORS:
         kind = "setitem" if n.target is operator.setitem else "augmented"
         if array(first):
@@ -90,23 +98,16 @@ def _numpy_write(n: fx.Node, values: dict[fx.Node, Any]) -> _Write | None:
         return _Write(n, first, "setattr") if array(first) else None
     if getattr(n.target, "_fxgrad_ufunc_method", None) == "at":  # `np.add.at(a, i, v)`
         return _Write(n, first, "ufunc.at") if array(first) else None
-    kind = _writing_functions().get(n.target)
-    if kind is None:
+    function_kind = _writing_functions().get(n.target)
+    if function_kind is None:
         return None
     target = first if first is not None else next(iter(n.kwargs.values()), None)
-    return _Write(n, target, kind) if array(target) else None
+    return _Write(n, target, function_kind) if array(target) else None
 
 
 def _flat_base(n: Any) -> fx.Node | None:
     """The array `a` of an `a.flat` node."""
-    if (
-        isinstance(n, fx.Node)
-        and n.op == "call_function"
-        and n.target is builtins.getattr
-        and n.args[1] == "flat"
-    ):
-        return n.args[0]
-    return None
+    return _node_arg(n) if _attr_read(n) == "flat" else None
 
 
 class _Kind(enum.Enum):
@@ -205,7 +206,7 @@ def _method_alias(n: fx.Node, _values: dict, parents: list[fx.Node]) -> _Aliasin
     """What NumPy documents for `a.transpose()`, `a.copy()`, `a.reshape()`; None if unlisted."""
     target = n.target
     if target in _VIEW_METHODS:
-        return _Kind.VIEW, _VIEW_METHODS[target], [n.args[0]]
+        return _Kind.VIEW, _VIEW_METHODS[target], [_node_arg(n)]
     if target in _FRESH_METHODS and n.kwargs.get("copy", True) is not False:
         return _Kind.FRESH, None, []
     if target in _MAYBE_METHODS or target in _FRESH_METHODS:
@@ -220,10 +221,11 @@ def _function_alias(n: fx.Node, values: dict, parents: list[fx.Node]) -> _Aliasi
     if target is builtins.getattr and args[1] == "T":
         return _Kind.VIEW, _View.PERMUTE, parents
     if target is operator.getitem:
-        if isinstance(values.get(args[0]), (tuple, list)):
-            return _Kind.VIEW, _View.PIECE, [args[0]]  # one array of np.split's list
+        array = _node_arg(n)
+        if isinstance(values.get(array), (tuple, list)):
+            return _Kind.VIEW, _View.PIECE, [array]  # one array of np.split's list
         if _is_basic_key(args[1], values):
-            return _Kind.VIEW, _View.GETITEM, [args[0]]
+            return _Kind.VIEW, _View.GETITEM, [array]
         return _Kind.FRESH, None, []
     name = getattr(target, "__name__", "")
     numpy_function = (getattr(target, "__module__", "") or "").startswith("numpy")

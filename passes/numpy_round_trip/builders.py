@@ -262,7 +262,15 @@ def _b_ravel(e: _Emitter, p: dict) -> fx.Node:
 
 
 def _b_same(name: str) -> Callable:
-    return lambda _e, p: p[name]
+    """`np.asarray(a)`, `np.copy(a)`: the array itself, not one made from a sequence of them."""
+
+    def build(_e: _Emitter, p: dict) -> fx.Node:
+        a = p[name]
+        if not isinstance(a, fx.Node):
+            raise _Unmapped("an array made from a sequence of values")
+        return a
+
+    return build
 
 
 def _b_dot(e: _Emitter, p: dict) -> fx.Node:
@@ -321,7 +329,7 @@ def _b_like(fn: Callable, fill: bool = False) -> Callable:
     def build(e: _Emitter, p: dict) -> fx.Node:
         if p.get("shape") is not None:
             raise _Unmapped("a new shape")
-        dtype = e.out_dtype  # type: ignore[attr-defined]
+        dtype = e.out_dtype
         if fill:
             if isinstance(p["fill_value"], fx.Node):
                 raise _Unmapped("an array fill value")
@@ -332,7 +340,7 @@ def _b_like(fn: Callable, fill: bool = False) -> Callable:
 
 
 def _b_astype(e: _Emitter, p: dict) -> fx.Node:
-    return e.m("to", p["a"], e.out_dtype)  # type: ignore[attr-defined]
+    return e.m("to", p["a"], e.out_dtype)
 
 
 def _b_getitem(e: _Emitter, p: dict) -> fx.Node:

@@ -127,6 +127,7 @@ def _entry_nodes(nodes: set[fx.Node]) -> set[fx.Node]:
     """The detach/cpu/.data nodes between each `.numpy()` in `nodes` and its tensor."""
     out: set[fx.Node] = set()
     for n in nodes:
+        stop: fx.Node | None
         if n.op == "call_method" and n.target == "numpy":
             stop = _entry_source(n)[0]
         elif n.op == "call_function" and n.target in _array_entries() and n.args:

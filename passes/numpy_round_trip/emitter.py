@@ -82,6 +82,7 @@ class _Emitter:
         for node in reversed(self.created[mark:]):
             self.graph.erase_node(node)
             if node.op == "get_attr":
+                assert isinstance(node.target, str)  # a get_attr's target names the attribute
                 delattr(self.gm, node.target)
             self.tensors.discard(node)
             self.arbitrary.discard(node)

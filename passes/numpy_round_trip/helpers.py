@@ -6,6 +6,7 @@ raises.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -77,6 +78,34 @@ def _is_exit(node: fx.Node, src: fx.Node) -> bool:
     return data is src
 
 
+def _node_arg(n: fx.Node, i: int = 0) -> fx.Node:
+    """`n.args[i]` where the call's form makes it a node: the array of a method call, the
+    operand of `a[k]`, `a.T` or `a.flat`, the tensor under `.detach()` or `.cpu()`."""
+    a = n.args[i]
+    assert isinstance(a, fx.Node), f"{n.format_node()}: argument {i} is not a node"
+    return a
+
+
+def _method(n: fx.Node) -> str:
+    """The method a `call_method` node calls: fx names it."""
+    assert isinstance(n.target, str), n.format_node()
+    return n.target
+
+
+def _function(n: fx.Node) -> Callable[..., Any]:
+    """The function a `call_function` node calls (fx keeps names for the other ops)."""
+    assert callable(n.target), n.format_node()
+    return n.target
+
+
+def _attr_read(n: Any) -> str | None:
+    """The attribute `n` reads when it is `x.name` (`getattr(x, "name")`), else None."""
+    if isinstance(n, fx.Node) and n.op == "call_function" and n.target is builtins.getattr:
+        name = n.args[1]
+        return name if isinstance(name, str) else None
+    return None
+
+
 def _is_meta_use(user: fx.Node, node: fx.Node) -> bool:
     """`a.shape`, `a.ndim`, `a.size`, and the tracer's `len()` guards: sizes, not data."""
     if user.op == "call_function" and user.target is builtins.getattr:
@@ -86,24 +115,23 @@ def _is_meta_use(user: fx.Node, node: fx.Node) -> bool:
 
 def _entry_source(node: fx.Node) -> tuple[fx.Node, bool]:
     """The tensor a `.numpy()` reads, seen through detach/cpu/.data; and whether it went `.cpu()`."""
-    src = node.args[0]
+    src = _node_arg(node)
     host = False
-    while isinstance(src, fx.Node):
+    while True:
         if src.op == "call_method" and src.target in _HOST_METHODS and len(src.args) == 1:
             host = host or src.target == "cpu"
         elif src.op == "call_method" and src.target == "to" and _is_cpu_move(src):
             host = True
-        elif src.op == "call_function" and src.target is builtins.getattr and src.args[1] == "data":
+        elif _attr_read(src) == "data":
             pass
         else:
-            break
-        src = src.args[0]
-    return src, host
+            return src, host
+        src = _node_arg(src)
 
 
 def _is_cpu_move(node: fx.Node) -> bool:
     args = list(node.args[1:]) + list(node.kwargs.values())
-    return len(args) == 1 and (args[0] == "cpu" or args[0] == torch.device("cpu"))
+    return len(args) == 1 and args[0] in ("cpu", torch.device("cpu"))
 
 
 def _is_array_value(v: Any) -> bool:
@@ -119,7 +147,8 @@ def _array_entries() -> tuple[Any, ...]:
     return (np.asarray, np.array, np.ascontiguousarray)
 
 
-def _entry_source_tensor(n: fx.Node) -> fx.Node:
+def _entry_source_tensor(n: fx.Node) -> fx.Node | None:
+    """The tensor `np.asarray(t.detach())` reads; None for one of a sequence (`[a, b]`)."""
     src = n.args[0]
     while (
         isinstance(src, fx.Node)
@@ -128,4 +157,4 @@ def _entry_source_tensor(n: fx.Node) -> fx.Node:
         and len(src.args) == 1
     ):
         src = src.args[0]
-    return src
+    return src if isinstance(src, fx.Node) else None

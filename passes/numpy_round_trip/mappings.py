@@ -97,7 +97,7 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     def uf(build: Callable) -> _Spec:
         return _Spec(build, rule=_Rule.UFUNC)
 
-    unary = {
+    unary: dict[Any, Callable[..., Any]] = {
         np.sin: torch.sin, np.cos: torch.cos, np.tan: torch.tan,
         np.arcsin: torch.asin, np.arccos: torch.acos, np.arctan: torch.atan,
         np.sinh: torch.sinh, np.cosh: torch.cosh, np.tanh: torch.tanh,
@@ -117,7 +117,7 @@ def _tables() -> tuple[dict[Any, _Spec], dict[str, Any]]:
     add(np.fabs, uf(_unary(torch.abs)))
     add(np.reciprocal, uf(_float_only(torch.reciprocal)))
     add(np.sign, uf(_b_sign))
-    ops = {
+    ops: dict[Any, Callable[..., Any]] = {
         np.add: operator.add, np.subtract: operator.sub, np.multiply: operator.mul,
         np.true_divide: operator.truediv, np.floor_divide: operator.floordiv,
         np.remainder: operator.mod, np.power: operator.pow, np.matmul: operator.matmul,

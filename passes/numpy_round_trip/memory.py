@@ -20,7 +20,9 @@ from fxgrad.passes.numpy_round_trip.emitter import _Emitter
 from fxgrad.passes.numpy_round_trip.helpers import (
     _entry_source,
     _entry_source_tensor,
+    _function,
     _is_array_value,
+    _method,
     _np,
     _Unmapped,
 )
@@ -90,7 +92,11 @@ class _Memory:
         """The failure of the first node `n` depends on, if any did fail."""
         pos = self.lay.pos
         return next(
-            (self.failed[a] for a in sorted(self.lay.deps[n], key=pos.get) if a in self.failed),
+            (
+                self.failed[a]
+                for a in sorted(self.lay.deps[n], key=pos.__getitem__)
+                if a in self.failed
+            ),
             None,
         )
 
@@ -282,7 +288,9 @@ def _owner(r: fx.Node) -> str:
 
 
 def _entry_node_source(n: fx.Node) -> fx.Node:
-    return _entry_source(n)[0] if n.op == "call_method" else _entry_source_tensor(n)
+    src = _entry_source(n)[0] if n.op == "call_method" else _entry_source_tensor(n)
+    assert src is not None  # an entry reads a tensor (_find_detours), not a sequence
+    return src
 
 
 def _inverse_permutation(s: fx.Node, lay: _Layout, values: dict) -> tuple[int, ...]:
@@ -293,9 +301,9 @@ def _inverse_permutation(s: fx.Node, lay: _Layout, values: dict) -> tuple[int, .
     args = fx.node.map_arg(s.args[1:], lambda a: values[a])
     kwargs = fx.node.map_arg(s.kwargs, lambda a: values[a])
     if s.op == "call_method":
-        moved = getattr(probe, s.target)(*args, **kwargs)
+        moved = getattr(probe, _method(s))(*args, **kwargs)
     elif s.target is builtins.getattr:
         moved = probe.T
     else:
-        moved = s.target(probe, *args, **kwargs)
+        moved = _function(s)(probe, *args, **kwargs)
     return tuple(int(i) for i in np.argsort([d - 2 for d in moved.shape]))

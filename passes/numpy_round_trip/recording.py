@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxgrad.passes.numpy_round_trip.aliasing import _numpy_write, _Write
-from fxgrad.passes.numpy_round_trip.helpers import _EXITS, CODE, _copy, _is_numpy_call, _np
+from fxgrad.passes.numpy_round_trip.helpers import (
+    _EXITS,
+    CODE,
+    _copy,
+    _function,
+    _is_numpy_call,
+    _method,
+    _np,
+)
 from torch import fx
 
 from fxgrad.context import Context
@@ -68,7 +76,7 @@ class _Recorder(Extension):
         ):
             raise error
         self.seen.raised[node] = error
-        return node.target(data.copy(), *args[1:], **kwargs)
+        return _function(node)(data.copy(), *args[1:], **kwargs)
 
     def result(self) -> _Run:
         return self.seen
@@ -78,11 +86,11 @@ def _without_write(run: Observer, n: fx.Node, write: _Write) -> Any:
     """What `a += b` or `f(..., out=a)` computes, before it is written anywhere."""
     args, kwargs = run.fetch_args_kwargs_from_env(n)
     if write.kind == "augmented":
-        return INPLACE_OPERATORS[n.target](*args)
+        return INPLACE_OPERATORS[_function(n)](*args)
     kwargs = {k: v for k, v in kwargs.items() if k not in ("out", "where")}
     if n.op == "call_method":
-        return getattr(args[0], n.target)(*args[1:], **kwargs)
-    return n.target(*args, **kwargs)
+        return getattr(args[0], _method(n))(*args[1:], **kwargs)
+    return _function(n)(*args, **kwargs)
 
 
 def _negative_strides(error: BaseException) -> bool:

@@ -15,6 +15,7 @@ from fxgrad.passes.numpy_round_trip.builders import _b_astype
 from fxgrad.passes.numpy_round_trip.emitter import _Emitter, _torch_dtype
 from fxgrad.passes.numpy_round_trip.helpers import (
     _array_entries,
+    _attr_read,
     _entry_source,
     _entry_source_tensor,
     _is_np_value,
@@ -103,9 +104,7 @@ def _translate_node(
     c = _CALL_FORMS.get(op, _function_call)(target, args, kwargs)
     c.mapped_args = _map_args(c.args, tv, values)
     c.mapped_kwargs = _map_args(c.kwargs, tv, values)
-    e.out_dtype = (  # type: ignore[attr-defined]
-        _torch_dtype(out_value.dtype) if hasattr(out_value, "dtype") else None
-    )
+    e.out_dtype = _torch_dtype(out_value.dtype) if hasattr(out_value, "dtype") else None
     result = c.spec.build(e, _PARAMETERS[c.spec.rule](e, c, values))
     if e.out_dtype is not None and isinstance(e.env.get(result), torch.Tensor):
         if e.env[result].dtype != e.out_dtype:
@@ -162,7 +161,7 @@ _CALL_FORMS: dict[str, Callable[[Any, tuple, dict], _Call]] = {
 
 def _ufunc_parameters(e: _Emitter, c: _Call, values: dict) -> dict[str, Any]:
     """x0, x1, ... cast to the loop dtypes NumPy resolves for the operands' dtypes."""
-    ufunc = c.spec.signature or c.target
+    ufunc: Any = c.spec.signature or c.target  # a NumPy ufunc (NumPy is imported untyped)
     if c.mapped_kwargs:
         raise _Unmapped(f"ufunc keyword arguments {sorted(c.mapped_kwargs)}")
     if not hasattr(ufunc, "resolve_dtypes") or ufunc.nout != 1:
@@ -216,10 +215,12 @@ def _translate_source(e: _Emitter, n: fx.Node, tv: dict) -> fx.Node | None:
     """Where NumPy data comes from: a tensor, a constant array, an array input; else None."""
     if n.op == "call_method" and n.target == "numpy":
         return _entry_source(n)[0]
-    if n.op == "call_function" and n.target in _array_entries() and n.args[0] not in tv:
+    if n.op == "call_function" and n.target in _array_entries():
         src = _entry_source_tensor(n)  # np.asarray(t, dtype=...): the tensor, cast
-        dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
-        return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
+        # `np.asarray([a, b])` reads no tensor: it is translated as the NumPy call it is.
+        if src is not None and n.args[0] not in tv:
+            dtype = n.kwargs.get("dtype", n.args[1] if len(n.args) > 1 else None)
+            return src if dtype is None else e.m("to", src, _torch_dtype(dtype))
     if n.op == "get_attr":  # a constant array (`W = np.full(...)` at module level)
         return e.m("to", e.constant(e.env[n]), e.device())
     if n.op == "placeholder":  # an array passed to forward
@@ -246,12 +247,7 @@ def _is_device_move(u: fx.Node) -> bool:
     first = u.args[1] if len(u.args) > 1 else None
     if isinstance(first, (str, torch.device)):
         return True
-    return (
-        isinstance(first, fx.Node)
-        and first.op == "call_function"
-        and first.target is builtins.getattr
-        and first.args[1] == "device"
-    )
+    return _attr_read(first) == "device"
 
 
 def _translate_exit(

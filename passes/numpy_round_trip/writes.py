@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from fxgrad.passes.numpy_round_trip.aliasing import _is_basic_key, _View, _Write
 from fxgrad.passes.numpy_round_trip.builders import _b_sort
-from fxgrad.passes.numpy_round_trip.helpers import _np, _Unmapped
+from fxgrad.passes.numpy_round_trip.helpers import _function, _np, _Unmapped
 from fxgrad.passes.numpy_round_trip.mappings import _bind
 from torch import fx
 
@@ -99,7 +99,7 @@ def _index_tensor(m: _Memory, k: Any, like: fx.Node) -> fx.Node:
 def _w_augmented(m: _Memory, w: _Write) -> fx.Node:
     """`a += b`: the result of `a + b` as NumPy computes it, stored into `a`."""
     n = w.node
-    result = m.call(n, "call_function", INPLACE_OPERATORS[n.target], n.args, {})
+    result = m.call(n, "call_function", INPLACE_OPERATORS[_function(n)], n.args, {})
     return m.into(w, result, n.args)
 
 
@@ -256,7 +256,8 @@ def _w_put_along_axis(m: _Memory, w: _Write) -> fx.Node:
 def _w_ufunc_at(m: _Memory, w: _Write) -> fx.Node:
     """`np.add.at(a, idx, v)`: index_put accumulating, as NumPy adds at repeated indices."""
     e = m.e
-    ufunc = w.node.target._fxgrad_ufunc
+    wrapper: Any = w.node.target  # fxgrad.runtime.ufunc_method's, which carries the ufunc
+    ufunc = wrapper._fxgrad_ufunc
     np = _np()
     if ufunc not in (np.add, np.subtract) or len(w.node.args) != 3 or w.node.kwargs:
         raise _Unmapped(f"np.{ufunc.__name__}.at has no accumulating torch twin", w.node)
