@@ -173,6 +173,8 @@ class _Aliases:
     def view(self, node: fx.Node, kind: StepKind) -> Alias:
         """`node` as one more step on its base's chain, unless the observed run shows a copy."""
         base = node.args[0]
+        if not isinstance(base, fx.Node):  # a view of no graph value: nothing to alias
+            return Alias(node)
         parent = self.get(base)
         if self.values is not None:
             v, b = self.values.get(node), self.values.get(base)
@@ -189,7 +191,7 @@ class _Aliases:
     def getitem(self, node: fx.Node) -> Alias:
         """`x[i]`: one output of a multi-view call, a view, or a copy (advanced indexing)."""
         base, index = node.args[0], node.args[1]
-        if base in self.pieces:
+        if isinstance(base, fx.Node) and base in self.pieces:
             return self._piece(node, self.pieces[base], index)
         basic = _basic_index(index)
         if basic is False:
@@ -214,7 +216,10 @@ class _Aliases:
 
     def multi(self, node: fx.Node) -> Alias:
         """unbind/split/chunk: the node holds several views, aliased one by one at getitem."""
-        parent = self.get(node.args[0])
+        base = node.args[0]
+        if not isinstance(base, fx.Node):
+            return Alias(node)
+        parent = self.get(base)
         values = self.values
         steps = _multi_steps(node, values)
         n = len(steps) if steps else (len(values[node]) if values and node in values else 0)

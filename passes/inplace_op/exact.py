@@ -53,7 +53,11 @@ def _stale_multi_views(
             continue
         if any(order.get(u, -1) > pos for u in x.users):
             src = x.args[0] if x.args and isinstance(x.args[0], fx.Node) else x
-            while src.op == "call_function" and src.target is operator.getitem:
+            while (
+                src.op == "call_function"
+                and src.target is operator.getitem
+                and isinstance(src.args[0], fx.Node)
+            ):
                 src = src.args[0]
             return src
     return None
@@ -113,7 +117,7 @@ def exact_findings(gm: fx.GraphModule, obs: Observation) -> tuple[list[Finding],
         if w not in obs.bumped:
             continue
         target = writes_to(w, gm)
-        if not isinstance(obs.values.get(target), torch.Tensor):
+        if target is None or not isinstance(obs.values.get(target), torch.Tensor):
             continue  # `n += 1` on a Python number
         site = _Site.of(w, target, aliases, obs.grad_on.get(w, True))
         finding = _exact_finding(site, obs, pieces.get(site.root, []), order)
@@ -157,11 +161,18 @@ def _exact_data(site: _Site, obs: Observation, *, state: bool, leafish: bool) ->
     """A write through `.data`: wrong gradients if it overwrites what backward unpacks."""
     w = site.write
     first = obs.saved_before.get(w, 0)
-    tv = obs.values.get(site.target if w.target is not builtins.setattr else w.args[0])
+    written = site.target if w.target is not builtins.setattr else w.args[0]
+    tv = obs.values.get(written) if isinstance(written, fx.Node) else None
     clobbered = [
         i for i in range(first) if i in obs.needed and obs.saved[i].storage == _storage(tv)
     ] + [i for i in obs.bumped[w] if i in obs.needed]
-    savers = [(obs.saved[i].node, obs.saved[i].role, obs.saved[i].arg) for i in clobbered]
+    # A save is always made while a node runs, so its node is known (None only types the
+    # recorder's state before the first node).
+    savers = [
+        (s.node, s.role, s.arg)
+        for s in (obs.saved[i] for i in clobbered)
+        if s.node is not None
+    ]
     if not savers:
         why = (
             f"{site.text} writes through `.data`: autograd does not see this write, so "
@@ -187,6 +198,8 @@ def _exact_saved(
     savers: list[tuple[fx.Node, str, fx.Node | None]] = []
     for i in hit:
         s = obs.saved[i]
+        if s.node is None:  # never: a save is made while a node runs
+            continue
         key = (s.node, s.role, s.arg)
         if key not in savers:
             savers.append(key)

@@ -274,6 +274,7 @@ def _clone_for_savers(gm: fx.GraphModule, f: Finding, root: fx.Node) -> Rewrite:
             continue
         done.add((saver, own or arg))
         if own is None:
+            assert arg is not None  # an op given the value: the check above ruled out others
             with graph.inserting_before(saver):
                 c = graph.call_method("clone", (arg,))
             saver.replace_input_with(arg, c)
