@@ -105,8 +105,20 @@ def _o(why: str, like: str = "", **changes: Any) -> Override:
     return Override(why, like, tuple(changes.items()))
 
 
-_CONVERSIONS = ("float", "double", "half", "bfloat16", "bool", "byte", "char", "short", "int")
-_CONVERSIONS += ("long", "cfloat", "cdouble", "cpu", "cuda", "xpu", "mtia", "ipu", "type")
+_CONVERSIONS: tuple[str, ...] = ("float", "double", "half", "bfloat16", "bool", "byte", "char")
+_CONVERSIONS += (
+    "short",
+    "int",
+    "long",
+    "cfloat",
+    "cdouble",
+    "cpu",
+    "cuda",
+    "xpu",
+    "mtia",
+    "ipu",
+    "type",
+)
 _MAYBE: dict[str, Any] = {"output": Output.MAYBE_VIEW, "views": (0,)}
 _SELF = "the tensor itself when {}, else a copy"
 _SAYS_NEW = "; its schema says a new tensor"
@@ -378,8 +390,8 @@ def _combine(name: str, schema_op: str, overloads: tuple[torch._ops.OpOverload, 
 # Modules whose callables are ATen ops by name (`torch.add`, `F.relu`, `torch.Tensor.split`,
 # torch._C._linalg's `linalg_norm`). Elsewhere in torch a name may mean something else
 # (`torch.masked.prod` is no aten::prod), so only the trailing-underscore convention holds.
-_ATEN_MODULES = ("torch", "torch.functional", "torch._tensor", "torch.nn.functional")
-_ATEN_MODULES += ("torch.nn.init",)
+_ATEN_MODULES: tuple[str, ...] = ("torch", "torch.functional", "torch._tensor")
+_ATEN_MODULES += ("torch.nn.functional", "torch.nn.init")
 
 
 def _callable_name(fn: Any) -> tuple[str, bool]:
