@@ -32,6 +32,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad import ops
 from fxgrad.autograd_run import gc_paused, seeded
 from fxgrad.changes import HandedOut
 from fxgrad.context import Context, clone_inputs
@@ -161,12 +162,7 @@ def _written_at(gm: fx.GraphModule, index: int, piece: int) -> str:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if index < len(placeholders):
         for user in placeholders[index].users:
-            name = user.target if isinstance(user.target, str) else user.target.__name__
-            if (
-                name.endswith("_")
-                and not name.startswith("_")
-                and user.args[:1] == (placeholders[index],)
-            ):
+            if ops.is_inplace(user.target) and user.args[:1] == (placeholders[index],):
                 return location(user) or f"graph {piece}"
     return f"graph {piece}"
 

@@ -24,6 +24,8 @@ import torch
 from torch import fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
+from fxgrad import ops
+
 # In-place operator module functions (`z += 1` is traced as operator.iadd).
 INPLACE_OPERATORS: dict[Callable, Callable] = {
     operator.iadd: operator.add,
@@ -40,10 +42,6 @@ INPLACE_OPERATORS: dict[Callable, Callable] = {
     operator.ilshift: operator.lshift,
     operator.irshift: operator.rshift,
 }
-
-# Methods whose trailing underscore does not mean "writes the tensor's values": they
-# change autograd or storage metadata, so they are side effects, but never unsafe writes.
-_NOT_VALUE_WRITES = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "detach_"}
 
 
 def _fxgrad_side_effect(fn: Callable) -> Callable:
@@ -212,18 +210,16 @@ def writes_to(node: fx.Node, gm: fx.GraphModule | None = None) -> fx.Node | None
     if first is None:
         return None
     if node.op == "call_method":
-        name = str(node.target)
-        if name.endswith("_") and not name.startswith("_") and name not in _NOT_VALUE_WRITES:
-            return first
-        return None
+        # The schema's `Tensor(a!) self`, less writes that leave the values alone
+        # (`requires_grad_`, `detach_`): those change metadata, never what autograd saved.
+        return first if ops.is_inplace(str(node.target)) else None
     if node.op == "call_function":
         target = node.target
         if target is operator.setitem or target in INPLACE_OPERATORS:
             return first
-        name = getattr(target, "__name__", "")
-        module = getattr(target, "__module__", "") or ""
-        if name.endswith("_") and not name.startswith("_") and module.startswith("torch"):
+        if ops.is_inplace(target):
             return first
+        module = getattr(target, "__module__", "") or ""
         if callable(target) and module.startswith("torch"):
             index = _inplace_param_index(target)
             if index is not None and _flag(node, "inplace", index):
@@ -246,7 +242,7 @@ def has_side_effect(node: fx.Node, gm: fx.GraphModule | None = None) -> bool:
         return True
     if node.op == "call_function" and getattr(node.target, "_fxgrad_function", None) is not None:
         return True  # custom autograd.Function: opaque, may have side effects
-    if node.op == "call_method" and node.target in _NOT_VALUE_WRITES:
+    if node.op in ("call_method", "call_function") and ops.writes_args(node.target):
         return True  # `h.requires_grad_()`, `h.detach_()`: unused result, changed tensor
     return writes_to(node, gm) is not None
 

@@ -8,34 +8,128 @@ behaviour is a reviewed decision rather than a side effect.
 
     python scripts/op_facts_diff.py
 
-Tables are found by name in their module or, once a pass has become a package, in any of
-its submodules. A table that is gone is reported as such.
+The call sites now ask fxgrad.ops, and the tables are gone from the code; a frozen copy
+of each, as it stood before the switch, is kept below (`FROZEN`), so this report (the list
+of classification changes the switch made) can still be regenerated against any torch.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from fxgrad import ops
 from fxgrad.ops import Output, Strides
 
+# ---------------------------------------------------------------------------------------
+# The old tables, frozen as they stood before the call sites switched to fxgrad.ops
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def _torch_or_f(path: str) -> Any:
+    ns, _, name = path.partition(".")
+    return getattr({"torch": torch, "F": F, "operator": operator}[ns], name)
+
+
+_OLD_POINTWISE = _names(
+    "add sub mul div true_divide neg abs exp log sqrt rsqrt pow clamp clip where "
+    "relu sigmoid tanh gelu silu softmax log_softmax dropout sum mean amax amin "
+    "masked_fill float half bfloat16 double to type_as clone detach cat concat "
+    "concatenate stack"
+)
+_OLD_ALIASING = _names(
+    "permute transpose t unsqueeze squeeze narrow select split chunk unbind expand "
+    "expand_as movedim moveaxis swapaxes swapdims unflatten"
+)
+_OLD_METHOD_FLOW: dict[str, str] = {
+    **dict.fromkeys(_OLD_POINTWISE, "carry"),
+    **dict.fromkeys(_OLD_ALIASING, "alias"),
+    "view": "view",
+    "view_as": "view",
+    **dict.fromkeys(_names("reshape reshape_as flatten contiguous"), "view or copy"),
+    **dict.fromkeys(_names("matmul mm bmm"), "fresh"),
+    **dict.fromkeys(_names("size dim numel"), "scalar"),
+}
+_OLD_FUNCTION_FLOW: dict[str, str] = {
+    **{f"torch.{n}": f for n, f in _OLD_METHOD_FLOW.items() if callable(getattr(torch, n, None))},
+    **dict.fromkeys(
+        (
+            f"F.{n}"
+            for n in _names(
+                "relu gelu silu sigmoid tanh softmax log_softmax dropout leaky_relu hardswish "
+                "hardsigmoid elu mish conv1d conv2d conv3d batch_norm group_norm avg_pool2d "
+                "max_pool2d adaptive_avg_pool2d pad"
+            )
+        ),
+        "carry",
+    ),
+    **dict.fromkeys(_names("operator.add operator.sub operator.mul operator.truediv"), "carry"),
+    **dict.fromkeys(_names("operator.neg operator.pow"), "carry"),
+    "operator.getitem": "alias",
+    "operator.matmul": "fresh",
+    "F.linear": "fresh",
+    "F.layer_norm": "fresh",
+}
+_OLD_FACTORIES = _names(
+    "zeros ones empty full rand randn randint randperm arange linspace logspace eye "
+    "tril_indices triu_indices tensor as_tensor scalar_tensor empty_strided zeros_like "
+    "ones_like empty_like full_like rand_like randn_like randint_like normal"
+)
+_OLD_RANDOM = _names("rand randn randint randperm rand_like randn_like randint_like normal")
+
+FROZEN: dict[tuple[str, str], Any] = {
+    ("fxgrad.graph_utils", "_NOT_VALUE_WRITES"): {
+        "requires_grad_", "retain_grad", "share_memory_", "record_stream", "detach_"
+    },
+    ("fxgrad.passes.inplace_op", "_VIEW_METHODS"): set(_names(
+        "view view_as transpose t permute unsqueeze squeeze select narrow diagonal expand "
+        "expand_as broadcast_to unflatten movedim moveaxis swapaxes swapdims unfold "
+        "as_strided detach alias view_as_real view_as_complex"
+    )),
+    ("fxgrad.passes.inplace_op", "_MAYBE_VIEW_METHODS"): set(_names(
+        "reshape reshape_as contiguous flatten to type type_as float double half bfloat16 "
+        "cpu cuda ravel"
+    )),
+    ("fxgrad.passes.inplace_op", "_MULTI_VIEW"): set(_names(
+        "unbind split chunk tensor_split split_with_sizes hsplit vsplit dsplit"
+    )),
+    ("fxgrad.passes.inplace_op", "_VIEW_ATTRS"): set(_names("T mT H mH real imag")),
+    ("fxgrad.passes.inplace_op", "_EXPANDING"): set(_names("expand expand_as broadcast_to")),
+    ("fxgrad.passes.inplace_op", "_NO_TWIN"): set(_names(
+        "copy_ uniform_ normal_ bernoulli_ random_ exponential_ geometric_ log_normal_ "
+        "cauchy_ set_ resize_ resize_as_ put_ index_put_"
+    )),
+    ("fxgrad.passes.noncontiguous_cat_input", "_POINTWISE"): list(_OLD_POINTWISE),
+    ("fxgrad.passes.noncontiguous_cat_input", "METHOD_FLOW"): _OLD_METHOD_FLOW,
+    ("fxgrad.passes.noncontiguous_cat_input", "FUNCTION_FLOW"): {
+        _torch_or_f(path): flow for path, flow in _OLD_FUNCTION_FLOW.items()
+    },
+    ("fxgrad.passes.numpy_round_trip", "_HOST_METHODS"): set(_names(
+        "detach cpu clone contiguous resolve_conj resolve_neg"
+    )),
+    ("fxgrad.tracing.proxy", "_META_METHODS"): set(_names(
+        "size dim numel ndimension nelement stride get_device is_floating_point is_complex "
+        "is_signed is_contiguous element_size"
+    )),
+    ("fxgrad.tracing.patches", "_FACTORY_FUNCTIONS"): _OLD_FACTORIES,
+    ("fxgrad.tracing.patches", "_RANDOM_FACTORIES"): {getattr(torch, n) for n in _OLD_RANDOM},
+    ("fxgrad.tracing.tracer", "_SPLITS_INTO_N"): set(_names(
+        "tensor_split split array_split hsplit vsplit dsplit"
+    )),
+}  # fmt: skip
+
 
 def find_table(module: str, name: str) -> Any:
-    """`module.name`, or the same name in a submodule of the package `module` became."""
-    mod = importlib.import_module(module)
-    if hasattr(mod, name):
-        return getattr(mod, name)
-    for info in pkgutil.walk_packages(getattr(mod, "__path__", []), module + "."):
-        sub = importlib.import_module(info.name)
-        if hasattr(sub, name):
-            return getattr(sub, name)
-    return None
+    """The old table `module.name`, from the frozen copy."""
+    return FROZEN.get((module, name))
 
 
 def say(op: Any) -> str:
@@ -92,7 +186,7 @@ def _flow_agrees(entry: tuple[Any, Any]) -> bool:
         "fresh": f.output is Output.NEW,
         "scalar": f.output is Output.NOT_TENSOR and f.strides is Strides.IGNORED,
     }
-    return wanted[flow.value]
+    return wanted[flow]
 
 
 def _torch_ops_only(items: Iterable[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
@@ -262,7 +356,7 @@ TABLES = (
 
 def label(entry: Any) -> str:
     if isinstance(entry, tuple):
-        return f"{label(entry[0])} -> {entry[1].value}"
+        return f"{label(entry[0])} -> {entry[1]}"
     if isinstance(entry, str):
         return entry
     return f"{getattr(entry, '__module__', '') or ''}.{getattr(entry, '__name__', entry)}"

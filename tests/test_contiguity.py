@@ -384,6 +384,24 @@ def test_a_write_elsewhere_does_not_forbid_a_reshape():
     assert "callers" in uses.allows(Variant.PERMUTED)  # the sum is returned: other strides
 
 
+def test_a_write_through_detach_joins_the_reshapes_storage():
+    """`y.detach()` is a view of y (its schema says so): a write through it reaches a reshape
+    of y that may be a view. It was read as a new tensor, which let the write go unseen."""
+
+    class WrittenThroughDetach(nn.Module):
+        def forward(self, x, y):
+            h = torch.cat([x, y], 1)
+            r = h.reshape(-1)
+            h.detach().add_(1)  # r sees it if reshape was a view
+            return r.sum()
+
+    gm, _ = _traced(WrittenThroughDetach(), ())
+    cat = next(n for n in gm.graph.nodes if n.name == "cat")
+    uses = fxg201.readers(gm, cat)
+    assert "written in place" in uses.allows(Variant.CONTIGUOUS)
+    assert "written in place" in uses.allows(Variant.PERMUTED)
+
+
 def test_small_inputs_and_size_one_strides_are_not_timed():
     x = torch.randn(16, 8)
     (change,) = _reasons(Transposed(), (x, torch.randn(8, 16)))

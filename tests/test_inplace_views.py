@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from fxgrad.passes import inplace_op
-from fxgrad.passes.inplace_op import Step, StepKind, ViewOp, alias_map
+from fxgrad.passes.inplace_op import Step, StepKind, alias_map
 from torch import fx, nn
 
 import fxgrad
+from fxgrad import ops
 
 
 class Fn(nn.Module):
@@ -111,10 +111,10 @@ def test_write_into_split_piece(split: str, capfd) -> None:
     _check(Fn(_piece_write(split, dim)), _piece_by_hand(split, dim), x, capfd)
 
 
-def test_tables_list_dsplit_and_broadcast_to_like_their_siblings() -> None:
-    ops = inplace_op._VIEW_OPS
-    assert ops["dsplit"] is ops["hsplit"] is ops["vsplit"] is ViewOp.MULTI
-    assert ops["broadcast_to"] is ops["expand"] is ViewOp.VIEW
+def test_dsplit_and_broadcast_to_are_views_like_their_siblings() -> None:
+    kind = ops.view_kind
+    assert kind("dsplit") is kind("hsplit") is kind("vsplit") is ops.Output.VIEWS
+    assert kind("broadcast_to") is kind("expand") is ops.Output.VIEW
     for name, expand in EXPANDS.items():
         gm = fx.symbolic_trace(Fn(lambda x, e=expand: e(x * 2)))
         (view,) = [n for n in gm.graph.nodes if n.op == "output"][0].all_input_nodes
@@ -122,12 +122,31 @@ def test_tables_list_dsplit_and_broadcast_to_like_their_siblings() -> None:
         assert [s.kind for s in steps] == [StepKind.EXPAND], name
 
 
-def test_opaque_alias_is_left_as_is_with_a_reason(capfd) -> None:
-    """`adjoint` shares memory through no listed view op: the write is refused, clearly."""
+def test_write_through_adjoint_is_rewritten(capfd) -> None:
+    """`adjoint` is a view by its schema (fxgrad.ops), so the write replays through it; it
+    was an opaque alias, refused, while views came from a hand-kept list without it."""
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         y = x.exp()
         z = y.adjoint()
+        z.mul_(2)
+        return y
+
+    _check(Fn(fn), lambda x: x.exp() * 2, torch.randn(3, 4), capfd)
+
+
+@torch.fx.wrap
+def _opaque_adjoint(y: torch.Tensor) -> torch.Tensor:
+    """A view made inside a function the trace keeps as one call: no op fxgrad can name."""
+    return y.adjoint()
+
+
+def test_opaque_alias_is_left_as_is_with_a_reason(capfd) -> None:
+    """A call that shares memory through no known view op: the write is refused, clearly."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        y = x.exp()
+        z = _opaque_adjoint(y)
         z.mul_(2)
         return y
 
@@ -162,3 +181,39 @@ def test_rollback_prints_nothing(monkeypatch, capfd) -> None:
     (change,) = fixed.report.changes
     assert not change.applied
     assert "rolled back" in change.note and "TypeError" in change.note, change.note
+
+
+# In-place writes whose out-of-place twin fxgrad.ops reads from the schema (the same
+# arguments, returning a new tensor): `put_` -> `put`, `index_put_` -> `index_put`. They had
+# no twin in the hand-kept table; the rewrite must match eager's values and gradients.
+PUTS = {
+    "put_": lambda y, v: y.put_(torch.tensor([0, 5]), v),
+    "put_-accumulate": lambda y, v: y.put_(torch.tensor([0, 0]), v, accumulate=True),
+    "index_put_": lambda y, v: y.index_put_((torch.tensor([0, 2]),), v[:1]),
+    "index_put_-accumulate": lambda y, v: y.index_put_(
+        (torch.tensor([1, 1]), torch.tensor([0, 3])), v, accumulate=True
+    ),
+}
+PUTS_BY_HAND = {
+    "put_": lambda y, v: y.put(torch.tensor([0, 5]), v),
+    "put_-accumulate": lambda y, v: y.put(torch.tensor([0, 0]), v, accumulate=True),
+    "index_put_": lambda y, v: y.index_put((torch.tensor([0, 2]),), v[:1]),
+    "index_put_-accumulate": lambda y, v: y.index_put(
+        (torch.tensor([1, 1]), torch.tensor([0, 3])), v, accumulate=True
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PUTS))
+def test_put_writes_are_rewritten_to_their_twin(name: str, capfd) -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        y = x.exp()  # saves its output, which the put overwrites
+        PUTS[name](y, x[0, :2] * 3)
+        return y
+
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        Fn(fn)(x.clone().requires_grad_()).sum().backward()
+    fixed = _check(Fn(fn), lambda x: PUTS_BY_HAND[name](x.exp(), x[0, :2] * 3), x, capfd)
+    (change,) = fixed.report.changes
+    assert f".{name.split('-')[0][:-1]}(" in change.after, change.after

@@ -27,8 +27,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
+from torch import fx
 
 from fxgrad import ops
+from fxgrad.graph_utils import has_side_effect, writes_to
 from fxgrad.ops import OVERRIDES, Output, Strides
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +326,39 @@ def test_metadata_writes_are_no_value_writes() -> None:
         assert ops.writes_args(name) == (0,), name
         assert not ops.is_inplace(name), name
     assert ops.is_inplace("t_")  # a view change of `self`: it bumps the version counter
+
+
+def _called_on_a_placeholder(op: str, target: Any) -> tuple[fx.Node, fx.Node]:
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    node = graph.create_node(op, target, (x,), {})
+    graph.output(node)
+    return node, x
+
+
+def test_writes_to_and_has_side_effect_answer_as_fxgrad_ops() -> None:
+    """FXG101's in-place detection is the schema's: on every tensor method and in-place
+    torch function, `writes_to` finds a write exactly where `ops.is_inplace` does, and
+    `has_side_effect` keeps every call that writes anything, metadata too (`h.detach_()`,
+    `h.requires_grad_()`, whose values stay). A torch release that adds or changes an op
+    fails here or in the schema checks above, not silently in what fxgrad rewrites."""
+    methods = [("call_method", m) for m in dir(torch.Tensor) if not m.startswith("_")]
+    functions = [
+        ("call_function", getattr(torch, f))
+        for f in dir(torch)
+        if f.endswith("_") and not f.startswith("_") and callable(getattr(torch, f))
+    ]
+    assert len(methods) > 300 and len(functions) > 40
+    for op, target in methods + functions:
+        node, x = _called_on_a_placeholder(op, target)
+        assert (writes_to(node) is x) == ops.is_inplace(target), target
+        if ops.writes_args(target):
+            assert has_side_effect(node), target
+    for name in ("requires_grad_", "retain_grad", "detach_", "record_stream"):
+        node, _ = _called_on_a_placeholder("call_method", name)
+        assert writes_to(node) is None and has_side_effect(node), name
+    node, _ = _called_on_a_placeholder("call_function", torch.detach_)
+    assert writes_to(node) is None and has_side_effect(node)
 
 
 def test_names_without_an_aten_op() -> None:

@@ -14,6 +14,7 @@ import torch.utils._pytree as pytree
 import torch.utils.checkpoint as _checkpoint_module
 from torch import fx
 
+from fxgrad import ops
 from fxgrad.graph_utils import (
     ENTER_AUTOCAST,
     ENTER_INFERENCE_MODE,
@@ -47,42 +48,32 @@ _HOST_FUNCTIONS = ("from_numpy", "tensor", "as_tensor", "asarray")
 # calls (`mask = torch.ones(4); mask[i] = 0` writes into the same tensor every time,
 # `acc = torch.zeros(4); acc += x` accumulates across calls) and a random draw would be
 # the same on every call. Sizes read from `x.shape` stay symbolic as well.
-_FACTORY_FUNCTIONS = (
-    "zeros",
-    "ones",
-    "empty",
-    "full",
-    "rand",
-    "randn",
-    "randint",
-    "randperm",
-    "arange",
-    "linspace",
-    "logspace",
-    "eye",
-    "tril_indices",
-    "triu_indices",
-    "tensor",
-    "as_tensor",
-    "scalar_tensor",
-    "empty_strided",
-    "zeros_like",
-    "ones_like",
-    "empty_like",
-    "full_like",
-    "rand_like",
-    "randn_like",
-    "randint_like",
-    "normal",
-)
-_RECORDED_FUNCTIONS = tuple(dict.fromkeys(_HOST_FUNCTIONS + _FACTORY_FUNCTIONS))
-# Factories whose values differ from call to call: a Python question about their data
-# cannot be answered once for all calls.
-_RANDOM_FACTORIES = {
-    getattr(torch, n)
-    for n in ("rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like")
-    + ("normal",)
-}
+# `tensor`/`as_tensor` are no ATen ops: they are named here, the rest come from
+# fxgrad.ops (a schema with TensorOptions and no tensor values to read).
+_DATA_FACTORIES = ("tensor", "as_tensor")
+
+
+@functools.cache
+def _factory_functions() -> tuple[str, ...]:
+    """torch's tensor factories (zeros, rand, arange, zeros_like, the windows), read once."""
+    found = [
+        n
+        for n in dir(torch)
+        if not n.startswith("_") and callable(f := getattr(torch, n)) and ops.is_factory(f)
+    ]
+    return (*sorted(found), *_DATA_FACTORIES)
+
+
+def _recorded_functions() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_HOST_FUNCTIONS + _factory_functions()))
+
+
+def _is_random_factory(fn: Any) -> bool:
+    """A factory whose values differ from call to call: a Python question about their data
+    cannot be answered once for all calls."""
+    return ops.is_factory(fn) and ops.is_random(fn)
+
+
 # Functions of a dtype that must return a real object (`torch.finfo(x.dtype).min`): given
 # a traced dtype, they get the example's, and a guard checks it on every call.
 _CONCRETE_FUNCTIONS = ("finfo", "iinfo")
@@ -446,7 +437,7 @@ def _replacements() -> tuple[dict[Any, Any], list[tuple[Any, str, Any]]]:
     """What each patched function is replaced by, and where it lives (module, name, value)."""
     replacements: dict[Any, Any] = {
         getattr(torch, n): _wrapped(_record_factory, getattr(torch, n))
-        for n in _RECORDED_FUNCTIONS
+        for n in _recorded_functions()
         if hasattr(torch, n)
     }
     replacements.update(
@@ -456,7 +447,7 @@ def _replacements() -> tuple[dict[Any, Any], list[tuple[Any, str, Any]]]:
         }
     )
     replacements[_ORIG_CHECKPOINT] = _traced_checkpoint
-    names = (*_RECORDED_FUNCTIONS, *_CONCRETE_FUNCTIONS)
+    names = (*_recorded_functions(), *_CONCRETE_FUNCTIONS)
     places: list[tuple[Any, str, Any]] = [
         (torch, n, getattr(torch, n)) for n in names if hasattr(torch, n)
     ]

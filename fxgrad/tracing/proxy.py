@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad import ops
 from fxgrad.graph_utils import (
     INPLACE_OPERATORS,
 )
@@ -38,20 +39,23 @@ _META_ATTRS = {
     "is_nested",
     "requires_grad",
 }
-_META_METHODS = {
-    "size",
-    "dim",
-    "numel",
-    "ndimension",
-    "nelement",
-    "stride",
-    "get_device",
-    "is_floating_point",
-    "is_complex",
-    "is_signed",
-    "is_contiguous",
-    "element_size",
-}
+# Methods that return no tensor, read no values and write nothing (`size`, `dim`,
+# `is_contiguous`) answer from metadata alone: a branch on one is answered from the example
+# and guarded on every call. These three tell where the memory lies, which changes from
+# call to call: a guard on them would fail as a guard on data would.
+_STORAGE_READS = frozenset({"data_ptr", "storage_offset", "is_set_to"})
+
+
+def _is_meta_method(name: str) -> bool:
+    """A method whose Python value shapes, dtypes and devices decide, not data."""
+    return (
+        name not in _STORAGE_READS
+        and not ops.returns_tensor(name)
+        and not ops.is_data_dependent(name)
+        and not ops.writes_args(name)
+    )
+
+
 _META_FUNCTIONS = {
     builtins.len,
     builtins.min,
@@ -79,7 +83,7 @@ def _is_meta_expr(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
     if hit is not None:
         return hit
     ok = False
-    if node.op == "call_method" and node.target in _META_METHODS:
+    if node.op == "call_method" and _is_meta_method(str(node.target)):
         ok = True
     elif node.op == "get_attr" and node.meta.get("fxgrad_live"):
         ok = True  # a number the forward keeps on a module (`self.step`): guarded by value

@@ -13,6 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from fxgrad import ops
 from fxgrad.dict_versions import dict_version
 from fxgrad.errors import TraceError
 from fxgrad.graph_utils import (
@@ -33,9 +34,9 @@ from fxgrad.tracing.patches import (
     _IS_GRAD_ENABLED,
     _MODE_SWITCHES,
     _ORIG_CHECKPOINT,
-    _RANDOM_FACTORIES,
     _SET_GRAD_ENABLED,
     _has_proxy,
+    _is_random_factory,
 )
 from fxgrad.tracing.proxy import FxgradProxy, _is_meta_expr
 
@@ -86,8 +87,9 @@ def _writes_module_state(node: fx.Node, args: Any) -> bool:
     return node.target is builtins.setattr and isinstance(args[0], torch.nn.Module)
 
 
-# Calls whose number of outputs is their count argument, whatever the input's size.
-_SPLITS_INTO_N = {"tensor_split", "split", "array_split", "hsplit", "vsplit", "dsplit"}
+# NumPy's calls whose number of outputs is their count argument, whatever the input's size
+# (torch's are read from their schemas: an int `sections`).
+_NUMPY_SPLITS_INTO_N = {"split", "array_split", "hsplit", "vsplit", "dsplit"}
 
 
 def _count_is_fixed(node: fx.Node, value: Any) -> bool:
@@ -103,12 +105,13 @@ def _count_is_fixed(node: fx.Node, value: Any) -> bool:
         node.op == "call_method" and target == "size" and len(node.args) == 1
     ):
         return True  # `b, c, h, w = x.shape`: the rank is in every call's key
-    name = getattr(target, "__name__", target if isinstance(target, str) else "")
-    module = getattr(target, "__module__", "") or ""
     count = node.args[1] if len(node.args) > 1 else None
-    if name == "split" and not module.startswith("numpy"):
+    if not isinstance(count, int):
         return False
-    return name in _SPLITS_INTO_N and isinstance(count, int)
+    module = getattr(target, "__module__", "") or ""
+    if module.startswith("numpy"):
+        return getattr(target, "__name__", "") in _NUMPY_SPLITS_INTO_N
+    return ops.splits_into_sections(target)
 
 
 register_numpy_scalar_name()
@@ -337,7 +340,7 @@ class FxgradTracer(fx.Tracer):
             proxy = self.create_proxy("call_function", fn, args, kwargs)
         except Exception:
             return None  # an argument fx cannot hold: made once, as before
-        if not self._propagate and fn not in _RANDOM_FACTORIES and not _has_proxy((args, kwargs)):
+        if not self._propagate and not _is_random_factory(fn) and not _has_proxy((args, kwargs)):
             # Without example inputs its value is still known (it depends on no input), so
             # `len()` of it or iterating over it is answered as eager would.
             with contextlib.suppress(Exception):

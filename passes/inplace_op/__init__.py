@@ -64,7 +64,7 @@ from fxgrad.passes.inplace_op.aliases import Step, StepKind, alias_map
 from fxgrad.passes.inplace_op.driver import applies, refused_write, run
 from fxgrad.passes.inplace_op.dynamo import protect_escaping
 from fxgrad.passes.inplace_op.saves import MODULE_OPS, STATIC_SAVES, Saves, module_op
-from fxgrad.passes.inplace_op.views import _VIEW_OPS, ViewOp
+from fxgrad.passes.inplace_op.views import ViewOp
 
 from fxgrad.registry import Pass
 
@@ -73,7 +73,6 @@ __all__ = [
     "MODULE_OPS",
     "PASS",
     "STATIC_SAVES",
-    "_VIEW_OPS",
     "Saves",
     "Step",
     "StepKind",

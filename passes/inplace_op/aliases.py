@@ -18,6 +18,7 @@ import torch
 from fxgrad.passes.inplace_op.views import ViewOp, _basic_index, _fn_name, _view_kind
 from torch import fx
 
+from fxgrad import ops
 from fxgrad.graph_utils import writes_to
 from fxgrad.observe import storage_of
 from fxgrad.runtime import writable_piece
@@ -79,17 +80,13 @@ class Alias:
         return any(s.kind is kind for s in self.steps)
 
 
-# View ops whose elements may overlap (a stride of 0): eager refuses writes into them.
-_EXPANDING = frozenset({"expand", "expand_as", "broadcast_to"})
-
-
 def _step_of(node: fx.Node, kind: StepKind) -> Step:
     if kind is StepKind.DATA:
         return Step("call_function", builtins.getattr, ("data",), kind=StepKind.DATA)
     if node.target is operator.getitem or node.target is builtins.getattr:
         return Step("call_function", node.target, tuple(node.args[1:]), kind=StepKind.VIEW)
-    if _fn_name(node) in _EXPANDING:
-        kind = StepKind.EXPAND
+    if ops.may_overlap(node.target):
+        kind = StepKind.EXPAND  # elements may share memory (stride 0): eager refuses writes
     return Step(node.op, node.target, tuple(node.args[1:]), tuple(node.kwargs.items()), kind)
 
 

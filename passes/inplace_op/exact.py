@@ -169,9 +169,7 @@ def _exact_data(site: _Site, obs: Observation, *, state: bool, leafish: bool) ->
     # A save is always made while a node runs, so its node is known (None only types the
     # recorder's state before the first node).
     savers = [
-        (s.node, s.role, s.arg)
-        for s in (obs.saved[i] for i in clobbered)
-        if s.node is not None
+        (s.node, s.role, s.arg) for s in (obs.saved[i] for i in clobbered) if s.node is not None
     ]
     if not savers:
         why = (

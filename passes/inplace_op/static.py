@@ -25,6 +25,7 @@ from fxgrad.passes.inplace_op.findings import (
 from fxgrad.passes.inplace_op.saves import StaticFacts, _static_facts, _static_saves
 from torch import fx
 
+from fxgrad import ops
 from fxgrad.graph_utils import writes_to
 
 
@@ -176,8 +177,8 @@ def _note_static_saves(
 
 def _maybe_tensor(node: fx.Node) -> bool:
     """False for nodes that certainly hold Python numbers (sizes and arithmetic on them)."""
-    if node.op == "call_method" and node.target in ("size", "dim", "numel", "item", "tolist"):
-        return False
+    if node.op in ("call_method", "call_function") and not ops.returns_tensor(node.target):
+        return False  # `x.size()`, `x.item()`: the schema returns no tensor
     if node.op == "call_function" and node.target is builtins.getattr:
         return node.args[1] not in ("shape", "ndim", "dtype", "device")
     if node.op == "call_function" and node.target in (builtins.len, operator.getitem):

@@ -15,15 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxgrad import ops
 from fxgrad.graph_utils import INPLACE_OPERATORS, _inplace_param_index, submodule
 from fxgrad.tracing import has_hooks
-
-# Random in-place fills: rewritten as the same fill on a clone, so the RNG stream is kept.
-_NO_TWIN = {
-    "copy_", "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_",
-    "log_normal_", "cauchy_", "set_", "resize_", "resize_as_", "put_", "index_put_",
-}  # fmt: skip
-
 
 # The functional op an in-place activation module runs, with its settings, from the module.
 _MODULE_FUNCTIONAL: dict[type, Callable[[nn.Module], tuple[Callable, dict]]] = {
@@ -61,8 +55,6 @@ def _method_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | Non
     """
     graph = gm.graph
     name = str(w.target)
-    if name in _NO_TWIN:
-        return None
     rest = tuple(w.args[1:])
     if name in ("zero_", "fill_"):
         value = 0 if name == "zero_" else (rest[0] if rest else w.kwargs.get("value"))
@@ -70,8 +62,11 @@ def _method_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | Non
             return None
         every = graph.create_node("call_method", "new_ones", (base, ()), {"dtype": torch.bool})
         return graph.create_node("call_method", "masked_fill", (base, every, value), {})
-    plain = name[:-1]
-    if not hasattr(torch.Tensor, plain):
+    # The schema's out-of-place op of the same arguments. None where torch has none
+    # (`normal_`, `copy_`, `set_`, `resize_`), and none for random fills either: those are
+    # rewritten as the same fill on a clone, so the RNG stream is kept.
+    plain = ops.functional_counterpart(name)
+    if plain is None or ops.is_random(name) or not hasattr(torch.Tensor, plain):
         return None
     return graph.create_node("call_method", plain, (base, *rest), dict(w.kwargs))
 
@@ -86,14 +81,14 @@ def _function_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | N
         )
     if w.target in (operator.setitem, builtins.setattr):
         return None
-    name = getattr(w.target, "__name__", "")
     if "inplace" in kwargs:
         kwargs.pop("inplace")
         return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
-    if name.endswith("_"):
+    plain = ops.functional_counterpart(w.target)
+    if plain is not None:
         mod = getattr(w.target, "__module__", None) or "torch"
         for ns in (F, torch) if mod.startswith("torch.nn") else (torch, F):
-            fn = getattr(ns, name[:-1], None)
+            fn = getattr(ns, plain, None)
             if callable(fn):
                 return graph.create_node("call_function", fn, (base, *args[1:]), kwargs)
         return None
@@ -147,10 +142,11 @@ def _meta_result(node: fx.Node, values: dict, memo: dict[fx.Node, Any]) -> Any:
 
     args = fx.node.map_aggregate(node.args, meta)
     kwargs = fx.node.map_aggregate(node.kwargs, meta)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
+    target = node.target
+    if node.op == "call_method" and isinstance(target, str):
+        return getattr(args[0], target)(*args[1:], **kwargs)
+    if node.op == "call_function" and callable(target):
+        return target(*args, **kwargs)
     return None
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxgrad import ops
+
 
 class ViewOp(enum.Enum):
     """What a node of the shape f(x, ...) makes of x, as far as its op tells."""
@@ -25,29 +27,23 @@ class ViewOp(enum.Enum):
     GETITEM = "getitem"  # indexing: a view, a copy, or one output of a MULTI call
 
 
-_VIEW_METHODS = {
-    "view", "view_as", "transpose", "t", "permute", "unsqueeze", "squeeze", "select",
-    "narrow", "diagonal", "expand", "expand_as", "broadcast_to", "unflatten", "movedim",
-    "moveaxis", "swapaxes", "swapdims", "unfold", "as_strided", "detach", "alias",
-    "view_as_real", "view_as_complex",
-}  # fmt: skip
-# Ops that return a view or the tensor itself on some inputs and a copy on others.
-_MAYBE_VIEW_METHODS = {
-    "reshape", "reshape_as", "contiguous", "flatten", "to", "type", "type_as", "float",
-    "double", "half", "bfloat16", "cpu", "cuda", "ravel",
-}  # fmt: skip
-_MULTI_VIEW = {
-    "unbind", "split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit",
-}  # fmt: skip
-_VIEW_ATTRS = {"T", "mT", "H", "mH", "real", "imag"}
-# Each view op by name (a method, or a torch function of the same name).
-_VIEW_OPS: dict[str, ViewOp] = {
-    **dict.fromkeys(_VIEW_METHODS, ViewOp.VIEW),
-    **dict.fromkeys(_MAYBE_VIEW_METHODS, ViewOp.MAYBE),
-    **dict.fromkeys(_MULTI_VIEW, ViewOp.MULTI),
+_OF_OUTPUT = {
+    ops.Output.VIEW: ViewOp.VIEW,
+    ops.Output.MAYBE_VIEW: ViewOp.MAYBE,
+    ops.Output.VIEWS: ViewOp.MULTI,
 }
-# Attributes that are views: `x.T`, `x.real`, and `x.data` outside autograd.
-_VIEW_ATTR_OPS: dict[str, ViewOp] = {**dict.fromkeys(_VIEW_ATTRS, ViewOp.VIEW), "data": ViewOp.DATA}
+# Views by their schema, but not of the call's first argument alone: a chain from args[0]
+# would misname what each output shares memory with. broadcast_tensors and meshgrid return
+# a view of *each* argument; einsum's first argument is its equation.
+_NOT_OF_FIRST = frozenset({"broadcast_tensors", "meshgrid", "einsum"})
+
+
+def _of_op(op: Any) -> ViewOp | None:
+    """What fxgrad.ops says op makes of its first argument (a name, a torch callable)."""
+    kind = ops.view_kind(op)
+    if kind is None or 0 not in ops.views_input(op) or ops.facts(op).name in _NOT_OF_FIRST:
+        return None
+    return _OF_OUTPUT[kind]
 
 
 def _fn_name(node: fx.Node) -> str | None:
@@ -61,6 +57,16 @@ def _fn_name(node: fx.Node) -> str | None:
     return None
 
 
+def _attr_kind(attr: Any) -> ViewOp | None:
+    """`x.T`, `x.real`: an attribute that is a view; `x.data`, the same memory outside
+    autograd. A method read without a call (`x.transpose`) is no tensor at all."""
+    if attr == "data":
+        return ViewOp.DATA
+    if not isinstance(attr, str) or callable(getattr(torch.Tensor, attr, None)):
+        return None
+    return _of_op(attr)
+
+
 def _view_kind(node: fx.Node) -> ViewOp | None:
     """What a node of the shape f(x, ...) makes of x; None when it is no view op."""
     if node.op not in ("call_method", "call_function") or not node.args:
@@ -68,10 +74,10 @@ def _view_kind(node: fx.Node) -> ViewOp | None:
     if not isinstance(node.args[0], fx.Node):
         return None
     if node.op == "call_function" and node.target is builtins.getattr:
-        return _VIEW_ATTR_OPS.get(node.args[1])
+        return _attr_kind(node.args[1])
     if node.op == "call_function" and node.target is operator.getitem:
         return ViewOp.GETITEM
-    return _VIEW_OPS.get(_fn_name(node))
+    return _of_op(node.target)
 
 
 def _basic_index(index: Any) -> bool | None:

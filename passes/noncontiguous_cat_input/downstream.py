@@ -12,12 +12,12 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from fxgrad.passes.noncontiguous_cat_input.cost import Variant
 from torch import fx, nn
 
+from fxgrad import ops
 from fxgrad.graph_utils import location, submodule, writes_to
+from fxgrad.ops import Output, Strides
 
 
 class Flow(enum.Enum):
@@ -31,43 +31,36 @@ class Flow(enum.Enum):
     SCALAR = "scalar"  # not a tensor (sizes, dtype)
 
 
-_POINTWISE = (
-    "add sub mul div true_divide neg abs exp log sqrt rsqrt pow clamp clip where "
-    "relu sigmoid tanh gelu silu softmax log_softmax dropout sum mean amax amin "
-    "masked_fill float half bfloat16 double to type_as clone detach cat concat "
-    "concatenate stack"
-).split()
-_ALIASING = (
-    "permute transpose t unsqueeze squeeze narrow select split chunk unbind expand "
-    "expand_as movedim moveaxis swapaxes swapdims unflatten"
-).split()
-
-METHOD_FLOW: dict[str, Flow] = {
-    **dict.fromkeys(_POINTWISE, Flow.CARRY),
-    **dict.fromkeys(_ALIASING, Flow.ALIAS),
-    "view": Flow.VIEW,
-    "view_as": Flow.VIEW,
-    **dict.fromkeys(["reshape", "reshape_as", "flatten", "contiguous"], Flow.VIEW_OR_COPY),
-    **dict.fromkeys(["matmul", "mm", "bmm"], Flow.FRESH),
-    **dict.fromkeys(["size", "dim", "numel"], Flow.SCALAR),
+# How each kind of op's output passes on its input's layout, by fxgrad.ops. A new tensor
+# is CARRY only where the op is pointwise (TensorIterator lays the result out as its input).
+_OUTPUT_FLOW = {
+    Output.VIEW: Flow.ALIAS,
+    Output.VIEWS: Flow.ALIAS,
+    Output.MAYBE_VIEW: Flow.VIEW_OR_COPY,  # `to`, `float`, `dropout` in eval: maybe the input
+    Output.NOT_TENSOR: Flow.SCALAR,
 }
-
-FUNCTION_FLOW: dict[Any, Flow] = {
-    **{getattr(torch, n): f for n, f in METHOD_FLOW.items() if callable(getattr(torch, n, None))},
-    **{
-        getattr(F, n): Flow.CARRY
-        for n in (
-            "relu gelu silu sigmoid tanh softmax log_softmax dropout leaky_relu hardswish "
-            "hardsigmoid elu mish conv1d conv2d conv3d batch_norm group_norm avg_pool2d "
-            "max_pool2d adaptive_avg_pool2d pad"
-        ).split()
-    },
+# New tensors of ops that are not pointwise: a schema does not say which layout they take,
+# so these stay named, as this pass has known them; any other is unknown, and blocks.
+_NEW_TENSOR_FLOW: dict[str, Flow] = {
+    **dict.fromkeys(
+        (
+            "sum mean amax amin softmax log_softmax where cat concat concatenate stack "
+            "hardswish conv1d conv2d conv3d batch_norm group_norm avg_pool2d max_pool2d "
+            "adaptive_avg_pool2d pad"
+        ).split(),
+        Flow.CARRY,
+    ),
+    **dict.fromkeys(["matmul", "mm", "bmm", "linear", "layer_norm"], Flow.FRESH),
+}
+# No tensor, yet the layout shows: `x.numpy()` is an ndarray over the same memory, with the
+# tensor's strides (and a write through it reaches the tensor).
+_SHOWS_STRIDES = frozenset({"numpy"})
+# Python operators on tensors, which are no torch ops.
+_OPERATOR_FLOW: dict[Any, Flow] = {
     **dict.fromkeys([operator.add, operator.sub, operator.mul, operator.truediv], Flow.CARRY),
     **dict.fromkeys([operator.neg, operator.pow], Flow.CARRY),
     operator.getitem: Flow.ALIAS,  # basic indexing views; advanced indexing copies
     operator.matmul: Flow.FRESH,
-    F.linear: Flow.FRESH,
-    F.layer_norm: Flow.FRESH,
 }
 
 MODULE_FLOW: dict[type, Flow] = {
@@ -88,10 +81,24 @@ _SCALAR_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda"}
 MAX_WALK = 2048  # nodes followed downstream of one cat before giving up as "too far"
 
 
+def _op_flow(op: Any) -> Flow | None:
+    """How a torch op (a method name or a torch callable) passes on its input's layout."""
+    f = ops.facts(op)
+    if f.name in _SHOWS_STRIDES:
+        return None
+    if f.strides is Strides.RAISE:
+        return Flow.VIEW  # `view`: fails on strides it cannot view
+    if f.strides is Strides.READ:
+        return None  # `stride()`, `as_strided`: the strides are the answer
+    if f.output is Output.NEW:
+        return Flow.CARRY if f.pointwise else _NEW_TENSOR_FLOW.get(f.name)
+    return _OUTPUT_FLOW.get(f.output)
+
+
 def _flow(gm: fx.GraphModule, node: fx.Node) -> Flow | None:
     """How node passes on its tensor input's layout; None when unknown (strides may matter)."""
     if node.op == "call_method":
-        return METHOD_FLOW.get(str(node.target))
+        return _op_flow(str(node.target))
     if node.op == "call_module":
         try:
             module = submodule(gm, str(node.target))
@@ -106,9 +113,10 @@ def _flow(gm: fx.GraphModule, node: fx.Node) -> Flow | None:
             return Flow.SCALAR
         return Flow.ALIAS if attr in ("T", "mT") else None
     try:
-        return FUNCTION_FLOW.get(node.target)
+        found = _OPERATOR_FLOW.get(node.target)
     except TypeError:
         return None  # an unhashable target
+    return found if found is not None else _op_flow(node.target)
 
 
 class Blocker(enum.Enum):

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxgrad import ops
+
 # The package's __init__ holds it too, as the literal the docs reader reads without torch.
 CODE = "FXG301"
 
 # Torch functions that bring host data back (the tracer records the unpatched originals).
 _EXITS = tuple(getattr(torch, n) for n in ("from_numpy", "tensor", "as_tensor", "asarray"))
-# Ops between a tensor and `.numpy()` that only detach or copy to the host.
-_HOST_METHODS = {"detach", "cpu", "clone", "contiguous", "resolve_conj", "resolve_neg"}
 # ndarray methods whose result leaves NumPy for plain Python: the chain cannot be translated.
 _ESCAPE_METHODS = {"item", "tolist", "tobytes", "tofile", "dump", "dumps"}
 
@@ -113,12 +113,18 @@ def _is_meta_use(user: fx.Node, node: fx.Node) -> bool:
     return user.op == "call_function" and getattr(user.target, "__name__", "") == "fxgrad_guard"
 
 
+def _keeps_values(src: fx.Node) -> bool:
+    """An op between a tensor and `.numpy()` that hands back the same values (detach, cpu,
+    clone, contiguous), called with no arguments that could change them."""
+    return ops.keeps_values(src.target) and len(src.args) == 1
+
+
 def _entry_source(node: fx.Node) -> tuple[fx.Node, bool]:
     """The tensor a `.numpy()` reads, seen through detach/cpu/.data; and whether it went `.cpu()`."""
     src = _node_arg(node)
     host = False
     while True:
-        if src.op == "call_method" and src.target in _HOST_METHODS and len(src.args) == 1:
+        if src.op == "call_method" and _keeps_values(src):
             host = host or src.target == "cpu"
         elif src.op == "call_method" and src.target == "to" and _is_cpu_move(src):
             host = True
@@ -150,11 +156,6 @@ def _array_entries() -> tuple[Any, ...]:
 def _entry_source_tensor(n: fx.Node) -> fx.Node | None:
     """The tensor `np.asarray(t.detach())` reads; None for one of a sequence (`[a, b]`)."""
     src = n.args[0]
-    while (
-        isinstance(src, fx.Node)
-        and src.op == "call_method"
-        and src.target in _HOST_METHODS
-        and len(src.args) == 1
-    ):
+    while isinstance(src, fx.Node) and src.op == "call_method" and _keeps_values(src):
         src = src.args[0]
     return src if isinstance(src, fx.Node) else None
