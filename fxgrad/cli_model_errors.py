@@ -166,7 +166,7 @@ def _model_frame(e: BaseException, loaded: Target) -> traceback.FrameSummary | N
 
 def _model_files(loaded: Target) -> set[str]:
     """The files of TARGET's module and of the model's module classes, torch's aside."""
-    from fxgrad.graph_utils import _is_internal
+    from fxgrad.graph_utils import is_internal
 
     files = set()
     target_file = getattr(loaded.module, "__file__", None)
@@ -178,7 +178,7 @@ def _model_files(loaded: Target) -> set[str]:
                 file = inspect.getfile(base)
             except (TypeError, OSError):
                 continue
-            if not _is_internal(os.path.abspath(file)) and not _is_fxgrad(file):
+            if not is_internal(os.path.abspath(file)) and not _is_fxgrad(file):
                 files.add(os.path.realpath(file))
     return files
 
@@ -197,9 +197,9 @@ def _is_fxgrad(filename: str) -> bool:
 
 def _is_library(filename: str) -> bool:
     """torch, fxgrad, the standard library or an installed package: not the user's code."""
-    from fxgrad.graph_utils import _is_internal
+    from fxgrad.graph_utils import is_internal
 
-    if filename.startswith("<") or _is_internal(filename) or _is_fxgrad(filename):
+    if filename.startswith("<") or is_internal(filename) or _is_fxgrad(filename):
         return True
     paths = sysconfig.get_paths()
     dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}

@@ -38,7 +38,7 @@ from fxgrad.changes import HandedOut
 from fxgrad.context import Context, clone_inputs
 from fxgrad.decide import Options, decide_graph, decision_context
 from fxgrad.errors import FxgradError
-from fxgrad.graph_utils import _is_internal, location, run_forward
+from fxgrad.graph_utils import is_internal, location, run_forward
 from fxgrad.interop import (
     in_transform,
     initialize_lazy,
@@ -59,7 +59,7 @@ def locate(gm: fx.GraphModule) -> None:
     """Give each node the user's `file.py:line`, from the stack trace Dynamo recorded."""
     for node in gm.graph.nodes:
         trace = node.meta.get("stack_trace") or ""
-        frames = [(f, int(n)) for f, n in _FRAME.findall(trace) if not _is_internal(f)]
+        frames = [(f, int(n)) for f, n in _FRAME.findall(trace) if not is_internal(f)]
         if frames:
             node.meta["fxgrad_loc"] = frames[-1]
 

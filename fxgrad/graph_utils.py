@@ -69,7 +69,7 @@ SIDE_EFFECT_FUNCTIONS: set[Any] = {
 
 
 @functools.cache
-def _inplace_param_index(fn: Callable) -> int | None:
+def inplace_param_index(fn: Callable) -> int | None:
     """Position of an `inplace` parameter in fn's signature, if it has one."""
     try:
         params = list(inspect.signature(fn).parameters)
@@ -221,7 +221,7 @@ def writes_to(node: fx.Node, gm: fx.GraphModule | None = None) -> fx.Node | None
             return first
         module = getattr(target, "__module__", "") or ""
         if callable(target) and module.startswith("torch"):
-            index = _inplace_param_index(target)
+            index = inplace_param_index(target)
             if index is not None and _flag(node, "inplace", index):
                 return first
         return None
@@ -297,7 +297,9 @@ _INTERNAL_DIRS = tuple(
 _internal_cache: dict[str, bool] = {}
 
 
-def _is_internal(filename: str) -> bool:
+def is_internal(filename: str) -> bool:
+    """Whether code in `filename` is torch's or fxgrad's own: frames there are skipped when
+    the user's line is wanted (an error, a traced call, a write)."""
     hit = _internal_cache.get(filename)
     if hit is None:
         hit = filename.startswith(_INTERNAL_DIRS) or filename.startswith("<frozen")
@@ -321,7 +323,7 @@ def user_frame_location(start_depth: int = 1) -> tuple[str, int] | None:
         filename = code.co_filename
         internal = cache.get(filename)
         if internal is None:
-            internal = _is_internal(filename)
+            internal = is_internal(filename)
         if not internal:
             return filename, _frame_line(frame)
         if code is _TRACE_CODE:

@@ -58,7 +58,7 @@ class GuardError(FxgradError, RuntimeError):
 
 
 # How a Python-level question about a traced size is answered from its example value.
-_ANSWERS: dict[str, Callable[[Any], Any]] = {
+ANSWERS: dict[str, Callable[[Any], Any]] = {
     "bool": bool,
     "len": len,
     "index": operator.index,
@@ -74,7 +74,7 @@ def fxgrad_guard(value: Any, expected: Any, kind: str, where: str) -> None:
     if isinstance(value, fx.Proxy):  # re-tracing a fixed graph: keep the guard
         value.tracer.create_proxy("call_function", fxgrad_guard, (value, expected, kind, where), {})
         return
-    actual = _ANSWERS[kind](value)
+    actual = ANSWERS[kind](value)
     if actual != expected:
         raise GuardError(
             f"The captured graph assumed {kind}(...) == {expected!r} at {where}, "

@@ -25,9 +25,9 @@ from fxgrad.autograd_run import differentiable_outputs, seeded_gradients
 from fxgrad.context import Context, clone_inputs
 from fxgrad.fixed import FixedModule, current_variant
 from fxgrad.graph_utils import (
-    _is_internal,
     ancestors,
     descendants,
+    is_internal,
     location,
     render_node,
     source_line,
@@ -248,7 +248,7 @@ def _user_frame(caught: list[warnings.WarningMessage]) -> str:
         text = str(w.message)
         if "Traceback of forward call" not in text:
             continue
-        frames = [(f, int(n)) for f, n in _FRAME.findall(text) if not _is_internal(f)]
+        frames = [(f, int(n)) for f, n in _FRAME.findall(text) if not is_internal(f)]
         if frames:
             f, n = frames[-1]
             return f"{os.path.basename(f)}:{n}"

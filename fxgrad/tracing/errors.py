@@ -8,9 +8,7 @@ import sys
 from torch import fx
 
 from fxgrad.errors import FxgradError, ModelError, TraceError
-from fxgrad.graph_utils import (
-    _is_internal,
-)
+from fxgrad.graph_utils import is_internal
 
 
 def _trace_error(e: Exception) -> TraceError:
@@ -88,7 +86,7 @@ def innermost_user_line(e: BaseException) -> str:
 
     frames = traceback.extract_tb(e.__traceback__)
     for fr in reversed(frames):
-        if not _is_internal(fr.filename) and not _in_stdlib(fr.filename):
+        if not is_internal(fr.filename) and not _in_stdlib(fr.filename):
             return f"{os.path.basename(fr.filename)}:{fr.lineno}"
     return "an unknown line"
 

@@ -20,7 +20,7 @@ import torch
 from torch import fx
 from torch.overrides import TorchFunctionMode
 
-from fxgrad.graph_utils import _is_internal
+from fxgrad.graph_utils import is_internal
 
 if TYPE_CHECKING:
     from fxgrad.tracing.tracer import FxgradTracer
@@ -108,7 +108,7 @@ def _from_model_code() -> bool:
     frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _is_internal(filename):
+        if not is_internal(filename):
             return True
         if not filename.startswith(_TORCH_DIR) or filename.startswith(_FX_DIR):
             return False  # fxgrad's or fx's own code

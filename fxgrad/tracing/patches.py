@@ -20,7 +20,7 @@ from fxgrad.graph_utils import (
     ENTER_INFERENCE_MODE,
     EXIT_AUTOCAST,
     EXIT_INFERENCE_MODE,
-    _is_internal,
+    is_internal,
 )
 from fxgrad.runtime import function_apply
 from fxgrad.tracing.names import ThreadStack, _is_stowed_name, finish
@@ -175,7 +175,7 @@ def _has_array(tree: Any) -> bool:
 
 def _caller_is_model_code() -> bool:
     """Whether the function calling the patched factory is model code (not torch's own)."""
-    return not _is_internal(sys._getframe(2).f_code.co_filename)
+    return not is_internal(sys._getframe(2).f_code.co_filename)
 
 
 def _traced_apply(cls: type[torch.autograd.Function], *args: Any, **kwargs: Any) -> Any:
@@ -244,7 +244,7 @@ def _called_from_user_code(depth: int = 3) -> bool:
         ("_contextlib.py", "grad_mode.py", "contextlib.py", "autocast_mode.py")
     ):
         frame = frame.f_back
-    return frame is not None and not _is_internal(frame.f_code.co_filename)
+    return frame is not None and not is_internal(frame.f_code.co_filename)
 
 
 def _record_grad_mode(mode: Any) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxgrad.graph_utils import _is_internal
+from fxgrad.graph_utils import is_internal
 from fxgrad.tracing.names import ThreadStack
 
 # Attributes nn.Module keeps for itself: the mode, the tables. What they say is guarded
@@ -159,7 +159,7 @@ def _user_functions(cls: type) -> Iterator[types.FunctionType]:
             elif isinstance(value, property):
                 fn = value.fget
             fn = getattr(fn, "__wrapped__", fn)
-            if isinstance(fn, types.FunctionType) and not _is_internal(fn.__code__.co_filename):
+            if isinstance(fn, types.FunctionType) and not is_internal(fn.__code__.co_filename):
                 yield fn
 
 
@@ -186,7 +186,7 @@ def global_reads(classes: list[type]) -> tuple[list[tuple[dict, str]], list[type
             globals_.setdefault((id(g), name), (g, name))
             value = g[name]
             value = getattr(value, "__wrapped__", value)
-            if isinstance(value, types.FunctionType) and not _is_internal(
+            if isinstance(value, types.FunctionType) and not is_internal(
                 value.__code__.co_filename
             ):
                 pending.append(value)  # a helper the forward calls

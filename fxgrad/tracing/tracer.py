@@ -20,7 +20,7 @@ from fxgrad.graph_utils import (
     find_submodule,
     user_frame_location,
 )
-from fxgrad.runtime import _ANSWERS, fxgrad_guard
+from fxgrad.runtime import ANSWERS, fxgrad_guard
 from fxgrad.tracing.callspec import _register_dataclasses, box_objects
 from fxgrad.tracing.errors import FIXED_UNPACK, LENGTHS, _control_flow_error
 from fxgrad.tracing.input_writes import InputWrites
@@ -518,7 +518,7 @@ class FxgradTracer(fx.Tracer):
                 with_inputs="the graph then checks on every call that the answer still holds",
             )
         value = self._values[node]
-        answer = _ANSWERS[kind](value)
+        answer = ANSWERS[kind](value)
         self.create_proxy("call_function", fxgrad_guard, (proxy, answer, kind, self._where()), {})
         return answer
 

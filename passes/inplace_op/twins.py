@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxgrad import ops
-from fxgrad.graph_utils import INPLACE_OPERATORS, _inplace_param_index, submodule
+from fxgrad.graph_utils import INPLACE_OPERATORS, inplace_param_index, submodule
 from fxgrad.tracing import has_hooks
 
 # The functional op an in-place activation module runs, with its settings, from the module.
@@ -92,7 +92,7 @@ def _function_twin(gm: fx.GraphModule, w: fx.Node, base: fx.Node) -> fx.Node | N
             if callable(fn):
                 return graph.create_node("call_function", fn, (base, *args[1:]), kwargs)
         return None
-    index = _inplace_param_index(w.target)
+    index = inplace_param_index(w.target)
     if index is not None and index < len(args):
         args[index] = False
         return graph.create_node("call_function", w.target, (base, *args[1:]), kwargs)
