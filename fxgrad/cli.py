@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 import fxgrad
+from fxgrad.catalog import pass_docs
 from fxgrad.cli_errors import LoadFailure, UsageFailure, _Group
 from fxgrad.cli_load import Target, load_target, parse_input
 from fxgrad.cli_model_errors import _check_signature, _in_cli_words
@@ -315,8 +316,6 @@ def fix(
 
 
 def _find_pass(code: str) -> Any:
-    from fxgrad.registry import pass_docs
-
     docs = pass_docs()
     wanted = code.strip()
     for p in docs:
@@ -367,8 +366,6 @@ def explain(code):
 def passes(fmt):
     """List the passes in the order they run, with their codes."""
     from tabulate import tabulate
-
-    from fxgrad.registry import pass_docs
 
     rows = [
         {

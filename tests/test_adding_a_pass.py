@@ -248,7 +248,7 @@ def test_explain_and_passes_read_the_toy_pass_without_torch(site):
         site,
         """
         import json, sys
-        from fxgrad.registry import pass_docs
+        from fxgrad.catalog import pass_docs
         print(json.dumps([[d.code for d in pass_docs()], "torch" in sys.modules]))
         """,
     )

@@ -69,10 +69,10 @@ def test_select_and_ignore_by_pass_name():
 def test_pass_docs_read_without_importing_match_the_passes(monkeypatch):
     import sys
 
-    from fxgrad import registry
+    from fxgrad import catalog
 
     monkeypatch.delitem(sys.modules, "fxgrad.passes")  # read the sources, not ALL
-    read = registry._read_pass_sources()
+    read = catalog._read_pass_sources()
     assert read is not None
     assert [(d.code, d.name, d.default, d.doc) for d in read] == [
         (p.code, p.name, p.default, p.doc) for p in ALL
