@@ -27,6 +27,7 @@ import fxgrad
 from fxgrad.errors import FxgradError
 from fxgrad.export_dot import graph_to_dot, write_dot
 from fxgrad.export_render import _render
+from fxgrad.graph_utils import location, source_line
 from fxgrad.report import Report
 
 # The writers code and tests import from here, wherever they live.
@@ -51,8 +52,6 @@ def module_paths(gm: fx.GraphModule) -> tuple[dict[str, str], dict[str, list[str
     The path is the innermost submodule whose forward made the node (`stage2.3`), from the
     tracer's `nn_module_stack`; nodes of the root forward have none.
     """
-    from fxgrad.graph_utils import location
-
     by_node: dict[str, str] = {}
     by_where: dict[str, list[str]] = {}
     for node in gm.graph.nodes:
@@ -78,8 +77,6 @@ def with_module_paths(report: Report, gm: fx.GraphModule) -> Report:
     Only nodes still in the fixed graph are found by name (a change that was kept, or made
     by adding to a node); a rewritten node is gone, and its change keeps what its pass said.
     """
-    from fxgrad.graph_utils import source_line
-
     wanted = {c.node for c in report.changes}
     sources = {n.name: source_line(n) for n in gm.graph.nodes if n.name in wanted}
     return report.with_modules(*module_paths(gm), sources={k: v for k, v in sources.items() if v})

@@ -35,6 +35,7 @@ from fxgrad.dict_versions import dict_version
 from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
 from fxgrad.tracing.callspec import box_objects, is_number
+from fxgrad.tracing.module_copy import twin
 from fxgrad.tracing.names import NUMBER_META
 
 if TYPE_CHECKING:
@@ -480,8 +481,6 @@ class _GuardRun(fx.Interpreter):
         return _meta(obj)
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        from fxgrad.tracing import twin
-
         obj: Any = self.owner
         for atom in str(target).split("."):
             obj = getattr(obj, atom)

@@ -41,8 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxgrad.context import clone_inputs
 from fxgrad.errors import FxgradError
 from fxgrad.guards import GRAD, TENSORS
+from fxgrad.state import PrivateState
+from fxgrad.tracing.module_copy import quiet_user_hooks, twin
 
 
 @contextlib.contextmanager
@@ -125,10 +128,6 @@ def initialize_lazy(root: nn.Module, args: tuple, kwargs: dict) -> None:
     eager's order. Then the user's lazy modules become their plain class, as eager leaves
     them. Random draws of the forward before the last lazy module advance the RNG too.
     """
-    from fxgrad.context import clone_inputs
-    from fxgrad.state import PrivateState
-    from fxgrad.tracing.module_copy import quiet_user_hooks, twin
-
     probe = twin(root)
     quiet_user_hooks(probe)
     lazies = [m for m in probe.modules() if _lazy_tensors(m)]

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxgrad.errors import FxgradError
+
 
 def plain_tensor_attributes(m: nn.Module) -> list[str]:
     """Names of tensors a module holds as plain attributes (not parameters or buffers)."""
@@ -33,8 +35,6 @@ def plain_tensor_attributes(m: nn.Module) -> list[str]:
 
 
 def _meta_error(where: str) -> Exception:
-    from fxgrad.errors import FxgradError
-
     return FxgradError(
         f"The {where} are on the meta device: they have no values, and fxgrad decides "
         "on a call by running the model.",

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import fx
 
+from fxgrad.errors import FxgradError
 from fxgrad.state import plain_object
 
 
@@ -240,10 +242,6 @@ def _object_twin(v: object, memo: dict) -> object:
 
 def _refuse_proxies(container: Iterable[Any], name: str) -> None:
     """An earlier torch.fx trace left a Proxy in the model's state: say so, plainly."""
-    from torch import fx
-
-    from fxgrad.errors import FxgradError
-
     items = container.values() if isinstance(container, dict) else container
     try:
         found = any(isinstance(x, fx.Proxy) for x in items)

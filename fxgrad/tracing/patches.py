@@ -7,7 +7,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -15,6 +15,7 @@ import torch.utils.checkpoint as _checkpoint_module
 from torch import fx
 
 from fxgrad import ops
+from fxgrad.errors import TraceError
 from fxgrad.graph_utils import (
     ENTER_AUTOCAST,
     ENTER_INFERENCE_MODE,
@@ -25,10 +26,7 @@ from fxgrad.graph_utils import (
 from fxgrad.runtime import function_apply
 from fxgrad.tracing.names import ThreadStack, _is_stowed_name, finish
 from fxgrad.tracing.numpy_args import _NUMPY_DATA_FUNCTIONS, _NUMPY_RANDOM, _NUMPY_RECORDED
-
-if TYPE_CHECKING:
-    pass
-
+from fxgrad.tracing.reads import _LOGS, _MODULE_INTERNALS
 
 # ---------------------------------------------------------------------------------------
 # Functions patched while tracing
@@ -154,8 +152,6 @@ def _refuse_hidden_call(fn: Callable) -> None:
     """Compiled code handed a traced value to a patched function: its result would reach
     that code as a traced value (NumPy's C code then crashes the process). The capture
     stops here instead, and the Dynamo front-end takes the forward."""
-    from fxgrad.errors import TraceError
-
     tracer = _ACTIVE[-1]
     raise TraceError(
         f"The forward passes a traced value (a size) into compiled code at {tracer._where()} "
@@ -216,8 +212,6 @@ def _traced_module_setattr(orig: Callable[[Any, str, Any], None]) -> Callable:
 def _plain_state_write(name: str, value: Any) -> bool:
     """`self.step = 3`, `self.seen = True` in a forward: Python state eager writes on every
     call (tensors, modules and fxgrad's own constants are handled on their own)."""
-    from fxgrad.tracing.reads import _MODULE_INTERNALS
-
     return not (
         _is_stowed_name(name)
         or name in _MODULE_INTERNALS
@@ -227,8 +221,6 @@ def _plain_state_write(name: str, value: Any) -> bool:
 
 
 def _note_write(mod: Any, name: str) -> None:
-    from fxgrad.tracing.reads import _LOGS
-
     if _LOGS:
         _LOGS[-1][0].written.add((id(mod), name))
 
