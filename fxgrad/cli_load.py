@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fxgrad.cli_errors import LoadFailure, UsageFailure
-from fxgrad.errors import FxgradError
+from fxgrad.errors import FxgradError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -87,11 +87,6 @@ def _user_line(e: BaseException) -> str:
     return ""
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def _package_module(path: Path) -> tuple[str, Path] | None:
     """`pkg.sub.model` and the folder holding `pkg` for a file inside a package, else None.
 
@@ -128,7 +123,7 @@ def _import_package_file(path: Path, name: str, root: Path) -> types.ModuleType 
         module = importlib.import_module(name)
     except Exception as e:
         raise LoadFailure(
-            f"Importing {path.name} as {name} failed{_user_line(e)}: {_first_line(e)}",
+            f"Importing {path.name} as {name} failed{_user_line(e)}: {first_line(e, named=True)}",
             hint=f"Run `python -c 'import {name}'` from {root} to see the full traceback.",
         ) from e
     _FILE_MODULES[name] = path
@@ -179,7 +174,7 @@ def _import_file(path: Path, spec: str) -> types.ModuleType:
     except Exception as e:
         del sys.modules[name]
         raise LoadFailure(
-            f"Importing {path.name} failed{_user_line(e)}: {_first_line(e)}",
+            f"Importing {path.name} failed{_user_line(e)}: {first_line(e, named=True)}",
             hint="Run `python` on the file to see the full traceback.",
         ) from e
     _FILE_MODULES[name] = path
@@ -197,13 +192,13 @@ def _import_module(name: str, spec: str) -> types.ModuleType:
                 "a module must be importable from the current directory or environment.",
             ) from e
         raise LoadFailure(
-            f"Importing {name} failed{_user_line(e)}: {_first_line(e)}",
+            f"Importing {name} failed{_user_line(e)}: {first_line(e, named=True)}",
             hint="Install what the model's module imports, or run `python -c 'import "
             f"{name}'` to see the full traceback.",
         ) from e
     except Exception as e:
         raise LoadFailure(
-            f"Importing {name} failed{_user_line(e)}: {_first_line(e)}",
+            f"Importing {name} failed{_user_line(e)}: {first_line(e, named=True)}",
             hint=f"Run `python -c 'import {name}'` to see the full traceback.",
         ) from e
     _remember_local(module)
@@ -268,7 +263,7 @@ def _call(fn: Callable[[], Any], label: str) -> Any:
         raise
     except Exception as e:
         raise LoadFailure(
-            f"Building {label} failed{_user_line(e)}: {_first_line(e)}",
+            f"Building {label} failed{_user_line(e)}: {first_line(e, named=True)}",
             hint="TARGET must build with no arguments; point it at a function that builds "
             "the model, e.g. model.py:make_model.",
         ) from e

@@ -23,7 +23,7 @@ from fxgrad.autograd_run import gc_paused, seeded
 from fxgrad.changes import Note
 from fxgrad.code_cache import drops_transient_code
 from fxgrad.context import Context, Measure, clone_inputs, default_measure
-from fxgrad.errors import EquivalenceError, FxgradError, ModelError, TraceError
+from fxgrad.errors import EquivalenceError, FxgradError, ModelError, TraceError, first_line
 from fxgrad.graph_utils import run_forward
 from fxgrad.guards import numbers_only_feed_values
 from fxgrad.interop import (
@@ -36,7 +36,6 @@ from fxgrad.observe import Observation
 from fxgrad.pipeline import (
     Reference,
     check_capture,
-    first_line,
     flat_outputs,
     run_forward_backward,
     run_passes,

@@ -40,6 +40,19 @@ class TraceError(FxgradError):
         self.otherwise = otherwise
 
 
+def first_line(e: BaseException, *, named: bool = False) -> str:
+    """An error's first line (its type's name when it says nothing), for one-line notes.
+
+    `named` puts the type's name in front (`ValueError: ...`), for notes that do not say
+    themselves what was raised.
+    """
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    return f"{type(e).__name__}: {line}" if named else line
+
+
 def inputs_hint(how: str, with_inputs: str, otherwise: str = "") -> str:
     """A hint that passing example inputs (`how`) helps, and what else does."""
     hint = f"Pass example inputs ({how}): {with_inputs}."

@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 import fxgrad
-from fxgrad.errors import FxgradError
+from fxgrad.errors import FxgradError, first_line
 from fxgrad.export_imports import _Imports
 from fxgrad.export_template import _FORWARD, _FORWARD_FLAT, _MODULE
 from fxgrad.fixed import current_variant
@@ -242,7 +242,7 @@ def _check_loadable(target: str, value: Any, classes: list[type]) -> Any:
         _safe_load(buffer, classes)
     except Exception as e:
         named = re.search(r"GLOBAL ([\w.]+)", str(e))
-        found = named.group(1) if named else _first_line(e)
+        found = named.group(1) if named else first_line(e, named=True)
         what = (
             f"the submodule {target!r} ({type(value).__module__}.{type(value).__qualname__})"
             if isinstance(value, nn.Module)
@@ -256,8 +256,3 @@ def _check_loadable(target: str, value: Any, classes: list[type]) -> Any:
             "fixed module with torch.save(fixed) and load that only from a source you trust.",
         ) from e
     return value
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

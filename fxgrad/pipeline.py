@@ -16,7 +16,7 @@ from torch import fx
 from fxgrad.autograd_run import differentiable_outputs, seeded, seeded_gradients
 from fxgrad.changes import Change, Note
 from fxgrad.context import Context
-from fxgrad.errors import EquivalenceError, FxgradError, PassError
+from fxgrad.errors import EquivalenceError, FxgradError, PassError, first_line
 from fxgrad.graph_utils import location, run_forward
 from fxgrad.observe import Observation
 from fxgrad.registry import Pass
@@ -203,12 +203,6 @@ def verify(
             if bool(torch.isfinite(r).all()) and not bool(torch.isfinite(g).all()):
                 return f"the gradient of {name} is no longer finite"
     return None
-
-
-def first_line(e: BaseException) -> str:
-    """An error's first line (its type's name when it says nothing), for one-line notes."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_capture(captured_gm: fx.GraphModule, ctx: Context, ref: Reference) -> Observation:

@@ -23,6 +23,7 @@ from torch import fx, nn
 import fxgrad
 from fxgrad.autograd_run import differentiable_outputs, seeded_gradients
 from fxgrad.context import Context, clone_inputs
+from fxgrad.errors import first_line
 from fxgrad.fixed import FixedModule, current_variant
 from fxgrad.graph_utils import (
     ancestors,
@@ -63,8 +64,7 @@ def preserved_state(module: nn.Module, extra: Iterable[Any] = ()) -> Any:
 
 def _first_line(e: BaseException) -> str:
     """The first line of an error, without torch's tails that point at nothing here."""
-    text = str(e).strip()
-    return clean_torch_error(text.splitlines()[0]) if text else type(e).__name__
+    return clean_torch_error(first_line(e))
 
 
 # ---------------------------------------------------------------------------------------
