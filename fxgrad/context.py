@@ -14,7 +14,7 @@ from torch import fx
 from fxgrad.autograd_run import seeded
 from fxgrad.graph_utils import run_forward
 from fxgrad.observe import ExtensionFactory, Observation, observe
-from fxgrad.state import functorch_unwrapped
+from fxgrad.state import functorch_unwrapped, storage_of
 from fxgrad.tracing.callspec import private_object
 
 Measure = Callable[[str, Callable[[], Any]], float]
@@ -29,11 +29,11 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
     tensor passed twice is one copy, and views of one storage are views of one copy.
     """
     memo: dict[int, Any] = {}
-    bases: dict[tuple, torch.Tensor] = {}
-    groups: dict[tuple, list[torch.Tensor]] = {}  # by storage (_storage_id)
+    bases: dict[int, torch.Tensor] = {}
+    groups: dict[int, list[torch.Tensor]] = {}  # by storage (storage_of)
     for x in inputs:
         if isinstance(x, torch.Tensor):
-            sid = _storage_id(x)
+            sid = storage_of(x)
             if sid is not None:
                 groups.setdefault(sid, [])
                 if all(y is not x for y in groups[sid]):
@@ -44,7 +44,7 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
             out.append(private_object(x, memo))
             continue
         if id(x) not in memo:
-            sid = _storage_id(x)
+            sid = storage_of(x)
             shared = groups.get(sid, []) if sid is not None else []
             if (
                 sid is not None
@@ -56,15 +56,6 @@ def clone_inputs(inputs: list[Any]) -> list[Any]:
                 memo[id(x)] = _copy_like(x)
         out.append(memo[id(x)])
     return out
-
-
-def _storage_id(x: torch.Tensor) -> tuple | None:
-    if x.layout != torch.strided or x.is_meta:
-        return None
-    try:
-        return (x.device, x.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):
-        return None
 
 
 def _copy_like(x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +104,7 @@ def _copy_of_overlapping(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
 
 
 def _view_of_shared_copy(
-    x: torch.Tensor, sid: tuple, shared: list[torch.Tensor], bases: dict[tuple, torch.Tensor]
+    x: torch.Tensor, sid: int, shared: list[torch.Tensor], bases: dict[int, torch.Tensor]
 ) -> torch.Tensor:
     """`x` as a view of one copy of the storage it shares with other inputs."""
     base = bases.get(sid)

@@ -34,6 +34,7 @@ from torch import fx, nn
 from fxgrad.dict_versions import dict_version
 from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
+from fxgrad.state import storage_of
 from fxgrad.tracing.callspec import box_objects, is_number
 from fxgrad.tracing.module_copy import twin
 from fxgrad.tracing.names import NUMBER_META
@@ -102,15 +103,6 @@ def tensor_facts(t: Any) -> tuple:
     return (_FACTS(t), small, layout, kind)
 
 
-def _storage_id(t: torch.Tensor) -> int | None:
-    if t.layout != torch.strided:
-        return None
-    try:
-        return t.untyped_storage().data_ptr() or None
-    except (RuntimeError, NotImplementedError):
-        return None
-
-
 def aliasing(tensors: Sequence[Any]) -> tuple | None:
     """Which input tensors share memory: for each, the first earlier one that does."""
     if len(tensors) < 2:
@@ -119,7 +111,7 @@ def aliasing(tensors: Sequence[Any]) -> tuple | None:
     out: list[int | tuple[int, bool]] = []  # -1, or (that tensor's index, the same tensor)
     shared = False
     for i, t in enumerate(tensors):
-        sid = _storage_id(t) if isinstance(t, torch.Tensor) else None
+        sid = storage_of(t)
         if sid is None or sid not in first:
             if sid is not None:
                 first[sid] = i

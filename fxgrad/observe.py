@@ -27,21 +27,10 @@ from torch import fx
 
 from fxgrad.autograd_run import cotangents, differentiable_outputs, seeded
 from fxgrad.graph_utils import fresh_containers, writes_to
-from fxgrad.state import restored
+from fxgrad.state import restored, storage_of
 
 if TYPE_CHECKING:
     from fxgrad.context import Context
-
-
-def storage_of(t: Any) -> int | None:
-    """The address of a tensor's storage, or None (not a strided tensor, no storage)."""
-    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-        return None
-    try:
-        st = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):
-        return None
-    return st.data_ptr() if st.nbytes() else None
 
 
 def same_view(a: torch.Tensor, b: Any) -> bool:

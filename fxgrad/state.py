@@ -152,6 +152,20 @@ def functorch_unwrapped(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def storage_of(t: Any) -> int | None:
+    """The address of a tensor's storage, so that tensors sharing memory can be told apart;
+    None where there is no memory to share (not a strided tensor, the meta device, an
+    empty storage). Tensors on two devices may have the same address: compare devices too
+    where both can occur."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        return None
+    try:
+        st = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return (st.data_ptr() or None) if st.nbytes() else None
+
+
 def _is_rng(v: Any) -> bool:
     """A random generator the model owns: torch's, or NumPy's Generator or RandomState."""
     if isinstance(v, torch.Generator):

@@ -20,8 +20,8 @@ from torch import fx
 
 from fxgrad import ops
 from fxgrad.graph_utils import writes_to
-from fxgrad.observe import storage_of
 from fxgrad.runtime import writable_piece
+from fxgrad.state import storage_of
 
 
 class StepKind(enum.Enum):
@@ -128,9 +128,6 @@ def _static_pieces(node: fx.Node) -> int | None:
 _MAX_STATIC_PIECES = 64  # static mode: unbind pieces indexed by a constant below this
 
 
-_storage = storage_of
-
-
 def alias_map(gm: fx.GraphModule, values: dict | None) -> dict[fx.Node, Alias]:
     """Map every node to its root and view chain; exact when `values` are known."""
     aliases = _Aliases(gm, values)
@@ -179,7 +176,7 @@ class _Aliases:
                 return Alias(node)
             if v is b:
                 return parent  # the op returned its input itself
-            if _storage(v) is None or _storage(v) != _storage(b):
+            if storage_of(v) is None or storage_of(v) != storage_of(b):
                 return Alias(node)  # it copied
             if kind is StepKind.MAYBE:
                 kind = StepKind.VIEW
@@ -249,8 +246,8 @@ def _opaque_alias(node: fx.Node, values: dict, aliases: dict) -> Alias:
             return aliases.get(a, Alias(a))
         if (
             isinstance(av, torch.Tensor)
-            and _storage(av) is not None
-            and _storage(av) == _storage(v)
+            and storage_of(av) is not None
+            and storage_of(av) == storage_of(v)
         ):
             parent = aliases.get(a, Alias(a))
             return Alias(

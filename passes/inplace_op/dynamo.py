@@ -21,7 +21,7 @@ from torch import fx
 from fxgrad.changes import Change
 from fxgrad.context import Context
 from fxgrad.graph_utils import location, render_node
-from fxgrad.observe import storage_of
+from fxgrad.state import storage_of
 
 CODE = "FXG101"
 

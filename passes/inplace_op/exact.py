@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 
 import torch
-from fxgrad.passes.inplace_op.aliases import StepKind, _storage, alias_map
+from fxgrad.passes.inplace_op.aliases import StepKind, alias_map
 from fxgrad.passes.inplace_op.findings import (
     _LEAF_WRITE,
     Finding,
@@ -29,6 +29,7 @@ from torch import fx
 
 from fxgrad.graph_utils import writes_to
 from fxgrad.observe import Observation
+from fxgrad.state import storage_of
 
 
 def _multi_views_by_root(aliases: dict) -> dict[fx.Node, list[fx.Node]]:
@@ -164,7 +165,7 @@ def _exact_data(site: _Site, obs: Observation, *, state: bool, leafish: bool) ->
     written = site.target if w.target is not builtins.setattr else w.args[0]
     tv = obs.values.get(written) if isinstance(written, fx.Node) else None
     clobbered = [
-        i for i in range(first) if i in obs.needed and obs.saved[i].storage == _storage(tv)
+        i for i in range(first) if i in obs.needed and obs.saved[i].storage == storage_of(tv)
     ] + [i for i in obs.bumped[w] if i in obs.needed]
     # A save is always made while a node runs, so its node is known (None only types the
     # recorder's state before the first node).
