@@ -40,6 +40,7 @@ from fxgrad.fixed import (
 )
 from fxgrad.interop import (
     initialize_lazy,
+    inner_module,
     lazy_refusal,
     refuse_distributed,
     refuse_scripted,
@@ -63,11 +64,7 @@ def _unwrap(model: Any) -> nn.Module:
             f"fxgrad.fix() needs an nn.Module, got {type(model).__name__}.",
             hint="Pass the model instance, e.g. fxgrad.fix(MyModel(), (x,)).",
         )
-    inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-    if isinstance(inner, nn.Module):
-        return _unwrap(inner)
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return _unwrap(model.module)
+    model = inner_module(model)
     refuse_scripted(model)
     if isinstance(model, FixedModule):
         raise FxgradError(

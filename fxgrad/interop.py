@@ -189,20 +189,27 @@ def lazy_refusal(what: str) -> FxgradError:
 # Distributed wrappers
 
 
+def inner_module(model: nn.Module, *, through_ddp: bool = True) -> nn.Module:
+    """The module a wrapper runs, which is what fxgrad captures or checks: seen through
+    torch.compile's OptimizedModule, DataParallel and (`through_ddp`) DistributedDataParallel."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, nn.DataParallel) or (
+            through_ddp and isinstance(model, nn.parallel.DistributedDataParallel)
+        ):
+            model = model.module
+        else:
+            return model
+
+
 def refuse_distributed(model: nn.Module, *, ddp: bool = True) -> None:
     """Raise when `model` is wrapped in DistributedDataParallel (`ddp`) or holds modules
     FSDP shards: the fixed module must be what they wrap."""
     if not isinstance(model, nn.Module):
         return  # not a module at all: the caller says so
-    m = model
-    while True:
-        inner = getattr(m, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if isinstance(inner, nn.Module):
-            m = inner
-        elif isinstance(m, nn.DataParallel):
-            m = m.module
-        else:
-            break
+    m = inner_module(model, through_ddp=False)
     if ddp and isinstance(m, nn.parallel.DistributedDataParallel):
         raise FxgradError(
             "fxgrad.fix() was given a model wrapped in DistributedDataParallel. The fixed "

@@ -37,6 +37,7 @@ from fxgrad.context import clone_inputs
 from fxgrad.export import with_module_paths
 from fxgrad.fixed import FixedModule
 from fxgrad.graph_utils import ancestors, descendants, location, writes_to
+from fxgrad.interop import inner_module
 from fxgrad.pipeline import compare_outputs
 from fxgrad.report import Report, clean_torch_error
 from fxgrad.testing_oracles import (
@@ -93,14 +94,7 @@ def _inner(model: Any) -> nn.Module:
             f"fxgrad.testing needs an nn.Module, got {type(model).__name__}; "
             "pass the model instance, e.g. assert_autograd_safe(MyModel(), x)."
         )
-    while True:
-        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if isinstance(inner, nn.Module):
-            model = inner
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
+    return inner_module(model)
 
 
 def _name(module: nn.Module) -> str:
