@@ -262,9 +262,8 @@ def eliminate_dead_code(gm: fx.GraphModule) -> int:
     return removed
 
 
-def _closure(
-    nodes: Iterable[fx.Node], step: Callable[[fx.Node], Iterable[fx.Node]]
-) -> set[fx.Node]:
+def closure(nodes: Iterable[fx.Node], step: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
+    """The nodes given and every node `step` leads to from them, transitively."""
     seen: set[fx.Node] = set()
     stack = list(nodes)
     while stack:
@@ -277,12 +276,12 @@ def _closure(
 
 def ancestors(nodes: Iterable[fx.Node]) -> set[fx.Node]:
     """The nodes given and every node they read, transitively."""
-    return _closure(nodes, lambda n: n.all_input_nodes)
+    return closure(nodes, lambda n: n.all_input_nodes)
 
 
 def descendants(nodes: Iterable[fx.Node]) -> set[fx.Node]:
     """The nodes given and every node that reads them, transitively."""
-    return _closure(nodes, lambda n: n.users)
+    return closure(nodes, lambda n: n.users)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from fxgrad.passes.numpy_round_trip.render import _source_text
 from torch import fx
 
 from fxgrad.changes import Change
-from fxgrad.graph_utils import location
+from fxgrad.graph_utils import closure, location
 
 
 @dataclass
@@ -112,15 +112,12 @@ def _report_static(gm: fx.GraphModule) -> list[Change]:
 
 
 def _upstream(node: fx.Node, held: set[fx.Node]) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = [a for a in node.all_input_nodes if a in held]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.extend(a for a in n.all_input_nodes if a in held)
-    return seen
+    """The held nodes `node` reads, transitively: the NumPy chain that ends at it."""
+
+    def held_inputs(n: fx.Node) -> list[fx.Node]:
+        return [a for a in n.all_input_nodes if a in held]
+
+    return closure(held_inputs(node), held_inputs)
 
 
 def _entry_nodes(nodes: set[fx.Node]) -> set[fx.Node]:

@@ -39,7 +39,7 @@ from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.context import Context
-from fxgrad.graph_utils import has_side_effect, location, render_node, writes_to
+from fxgrad.graph_utils import closure, has_side_effect, location, render_node, writes_to
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:
@@ -64,7 +64,8 @@ def _translate_all(gm: fx.GraphModule, d: _Detours, seen: _Run) -> list[Change]:
     e = _Emitter(gm, dict(values))
     mem = _Memory(lay, e, seen, d.entries)
     exits = set(d.exits)
-    ups = {x: _closure(x, lay.deps) for x in d.exits}
+    # Every region node each exit depends on, through reads and the writes before them.
+    ups = {x: closure(lay.deps.get(x, ()), lambda n: lay.deps.get(n, ())) for x in d.exits}
     before = {x: _source_text(x, ups[x] | _entry_nodes(ups[x] & d.entries)) for x in d.exits}
     finals: dict[fx.Node, fx.Node] = {}
     reasons: dict[fx.Node, _Unmapped] = {}
@@ -109,18 +110,6 @@ def _translate_all(gm: fx.GraphModule, d: _Detours, seen: _Run) -> list[Change]:
     ]
     _erase_dead(gm, d, lay, e, set(finals))
     return changes
-
-
-def _closure(x: fx.Node, deps: dict[fx.Node, set[fx.Node]]) -> set[fx.Node]:
-    """Every region node `x` depends on, through reads and the writes before them."""
-    seen: set[fx.Node] = set()
-    stack = list(deps.get(x, ()))
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(deps.get(n, ()))
-    return seen
 
 
 def _shared_exit(x: fx.Node, lay: _Layout) -> _Unmapped | None:
