@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxgrad.cli_errors import LoadFailure, UsageFailure
 from fxgrad.errors import FxgradError, first_line
+from fxgrad.export_imports import _FILE_MODULES
 
 if TYPE_CHECKING:
     import torch
@@ -105,8 +106,6 @@ def _package_module(path: Path) -> tuple[str, Path] | None:
 
 def _import_package_file(path: Path, name: str, root: Path) -> types.ModuleType | None:
     """Import a file inside a package as `name` (relative imports work); None if shadowed."""
-    from fxgrad.export_imports import _FILE_MODULES
-
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     importlib.invalidate_caches()
@@ -138,8 +137,6 @@ def _same_file(a: str | None, b: Path) -> bool:
 
 
 def _import_file(path: Path, spec: str) -> types.ModuleType:
-    from fxgrad.export_imports import _FILE_MODULES
-
     if not path.is_file():
         raise LoadFailure(
             f"No such file: {path}.",
@@ -208,8 +205,6 @@ def _import_module(name: str, spec: str) -> types.ModuleType:
 def _remember_local(module: types.ModuleType) -> None:
     """Note a module that lives under the current directory: `fix -o` writes code that
     imports it relative to the written folder, not from the import path."""
-    from fxgrad.export_imports import _FILE_MODULES
-
     file = getattr(module, "__file__", None)
     if not file:
         return
