@@ -43,6 +43,7 @@ from fxgrad.interop import (
 from fxgrad.report import Report
 from fxgrad.serialize import variant_parts, variant_state
 from fxgrad.tracing import ROOT_ATTR, call_spec
+from fxgrad.tracing.callspec import is_array
 from fxgrad.variant import Variant, bind, rebound
 from fxgrad.view import TreeWatch, walk_modules
 
@@ -537,9 +538,7 @@ def unpickle_fixed(state: dict[str, Any]) -> FixedModule:
 
 
 def _is_input(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) or (
-        type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
-    )
+    return isinstance(x, torch.Tensor) or is_array(x)
 
 
 _DISPATCH: list[Callable] = []

@@ -35,7 +35,7 @@ from fxgrad.dict_versions import dict_version
 from fxgrad.graph_utils import ancestors, empty_graph_module, fresh_containers
 from fxgrad.runtime import GuardError, fxgrad_guard
 from fxgrad.state import storage_of
-from fxgrad.tracing.callspec import box_objects, is_number
+from fxgrad.tracing.callspec import box_objects, is_array, is_number
 from fxgrad.tracing.module_copy import twin
 from fxgrad.tracing.names import NUMBER_META
 
@@ -150,7 +150,7 @@ def structure(args: tuple, kwargs: dict) -> tuple[Any, list[Any] | None]:
     consts = tuple(
         (i, (_NUMBER, type(v)) if is_number(v) else _hashable(v))
         for i, v in enumerate(leaves)
-        if not isinstance(v, torch.Tensor) and not _is_array(v)
+        if not isinstance(v, torch.Tensor) and not is_array(v)
     )
     return (spec, consts), leaves
 
@@ -171,10 +171,6 @@ _FLAT_TYPES = frozenset((int, float, bool, str))
 
 def _is_flat(x: Any) -> bool:
     return isinstance(x, _TENSOR) or type(x) in _FLAT_TYPES
-
-
-def _is_array(x: Any) -> bool:
-    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
 
 
 _TRAINING = operator.attrgetter("training")

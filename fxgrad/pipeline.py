@@ -138,7 +138,7 @@ class Reach:
 
     @classmethod
     def of(cls, obs: Observation) -> Reach:
-        outputs = tuple(_carries_gradient(o) for o in obs.outputs or ())
+        outputs = tuple(carries_gradient(o) for o in obs.outputs or ())
         grads = None
         if obs.grads is not None and obs.backward_error is None and not obs.stale:
             grads = frozenset(i for i, g in enumerate(obs.grads) if g is not None)
@@ -161,7 +161,8 @@ class Reach:
         return None
 
 
-def _carries_gradient(o: Any) -> bool:
+def carries_gradient(o: Any) -> bool:
+    """Whether an output is a tensor autograd tracks: its gradient must still flow."""
     return isinstance(o, torch.Tensor) and o.requires_grad
 
 

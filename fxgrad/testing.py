@@ -38,7 +38,7 @@ from fxgrad.export import with_module_paths
 from fxgrad.fixed import FixedModule
 from fxgrad.graph_utils import ancestors, descendants, location, writes_to
 from fxgrad.interop import inner_module
-from fxgrad.pipeline import compare_outputs
+from fxgrad.pipeline import carries_gradient, compare_outputs
 from fxgrad.report import Report, clean_torch_error
 from fxgrad.testing_oracles import (
     _SEED,
@@ -384,10 +384,6 @@ def _nonfinite_lines(
 # assert_fix_equivalent
 
 
-def _carries_gradient(o: Any) -> bool:
-    return isinstance(o, torch.Tensor) and o.requires_grad
-
-
 def _gradient_problems(
     grad_names: list[str],
     e_out: list[Any] | None,
@@ -399,7 +395,7 @@ def _gradient_problems(
     problems: list[str] = []
     if e_out is not None and f_out is not None:
         for i, (e, f) in enumerate(zip(e_out, f_out)):
-            if _carries_gradient(e) and not _carries_gradient(f):
+            if carries_gradient(e) and not carries_gradient(f):
                 # Restoring gradient flow is the product: "eager has gradients, the fixed
                 # module has none" is the one mismatch that must never pass.
                 problems.append(f"output {i} carries no gradient in the fixed module, unlike eager")

@@ -183,7 +183,7 @@ def call_spec(
         i: leaf
         for i, leaf in enumerate(leaves)
         if not isinstance(leaf, (torch.Tensor, _StaticLeaf))
-        and not _is_array(leaf)
+        and not is_array(leaf)
         and i not in as_inputs
     }
     names = _dedupe(_leaf_names(spec, signature))
@@ -222,7 +222,8 @@ def fix_call_example(signature: inspect.Signature) -> str:
     return call
 
 
-def _is_array(x: Any) -> bool:
+def is_array(x: Any) -> bool:
+    """Whether `x` is a NumPy array, asked without importing NumPy."""
     return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
 
 

@@ -24,6 +24,7 @@ from fxgrad.graph_utils import (
     is_internal,
 )
 from fxgrad.runtime import function_apply
+from fxgrad.tracing.callspec import is_array
 from fxgrad.tracing.names import ThreadStack, _is_stowed_name, finish
 from fxgrad.tracing.numpy_args import _NUMPY_DATA_FUNCTIONS, _NUMPY_RANDOM, _NUMPY_RECORDED
 from fxgrad.tracing.reads import _LOGS, _MODULE_INTERNALS
@@ -163,10 +164,7 @@ def _refuse_hidden_call(fn: Callable) -> None:
 
 def _has_array(tree: Any) -> bool:
     """Whether a NumPy array is among the arguments: NumPy on constants, computed once."""
-    return any(
-        type(a).__module__ == "numpy" and type(a).__name__ == "ndarray"
-        for a in pytree.tree_leaves(tree)
-    )
+    return any(is_array(a) for a in pytree.tree_leaves(tree))
 
 
 def _caller_is_model_code() -> bool:
