@@ -12,7 +12,6 @@ if __name__ != "fxgrad.passes":
     )
 
 from fxgrad.passes import inplace_op, noncontiguous_cat_input, numpy_round_trip
-
 from fxgrad.registry import Pass
 
 ALL: tuple[Pass, ...] = (numpy_round_trip.PASS, inplace_op.PASS, noncontiguous_cat_input.PASS)

@@ -20,10 +20,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import fxgrad.passes
 import pytest
 
 import fxgrad
+import fxgrad.passes
 
 pytestmark = pytest.mark.slow  # each subprocess imports torch
 

@@ -6,7 +6,6 @@ import copy
 import io
 import pickle
 
-import fxgrad.passes
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from torch import fx, nn
 
 import fxgrad
 import fxgrad.api
+import fxgrad.passes
 from fxgrad.changes import Change
 from fxgrad.errors import EquivalenceError, FxgradError, PassError, SelectionError, TraceError
 from fxgrad.graph_utils import eliminate_dead_code, source_line, writes_to

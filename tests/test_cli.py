@@ -17,13 +17,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import fxgrad.passes
 import pytest
 import torch
 from click.testing import CliRunner
 from torch import fx
 
 import fxgrad
+import fxgrad.passes
 from fxgrad.changes import Change, PassKind
 from fxgrad.cli import load_target, main, parse_input
 from fxgrad.context import Context

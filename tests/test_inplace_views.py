@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from fxgrad.passes.inplace_op import Step, StepKind, alias_map
 from torch import fx, nn
 
 import fxgrad
 from fxgrad import ops
+from fxgrad.passes.inplace_op import Step, StepKind, alias_map
 
 
 class Fn(nn.Module):

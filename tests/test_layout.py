@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fxgrad.passes
-
 import fxgrad
+import fxgrad.passes
 
 ROOT = Path(__file__).parent.parent
 

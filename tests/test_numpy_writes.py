@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fxgrad.passes import numpy_round_trip as fxg301
-from fxgrad.passes.numpy_round_trip.aliasing import _numpy_write
 from torch import fx
 
 import fxgrad
 from fxgrad.context import Context
+from fxgrad.passes import numpy_round_trip as fxg301
+from fxgrad.passes.numpy_round_trip.aliasing import _numpy_write
 from fxgrad.runtime import ufunc_method
 
 CASES = Path(__file__).parent / "cases" / "FXG301"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 
-import fxgrad.passes
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 import fxgrad
+import fxgrad.passes
 from fxgrad.changes import Change, Note, PassKind, is_actionable
 from fxgrad.registry import Pass
 from fxgrad.report import Report

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from fxgrad.passes import ALL
 
 from fxgrad.errors import SelectionError
+from fxgrad.passes import ALL
 from fxgrad.registry import select_passes
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

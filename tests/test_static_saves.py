@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import torch
 import torch.utils._pytree as pytree
-from fxgrad.passes.inplace_op import MODULE_OPS, STATIC_SAVES, Saves, module_op
 from torch import nn
+
+from fxgrad.passes.inplace_op import MODULE_OPS, STATIC_SAVES, Saves, module_op
 
 pytest.importorskip("expecttest")  # torch's OpInfo database imports it
 from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402

@@ -65,7 +65,6 @@ from fxgrad.passes.inplace_op.driver import applies, refused_write, run
 from fxgrad.passes.inplace_op.dynamo import protect_escaping
 from fxgrad.passes.inplace_op.saves import MODULE_OPS, STATIC_SAVES, Saves, module_op
 from fxgrad.passes.inplace_op.views import ViewOp
-
 from fxgrad.registry import Pass
 
 # The pass's parts that tests read from the package.

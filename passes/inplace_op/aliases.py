@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from fxgrad.passes.inplace_op.views import ViewOp, _basic_index, _fn_name, _view_kind
 from torch import fx
 
 from fxgrad import ops
 from fxgrad.graph_utils import writes_to
+from fxgrad.passes.inplace_op.views import ViewOp, _basic_index, _fn_name, _view_kind
 from fxgrad.runtime import writable_piece
 from fxgrad.state import storage_of
 

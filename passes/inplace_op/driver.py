@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import copy
 
-from fxgrad.passes.inplace_op.aliases import Alias
-from fxgrad.passes.inplace_op.exact import exact_findings
-from fxgrad.passes.inplace_op.findings import Finding, FindingKind, _write_text
-from fxgrad.passes.inplace_op.rewrites import CannotRewrite, _drop_dead, rewrite
-from fxgrad.passes.inplace_op.static import static_findings
 from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.context import Context
 from fxgrad.graph_utils import location, writes_to
+from fxgrad.passes.inplace_op.aliases import Alias
+from fxgrad.passes.inplace_op.exact import exact_findings
+from fxgrad.passes.inplace_op.findings import Finding, FindingKind, _write_text
+from fxgrad.passes.inplace_op.rewrites import CannotRewrite, _drop_dead, rewrite
+from fxgrad.passes.inplace_op.static import static_findings
 
 CODE = "FXG101"
 # What a node made by a rewrite takes over from the write it replaces.

@@ -13,6 +13,10 @@ import re
 from collections.abc import Callable
 
 import torch
+from torch import fx
+
+from fxgrad.graph_utils import writes_to
+from fxgrad.observe import Observation
 from fxgrad.passes.inplace_op.aliases import StepKind, alias_map
 from fxgrad.passes.inplace_op.findings import (
     _LEAF_WRITE,
@@ -25,10 +29,6 @@ from fxgrad.passes.inplace_op.findings import (
     _Site,
 )
 from fxgrad.passes.inplace_op.views import _fn_name
-from torch import fx
-
-from fxgrad.graph_utils import writes_to
-from fxgrad.observe import Observation
 from fxgrad.state import storage_of
 
 

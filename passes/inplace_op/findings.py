@@ -12,10 +12,10 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fxgrad.passes.inplace_op.aliases import Alias, StepKind
 from torch import fx
 
 from fxgrad.graph_utils import location, render_node, source_line
+from fxgrad.passes.inplace_op.aliases import Alias, StepKind
 
 
 class FindingKind(enum.Enum):

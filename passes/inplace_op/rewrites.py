@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from fxgrad.passes.inplace_op.aliases import Alias, Step, StepKind
-from fxgrad.passes.inplace_op.findings import Finding, FindingKind, _leaf_text, _op_text
-from fxgrad.passes.inplace_op.twins import _keep_dtype, _twin
 from torch import fx
 
 from fxgrad.graph_utils import INPLACE_OPERATORS, has_side_effect, render_node, source_line
+from fxgrad.passes.inplace_op.aliases import Alias, Step, StepKind
+from fxgrad.passes.inplace_op.findings import Finding, FindingKind, _leaf_text, _op_text
+from fxgrad.passes.inplace_op.twins import _keep_dtype, _twin
 
 
 class CannotRewrite(Exception):

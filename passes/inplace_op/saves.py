@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fxgrad.passes.inplace_op.views import _view_kind
 from torch import fx, nn
 
 from fxgrad.graph_utils import ENTER_INFERENCE_MODE, EXIT_INFERENCE_MODE, submodule, writes_to
+from fxgrad.passes.inplace_op.views import _view_kind
 
 
 class Saves(enum.Flag):

@@ -12,6 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import fx
+
+from fxgrad import ops
+from fxgrad.graph_utils import writes_to
 from fxgrad.passes.inplace_op.aliases import Alias, StepKind, alias_map
 from fxgrad.passes.inplace_op.findings import (
     _LEAF_WRITE,
@@ -23,10 +27,6 @@ from fxgrad.passes.inplace_op.findings import (
     _Site,
 )
 from fxgrad.passes.inplace_op.saves import StaticFacts, _static_facts, _static_saves
-from torch import fx
-
-from fxgrad import ops
-from fxgrad.graph_utils import writes_to
 
 
 def _made_under_no_grad(target: fx.Node, root: fx.Node, facts: StaticFacts) -> bool:

@@ -58,6 +58,7 @@ decision, taken or not, is reported with the times.
 
 from __future__ import annotations
 
+from fxgrad.changes import PassKind
 from fxgrad.passes.noncontiguous_cat_input.cache import SITE_TEXT_MAX
 from fxgrad.passes.noncontiguous_cat_input.cost import Decision, Variant
 from fxgrad.passes.noncontiguous_cat_input.downstream import readers
@@ -65,8 +66,6 @@ from fxgrad.passes.noncontiguous_cat_input.driver import run
 from fxgrad.passes.noncontiguous_cat_input.layout import Layout, Permuted, common_order, inverse
 from fxgrad.passes.noncontiguous_cat_input.sites import is_cat
 from fxgrad.passes.noncontiguous_cat_input.timing import MIN_ROUNDS, ROUNDS, Budget
-
-from fxgrad.changes import PassKind
 from fxgrad.registry import Pass
 
 # The pass's parts that tests read from the package. A name a test replaces (a budget, a

@@ -6,14 +6,14 @@ version and timer it was measured with, and a record that does not fit is measur
 
 from __future__ import annotations
 
-from fxgrad.passes.noncontiguous_cat_input.cost import KEPT_UNMEASURED, Decision, Variant
-from fxgrad.passes.noncontiguous_cat_input.layout import Observed
-from fxgrad.passes.noncontiguous_cat_input.sites import Site
-from fxgrad.passes.noncontiguous_cat_input.timing import _budget, _measure_site
 from torch import fx
 
 from fxgrad.context import Context, default_measure
 from fxgrad.decision_cache import DecisionCache, device_key, digest
+from fxgrad.passes.noncontiguous_cat_input.cost import KEPT_UNMEASURED, Decision, Variant
+from fxgrad.passes.noncontiguous_cat_input.layout import Observed
+from fxgrad.passes.noncontiguous_cat_input.sites import Site
+from fxgrad.passes.noncontiguous_cat_input.timing import _budget, _measure_site
 
 SITE_TEXT_MAX = 200
 """A cached record's description of its site is cut to this many characters."""

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from fxgrad.passes.noncontiguous_cat_input.downstream import Flow, _flow
-from fxgrad.passes.noncontiguous_cat_input.layout import Observed
 from torch import fx, nn
 
 from fxgrad.graph_utils import has_side_effect, inplace_module, submodule, writes_to
+from fxgrad.passes.noncontiguous_cat_input.downstream import Flow, _flow
+from fxgrad.passes.noncontiguous_cat_input.layout import Observed
 
 
 @dataclass

@@ -12,12 +12,12 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fxgrad.passes.noncontiguous_cat_input.cost import Variant
 from torch import fx, nn
 
 from fxgrad import ops
 from fxgrad.graph_utils import location, submodule, writes_to
 from fxgrad.ops import Output, Strides
+from fxgrad.passes.noncontiguous_cat_input.cost import Variant
 
 
 class Flow(enum.Enum):

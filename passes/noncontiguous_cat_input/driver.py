@@ -6,6 +6,11 @@ its times, and small ones in one line, all in graph order.
 
 from __future__ import annotations
 
+from torch import fx
+
+from fxgrad.changes import Change
+from fxgrad.context import Context
+from fxgrad.graph_utils import location
 from fxgrad.passes.noncontiguous_cat_input.cache import _decide
 from fxgrad.passes.noncontiguous_cat_input.cost import Decision, Variant
 from fxgrad.passes.noncontiguous_cat_input.layout import Observed, observe
@@ -18,11 +23,6 @@ from fxgrad.passes.noncontiguous_cat_input.sites import (
     _values_to_keep,
     is_cat,
 )
-from torch import fx
-
-from fxgrad.changes import Change
-from fxgrad.context import Context
-from fxgrad.graph_utils import location
 
 
 def _no_example_inputs(cats: list[fx.Node]) -> list[Change]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fxgrad.passes.noncontiguous_cat_input.cost import Variant
-from fxgrad.passes.noncontiguous_cat_input.sites import Site, cat_inputs
 from torch import fx
 
 from fxgrad.graph_utils import as_primary, source_list_items, target_name
+from fxgrad.passes.noncontiguous_cat_input.cost import Variant
+from fxgrad.passes.noncontiguous_cat_input.sites import Site, cat_inputs
 
 
 def render(node: fx.Node, decision: Variant = Variant.ORIGINAL, site: Site | None = None) -> str:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import fx
+
 from fxgrad.passes.noncontiguous_cat_input.consumers import VIEW_DEPTH, Consumer, _readers_timed
 from fxgrad.passes.noncontiguous_cat_input.cost import Variant
 from fxgrad.passes.noncontiguous_cat_input.downstream import readers
 from fxgrad.passes.noncontiguous_cat_input.layout import Layout, Observed, Permuted, common_order
-from torch import fx
 
 MIN_ELEMENTS = 1 << 16
 """Sites whose non-contiguous inputs hold fewer elements in all are not timed.

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+
+from fxgrad.context import Context
 from fxgrad.passes.noncontiguous_cat_input.consumers import Consumer
 from fxgrad.passes.noncontiguous_cat_input.cost import REPLAY_FAILS, Decision, Variant, _ms, decide
 from fxgrad.passes.noncontiguous_cat_input.layout import Observed
 from fxgrad.passes.noncontiguous_cat_input.sites import Site
-
-from fxgrad.context import Context
 
 ROUNDS = 5
 """Interleaved rounds: each round times every variant once, in alternating order.

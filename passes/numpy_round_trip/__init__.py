@@ -89,7 +89,6 @@ from fxgrad.passes.numpy_round_trip import dynamo
 from fxgrad.passes.numpy_round_trip.driver import run
 from fxgrad.passes.numpy_round_trip.helpers import _is_numpy_call
 from fxgrad.passes.numpy_round_trip.recording import _negative_strides, _recorder
-
 from fxgrad.registry import Pass
 
 # Also helpers.CODE, which the pass's modules use: here it is a literal, which

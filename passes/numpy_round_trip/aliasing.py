@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from torch import fx
+
+from fxgrad.graph_utils import INPLACE_OPERATORS
 from fxgrad.passes.numpy_round_trip.helpers import (
     _attr_read,
     _is_array_value,
@@ -29,9 +32,6 @@ from fxgrad.passes.numpy_round_trip.helpers import (
     _np,
 )
 from fxgrad.passes.numpy_round_trip.mappings import _tables
-from torch import fx
-
-from fxgrad.graph_utils import INPLACE_OPERATORS
 
 if TYPE_CHECKING:
     from fxgrad.passes.numpy_round_trip.detours import _Detours

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import fx
+
 from fxgrad.passes.numpy_round_trip.emitter import _Emitter
 from fxgrad.passes.numpy_round_trip.helpers import _Unmapped
-from torch import fx
 
 
 def _axes(axis: Any, ndim: int) -> tuple[int, ...]:

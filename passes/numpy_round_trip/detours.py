@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import fx
+
+from fxgrad.changes import Change
+from fxgrad.graph_utils import closure, location
 from fxgrad.passes.numpy_round_trip.aliasing import _flat_base, _numpy_write
 from fxgrad.passes.numpy_round_trip.helpers import (
     _ESCAPE_METHODS,
@@ -23,10 +27,6 @@ from fxgrad.passes.numpy_round_trip.helpers import (
     _is_numpy_target,
 )
 from fxgrad.passes.numpy_round_trip.render import _source_text
-from torch import fx
-
-from fxgrad.changes import Change
-from fxgrad.graph_utils import closure, location
 
 
 @dataclass

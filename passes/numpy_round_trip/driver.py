@@ -10,6 +10,11 @@ import dataclasses
 import operator
 
 import torch
+from torch import fx
+
+from fxgrad.changes import Change
+from fxgrad.context import Context
+from fxgrad.graph_utils import closure, has_side_effect, location, render_node, writes_to
 from fxgrad.passes.numpy_round_trip import dynamo
 from fxgrad.passes.numpy_round_trip.aliasing import _Layout, _layout
 from fxgrad.passes.numpy_round_trip.detours import (
@@ -35,11 +40,6 @@ from fxgrad.passes.numpy_round_trip.render import (
     _with_sizes,
 )
 from fxgrad.passes.numpy_round_trip.translate import _check_same, _translate_exit, _translate_meta
-from torch import fx
-
-from fxgrad.changes import Change
-from fxgrad.context import Context
-from fxgrad.graph_utils import closure, has_side_effect, location, render_node, writes_to
 
 
 def run(gm: fx.GraphModule, ctx: Context) -> list[Change]:

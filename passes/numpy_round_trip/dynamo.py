@@ -14,11 +14,11 @@ from __future__ import annotations
 import operator
 
 import torch
-from fxgrad.passes.numpy_round_trip.helpers import CODE
 from torch import fx
 
 from fxgrad.changes import Change
 from fxgrad.graph_utils import location, source_line
+from fxgrad.passes.numpy_round_trip.helpers import CODE
 
 _EXITS = tuple(getattr(torch, n) for n in ("as_tensor", "from_numpy", "tensor", "asarray"))
 _PASS_THROUGH = {"cpu", "view_as", "contiguous", "numpy"}

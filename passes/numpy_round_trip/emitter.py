@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from fxgrad.passes.numpy_round_trip.helpers import _np, _Unmapped
 from torch import fx
+
+from fxgrad.passes.numpy_round_trip.helpers import _np, _Unmapped
 
 _TORCH_DTYPES = {
     "bool": torch.bool,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from fxgrad.graph_utils import INPLACE_OPERATORS
 from fxgrad.passes.numpy_round_trip.builders import (
     _b_arange,
     _b_arg,
@@ -58,8 +60,6 @@ from fxgrad.passes.numpy_round_trip.builders import (
 )
 from fxgrad.passes.numpy_round_trip.emitter import _Emitter
 from fxgrad.passes.numpy_round_trip.helpers import _np, _Unmapped
-
-from fxgrad.graph_utils import INPLACE_OPERATORS
 
 
 class _Rule(enum.Enum):

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from torch import fx
+
 from fxgrad.passes.numpy_round_trip.aliasing import _Layout, _View, _Write
 from fxgrad.passes.numpy_round_trip.builders import _check_key
 from fxgrad.passes.numpy_round_trip.emitter import _Emitter
@@ -30,7 +32,6 @@ from fxgrad.passes.numpy_round_trip.recording import _Run
 from fxgrad.passes.numpy_round_trip.render import _render_call_name
 from fxgrad.passes.numpy_round_trip.translate import _check_same, _translate_node
 from fxgrad.passes.numpy_round_trip.writes import _WRITES
-from torch import fx
 
 
 class _Memory:

@@ -11,6 +11,11 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import fx
+
+from fxgrad.context import Context
+from fxgrad.graph_utils import INPLACE_OPERATORS
+from fxgrad.observe import Extension, Observer
 from fxgrad.passes.numpy_round_trip.aliasing import _numpy_write, _Write
 from fxgrad.passes.numpy_round_trip.helpers import (
     _EXITS,
@@ -21,11 +26,6 @@ from fxgrad.passes.numpy_round_trip.helpers import (
     _method,
     _np,
 )
-from torch import fx
-
-from fxgrad.context import Context
-from fxgrad.graph_utils import INPLACE_OPERATORS
-from fxgrad.observe import Extension, Observer
 
 
 @dataclass

@@ -7,10 +7,10 @@ from __future__ import annotations
 import builtins
 import operator
 
-from fxgrad.passes.numpy_round_trip.helpers import _is_numpy_target
 from torch import fx
 
 from fxgrad.graph_utils import OPERATOR_SYMBOLS, render_node, source_line, target_name
+from fxgrad.passes.numpy_round_trip.helpers import _is_numpy_target
 
 
 def _with_sizes(nodes: set[fx.Node]) -> set[fx.Node]:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import fx
+
+from fxgrad.graph_utils import target_name
 from fxgrad.passes.numpy_round_trip.builders import _b_astype
 from fxgrad.passes.numpy_round_trip.emitter import _Emitter, _torch_dtype
 from fxgrad.passes.numpy_round_trip.helpers import (
@@ -31,9 +34,6 @@ from fxgrad.passes.numpy_round_trip.mappings import (
     _ufunc_method_spec,
 )
 from fxgrad.passes.numpy_round_trip.render import _render_call_name
-from torch import fx
-
-from fxgrad.graph_utils import target_name
 
 
 def _map_args(a: Any, tv: dict, values: dict) -> Any:

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import fx
+
+from fxgrad.graph_utils import INPLACE_OPERATORS
 from fxgrad.passes.numpy_round_trip.aliasing import _is_basic_key, _View, _Write
 from fxgrad.passes.numpy_round_trip.builders import _b_sort
 from fxgrad.passes.numpy_round_trip.helpers import _function, _np, _Unmapped
 from fxgrad.passes.numpy_round_trip.mappings import _bind
-from torch import fx
-
-from fxgrad.graph_utils import INPLACE_OPERATORS
 
 if TYPE_CHECKING:
     from fxgrad.passes.numpy_round_trip.memory import _Memory
